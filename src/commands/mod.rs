@@ -1,0 +1,4 @@
+//! One file per `arpanet` verb.
+
+pub mod check;
+pub mod info;

@@ -1,0 +1,12 @@
+//! arpanet: one cluster out of a set of Docker hosts.
+//!
+//! Data flows one way: [`config`] (what the operator wrote) -> [`plan`] (what this
+//! node should look like) -> reconcilers that compare it with the real system.
+//! [`addressing`] is the seed design every plane's address comes from.
+
+pub mod addressing;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod plan;

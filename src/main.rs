@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use arpanet::commands::{check, info};
+use arpanet::config::DEFAULT_CONFIG_PATH;
+
+/// arpanet: one cluster out of a set of Docker hosts.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Opts {
+    /// The node's config file.
+    #[arg(long, global = true, env = "ARPANET_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Info(info::Info),
+    Check(check::Check),
+}
+
+fn main() -> ExitCode {
+    arpanet::logging::init("warn");
+    let opts = Opts::parse();
+    let result = match &opts.command {
+        Command::Info(c) => c.exec(&opts.config),
+        Command::Check(c) => c.exec(&opts.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Config diagnostics are already `FILE:LINE:COL: message`, one per line.
+            if e.downcast_ref::<arpanet::config::Diagnostics>().is_some()
+                || e.downcast_ref::<arpanet::config::Diagnostic>().is_some()
+            {
+                eprintln!("{e}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
