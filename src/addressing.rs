@@ -34,7 +34,9 @@ pub struct NodeAddress {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
-    #[error("`{0}` is not an arpanet address: expected `a.b` with a and b from 0 to 255, e.g. `0.1`")]
+    #[error(
+        "`{0}` is not an arpanet address: expected `a.b` with a and b from 0 to 255, e.g. `0.1`"
+    )]
     Syntax(String),
     #[error("`{0}` is out of range: each part of `a.b` is a number from 0 to 255")]
     OutOfRange(String),
@@ -144,7 +146,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_and_out_of_range() {
-        for bad in ["", "1", "1.", ".1", "1.2.3", "a.b", "+1.2", "1.-2", " 1.2", "0001.2"] {
+        for bad in [
+            "", "1", "1.", ".1", "1.2.3", "a.b", "+1.2", "1.-2", " 1.2", "0001.2",
+        ] {
             assert!(
                 matches!(bad.parse::<NodeAddress>(), Err(AddressError::Syntax(_))),
                 "{bad:?}"

@@ -20,7 +20,10 @@ impl Daemon {
     /// Fails, with the config's `FILE:LINE:COL` message, before anything is started.
     pub fn load(config_path: &Path) -> anyhow::Result<Self> {
         let config = Config::load(config_path)?;
-        Ok(Self { config_path: config_path.to_path_buf(), config })
+        Ok(Self {
+            config_path: config_path.to_path_buf(),
+            config,
+        })
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -32,7 +35,8 @@ impl Daemon {
 
         notify(&[NotifyState::Ready, NotifyState::Status("running")]);
         info!("arpanetd ready");
-        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 _ = hangup.recv() => self.reload(),
@@ -52,7 +56,9 @@ impl Daemon {
         match Config::load(&self.config_path) {
             Ok(config) => {
                 if NodePlan::from_config(&config) != NodePlan::from_config(&self.config) {
-                    warn!("the node's addresses changed in the config; they take effect on restart");
+                    warn!(
+                        "the node's addresses changed in the config; they take effect on restart"
+                    );
                 }
                 self.config = config;
                 info!(config = %self.config_path.display(), "configuration reloaded");
@@ -60,7 +66,10 @@ impl Daemon {
             }
             Err(e) => {
                 error!("{e}; keeping the running configuration");
-                notify(&[NotifyState::Ready, NotifyState::Status("reload failed; see the journal")]);
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status("reload failed; see the journal"),
+                ]);
             }
         }
     }

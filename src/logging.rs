@@ -7,7 +7,8 @@ use tracing_subscriber::prelude::*;
 
 /// `default_level` applies unless `ARPANET_LOG` (an EnvFilter directive) says otherwise.
 pub fn init(default_level: &str) {
-    let filter = EnvFilter::try_from_env("ARPANET_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("ARPANET_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
@@ -16,7 +17,11 @@ pub fn init(default_level: &str) {
         return;
     }
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
 }
 

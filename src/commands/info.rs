@@ -39,7 +39,11 @@ fn render(p: &NodePlan) -> String {
     let join = if p.join.is_empty() {
         "-".to_string()
     } else {
-        p.join.iter().map(|j| format!("{} at {}", j.address, j.ip)).collect::<Vec<_>>().join(", ")
+        p.join
+            .iter()
+            .map(|j| format!("{} at {}", j.address, j.ip))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     format!(
         "node {} ({}) in cluster {}\n\

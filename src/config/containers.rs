@@ -125,7 +125,9 @@ impl TryFrom<i64> for CpuShares {
         if (2..=262_144).contains(&v) {
             Ok(Self(v as u32))
         } else {
-            Err(format!("cpu shares {v} out of range: 2 to 262144 (1024 is one CPU's default weight)"))
+            Err(format!(
+                "cpu shares {v} out of range: 2 to 262144 (1024 is one CPU's default weight)"
+            ))
         }
     }
 }
@@ -218,9 +220,18 @@ impl<'de> Deserialize<'de> for NetworkMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawVolume")]
 pub enum Volume {
-    Bind { host: PathBuf, container: PathBuf, read_only: bool },
-    Anonymous { container: PathBuf },
-    From { container: String, read_only: bool },
+    Bind {
+        host: PathBuf,
+        container: PathBuf,
+        read_only: bool,
+    },
+    Anonymous {
+        container: PathBuf,
+    },
+    From {
+        container: String,
+        read_only: bool,
+    },
 }
 
 #[derive(Deserialize)]
@@ -249,7 +260,10 @@ impl TryFrom<RawVolume> for Volume {
             if p.is_absolute() {
                 Ok(())
             } else {
-                Err(format!("volume `{key}` must be an absolute path, not `{}`", p.display()))
+                Err(format!(
+                    "volume `{key}` must be an absolute path, not `{}`",
+                    p.display()
+                ))
             }
         };
         match (raw.host, raw.container, raw.from) {
@@ -310,7 +324,10 @@ pub struct UpdatePolicy {
 
 impl Default for UpdatePolicy {
     fn default() -> Self {
-        Self { pull: true, eager: false }
+        Self {
+            pull: true,
+            eager: false,
+        }
     }
 }
 
@@ -384,7 +401,11 @@ impl TryFrom<RawCheck> for CheckSpec {
         if raw.timeout > raw.interval {
             return Err("check `timeout` must not be longer than its `interval`".into());
         }
-        Ok(Self { kind, interval: raw.interval, timeout: raw.timeout })
+        Ok(Self {
+            kind,
+            interval: raw.interval,
+            timeout: raw.timeout,
+        })
     }
 }
 
@@ -414,7 +435,10 @@ pub fn load_dir(dir: &Path) -> ContainersDir {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
         Err(e) => {
-            out.diagnostics.push(Diagnostic::whole_file(dir, format!("cannot read directory: {e}")));
+            out.diagnostics.push(Diagnostic::whole_file(
+                dir,
+                format!("cannot read directory: {e}"),
+            ));
             return out;
         }
     };
@@ -479,7 +503,8 @@ pub fn load_file(file: &Path) -> Result<Vec<DeclaredContainer>, Diagnostic> {
     struct LocatedContainer {
         name: toml::Spanned<String>,
     }
-    let located: Located = toml::from_str(&source).map_err(|e| Diagnostic::whole_file(file, e.message()))?;
+    let located: Located =
+        toml::from_str(&source).map_err(|e| Diagnostic::whole_file(file, e.message()))?;
 
     let mut declared = Vec::new();
     let mut lines: HashMap<&str, usize> = HashMap::new();
@@ -489,11 +514,19 @@ pub fn load_file(file: &Path) -> Result<Vec<DeclaredContainer>, Diagnostic> {
             return Err(Diagnostic {
                 file: file.to_path_buf(),
                 position: Some((line, col)),
-                message: format!("container `{}` is already declared on line {first}", loc.name.get_ref()),
+                message: format!(
+                    "container `{}` is already declared on line {first}",
+                    loc.name.get_ref()
+                ),
             });
         }
         lines.insert(loc.name.get_ref(), line);
-        declared.push(DeclaredContainer { file: file.to_path_buf(), line, column: col, spec });
+        declared.push(DeclaredContainer {
+            file: file.to_path_buf(),
+            line,
+            column: col,
+            spec,
+        });
     }
     Ok(declared)
 }
@@ -537,13 +570,30 @@ service = { name = "www", tags = ["v1"], port = 80, check = { type = "http", pat
         assert_eq!(c.memory, Some(MemoryLimit(2048 << 20)));
         assert_eq!(c.network, NetworkMode::Container("db".into()));
         assert_eq!(c.volumes.len(), 3);
-        assert!(matches!(c.volumes[0], Volume::Bind { read_only: true, .. }));
+        assert!(matches!(
+            c.volumes[0],
+            Volume::Bind {
+                read_only: true,
+                ..
+            }
+        ));
         assert!(matches!(c.volumes[2], Volume::From { .. }));
         assert_eq!(c.ports[1].protocol, Protocol::Udp);
         assert_eq!(c.restart, RestartPolicy::OnFailure);
-        assert_eq!(c.update, UpdatePolicy { pull: false, eager: true });
+        assert_eq!(
+            c.update,
+            UpdatePolicy {
+                pull: false,
+                eager: true
+            }
+        );
         let check = c.service.as_ref().unwrap().check.as_ref().unwrap();
-        assert_eq!(check.kind, CheckKind::Http { path: "/health".into() });
+        assert_eq!(
+            check.kind,
+            CheckKind::Http {
+                path: "/health".into()
+            }
+        );
         assert_eq!(check.interval, Duration::from_secs(5));
     }
 
@@ -553,22 +603,52 @@ service = { name = "www", tags = ["v1"], port = 80, check = { type = "http", pat
         let c = &f.container[0];
         assert_eq!(c.network, NetworkMode::Bridge);
         assert_eq!(c.restart, RestartPolicy::Always);
-        assert_eq!(c.update, UpdatePolicy { pull: true, eager: false });
+        assert_eq!(
+            c.update,
+            UpdatePolicy {
+                pull: true,
+                eager: false
+            }
+        );
     }
 
     #[test]
     fn bad_values_name_the_key_and_position() {
         let cases = [
-            ("image = \"busybox\"", "container[0].image: image `busybox` has no tag"),
-            ("image = \"b:1\"\nmemory = \"2x\"", "container[0].memory: `2x` is not a memory size"),
+            (
+                "image = \"busybox\"",
+                "container[0].image: image `busybox` has no tag",
+            ),
+            (
+                "image = \"b:1\"\nmemory = \"2x\"",
+                "container[0].memory: `2x` is not a memory size",
+            ),
             ("image = \"b:1\"\nmemory = \"1m\"", "below Docker's minimum"),
-            ("image = \"b:1\"\ncpu = 1", "container[0].cpu: cpu shares 1 out of range"),
-            ("image = \"b:1\"\nnetwork = \"overlay\"", "container[0].network: `overlay` is not a network mode"),
-            ("image = \"b:1\"\nrestart = \"sometimes\"", "container[0].restart: unknown variant `sometimes`"),
-            ("image = \"b:1\"\nvolumes = [{ host = \"/a\" }]", "container[0].volumes[0]: a volume is either"),
-            ("image = \"b:1\"\nvolumes = [{ container = \"rel\" }]", "must be an absolute path"),
+            (
+                "image = \"b:1\"\ncpu = 1",
+                "container[0].cpu: cpu shares 1 out of range",
+            ),
+            (
+                "image = \"b:1\"\nnetwork = \"overlay\"",
+                "container[0].network: `overlay` is not a network mode",
+            ),
+            (
+                "image = \"b:1\"\nrestart = \"sometimes\"",
+                "container[0].restart: unknown variant `sometimes`",
+            ),
+            (
+                "image = \"b:1\"\nvolumes = [{ host = \"/a\" }]",
+                "container[0].volumes[0]: a volume is either",
+            ),
+            (
+                "image = \"b:1\"\nvolumes = [{ container = \"rel\" }]",
+                "must be an absolute path",
+            ),
             ("image = \"b:1\"\nimmage = \"x\"", "unknown field `immage`"),
-            ("image = \"b:1\"\nservice = { check = { type = \"tcp\", path = \"/\" } }", "a tcp check takes no `path`"),
+            (
+                "image = \"b:1\"\nservice = { check = { type = \"tcp\", path = \"/\" } }",
+                "a tcp check takes no `path`",
+            ),
         ];
         for (body, expected) in cases {
             let err = parse(&format!("[[container]]\nname = \"a\"\n{body}\n")).unwrap_err();
@@ -586,8 +666,16 @@ service = { name = "www", tags = ["v1"], port = 80, check = { type = "http", pat
     #[test]
     fn directory_skips_broken_files_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.toml"), "[[container]]\nname = \"a\"\nimage = \"b:1\"\n").unwrap();
-        std::fs::write(dir.path().join("b.toml"), "[[container]]\nname = \"b\"\nimage = \"b:1\"\noops\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "[[container]]\nname = \"a\"\nimage = \"b:1\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            "[[container]]\nname = \"b\"\nimage = \"b:1\"\noops\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("c.toml"),
             "[[container]]\nname = \"c\"\nimage = \"b:1\"\n\n[[container]]\nname = \"a\"\nimage = \"b:2\"\n",
@@ -595,12 +683,19 @@ service = { name = "www", tags = ["v1"], port = 80, check = { type = "http", pat
         .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not toml").unwrap();
         let loaded = load_dir(dir.path());
-        let names: Vec<_> = loaded.containers.iter().map(|c| c.spec.name.as_str()).collect();
+        let names: Vec<_> = loaded
+            .containers
+            .iter()
+            .map(|c| c.spec.name.as_str())
+            .collect();
         assert_eq!(names, ["a"]);
         assert_eq!(loaded.broken_files.len(), 2);
         let messages: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
         assert!(messages[0].contains("b.toml:4:"), "{messages:?}");
-        assert!(messages[1].contains("c.toml:6:8: container `a` is already declared at"), "{messages:?}");
+        assert!(
+            messages[1].contains("c.toml:6:8: container `a` is already declared at"),
+            "{messages:?}"
+        );
     }
 
     #[test]
@@ -609,7 +704,10 @@ service = { name = "www", tags = ["v1"], port = 80, check = { type = "http", pat
         let f = dir.path().join("x.toml");
         std::fs::write(&f, "[[container]]\nname = \"a\"\nimage = \"b:1\"\n[[container]]\nname = \"a\"\nimage = \"b:1\"\n").unwrap();
         let err = load_file(&f).unwrap_err().to_string();
-        assert!(err.ends_with("x.toml:5:8: container `a` is already declared on line 2"), "{err}");
+        assert!(
+            err.ends_with("x.toml:5:8: container `a` is already declared on line 2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -79,7 +81,8 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// Parses TOML into `T`, naming the key path (e.g. `node.join[1].address`) and the
 /// position of the offending key or value in the error.
 pub fn parse_toml<T: DeserializeOwned>(file: &Path, source: &str) -> Result<T, Diagnostic> {
-    let deserializer = toml::Deserializer::parse(source).map_err(|e| from_toml(file, source, &e, ""))?;
+    let deserializer =
+        toml::Deserializer::parse(source).map_err(|e| from_toml(file, source, &e, ""))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };

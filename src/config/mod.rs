@@ -175,7 +175,10 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
         };
         let join = raw.join.0;
         if join.iter().any(|peer| peer.address == raw.address) {
-            return Err(format!("`join` lists this node's own address `{}`", raw.address));
+            return Err(format!(
+                "`join` lists this node's own address `{}`",
+                raw.address
+            ));
         }
         if raw.role != Role::Boot && join.is_empty() {
             return Err(format!(
@@ -200,7 +203,9 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
 fn validate_name(key: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -247,7 +252,10 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
     fn try_from(raw: RawClusterConfig) -> Result<Self, String> {
         validate_name("name", &raw.name)?;
         if raw.expect == 0 {
-            return Err("`expect` is the number of Consul servers to wait for; it must be at least 1".into());
+            return Err(
+                "`expect` is the number of Consul servers to wait for; it must be at least 1"
+                    .into(),
+            );
         }
         Ok(Self {
             name: raw.name,
@@ -361,7 +369,9 @@ impl TryFrom<u32> for Vni {
         if (1..=0xFF_FFFF).contains(&v) {
             Ok(Self(v))
         } else {
-            Err(format!("VNI {v} is out of range: VXLAN network identifiers are 1 to 16777215"))
+            Err(format!(
+                "VNI {v} is out of range: VXLAN network identifiers are 1 to 16777215"
+            ))
         }
     }
 }
@@ -504,7 +514,9 @@ pub mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. \"30s\" or \"5m\""))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"30s\" or \"5m\""
+            ))
         })
     }
 }
@@ -566,14 +578,22 @@ http_addr = "127.0.0.1:8500"
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\nadress = \"0.2\"\n").unwrap_err();
-        assert!(err.starts_with("arpanet.toml:4:1: unknown field `adress`"), "{err}");
-        assert!(err.contains("`address`"), "the hint lists the known keys: {err}");
+        let err =
+            parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\nadress = \"0.2\"\n").unwrap_err();
+        assert!(
+            err.starts_with("arpanet.toml:4:1: unknown field `adress`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`address`"),
+            "the hint lists the known keys: {err}"
+        );
     }
 
     #[test]
     fn unknown_section_is_refused() {
-        let err = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\n[overlai]\nvni = 2\n").unwrap_err();
+        let err =
+            parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\n[overlai]\nvni = 2\n").unwrap_err();
         assert!(err.starts_with("arpanet.toml:4:"), "{err}");
         assert!(err.contains("unknown field `overlai`"), "{err}");
     }
@@ -581,7 +601,10 @@ http_addr = "127.0.0.1:8500"
     #[test]
     fn out_of_range_address_names_key_and_position() {
         let err = parse("[node]\nrole = \"boot\"\naddress = \"0.300\"\n").unwrap_err();
-        assert!(err.starts_with("arpanet.toml:3:11: node.address: `0.300` is out of range"), "{err}");
+        assert!(
+            err.starts_with("arpanet.toml:3:11: node.address: `0.300` is out of range"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -591,13 +614,21 @@ http_addr = "127.0.0.1:8500"
         )
         .unwrap_err();
         assert!(err.starts_with("arpanet.toml:4:"), "{err}");
-        assert!(err.contains("node.join[1].address: `1.999` is out of range"), "{err}");
+        assert!(
+            err.contains("node.join[1].address: `1.999` is out of range"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_names_key() {
-        let err = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\n[cluster]\nexpect = \"three\"\n").unwrap_err();
-        assert!(err.starts_with("arpanet.toml:5:10: cluster.expect:"), "{err}");
+        let err =
+            parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\n[cluster]\nexpect = \"three\"\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("arpanet.toml:5:10: cluster.expect:"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -606,26 +637,55 @@ http_addr = "127.0.0.1:8500"
             "[node]\naddress = \"0.1\"\nrole = \"boot\"\njoin = [{ address = \"0.2\", ip = \"1.2.3.4\" }, { address = \"0.2\", ip = \"1.2.3.5\" }]\n",
         )
         .unwrap_err();
-        assert!(err.starts_with("arpanet.toml:4:8: node.join: address `0.2` is listed twice"), "{err}");
+        assert!(
+            err.starts_with("arpanet.toml:4:8: node.join: address `0.2` is listed twice"),
+            "{err}"
+        );
     }
 
     #[test]
     fn cross_field_rules() {
-        let both = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_interface = \"eth0\"\nunderlay_ip = \"1.2.3.4\"\n");
+        let both = parse(
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_interface = \"eth0\"\nunderlay_ip = \"1.2.3.4\"\n",
+        );
         assert!(both.unwrap_err().contains("not both"));
         let lonely_server = parse("[node]\naddress = \"0.2\"\nrole = \"server\"\n");
-        assert!(lonely_server.unwrap_err().contains("role `server` needs at least one `join` peer"));
-        let own = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\njoin = [{ address = \"0.1\", ip = \"1.2.3.4\" }]\n");
+        assert!(
+            lonely_server
+                .unwrap_err()
+                .contains("role `server` needs at least one `join` peer")
+        );
+        let own = parse(
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\njoin = [{ address = \"0.1\", ip = \"1.2.3.4\" }]\n",
+        );
         assert!(own.unwrap_err().contains("own address"));
     }
 
     #[test]
     fn overlay_values_are_checked() {
         let base = "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[overlay]\n";
-        assert!(parse(&format!("{base}vni = 0\n")).unwrap_err().contains("overlay.vni: VNI 0 is out of range"));
-        assert!(parse(&format!("{base}mtu = 100\n")).unwrap_err().contains("overlay.mtu: 100: expected"));
-        assert!(parse(&format!("{base}mtu = \"big\"\n")).unwrap_err().contains("overlay.mtu: `big`"));
-        assert_eq!(parse(&format!("{base}mtu = 1400\n")).unwrap().overlay.effective_mtu(1500), 1400);
+        assert!(
+            parse(&format!("{base}vni = 0\n"))
+                .unwrap_err()
+                .contains("overlay.vni: VNI 0 is out of range")
+        );
+        assert!(
+            parse(&format!("{base}mtu = 100\n"))
+                .unwrap_err()
+                .contains("overlay.mtu: 100: expected")
+        );
+        assert!(
+            parse(&format!("{base}mtu = \"big\"\n"))
+                .unwrap_err()
+                .contains("overlay.mtu: `big`")
+        );
+        assert_eq!(
+            parse(&format!("{base}mtu = 1400\n"))
+                .unwrap()
+                .overlay
+                .effective_mtu(1500),
+            1400
+        );
         assert!(parse(&format!("{base}device = \"a-very-long-device-name\"\n")).is_err());
     }
 

@@ -1,0 +1,21 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+.PHONY: run test deps lint unit
+
+# Show what the example config makes of a node (no daemon, no root needed).
+run:
+	cargo run --quiet --bin arpanet -- --config etc/arpanet/arpanet.toml info
+
+# Everything: installs the real components the tests use, then lint and all tests.
+test: deps lint
+	cargo test --all-targets
+
+deps:
+	scripts/install-test-deps
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+# Pure-logic tests only: no root, no dockerd, no Consul.
+unit:
+	cargo test --lib

@@ -1,0 +1,177 @@
+//! The `arpanet` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arpanet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arpanet"))
+        .args(args)
+        .env_remove("ARPANET_CONFIG")
+        .output()
+        .expect("run arpanet")
+}
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/arpanet/arpanet.toml")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn info_json_prints_the_plan_of_the_example_config() {
+    let out = arpanet(&[
+        "--config",
+        example_config().to_str().unwrap(),
+        "info",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(plan["address"], "0.1");
+    assert_eq!(plan["role"], "boot");
+    assert_eq!(plan["overlay_ip"], "10.255.0.1");
+    assert_eq!(plan["docker_ip"], "10.254.0.1");
+    assert_eq!(plan["consul_ip"], "10.253.0.1");
+    assert_eq!(plan["container_subnet"], "10.0.1.0/24");
+}
+
+#[test]
+fn config_path_comes_from_the_environment_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_arpanet"))
+        .args(["info", "--json"])
+        .env("ARPANET_CONFIG", example_config())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn info_table_names_every_plane() {
+    let out = arpanet(&["--config", example_config().to_str().unwrap(), "info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "10.255.0.1",
+        "tcp://10.254.0.1:2375",
+        "10.253.0.1",
+        "10.0.1.0/24",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn unknown_key_is_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_iface = \"eth0\"\n",
+    );
+    for verb in ["info", "check"] {
+        let out = arpanet(&["--config", cfg.to_str().unwrap(), verb]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "{}:4:1: unknown field `underlay_iface`",
+                cfg.display()
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_address_is_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "[node]\naddress = \"0.300\"\nrole = \"boot\"\n",
+    );
+    let out = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "{}:2:11: node.address: `0.300` is out of range",
+            cfg.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_reports_every_broken_containers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = dir.path().join("containers.d");
+    std::fs::create_dir(&cd).unwrap();
+    let cfg = write(
+        dir.path(),
+        "arpanet.toml",
+        &format!(
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[paths]\ncontainers_dir = {:?}\n",
+            cd
+        ),
+    );
+    write(
+        &cd,
+        "good.toml",
+        "[[container]]\nname = \"a\"\nimage = \"busybox:1.36\"\n",
+    );
+    let ok = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 container(s) ok"));
+
+    write(
+        &cd,
+        "bad1.toml",
+        "[[container]]\nname = \"b\"\nimage = \"busybox\"\n",
+    );
+    write(
+        &cd,
+        "bad2.toml",
+        "[[container]]\nname = \"c\"\nimage = \"busybox:1\"\nports = [{ container = 99999 }]\n",
+    );
+    let out = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("bad1.toml:3:9: container[0].image: image `busybox` has no tag"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("bad2.toml:4:24: container[0].ports[0].container:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = arpanet(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for verb in ["info", "check"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(verb)),
+            "{verb} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_get_a_usage_error() {
+    let out = arpanet(&["info", "--jsn"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--jsn"));
+}

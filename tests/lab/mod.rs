@@ -1,0 +1,693 @@
+//! A multi-host test lab: N simulated hosts, each a network namespace with its own
+//! dockerd and Consul agent, joined by a bridge that lives in a namespace of its own
+//! (the underlay). The root namespace gets no address on it, so test traffic can only
+//! flow between namespaces this lab created.
+//!
+//! Teardown works from what is on disk (pidfiles, the lab directory, namespace names),
+//! so the same code cleans up after a panicking test (Drop) and after a test process
+//! that was killed outright (the sweep every new lab runs first).
+
+#![allow(dead_code)] // each test binary uses a different part of the lab
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arpanet::addressing::NodeAddress;
+
+const LAB_ROOT: &str = "/tmp/arpanet-lab";
+const NETNS_DIR: &str = "/run/netns";
+/// Every lab's namespaces and directory start with this, followed by the owner's pid.
+const PREFIX: &str = "arpl";
+pub const TEST_IMAGE: &str = "arpanet-test/busybox:1";
+const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// Tools the lab runs. Under CI=true a missing one fails the test; elsewhere the test
+/// is skipped with a message saying what to install.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("dockerd", "docker.io"),
+    ("docker", "docker.io"),
+    ("consul", "../shared/ci/install-consul"),
+    ("busybox", "busybox-static"),
+];
+
+/// Returns whether lab tests can run here; panics under CI=true when they cannot.
+pub fn available() -> bool {
+    let mut missing = Vec::new();
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        missing.push("root (network namespaces need it)".to_string());
+    }
+    for (tool, package) in TOOLS {
+        if which(tool).is_none() {
+            missing.push(format!("`{tool}` (install {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("lab tests need {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}; CI=true, so this fails instead of skipping");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The docker CLI of the engine's own package: the image may ship a newer client
+/// elsewhere on PATH whose legacy behaviours differ.
+fn docker_cli() -> PathBuf {
+    let packaged = PathBuf::from("/usr/bin/docker");
+    if packaged.is_file() {
+        packaged
+    } else {
+        which("docker").expect("docker on PATH")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsulRole {
+    Server,
+    Client,
+}
+
+pub struct LabBuilder {
+    hosts: usize,
+    docker: bool,
+    consul_servers: Option<usize>,
+}
+
+impl LabBuilder {
+    /// Run a dockerd on every host (with the test image loaded).
+    pub fn docker(mut self) -> Self {
+        self.docker = true;
+        self
+    }
+
+    /// Run Consul on every host: the first `servers` hosts as servers, the rest as clients.
+    pub fn consul(mut self, servers: usize) -> Self {
+        assert!(servers >= 1 && servers <= self.hosts);
+        self.consul_servers = Some(servers);
+        self
+    }
+
+    pub fn start(self) -> Lab {
+        sweep_dead_labs();
+        let name = format!(
+            "{PREFIX}{}x{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = Path::new(LAB_ROOT).join(&name);
+        std::fs::create_dir_all(&dir).expect("create lab dir");
+        let mut lab = Lab {
+            name: name.clone(),
+            dir: dir.clone(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+            torn_down: false,
+        };
+        // From here on a panic drops `lab`, which tears down whatever was made.
+        lab.create_underlay();
+        for index in 0..self.hosts {
+            let consul = self.consul_servers.map(|s| {
+                if index < s {
+                    ConsulRole::Server
+                } else {
+                    ConsulRole::Client
+                }
+            });
+            lab.add_host(index, consul);
+        }
+        if self.docker {
+            let image_root = lab.dir.join("image-root");
+            make_busybox_root(&image_root);
+            for i in 0..lab.hosts.len() {
+                let child = lab.hosts[i].start_dockerd();
+                lab.children.push(child);
+            }
+            for host in &lab.hosts {
+                host.wait_for_dockerd();
+                host.import_test_image(&image_root);
+            }
+        }
+        if let Some(servers) = self.consul_servers {
+            let server_ips: Vec<Ipv4Addr> =
+                lab.hosts[..servers].iter().map(|h| h.underlay_ip).collect();
+            for i in 0..lab.hosts.len() {
+                let child = lab.hosts[i].start_consul(servers, &server_ips);
+                lab.children.push(child);
+            }
+            lab.wait_for_consul();
+        }
+        lab
+    }
+}
+
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    pub hosts: Vec<Host>,
+    /// Our own children, waited for after teardown so none is left a zombie.
+    children: Vec<Child>,
+    torn_down: bool,
+}
+
+pub struct Host {
+    pub index: usize,
+    /// The network namespace standing in for this host.
+    pub netns: String,
+    pub address: NodeAddress,
+    /// Address on the lab's underlay (the network the hosts already share).
+    pub underlay_ip: Ipv4Addr,
+    /// The underlay interface inside the host, as in the example config.
+    pub underlay_interface: String,
+    pub dir: PathBuf,
+    pub consul: Option<ConsulRole>,
+}
+
+impl Lab {
+    pub fn builder(hosts: usize) -> LabBuilder {
+        assert!((1..=200).contains(&hosts));
+        LabBuilder {
+            hosts,
+            docker: false,
+            consul_servers: None,
+        }
+    }
+
+    fn underlay_netns(&self) -> String {
+        format!("{}-ul", self.name)
+    }
+
+    fn create_underlay(&self) {
+        let ns = self.underlay_netns();
+        sh(Command::new("ip").args(["netns", "add", &ns]));
+        sh(Command::new("ip").args(["-n", &ns, "link", "add", "br0", "type", "bridge"]));
+        sh(Command::new("ip").args(["-n", &ns, "link", "set", "br0", "up"]));
+    }
+
+    fn add_host(&mut self, index: usize, consul: Option<ConsulRole>) {
+        let netns = format!("{}-h{index}", self.name);
+        let dir = self.dir.join(format!("h{index}"));
+        std::fs::create_dir_all(&dir).expect("create host dir");
+        let underlay_ip = Ipv4Addr::new(
+            UNDERLAY_NET[0],
+            UNDERLAY_NET[1],
+            UNDERLAY_NET[2],
+            10 + index as u8,
+        );
+        let host = Host {
+            index,
+            netns: netns.clone(),
+            address: NodeAddress::new(0, index as u8 + 1).expect("lab address"),
+            underlay_ip,
+            underlay_interface: "eth1".into(),
+            dir,
+            consul,
+        };
+        // Push before configuring so a failure below still tears this host down.
+        self.hosts.push(host);
+        let ul = self.underlay_netns();
+        let port = format!("h{index}");
+        sh(Command::new("ip").args(["netns", "add", &netns]));
+        sh(Command::new("ip").args([
+            "link", "add", "eth1", "netns", &netns, "type", "veth", "peer", "name", &port, "netns",
+            &ul,
+        ]));
+        sh(Command::new("ip").args(["-n", &ul, "link", "set", &port, "master", "br0", "up"]));
+        sh(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
+        sh(Command::new("ip").args([
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{underlay_ip}/24"),
+            "dev",
+            "eth1",
+        ]));
+        sh(Command::new("ip").args(["-n", &netns, "link", "set", "eth1", "up"]));
+    }
+
+    fn wait_for_consul(&self) {
+        let expected = self.hosts.len();
+        wait_until(
+            Duration::from_secs(90),
+            "every Consul agent to see all members alive",
+            || {
+                self.hosts
+                    .iter()
+                    .all(|h| h.consul_alive_members().len() == expected)
+            },
+        );
+        // A KV write needs an elected leader.
+        wait_until(
+            Duration::from_secs(60),
+            "a Consul leader (a KV write to succeed)",
+            || {
+                self.hosts[0]
+                    .consul(&["kv", "put", "arpanet-lab/ready", "1"])
+                    .status
+                    .success()
+            },
+        );
+    }
+
+    /// Tears everything down and reports every error, not only the first.
+    pub fn teardown(mut self) -> Result<(), String> {
+        self.torn_down = true;
+        let errors = self.teardown_and_reap();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    fn teardown_and_reap(&mut self) -> Vec<String> {
+        let errors = teardown_lab(&self.name, &self.dir);
+        for mut child in self.children.drain(..) {
+            // Dead by now (or reported in `errors`); this only collects the exit status.
+            let _ = child.try_wait();
+        }
+        errors
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let errors = self.teardown_and_reap();
+        if !errors.is_empty() {
+            let msg = format!("lab {} teardown:\n{}", self.name, errors.join("\n"));
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+impl Host {
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    /// Runs a command inside this host's network namespace (and nowhere else).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={NETNS_DIR}/{}", self.netns))
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// The docker CLI against this host's engine (over its unix socket).
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new(docker_cli())
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// The consul CLI against this host's agent, from inside the host:
+    /// `consul(&["kv", "put", "k", "v"])`.
+    pub fn consul(&self, args: &[&str]) -> Output {
+        // Consul wants flags between the subcommand and its positional arguments.
+        let (sub, rest) = args.split_at(if args.len() > 1 && args[0] == "kv" {
+            2
+        } else {
+            1
+        });
+        let mut full = vec!["consul"];
+        full.extend_from_slice(sub);
+        full.push("-http-addr=127.0.0.1:8500");
+        full.extend_from_slice(rest);
+        self.exec(&full)
+    }
+
+    /// Names of the members this host's agent sees as alive.
+    pub fn consul_alive_members(&self) -> Vec<String> {
+        let out = self.consul(&["members"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(2) == Some("alive"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    fn start_dockerd(&self) -> Child {
+        let d = &self.dir;
+        let log = std::fs::File::create(d.join("dockerd.log")).expect("dockerd log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={NETNS_DIR}/{}", self.netns))
+            .arg("--")
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(d.join("docker"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .arg("--bip")
+            .arg(format!("{}/24", self.address.bridge_ip()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd");
+        // nsenter execs dockerd, so this is dockerd's pid even before its pidfile exists.
+        std::fs::write(d.join("dockerd.pid.spawned"), child.id().to_string()).expect("pidfile");
+        child
+    }
+
+    fn wait_for_dockerd(&self) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("dockerd on {}", self.netns),
+            || {
+                self.docker(&["version", "--format", "{{.Server.Version}}"])
+                    .status
+                    .success()
+            },
+        );
+    }
+
+    fn import_test_image(&self, root: &Path) {
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tar");
+        let out = Command::new(docker_cli())
+            .arg("-H")
+            .arg(format!("unix://{}", self.docker_socket().display()))
+            .args(["import", "--change", "CMD [\"/bin/sh\"]", "-", TEST_IMAGE])
+            .stdin(tar.stdout.take().expect("tar stdout"))
+            .output()
+            .expect("docker import");
+        let tar_status = tar.wait().expect("wait for tar");
+        assert!(
+            tar_status.success(),
+            "tar of the test image root: {tar_status}"
+        );
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_consul(&self, servers: usize, server_ips: &[Ipv4Addr]) -> Child {
+        let d = &self.dir;
+        let log = std::fs::File::create(d.join("consul.log")).expect("consul log");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={NETNS_DIR}/{}", self.netns))
+            .args(["--", "consul", "agent"])
+            .arg(format!("-node=h{}", self.index))
+            .arg("-datacenter=arpanet-lab")
+            .arg(format!("-bind={}", self.underlay_ip))
+            .arg("-client=127.0.0.1")
+            .arg(format!("-data-dir={}", d.join("consul").display()))
+            .arg("-disable-host-node-id")
+            .arg("-log-level=warn");
+        if self.consul == Some(ConsulRole::Server) {
+            cmd.arg("-server")
+                .arg(format!("-bootstrap-expect={servers}"));
+        }
+        for ip in server_ips.iter().filter(|ip| **ip != self.underlay_ip) {
+            cmd.arg(format!("-retry-join={ip}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn consul");
+        std::fs::write(d.join("consul.pid"), child.id().to_string()).expect("pidfile");
+        child
+    }
+}
+
+/// A FROM-scratch busybox root: `docker import` of it needs no registry and no build.
+fn make_busybox_root(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("image root");
+    let busybox = which("busybox").expect("busybox on PATH");
+    std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
+    let list = Command::new(&busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+        }
+    }
+    for dir in ["tmp", "etc", "proc", "sys", "dev", "www"] {
+        std::fs::create_dir_all(root.join(dir)).expect("image dir");
+    }
+}
+
+/// Stops every process, unmounts, deletes the namespaces and the directory of a lab.
+/// Goes on after each failure and returns them all.
+fn teardown_lab(name: &str, dir: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    let hosts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(".").is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for host_dir in &hosts {
+        let socket = host_dir.join("docker.sock");
+        if socket.exists() {
+            // Removing containers first keeps dockerd's shutdown from waiting out each one's stop timeout.
+            let ids = Command::new(docker_cli())
+                .arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .args(["ps", "-aq"])
+                .output();
+            if let Ok(ids) = ids {
+                let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new(docker_cli())
+                        .arg("-H")
+                        .arg(format!("unix://{}", socket.display()))
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        for pidfile in ["consul.pid", "dockerd.pid", "dockerd.pid.spawned"] {
+            if let Err(e) = stop_pidfile(&host_dir.join(pidfile)) {
+                errors.push(e);
+            }
+        }
+    }
+    errors.extend(unmount_below(dir));
+    if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+        for ns in entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+        {
+            if ns
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('-'))
+            {
+                let out = Command::new("ip").args(["netns", "del", &ns]).output();
+                match out {
+                    Ok(o) if o.status.success() => {}
+                    Ok(o) => errors.push(format!(
+                        "ip netns del {ns}: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Err(e) => errors.push(format!("ip netns del {ns}: {e}")),
+                }
+            }
+        }
+    }
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        errors.push(format!("remove {}: {e}", dir.display()));
+    }
+    errors
+}
+
+/// SIGTERM, up to 30 s for a clean exit, then SIGKILL.
+fn stop_pidfile(pidfile: &Path) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(pidfile) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return Ok(());
+    };
+    if !process_alive(pid) {
+        return Ok(());
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if process_alive(pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+        if process_alive(pid) {
+            return Err(format!(
+                "pid {pid} from {} survived SIGKILL",
+                pidfile.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A zombie (exited, not yet waited for) counts as dead.
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; a zombie has exited.
+        Ok(stat) => stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn unmount_below(dir: &Path) -> Vec<String> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let prefix = format!("{}/", dir.display());
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    // Deepest first, so nested mounts go before their parents.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.dedup();
+    let mut errors = Vec::new();
+    for point in points {
+        let out = Command::new("umount").args(["-l", point]).output();
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            errors.push(format!(
+                "umount {point}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+    }
+    errors
+}
+
+/// Cleans up labs whose test process died without tearing them down.
+fn sweep_dead_labs() {
+    let mut names: Vec<String> = Vec::new();
+    for dir in [LAB_ROOT, NETNS_DIR] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.filter_map(|e| e.ok()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(lab) = n.strip_prefix(PREFIX) {
+                    let lab_name = format!("{PREFIX}{}", lab.split('-').next().unwrap_or(""));
+                    if !names.contains(&lab_name) {
+                        names.push(lab_name);
+                    }
+                }
+            }
+        }
+    }
+    for name in names {
+        let owner = name
+            .trim_start_matches(PREFIX)
+            .split('x')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok());
+        if owner.is_some_and(|pid| !process_alive(pid)) {
+            for e in teardown_lab(&name, &Path::new(LAB_ROOT).join(&name)) {
+                eprintln!("sweeping dead lab {name}: {e}");
+            }
+        }
+    }
+}
+
+/// Runs a setup command; a failure panics with its stderr.
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `ready` every 200 ms; panics naming what it waited for after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
