@@ -1,29 +1,84 @@
-//! The arpanetd main loop: load config, tell systemd we are ready, re-read config on
-//! SIGHUP, stop on SIGTERM. Reconcilers of later subsystems run inside this loop.
+//! The arpanetd main loop: converge the host to its config at start, on every resync
+//! tick and on SIGHUP (which re-reads the config first); stop on SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ServiceMode};
+use crate::docker::daemon_json;
+use crate::network::netlink::Netlink;
+use crate::network::reconcile;
 use crate::plan::NodePlan;
 
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
+    netlink: Netlink,
+}
+
+/// What one convergence pass did, for logs and `arpanetd --once`.
+#[derive(Debug, Default, Serialize)]
+pub struct PassReport {
+    pub changes: Vec<String>,
+    pub errors: Vec<String>,
 }
 
 impl Daemon {
-    /// Fails, with the config's `FILE:LINE:COL` message, before anything is started.
+    /// Fails, with the config's `FILE:LINE:COL` message, before anything is changed.
     pub fn load(config_path: &Path) -> anyhow::Result<Self> {
         let config = Config::load(config_path)?;
+        let netlink = Netlink::connect()?;
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
+            netlink,
         })
+    }
+
+    /// Brings the host to the config once. Every subsystem runs even if another failed.
+    pub async fn converge(&self) -> PassReport {
+        let mut report = PassReport::default();
+        let peers = reconcile::join_peers(&self.config);
+        match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
+            Ok(r) => {
+                report
+                    .changes
+                    .extend(r.changes.into_iter().map(|c| format!("network: {c}")));
+                report
+                    .errors
+                    .extend(r.errors.into_iter().map(|e| format!("network: {e}")));
+            }
+            Err(e) => report.errors.push(format!("network: {e:#}")),
+        }
+        if self.config.docker.mode != ServiceMode::External {
+            match daemon_json::apply(&self.config) {
+                Ok(true) => {
+                    report.changes.push(format!(
+                        "docker: updated {}",
+                        self.config.docker.daemon_json.display()
+                    ));
+                    if self.config.docker.mode == ServiceMode::Config {
+                        warn!(
+                            "daemon.json changed; restart dockerd to apply it (docker.mode = \"config\")"
+                        );
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => report.errors.push(format!("docker: {e:#}")),
+            }
+        }
+        for c in &report.changes {
+            info!("{c}");
+        }
+        for e in &report.errors {
+            error!("{e}");
+        }
+        report
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -33,45 +88,54 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let watchdog = watchdog_interval();
 
+        self.converge().await;
         notify(&[NotifyState::Ready, NotifyState::Status("running")]);
         info!("arpanetd ready");
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut resync = tokio::time::interval(self.config.overlay.resync);
+        resync.reset();
         loop {
             tokio::select! {
-                _ = hangup.recv() => self.reload(),
+                _ = hangup.recv() => {
+                    if self.reload() {
+                        resync = tokio::time::interval(self.config.overlay.resync);
+                    }
+                    self.converge().await;
+                }
+                _ = resync.tick() => {
+                    self.converge().await;
+                }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             }
         }
         notify(&[NotifyState::Stopping]);
-        info!("arpanetd stopping");
+        info!("arpanetd stopping; the overlay stays up (arpanet uninstall-network removes it)");
         Ok(())
     }
 
     /// A bad new config is reported and ignored: what runs keeps running on the old one.
-    fn reload(&mut self) {
+    /// Returns whether a new config was taken.
+    fn reload(&mut self) -> bool {
         notify(&[NotifyState::Reloading]);
-        match Config::load(&self.config_path) {
+        let taken = match Config::load(&self.config_path) {
             Ok(config) => {
-                if NodePlan::from_config(&config) != NodePlan::from_config(&self.config) {
-                    warn!(
-                        "the node's addresses changed in the config; they take effect on restart"
-                    );
+                if config.node.address != self.config.node.address {
+                    warn!("node.address changed; the new addresses replace the old ones now");
                 }
                 self.config = config;
                 info!(config = %self.config_path.display(), "configuration reloaded");
-                notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+                true
             }
             Err(e) => {
                 error!("{e}; keeping the running configuration");
-                notify(&[
-                    NotifyState::Ready,
-                    NotifyState::Status("reload failed; see the journal"),
-                ]);
+                false
             }
-        }
+        };
+        notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+        taken
     }
 
     fn log_plan(&self) {

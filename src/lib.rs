@@ -8,5 +8,7 @@ pub mod addressing;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod logging;
+pub mod network;
 pub mod plan;

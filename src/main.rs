@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use arpanet::commands::{check, info};
+use arpanet::commands::{check, info, status, uninstall_network};
 use arpanet::config::DEFAULT_CONFIG_PATH;
 
 /// arpanet: one cluster out of a set of Docker hosts.
@@ -21,14 +21,19 @@ struct Opts {
 enum Command {
     Info(info::Info),
     Check(check::Check),
+    Status(status::Status),
+    UninstallNetwork(uninstall_network::UninstallNetwork),
 }
 
-fn main() -> ExitCode {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
     arpanet::logging::init("warn");
     let opts = Opts::parse();
     let result = match &opts.command {
         Command::Info(c) => c.exec(&opts.config),
         Command::Check(c) => c.exec(&opts.config),
+        Command::Status(c) => c.exec(&opts.config).await,
+        Command::UninstallNetwork(c) => c.exec(&opts.config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,80 +1,96 @@
 //! arpanetd as a process: a bad config on reload is reported and changes nothing.
+//! It runs inside a lab host, never in this machine's own namespace.
+
+mod lab;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+use lab::{Lab, wait_until};
+
+#[test]
+fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
+    if !lab::available() {
+        return;
     }
-}
+    let lab = Lab::builder(2).start();
+    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    let host = &lab.hosts[0];
+    let cfg = host.config_path();
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    host.start_arpanetd();
+    wait_until(Duration::from_secs(10), "arpanetd ready", || {
+        host.log("arpanetd").contains("arpanetd ready")
+    });
+    let routes_before = lab::stdout(&host.exec(&["ip", "route", "show", "proto", "97"]));
+    assert!(routes_before.contains("10.0.2.0/24"), "{routes_before}");
 
-fn signal(pid: u32, sig: &str) {
+    std::fs::write(&cfg, format!("{good}bogus = 1\n")).unwrap();
+    let pid = std::fs::read_to_string(host.dir.join("arpanetd.pid.spawned")).unwrap();
+    let hup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", pid.trim()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    hup();
+    wait_until(
+        Duration::from_secs(10),
+        "the reload error in the log",
+        || {
+            host.log("arpanetd")
+                .contains("keeping the running configuration")
+        },
+    );
+    let log = host.log("arpanetd");
+    let line = good.lines().count() + 1;
+    assert!(
+        log.contains(&format!(
+            "{}:{line}:1: unknown field `bogus`",
+            cfg.display()
+        )),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(
+        !stat.is_empty() && !stat.contains(") Z"),
+        "arpanetd exited on a bad config"
+    );
+    // Nothing it had set up was torn down by the bad file.
+    assert_eq!(
+        lab::stdout(&host.exec(&["ip", "route", "show", "proto", "97"])),
+        routes_before
+    );
+
+    std::fs::write(&cfg, &good).unwrap();
+    hup();
+    wait_until(Duration::from_secs(10), "the reload to apply", || {
+        host.log("arpanetd").contains("configuration reloaded")
+    });
+
     assert!(
         Command::new("kill")
-            .args([sig, &pid.to_string()])
+            .args(["-TERM", pid.trim()])
             .status()
             .unwrap()
             .success()
     );
+    wait_until(Duration::from_secs(10), "arpanetd to stop", || {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z")
+    });
+    assert!(host.log("arpanetd").contains("arpanetd stopping"));
+    lab.teardown().expect("teardown");
 }
 
 #[test]
-fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("arpanet.toml");
-    let log = dir.path().join("arpanetd.log");
-    let good = "[node]\naddress = \"0.1\"\nrole = \"boot\"\n";
-    std::fs::write(&cfg, good).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_arpanetd"))
-        .arg("--config")
-        .arg(&cfg)
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("NOTIFY_SOCKET")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = daemon.id();
-    wait_for_log(&log, "arpanetd ready");
-
-    std::fs::write(
-        &cfg,
-        "[node]\naddress = \"0.1\"\nrole = \"boot\"\nbogus = 1\n",
-    )
-    .unwrap();
-    signal(pid, "-HUP");
-    let text = wait_for_log(&log, "keeping the running configuration");
-    assert!(
-        text.contains(&format!("{}:4:1: unknown field `bogus`", cfg.display())),
-        "{text}"
-    );
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "arpanetd exited on a bad config"
-    );
-
-    std::fs::write(&cfg, good).unwrap();
-    signal(pid, "-HUP");
-    wait_for_log(&log, "configuration reloaded");
-
-    signal(pid, "-TERM");
-    let status = daemon.wait().unwrap();
-    assert!(status.success(), "{status}");
-}
-
-#[test]
-fn a_broken_config_at_start_fails_with_its_position() {
+fn a_broken_config_at_start_fails_with_its_position_before_touching_anything() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("arpanet.toml");
     std::fs::write(&cfg, "[node]\naddress = \"1.2.3\"\n").unwrap();
@@ -93,4 +109,5 @@ fn a_broken_config_at_start_fails_with_its_position() {
         )),
         "{err}"
     );
+    assert!(!Path::new("/sys/class/net/arpanet0").exists());
 }

@@ -13,17 +13,35 @@ struct Opts {
     /// The node's config file.
     #[arg(long, env = "ARPANET_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Converge the host once, print what changed as JSON, and exit (non-zero on errors).
+    #[arg(long)]
+    once: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     arpanet::logging::init("info");
     let opts = Opts::parse();
-    let result = match Daemon::load(&opts.config) {
-        Ok(daemon) => daemon.run().await,
-        Err(e) => Err(e),
+    let daemon = match Daemon::load(&opts.config) {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
     };
-    match result {
+    if opts.once {
+        let report = daemon.converge().await;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        );
+        return if report.errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    match daemon.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

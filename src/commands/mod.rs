@@ -2,3 +2,5 @@
 
 pub mod check;
 pub mod info;
+pub mod status;
+pub mod uninstall_network;

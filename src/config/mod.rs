@@ -301,6 +301,9 @@ pub struct OverlayConfig {
     /// VXLAN's UDP port on the underlay (IANA's 4789; flannel uses Linux's old 8472).
     pub port: u16,
     pub mtu: Mtu,
+    /// How often the device and peer entries are checked and repaired.
+    #[serde(with = "duration_text")]
+    pub resync: Duration,
 }
 
 impl Default for OverlayConfig {
@@ -310,6 +313,7 @@ impl Default for OverlayConfig {
             vni: Vni(1),
             port: 4789,
             mtu: Mtu::Auto,
+            resync: Duration::from_secs(10),
         }
     }
 }
@@ -419,9 +423,12 @@ impl<'de> Deserialize<'de> for Mtu {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceMode {
-    /// arpanet configures the service and (re)starts its systemd unit.
+    /// arpanet writes the service's configuration and (re)starts its systemd unit.
     Systemd,
-    /// Use what already runs, as it is.
+    /// arpanet writes the configuration; starting and restarting is left to you
+    /// (hosts without systemd, or another supervisor).
+    Config,
+    /// Use what already runs, as it is: arpanet writes nothing.
     External,
 }
 
@@ -574,6 +581,7 @@ http_addr = "127.0.0.1:8500"
         assert_eq!(c.overlay.effective_mtu(1500), 1450);
         assert_eq!(c.docker.api_port, 2375);
         assert_eq!(c.sync.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.overlay.resync, Duration::from_secs(10));
     }
 
     #[test]

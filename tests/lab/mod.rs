@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,13 @@ fn docker_cli() -> PathBuf {
     }
 }
 
+pub enum Dockerd {
+    /// The lab's own flags: a unix socket in the host dir and `--bip` from the plan.
+    Plain,
+    /// Everything from this daemon.json (as arpanet writes it).
+    ConfigFile(PathBuf),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsulRole {
     Server,
@@ -122,7 +130,6 @@ impl LabBuilder {
             name: name.clone(),
             dir: dir.clone(),
             hosts: Vec::new(),
-            children: Vec::new(),
             torn_down: false,
         };
         // From here on a panic drops `lab`, which tears down whatever was made.
@@ -138,23 +145,19 @@ impl LabBuilder {
             lab.add_host(index, consul);
         }
         if self.docker {
-            let image_root = lab.dir.join("image-root");
-            make_busybox_root(&image_root);
-            for i in 0..lab.hosts.len() {
-                let child = lab.hosts[i].start_dockerd();
-                lab.children.push(child);
+            for host in &lab.hosts {
+                host.start_dockerd(Dockerd::Plain);
             }
             for host in &lab.hosts {
                 host.wait_for_dockerd();
-                host.import_test_image(&image_root);
+                host.import_test_image();
             }
         }
         if let Some(servers) = self.consul_servers {
             let server_ips: Vec<Ipv4Addr> =
                 lab.hosts[..servers].iter().map(|h| h.underlay_ip).collect();
-            for i in 0..lab.hosts.len() {
-                let child = lab.hosts[i].start_consul(servers, &server_ips);
-                lab.children.push(child);
+            for host in &lab.hosts {
+                host.start_consul(servers, &server_ips);
             }
             lab.wait_for_consul();
         }
@@ -166,8 +169,6 @@ pub struct Lab {
     pub name: String,
     pub dir: PathBuf,
     pub hosts: Vec<Host>,
-    /// Our own children, waited for after teardown so none is left a zombie.
-    children: Vec<Child>,
     torn_down: bool,
 }
 
@@ -182,6 +183,8 @@ pub struct Host {
     pub underlay_interface: String,
     pub dir: PathBuf,
     pub consul: Option<ConsulRole>,
+    /// Processes this host runs, waited for after teardown so none is left a zombie.
+    children: Mutex<Vec<Child>>,
 }
 
 impl Lab {
@@ -223,6 +226,7 @@ impl Lab {
             underlay_interface: "eth1".into(),
             dir,
             consul,
+            children: Mutex::new(Vec::new()),
         };
         // Push before configuring so a failure below still tears this host down.
         self.hosts.push(host);
@@ -284,11 +288,26 @@ impl Lab {
 
     fn teardown_and_reap(&mut self) -> Vec<String> {
         let errors = teardown_lab(&self.name, &self.dir);
-        for mut child in self.children.drain(..) {
-            // Dead by now (or reported in `errors`); this only collects the exit status.
-            let _ = child.try_wait();
+        for host in &self.hosts {
+            for mut child in host.children.lock().unwrap().drain(..) {
+                // Dead by now (or reported in `errors`); this only collects the exit status.
+                let _ = child.try_wait();
+            }
         }
         errors
+    }
+
+    /// Writes an arpanet.toml for every host: the others are its join peers, paths
+    /// and sockets live in the host's directory, Docker is configured by file only.
+    /// `extra` is appended (e.g. a `[consul]` table).
+    pub fn write_arpanet_configs(&self, extra: &str) -> Vec<PathBuf> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let others: Vec<&Host> = self.hosts.iter().filter(|o| o.index != h.index).collect();
+                h.write_arpanet_config(&others, extra)
+            })
+            .collect()
     }
 }
 
@@ -361,34 +380,69 @@ impl Host {
             .collect()
     }
 
-    fn start_dockerd(&self) -> Child {
-        let d = &self.dir;
-        let log = std::fs::File::create(d.join("dockerd.log")).expect("dockerd log");
+    /// Starts `args` inside this host, logging to `NAME.log`; teardown stops it by
+    /// its pidfile `NAME.pid.spawned` (nsenter execs, so the pid is the program's).
+    pub fn spawn(&self, name: &str, args: &[&std::ffi::OsStr]) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net={NETNS_DIR}/{}", self.netns))
             .arg("--")
-            .arg("dockerd")
-            .arg("--data-root")
-            .arg(d.join("docker"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.docker_socket().display()))
-            .arg("--bip")
-            .arg(format!("{}/24", self.address.bridge_ip()))
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("spawn dockerd");
-        // nsenter execs dockerd, so this is dockerd's pid even before its pidfile exists.
-        std::fs::write(d.join("dockerd.pid.spawned"), child.id().to_string()).expect("pidfile");
-        child
+            .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+        std::fs::write(
+            self.dir.join(format!("{name}.pid.spawned")),
+            child.id().to_string(),
+        )
+        .expect("pidfile");
+        self.children.lock().unwrap().push(child);
     }
 
-    fn wait_for_dockerd(&self) {
+    /// Stops a process started with [`Host::spawn`] (SIGTERM, then SIGKILL).
+    pub fn stop(&self, name: &str) {
+        stop_pidfile(&self.dir.join(format!("{name}.pid.spawned"))).expect("stop");
+        let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid.spawned")));
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts this host's dockerd, either with the lab's own flags or from a
+    /// daemon.json (as arpanet writes it), which then names the socket and bridge.
+    pub fn start_dockerd(&self, how: Dockerd) {
+        let d = &self.dir;
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "dockerd".into(),
+            "--data-root".into(),
+            d.join("docker").into(),
+            "--exec-root".into(),
+            d.join("exec").into(),
+            "--pidfile".into(),
+            d.join("dockerd.pid").into(),
+        ];
+        match how {
+            Dockerd::Plain => {
+                args.push("-H".into());
+                args.push(format!("unix://{}", self.docker_socket().display()).into());
+                args.push("--bip".into());
+                args.push(format!("{}/24", self.address.bridge_ip()).into());
+            }
+            Dockerd::ConfigFile(path) => {
+                args.push("--config-file".into());
+                args.push(path.into());
+            }
+        }
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.spawn("dockerd", &refs);
+    }
+
+    pub fn wait_for_dockerd(&self) {
         wait_until(
             Duration::from_secs(60),
             &format!("dockerd on {}", self.netns),
@@ -400,10 +454,15 @@ impl Host {
         );
     }
 
-    fn import_test_image(&self, root: &Path) {
+    /// Loads the busybox test image (with a `whoami` CGI under /www) into this engine.
+    pub fn import_test_image(&self) {
+        let root = self.dir.join("image-root");
+        if !root.exists() {
+            make_busybox_root(&root);
+        }
         let mut tar = Command::new("tar")
             .arg("-C")
-            .arg(root)
+            .arg(&root)
             .args(["-c", "."])
             .stdout(Stdio::piped())
             .spawn()
@@ -427,34 +486,105 @@ impl Host {
         );
     }
 
-    fn start_consul(&self, servers: usize, server_ips: &[Ipv4Addr]) -> Child {
-        let d = &self.dir;
-        let log = std::fs::File::create(d.join("consul.log")).expect("consul log");
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={NETNS_DIR}/{}", self.netns))
-            .args(["--", "consul", "agent"])
-            .arg(format!("-node=h{}", self.index))
-            .arg("-datacenter=arpanet-lab")
-            .arg(format!("-bind={}", self.underlay_ip))
-            .arg("-client=127.0.0.1")
-            .arg(format!("-data-dir={}", d.join("consul").display()))
-            .arg("-disable-host-node-id")
-            .arg("-log-level=warn");
+    fn start_consul(&self, servers: usize, server_ips: &[Ipv4Addr]) {
+        let mut args: Vec<String> = vec![
+            "consul".into(),
+            "agent".into(),
+            format!("-node=h{}", self.index),
+            "-datacenter=arpanet-lab".into(),
+            format!("-bind={}", self.underlay_ip),
+            "-client=127.0.0.1".into(),
+            format!("-data-dir={}", self.dir.join("consul").display()),
+            "-disable-host-node-id".into(),
+            "-log-level=warn".into(),
+        ];
         if self.consul == Some(ConsulRole::Server) {
-            cmd.arg("-server")
-                .arg(format!("-bootstrap-expect={servers}"));
+            args.push("-server".into());
+            args.push(format!("-bootstrap-expect={servers}"));
         }
         for ip in server_ips.iter().filter(|ip| **ip != self.underlay_ip) {
-            cmd.arg(format!("-retry-join={ip}"));
+            args.push(format!("-retry-join={ip}"));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn consul");
-        std::fs::write(d.join("consul.pid"), child.id().to_string()).expect("pidfile");
-        child
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        self.spawn("consul", &refs);
+    }
+
+    /// This host's arpanet.toml as the lab writes it (see [`Lab::write_arpanet_configs`]).
+    fn write_arpanet_config(&self, others: &[&Host], extra: &str) -> PathBuf {
+        let join: Vec<String> = others
+            .iter()
+            .map(|o| {
+                format!(
+                    "{{ address = \"{}\", ip = \"{}\" }}",
+                    o.address, o.underlay_ip
+                )
+            })
+            .collect();
+        let d = &self.dir;
+        let text = format!(
+            "[node]\naddress = \"{}\"\nrole = \"{}\"\nname = \"h{}\"\nunderlay_interface = \"{}\"\njoin = [{}]\n\
+             [cluster]\nname = \"arpanet-lab\"\n\
+             [paths]\nstate_dir = {:?}\nrun_dir = {:?}\ncontainers_dir = {:?}\n\
+             [overlay]\nresync = \"1s\"\n\
+             [docker]\nmode = \"config\"\nsocket = {:?}\ndaemon_json = {:?}\n\
+             {extra}\n",
+            self.address,
+            if self.index == 0 { "boot" } else { "server" },
+            self.index,
+            self.underlay_interface,
+            join.join(", "),
+            d.join("state"),
+            d.join("run"),
+            d.join("containers.d"),
+            self.docker_socket(),
+            self.daemon_json(),
+        );
+        let path = d.join("arpanet.toml");
+        std::fs::write(&path, text).expect("write arpanet.toml");
+        path
+    }
+
+    pub fn daemon_json(&self) -> PathBuf {
+        self.dir.join("daemon.json")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("arpanet.toml")
+    }
+
+    /// Runs the `arpanet` CLI inside this host with its config.
+    pub fn arpanet(&self, args: &[&str]) -> Output {
+        let config = self.config_path();
+        let mut full = vec![
+            env!("CARGO_BIN_EXE_arpanet"),
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        self.exec(&full)
+    }
+
+    /// One convergence pass of arpanetd inside this host.
+    pub fn arpanetd_once(&self) -> Output {
+        let config = self.config_path();
+        self.exec(&[
+            env!("CARGO_BIN_EXE_arpanetd"),
+            "--config",
+            config.to_str().unwrap(),
+            "--once",
+        ])
+    }
+
+    pub fn start_arpanetd(&self) {
+        let config = self.config_path();
+        self.spawn(
+            "arpanetd",
+            &[
+                std::ffi::OsStr::new(env!("CARGO_BIN_EXE_arpanetd")),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ],
+        );
     }
 }
 
@@ -473,9 +603,18 @@ fn make_busybox_root(root: &Path) {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
         }
     }
-    for dir in ["tmp", "etc", "proc", "sys", "dev", "www"] {
+    for dir in ["tmp", "etc", "proc", "sys", "dev", "www/cgi-bin"] {
         std::fs::create_dir_all(root.join(dir)).expect("image dir");
     }
+    // `httpd -f -p 8080 -h /www` then answers /cgi-bin/whoami with the caller's address.
+    let whoami = root.join("www/cgi-bin/whoami");
+    std::fs::write(
+        &whoami,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+    )
+    .expect("cgi");
+    std::fs::set_permissions(&whoami, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
 }
 
 /// Stops every process, unmounts, deletes the namespaces and the directory of a lab.
@@ -513,8 +652,14 @@ fn teardown_lab(name: &str, dir: &Path) -> Vec<String> {
                 }
             }
         }
-        for pidfile in ["consul.pid", "dockerd.pid", "dockerd.pid.spawned"] {
-            if let Err(e) = stop_pidfile(&host_dir.join(pidfile)) {
+        // arpanetd first, so it cannot repair what the rest of teardown removes.
+        let mut pidfiles: Vec<PathBuf> = std::fs::read_dir(host_dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        pidfiles.retain(|p| p.to_string_lossy().contains(".pid"));
+        pidfiles.sort_by_key(|p| !p.to_string_lossy().contains("arpanetd"));
+        for pidfile in pidfiles {
+            if let Err(e) = stop_pidfile(&pidfile) {
                 errors.push(e);
             }
         }

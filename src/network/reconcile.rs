@@ -1,0 +1,68 @@
+//! One pass of the overlay reconcile loop, and its inverse.
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::netlink::Netlink;
+use super::{Change, DesiredState, Peer, firewall, plan};
+use crate::config::Config;
+
+/// What a pass did. An empty `changes` means the host already matched the plan.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub changes: Vec<String>,
+    /// Entries that failed; the rest were still applied and the next pass retries.
+    pub errors: Vec<String>,
+}
+
+/// The peers a node knows from its own config, before Consul says more.
+pub fn join_peers(config: &Config) -> Vec<Peer> {
+    config
+        .node
+        .join
+        .iter()
+        .map(|j| Peer {
+            address: j.address,
+            underlay_ip: j.ip,
+        })
+        .collect()
+}
+
+pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow::Result<Report> {
+    let underlay = nl.underlay(&config.node.underlay).await?;
+    let desired = DesiredState::new(config, underlay, peers);
+    let observed = nl.observe(&desired.device.name).await?;
+    let mut index = observed.device.as_ref().map(|d| d.index);
+    let mut report = Report::default();
+    for change in plan(&desired, &observed) {
+        match nl.apply(&desired.device, &change, &mut index).await {
+            Ok(()) => report.changes.push(change.to_string()),
+            // Nothing else can be applied without the device.
+            Err(e) if matches!(change, Change::CreateDevice | Change::RecreateDevice { .. }) => {
+                return Err(e).with_context(|| format!("{} {}", change, desired.device.name));
+            }
+            Err(e) => report.errors.push(format!("{change}: {e:#}")),
+        }
+    }
+    match firewall::ensure_ip_forward() {
+        Ok(true) => report.changes.push("enable IP forwarding".into()),
+        Ok(false) => {}
+        Err(e) => report.errors.push(format!("{e:#}")),
+    }
+    match firewall::ensure(&desired.device.name, config.node.address.container_subnet()) {
+        Ok(changes) => report.changes.extend(changes),
+        Err(e) => report.errors.push(format!("{e:#}")),
+    }
+    Ok(report)
+}
+
+/// Removes the device (and with it every address, neighbour, FDB entry and route on
+/// it) and the firewall rules. Goes on past failures and returns them all.
+pub async fn uninstall(nl: &Netlink, config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = nl.delete_link(config.overlay.device.as_str()).await {
+        errors.push(format!("{e:#}"));
+    }
+    errors.extend(firewall::remove());
+    errors
+}

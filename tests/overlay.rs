@@ -1,0 +1,316 @@
+//! The VXLAN overlay between lab hosts, programmed by arpanetd over netlink.
+//! Every packet here stays inside the lab's namespaces.
+
+mod lab;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+
+fn ping(from: &Host, to: Ipv4Addr) -> bool {
+    from.exec(&["ping", "-c", "1", "-W", "2", &to.to_string()])
+        .status
+        .success()
+}
+
+fn status_json(host: &Host) -> serde_json::Value {
+    let out = host.arpanet(&["status", "--json"]);
+    assert_success(&out, "arpanet status --json");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn peers_ok(host: &Host, expected: usize) -> bool {
+    let s = status_json(host);
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    peers.len() == expected && peers.iter().all(|p| p["state"] == "ok")
+}
+
+/// The first IPv4 address `ip -4 -o addr show eth0` prints.
+fn first_inet(text: &str) -> Ipv4Addr {
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|c| c.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no inet address in {text:?}"))
+}
+
+#[test]
+fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(3).start();
+    // A key of the user's, which arpanet must keep when it adds its own.
+    std::fs::write(
+        lab.hosts[0].daemon_json(),
+        "{\n  \"log-driver\": \"local\"\n}\n",
+    )
+    .unwrap();
+    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    for host in &lab.hosts {
+        host.start_arpanetd();
+    }
+    for host in &lab.hosts {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{}'s peers to be programmed", host.netns),
+            || peers_ok(host, 2),
+        );
+    }
+
+    for from in &lab.hosts {
+        for to in lab.hosts.iter().filter(|t| t.index != from.index) {
+            let a = to.address;
+            for ip in [a.overlay_ip(), a.docker_api_ip(), a.consul_ip()] {
+                assert!(
+                    ping(from, ip),
+                    "{} cannot ping {} ({})",
+                    from.netns,
+                    ip,
+                    to.netns
+                );
+            }
+        }
+    }
+
+    // dockerd configured only by the daemon.json arpanet wrote.
+    for host in &lab.hosts {
+        host.start_dockerd(Dockerd::ConfigFile(host.daemon_json()));
+    }
+    for host in &lab.hosts {
+        host.wait_for_dockerd();
+        host.import_test_image();
+    }
+    // dockerd puts its MASQUERADE first when it starts; arpanetd moves its exemption
+    // back above it within a resync period.
+    for host in &lab.hosts {
+        wait_until(
+            Duration::from_secs(5),
+            "arpanet's NAT exemption to be first again",
+            || {
+                let rules = stdout(&host.exec(&["iptables", "-t", "nat", "-S", "POSTROUTING"]));
+                rules.lines().find(|l| l.starts_with("-A "))
+                    == Some("-A POSTROUTING -j ARPANET-POSTROUTING")
+            },
+        );
+    }
+    let json = std::fs::read_to_string(lab.hosts[0].daemon_json()).unwrap();
+    assert!(
+        json.contains("\"log-driver\": \"local\""),
+        "user key lost:\n{json}"
+    );
+    let driver = lab.hosts[0].docker(&["info", "--format", "{{.LoggingDriver}}"]);
+    assert_eq!(stdout(&driver).trim(), "local");
+
+    // A web server in a container on host 0, called from a container on host 1.
+    let (server, client) = (&lab.hosts[0], &lab.hosts[1]);
+    let run = server.docker(&[
+        "run", "-d", "--name", "web", TEST_IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www",
+    ]);
+    assert_success(&run, "docker run httpd");
+    let ip = server.docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    let server_ip: Ipv4Addr = stdout(&ip).trim().parse().expect("container IP");
+    assert!(server.address.container_subnet().contains(server_ip));
+    let url = format!("http://{server_ip}:8080/cgi-bin/whoami");
+    let call = client.docker(&[
+        "run",
+        "--rm",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        // busybox 1.35's static wget crashes when given -T; `timeout` bounds it instead.
+        &format!("ip -4 -o addr show eth0; echo ---; timeout 10 wget -q -O - {url}"),
+    ]);
+    assert_success(&call, "cross-host wget");
+    let text = stdout(&call);
+    let (own, answer) = text.split_once("---").expect("both parts");
+    let client_ip = first_inet(own);
+    assert!(client.address.container_subnet().contains(client_ip));
+    // busybox httpd listens on IPv6 and reports IPv4 callers as [::ffff:a.b.c.d].
+    let seen = answer
+        .trim()
+        .trim_start_matches("[::ffff:")
+        .trim_end_matches(']');
+    assert_eq!(
+        seen,
+        client_ip.to_string(),
+        "the server must see the caller's own address (no NAT)"
+    );
+
+    // The Docker API answers on the overlay from another host, and not on the underlay.
+    let api = format!("http://{}:2375/version", server.address.docker_api_ip());
+    let version = client.exec(&["timeout", "10", "busybox", "wget", "-q", "-O", "-", &api]);
+    assert_success(&version, "GET /version over the overlay");
+    assert!(
+        stdout(&version).contains("ApiVersion"),
+        "{}",
+        stdout(&version)
+    );
+    let underlay = format!("http://{}:2375/version", server.underlay_ip);
+    let refused = client.exec(&[
+        "timeout", "10", "busybox", "wget", "-q", "-O", "-", &underlay,
+    ]);
+    assert!(
+        !refused.status.success(),
+        "the Docker API must not answer on the underlay address"
+    );
+
+    let s = status_json(server);
+    assert_eq!(s["device"]["vni"], 1);
+    assert_eq!(s["addresses"].as_array().unwrap().len(), 3);
+
+    lab.teardown().expect("teardown");
+}
+
+/// What `ip` and `iptables` show of arpanet's state on a host.
+fn dump(host: &Host) -> String {
+    let cmds: [&[&str]; 7] = [
+        &["ip", "-d", "link", "show", "arpanet0"],
+        &["ip", "-4", "addr", "show", "dev", "arpanet0"],
+        &["ip", "neigh", "show", "dev", "arpanet0", "nud", "permanent"],
+        &["bridge", "fdb", "show", "dev", "arpanet0"],
+        &["ip", "route", "show", "proto", "97"],
+        &["iptables", "-S"],
+        &["iptables", "-t", "nat", "-S"],
+    ];
+    cmds.iter()
+        .map(|c| format!("$ {}\n{}", c.join(" "), stdout(&host.exec(c))))
+        .collect()
+}
+
+fn once_changes(host: &Host) -> Vec<String> {
+    let out = host.arpanetd_once();
+    assert_success(&out, "arpanetd --once");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn reconcile_is_idempotent_heals_and_removes_peers() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(3).start();
+    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    let host = &lab.hosts[0];
+
+    let first = once_changes(host);
+    assert!(
+        first.iter().any(|c| c == "network: create device"),
+        "{first:?}"
+    );
+    let before = dump(host);
+    assert_eq!(
+        once_changes(host),
+        Vec::<String>::new(),
+        "a second pass must change nothing"
+    );
+    assert_eq!(
+        dump(host),
+        before,
+        "netlink and iptables state must be identical after a second pass"
+    );
+    assert_eq!(
+        before.matches("-j ARPANET-FORWARD").count(),
+        1,
+        "one jump, not one per pass:\n{before}"
+    );
+
+    host.start_arpanetd();
+    // A hand-deleted route comes back within a resync period (1 s here).
+    assert_success(
+        &host.exec(&["ip", "route", "del", "10.0.2.0/24"]),
+        "ip route del",
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the deleted route to come back",
+        || {
+            stdout(&host.exec(&["ip", "route", "show", "proto", "97"]))
+                .contains("10.0.2.0/24 via 10.255.0.2")
+        },
+    );
+    // A device with settings that cannot change in place is recreated.
+    assert_success(
+        &host.exec(&["ip", "link", "del", "arpanet0"]),
+        "ip link del",
+    );
+    assert_success(
+        &host.exec(&[
+            "ip", "link", "add", "arpanet0", "type", "vxlan", "id", "99", "dstport", "4789", "dev",
+            "eth1",
+        ]),
+        "ip link add (wrong VNI)",
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the device to be recreated with VNI 1",
+        || {
+            let s = status_json(host);
+            s["device"]["vni"] == 1
+                && s["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["state"] == "ok")
+        },
+    );
+
+    // Dropping host 2 from the join list (and reloading) removes all its entries.
+    let config = std::fs::read_to_string(host.config_path()).unwrap();
+    let peer2 = format!(
+        "{{ address = \"{}\", ip = \"{}\" }}",
+        lab.hosts[2].address, lab.hosts[2].underlay_ip
+    );
+    let edited = config.replace(&format!(", {peer2}"), "");
+    assert_ne!(edited, config);
+    std::fs::write(host.config_path(), edited).unwrap();
+    let pid = std::fs::read_to_string(host.dir.join("arpanetd.pid.spawned")).unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "host 2's entries to be removed",
+        || {
+            let d = dump(host);
+            !d.contains("10.255.0.3")
+                && !d.contains("10.0.3.0/24")
+                && !d.contains("02:61:72:70:00:03")
+        },
+    );
+    let d = dump(host);
+    assert!(
+        d.contains("10.0.2.0/24 via 10.255.0.2"),
+        "host 1 must stay:\n{d}"
+    );
+
+    // Uninstall removes the device and the rules, and leaves nothing for the daemon to fight.
+    host.stop("arpanetd");
+    assert_success(
+        &host.arpanet(&["uninstall-network"]),
+        "arpanet uninstall-network",
+    );
+    let d = dump(host);
+    assert!(!d.contains("ARPANET"), "firewall rules left:\n{d}");
+    assert!(
+        !host
+            .exec(&["ip", "link", "show", "arpanet0"])
+            .status
+            .success(),
+        "device left"
+    );
+
+    lab.teardown().expect("teardown");
+}
