@@ -98,7 +98,7 @@ fn lab_is_torn_down_even_when_the_test_panics() {
             lab.name.clone(),
             lab.dir.clone(),
             pid("dockerd.pid"),
-            pid("consul.pid"),
+            pid("consul.pid.spawned"),
         ))
         .unwrap();
         panic!("a failing test");
