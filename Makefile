@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit
+.PHONY: run test deps lint unit bench-overlay
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -19,3 +19,7 @@ lint:
 # Pure-logic tests only: no root, no dockerd, no Consul.
 unit:
 	cargo test --lib
+
+# Overlay vs underlay TCP throughput between two lab hosts (root, iperf3).
+bench-overlay: deps
+	cargo bench --bench overlay_throughput
