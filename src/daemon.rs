@@ -10,15 +10,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ServiceMode};
-use crate::docker::daemon_json;
+use crate::docker;
 use crate::network::netlink::Netlink;
 use crate::network::reconcile;
 use crate::plan::NodePlan;
+use crate::systemd::{Systemd, resolved};
 
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
     netlink: Netlink,
+    /// The system bus, where there is one (hosts run by systemd).
+    systemd: Option<Systemd>,
 }
 
 /// What one convergence pass did, for logs and `arpanetd --once`.
@@ -37,39 +40,51 @@ impl Daemon {
             config_path: config_path.to_path_buf(),
             config,
             netlink,
+            systemd: None,
         })
+    }
+
+    /// Connects to systemd when the config needs it or a system bus exists.
+    pub async fn connect_systemd(&mut self) -> anyhow::Result<()> {
+        let needed = self.config.docker.mode == ServiceMode::Systemd;
+        if !needed && !Path::new("/run/dbus/system_bus_socket").exists() {
+            return Ok(());
+        }
+        match Systemd::connect().await {
+            Ok(s) => self.systemd = Some(s),
+            Err(e) if needed => return Err(e.context("docker.mode = \"systemd\"")),
+            Err(e) => warn!("{e:#}; systemd-resolved will not be configured"),
+        }
+        Ok(())
     }
 
     /// Brings the host to the config once. Every subsystem runs even if another failed.
     pub async fn converge(&self) -> PassReport {
         let mut report = PassReport::default();
-        let peers = reconcile::join_peers(&self.config);
-        match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
-            Ok(r) => {
+        let device_index = self.converge_network(&mut report).await;
+        match docker::reconcile(&self.config, self.systemd.as_ref()).await {
+            Ok(changes) => {
+                let restarted = changes.iter().any(|c| c.starts_with("restarted"));
                 report
                     .changes
-                    .extend(r.changes.into_iter().map(|c| format!("network: {c}")));
-                report
-                    .errors
-                    .extend(r.errors.into_iter().map(|e| format!("network: {e}")));
-            }
-            Err(e) => report.errors.push(format!("network: {e:#}")),
-        }
-        if self.config.docker.mode != ServiceMode::External {
-            match daemon_json::apply(&self.config) {
-                Ok(true) => {
-                    report.changes.push(format!(
-                        "docker: updated {}",
-                        self.config.docker.daemon_json.display()
-                    ));
-                    if self.config.docker.mode == ServiceMode::Config {
-                        warn!(
-                            "daemon.json changed; restart dockerd to apply it (docker.mode = \"config\")"
-                        );
-                    }
+                    .extend(changes.into_iter().map(|c| format!("docker: {c}")));
+                // Docker puts its NAT rules first again when it starts.
+                if restarted {
+                    self.converge_network(&mut report).await;
                 }
+            }
+            Err(e) => report.errors.push(format!("docker: {e:#}")),
+        }
+        if let (Some(systemd), Some(index)) = (&self.systemd, device_index)
+            && resolved::available(systemd.connection()).await
+        {
+            let dns = self.config.node.address.consul_ip();
+            match resolved::ensure_consul_domain(systemd.connection(), index, dns).await {
+                Ok(true) => report
+                    .changes
+                    .push(format!("resolved: ~consul via {dns} on the overlay")),
                 Ok(false) => {}
-                Err(e) => report.errors.push(format!("docker: {e:#}")),
+                Err(e) => report.errors.push(format!("resolved: {e:#}")),
             }
         }
         for c in &report.changes {
@@ -79,6 +94,25 @@ impl Daemon {
             error!("{e}");
         }
         report
+    }
+
+    async fn converge_network(&self, report: &mut PassReport) -> Option<u32> {
+        let peers = reconcile::join_peers(&self.config);
+        match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
+            Ok(r) => {
+                report
+                    .changes
+                    .extend(r.changes.into_iter().map(|c| format!("network: {c}")));
+                report
+                    .errors
+                    .extend(r.errors.into_iter().map(|e| format!("network: {e}")));
+                r.device_index
+            }
+            Err(e) => {
+                report.errors.push(format!("network: {e:#}"));
+                None
+            }
+        }
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {

@@ -12,3 +12,4 @@ pub mod docker;
 pub mod logging;
 pub mod network;
 pub mod plan;
+pub mod systemd;

@@ -22,13 +22,17 @@ struct Opts {
 async fn main() -> ExitCode {
     arpanet::logging::init("info");
     let opts = Opts::parse();
-    let daemon = match Daemon::load(&opts.config) {
+    let mut daemon = match Daemon::load(&opts.config) {
         Ok(daemon) => daemon,
         Err(e) => {
             tracing::error!("{e:#}");
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = daemon.connect_systemd().await {
+        tracing::error!("{e:#}");
+        return ExitCode::FAILURE;
+    }
     if opts.once {
         let report = daemon.converge().await;
         println!(

@@ -1,3 +1,91 @@
-//! Docker: the engine's configuration (daemon.json and, under systemd, a drop-in).
+//! Docker: the engine's configuration (daemon.json and, under systemd, a drop-in),
+//! applied in the order that keeps the engine reachable.
 
 pub mod daemon_json;
+pub mod dropin;
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+
+use crate::config::{Config, ServiceMode};
+use crate::systemd::Systemd;
+
+/// Brings the engine's configuration to the plan; under systemd, restarts
+/// docker.service (and waits for it) only when something changed.
+/// Returns a line per change.
+pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    if config.docker.mode == ServiceMode::External {
+        return Ok(changes);
+    }
+    let json_changed = daemon_json::apply(config)?;
+    if json_changed {
+        changes.push(format!("updated {}", config.docker.daemon_json.display()));
+    }
+    if config.docker.mode == ServiceMode::Config {
+        if json_changed {
+            tracing::warn!(
+                "daemon.json changed; restart dockerd to apply it (docker.mode = \"config\")"
+            );
+        }
+        return Ok(changes);
+    }
+    let systemd =
+        systemd.ok_or_else(|| anyhow!("docker.mode = \"systemd\" needs systemd's D-Bus API"))?;
+    let argv = systemd
+        .exec_start(dropin::UNIT)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{} has no ExecStart; is Docker installed?", dropin::UNIT))?;
+    let dropin_changed = dropin::apply(Path::new(dropin::DROPIN), &dropin::render(&argv))?;
+    if dropin_changed {
+        systemd.daemon_reload().await?;
+        changes.push(format!("wrote {}", dropin::DROPIN));
+    }
+    if json_changed || dropin_changed {
+        systemd
+            .restart(dropin::UNIT)
+            .await
+            .context("restart Docker with its new configuration")?;
+        changes.push(format!("restarted {}", dropin::UNIT));
+    }
+    Ok(changes)
+}
+
+/// Takes arpanet's configuration out of the engine again; carries on past failures.
+pub async fn uninstall(config: &Config, systemd: Option<&Systemd>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if config.docker.mode == ServiceMode::External {
+        return errors;
+    }
+    let mut changed = match daemon_json::remove(config) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            false
+        }
+    };
+    if config.docker.mode == ServiceMode::Systemd {
+        match std::fs::remove_file(dropin::DROPIN) {
+            Ok(()) => changed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("remove {}: {e}", dropin::DROPIN)),
+        }
+        if changed {
+            match systemd {
+                Some(s) => {
+                    if let Err(e) = s.daemon_reload().await {
+                        errors.push(format!("{e:#}"));
+                    }
+                    if let Err(e) = s.restart(dropin::UNIT).await {
+                        errors.push(format!("{e:#}"));
+                    }
+                }
+                None => errors.push("cannot restart docker.service: no systemd D-Bus".into()),
+            }
+        }
+    }
+    errors
+}

@@ -10,6 +10,8 @@ use crate::config::Config;
 /// What a pass did. An empty `changes` means the host already matched the plan.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// The overlay device's interface index once it exists.
+    pub device_index: Option<u32>,
     pub changes: Vec<String>,
     /// Entries that failed; the rest were still applied and the next pass retries.
     pub errors: Vec<String>,
@@ -44,6 +46,7 @@ pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow:
             Err(e) => report.errors.push(format!("{change}: {e:#}")),
         }
     }
+    report.device_index = index;
     match firewall::ensure_ip_forward() {
         Ok(true) => report.changes.push("enable IP forwarding".into()),
         Ok(false) => {}

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use arpanet::addressing::NodeAddress;
 
+pub mod machine;
+
 const LAB_ROOT: &str = "/tmp/arpanet-lab";
 const NETNS_DIR: &str = "/run/netns";
 /// Every lab's namespaces and directory start with this, followed by the owner's pid.

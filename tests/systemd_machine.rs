@@ -1,0 +1,143 @@
+//! arpanetd under a real systemd (systemd-nspawn machines in lab namespaces):
+//! Docker reconfigured and restarted over D-Bus, resolved told about `~consul`.
+
+mod lab;
+
+use lab::machine::{self, Machine};
+use lab::{Host, Lab, assert_success, stdout};
+
+fn config(me: &Host, peer: &Host) -> String {
+    format!(
+        "[node]\naddress = \"{}\"\nrole = \"{}\"\nunderlay_interface = \"eth1\"\n\
+         join = [{{ address = \"{}\", ip = \"{}\" }}]\n[consul]\nmode = \"external\"\n",
+        me.address,
+        if me.index == 0 { "boot" } else { "server" },
+        peer.address,
+        peer.underlay_ip
+    )
+}
+
+fn once(m: &Machine) -> Vec<String> {
+    let out = m.exec(&["arpanetd", "--once"]);
+    assert_success(&out, "arpanetd --once");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
+    if !lab::available() || !machine::available() {
+        return;
+    }
+    let base = machine::base_tree();
+    let lab = Lab::builder(2).start();
+    let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
+    let m0 = Machine::boot(h0, &base);
+    let m1 = Machine::boot(h1, &base);
+    m0.write_file("/etc/arpanet/arpanet.toml", &config(h0, h1));
+    m1.write_file("/etc/arpanet/arpanet.toml", &config(h1, h0));
+    m0.write_file(
+        "/etc/docker/daemon.json",
+        "{\n  \"log-driver\": \"local\"\n}\n",
+    );
+    assert_eq!(m0.unit_property("docker.service", "ActiveState"), "active");
+    let pid_before = m0.unit_property("docker.service", "MainPID");
+
+    let changes = once(&m0);
+    assert!(
+        changes.contains(&"docker: restarted docker.service".to_string()),
+        "{changes:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.starts_with("resolved: ~consul via 10.253.0.1")),
+        "{changes:?}"
+    );
+    assert_eq!(m0.unit_property("docker.service", "ActiveState"), "active");
+    assert_ne!(
+        m0.unit_property("docker.service", "MainPID"),
+        pid_before,
+        "dockerd was not restarted"
+    );
+    let dropin = m0.read_file("/etc/systemd/system/docker.service.d/arpanet.conf");
+    assert!(
+        dropin.contains("ExecStart=\nExecStart=/usr/sbin/dockerd --containerd="),
+        "{dropin}"
+    );
+    assert!(!dropin.contains("fd://"), "{dropin}");
+    let json = m0.read_file("/etc/docker/daemon.json");
+    assert!(
+        json.contains("\"log-driver\": \"local\"") && json.contains("tcp://10.254.0.1:2375"),
+        "{json}"
+    );
+    let driver = m0.exec(&["docker", "info", "--format", "{{.LoggingDriver}}"]);
+    assert_eq!(
+        stdout(&driver).trim(),
+        "local",
+        "dockerd runs with the merged daemon.json"
+    );
+
+    // Nothing changed, so nothing is restarted.
+    let pid_after = m0.unit_property("docker.service", "MainPID");
+    let again = once(&m0);
+    assert!(!again.iter().any(|c| c.contains("docker")), "{again:?}");
+    assert_eq!(m0.unit_property("docker.service", "MainPID"), pid_after);
+
+    // The host resolves *.consul through the overlay device.
+    assert!(stdout(&m0.exec(&["resolvectl", "dns", "arpanet0"])).contains("10.253.0.1"));
+    assert!(stdout(&m0.exec(&["resolvectl", "domain", "arpanet0"])).contains("~consul"));
+
+    // The Docker API answers other hosts on the overlay, and not on the underlay.
+    once(&m1);
+    let remote = m1.exec(&[
+        "docker",
+        "-H",
+        "tcp://10.254.0.1:2375",
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]);
+    assert_success(
+        &remote,
+        "docker -H tcp://10.254.0.1:2375 version from the other machine",
+    );
+    let underlay = format!("tcp://{}:2375", h0.underlay_ip);
+    let refused = m1.exec(&["timeout", "10", "docker", "-H", &underlay, "version"]);
+    assert!(
+        !refused.status.success(),
+        "the Docker API answered on the underlay address"
+    );
+
+    // Uninstall puts the user's daemon.json back and restarts Docker without the drop-in.
+    assert_success(
+        &m0.exec(&["arpanet", "uninstall-network"]),
+        "arpanet uninstall-network",
+    );
+    assert_eq!(
+        m0.read_file("/etc/docker/daemon.json"),
+        "{\n  \"log-driver\": \"local\"\n}\n"
+    );
+    assert!(
+        !m0.exec(&[
+            "test",
+            "-e",
+            "/etc/systemd/system/docker.service.d/arpanet.conf"
+        ])
+        .status
+        .success()
+    );
+    assert_eq!(m0.unit_property("docker.service", "ActiveState"), "active");
+    assert!(
+        !m0.exec(&["ip", "link", "show", "arpanet0"])
+            .status
+            .success()
+    );
+
+    lab.teardown().expect("teardown");
+}
