@@ -25,7 +25,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let lab = Lab::builder(2).start();
-    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     for host in &lab.hosts {
         assert_success(&host.arpanetd_once(), "arpanetd --once");
     }

@@ -1,5 +1,6 @@
 //! The arpanetd main loop: converge the host to its config at start, on every resync
-//! tick and on SIGHUP (which re-reads the config first); stop on SIGTERM.
+//! tick, on SIGHUP (which re-reads the config first) and whenever Consul's catalog of
+//! nodes changes; stop on SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,12 +8,14 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ServiceMode};
+use crate::config::{Config, ConsulMode, ServiceMode};
+use crate::consul::{self, client::Consul};
 use crate::docker;
 use crate::network::netlink::Netlink;
-use crate::network::reconcile;
+use crate::network::{Peer, peers, reconcile};
 use crate::plan::NodePlan;
 use crate::systemd::{Systemd, resolved};
 
@@ -22,6 +25,12 @@ pub struct Daemon {
     netlink: Netlink,
     /// The system bus, where there is one (hosts run by systemd).
     systemd: Option<Systemd>,
+    consul: Consul,
+    /// Healthy nodes as Consul's catalog last listed them; `None` until it answers.
+    catalog: Option<Vec<Peer>>,
+    /// The previous pass's errors: a failure is logged when it starts and when it ends,
+    /// not on every pass while it lasts.
+    last_errors: Vec<String>,
 }
 
 /// What one convergence pass did, for logs and `arpanetd --once`.
@@ -36,32 +45,37 @@ impl Daemon {
     pub fn load(config_path: &Path) -> anyhow::Result<Self> {
         let config = Config::load(config_path)?;
         let netlink = Netlink::connect()?;
+        let consul = Consul::new(config.consul.http_addr);
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
             netlink,
             systemd: None,
+            consul,
+            catalog: None,
+            last_errors: Vec::new(),
         })
     }
 
     /// Connects to systemd when the config needs it or a system bus exists.
     pub async fn connect_systemd(&mut self) -> anyhow::Result<()> {
-        let needed = self.config.docker.mode == ServiceMode::Systemd;
+        let needed = self.config.docker.mode == ServiceMode::Systemd
+            || self.config.consul.mode == ConsulMode::Systemd;
         if !needed && !Path::new("/run/dbus/system_bus_socket").exists() {
             return Ok(());
         }
         match Systemd::connect().await {
             Ok(s) => self.systemd = Some(s),
-            Err(e) if needed => return Err(e.context("docker.mode = \"systemd\"")),
+            Err(e) if needed => return Err(e.context("docker.mode or consul.mode = \"systemd\"")),
             Err(e) => warn!("{e:#}; systemd-resolved will not be configured"),
         }
         Ok(())
     }
 
     /// Brings the host to the config once. Every subsystem runs even if another failed.
-    pub async fn converge(&self) -> PassReport {
+    pub async fn converge(&mut self) -> PassReport {
         let mut report = PassReport::default();
-        let device_index = self.converge_network(&mut report).await;
+        let network = self.converge_network(&mut report).await;
         match docker::reconcile(&self.config, self.systemd.as_ref()).await {
             Ok(changes) => {
                 let restarted = changes.iter().any(|c| c.starts_with("restarted"));
@@ -75,7 +89,27 @@ impl Daemon {
             }
             Err(e) => report.errors.push(format!("docker: {e:#}")),
         }
-        if let (Some(systemd), Some(index)) = (&self.systemd, device_index)
+        if self.config.consul.mode != ConsulMode::Disabled {
+            match consul::reconcile(&self.config, &self.netlink, self.systemd.as_ref()).await {
+                Ok(changes) => report
+                    .changes
+                    .extend(changes.into_iter().map(|c| format!("consul: {c}"))),
+                Err(e) => report.errors.push(format!("consul: {e:#}")),
+            }
+            if let Some(underlay_ip) = network.underlay_ip {
+                match consul::ensure_registered(&self.consul, &self.config, underlay_ip).await {
+                    Ok(true) => report.changes.push(format!(
+                        "consul: registered node {}",
+                        self.config.node.address
+                    )),
+                    Ok(false) => {}
+                    Err(e) => report
+                        .errors
+                        .push(format!("consul: register this node: {e:#}")),
+                }
+            }
+        }
+        if let (Some(systemd), Some(index)) = (&self.systemd, network.device_index)
             && resolved::available(systemd.connection()).await
         {
             let dns = self.config.node.address.consul_ip();
@@ -90,27 +124,40 @@ impl Daemon {
         for c in &report.changes {
             info!("{c}");
         }
-        for e in &report.errors {
+        for e in report
+            .errors
+            .iter()
+            .filter(|e| !self.last_errors.contains(e))
+        {
             error!("{e}");
         }
+        for e in self
+            .last_errors
+            .iter()
+            .filter(|e| !report.errors.contains(e))
+        {
+            info!("no longer failing: {e}");
+        }
+        self.last_errors = report.errors.clone();
         report
     }
 
-    async fn converge_network(&self, report: &mut PassReport) -> Option<u32> {
-        let peers = reconcile::join_peers(&self.config);
+    async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {
+        let cache = peers::load_cache(&peers::cache_path(&self.config));
+        let peers = peers::desired(&self.config, self.catalog.as_deref(), &cache);
         match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
             Ok(r) => {
                 report
                     .changes
-                    .extend(r.changes.into_iter().map(|c| format!("network: {c}")));
+                    .extend(r.changes.iter().map(|c| format!("network: {c}")));
                 report
                     .errors
-                    .extend(r.errors.into_iter().map(|e| format!("network: {e}")));
-                r.device_index
+                    .extend(r.errors.iter().map(|e| format!("network: {e}")));
+                r
             }
             Err(e) => {
                 report.errors.push(format!("network: {e:#}"));
-                None
+                reconcile::Report::default()
             }
         }
     }
@@ -121,6 +168,13 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let watchdog = watchdog_interval();
+        let (catalog_tx, mut catalog_rx) = watch::channel(None);
+        if self.config.consul.mode != ConsulMode::Disabled {
+            tokio::spawn(watch_catalog(
+                Consul::new(self.config.consul.http_addr),
+                catalog_tx,
+            ));
+        }
 
         self.converge().await;
         notify(&[NotifyState::Ready, NotifyState::Status("running")]);
@@ -135,6 +189,17 @@ impl Daemon {
                     if self.reload() {
                         resync = tokio::time::interval(self.config.overlay.resync);
                     }
+                    self.converge().await;
+                }
+                Ok(()) = catalog_rx.changed() => {
+                    let catalog: Option<Vec<Peer>> = catalog_rx.borrow_and_update().clone();
+                    if let Some(catalog) = &catalog {
+                        info!(peers = catalog.len(), "Consul's catalog of nodes changed");
+                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), catalog) {
+                            warn!("cannot keep the peer cache: {e:#}");
+                        }
+                    }
+                    self.catalog = catalog;
                     self.converge().await;
                 }
                 _ = resync.tick() => {
@@ -159,6 +224,7 @@ impl Daemon {
                 if config.node.address != self.config.node.address {
                     warn!("node.address changed; the new addresses replace the old ones now");
                 }
+                self.consul = Consul::new(config.consul.http_addr);
                 self.config = config;
                 info!(config = %self.config_path.display(), "configuration reloaded");
                 true
@@ -180,6 +246,55 @@ impl Daemon {
             container_subnet = %p.container_subnet,
             "loaded {}", self.config_path.display()
         );
+    }
+}
+
+/// Follows the healthy `arpanet` instances with blocking queries and publishes them
+/// as peers whenever they change. Errors (an agent still starting) are logged once
+/// per outage and retried.
+async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
+    let mut index = None;
+    let mut failing = false;
+    loop {
+        match consul
+            .healthy_instances(consul::node::SERVICE, index, Duration::from_secs(30))
+            .await
+        {
+            Ok((entries, new_index)) => {
+                if failing {
+                    info!("Consul's catalog answers again");
+                    failing = false;
+                }
+                // An index that goes backwards means Consul's state was reset.
+                index = Some(if index.is_some_and(|i| new_index < i) {
+                    0
+                } else {
+                    new_index
+                });
+                let (peers, skipped) = consul::node::peers_from(&entries);
+                for node in skipped {
+                    warn!("node {node} is registered without a usable arpanet address; ignored");
+                }
+                tx.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&peers);
+                    if changed {
+                        *current = Some(peers);
+                    }
+                    changed
+                });
+            }
+            Err(e) => {
+                if !failing {
+                    warn!("cannot follow Consul's catalog: {e:#}; retrying");
+                    failing = true;
+                }
+                index = None;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
     }
 }
 

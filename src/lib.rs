@@ -7,8 +7,10 @@
 pub mod addressing;
 pub mod commands;
 pub mod config;
+pub mod consul;
 pub mod daemon;
 pub mod docker;
+pub mod files;
 pub mod logging;
 pub mod network;
 pub mod plan;

@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use arpanet::commands::{check, info, status, uninstall_network};
+use arpanet::commands::{
+    check, consul_agent, info, kv, members, secret, status, uninstall_network,
+};
 use arpanet::config::DEFAULT_CONFIG_PATH;
 
 /// arpanet: one cluster out of a set of Docker hosts.
@@ -22,6 +24,10 @@ enum Command {
     Info(info::Info),
     Check(check::Check),
     Status(status::Status),
+    Members(members::Members),
+    Kv(kv::Kv),
+    Secret(secret::Secret),
+    ConsulAgent(consul_agent::ConsulAgent),
     UninstallNetwork(uninstall_network::UninstallNetwork),
 }
 
@@ -33,6 +39,10 @@ async fn main() -> ExitCode {
         Command::Info(c) => c.exec(&opts.config),
         Command::Check(c) => c.exec(&opts.config),
         Command::Status(c) => c.exec(&opts.config).await,
+        Command::Members(c) => c.exec(&opts.config).await,
+        Command::Kv(c) => c.exec(&opts.config).await,
+        Command::Secret(c) => c.exec(&opts.config),
+        Command::ConsulAgent(c) => c.exec(&opts.config).await,
         Command::UninstallNetwork(c) => c.exec(&opts.config).await,
     };
     match result {

@@ -15,7 +15,7 @@ fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
         return;
     }
     let lab = Lab::builder(2).start();
-    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];
     let cfg = host.config_path();
     let good = std::fs::read_to_string(&cfg).unwrap();

@@ -48,7 +48,7 @@ fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
         "{\n  \"log-driver\": \"local\"\n}\n",
     )
     .unwrap();
-    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     for host in &lab.hosts {
         host.start_arpanetd();
     }
@@ -198,7 +198,7 @@ fn reconcile_is_idempotent_heals_and_removes_peers() {
         return;
     }
     let lab = Lab::builder(3).start();
-    lab.write_arpanet_configs("[consul]\nmode = \"external\"\n");
+    lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];
 
     let first = once_changes(host);

@@ -9,7 +9,7 @@ use lab::{Host, Lab, assert_success, stdout};
 fn config(me: &Host, peer: &Host) -> String {
     format!(
         "[node]\naddress = \"{}\"\nrole = \"{}\"\nunderlay_interface = \"eth1\"\n\
-         join = [{{ address = \"{}\", ip = \"{}\" }}]\n[consul]\nmode = \"external\"\n",
+         join = [{{ address = \"{}\", ip = \"{}\" }}]\n[consul]\nmode = \"disabled\"\n",
         me.address,
         if me.index == 0 { "boot" } else { "server" },
         peer.address,

@@ -7,9 +7,10 @@ use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
 use crate::addressing::NodeAddress;
-use crate::config::Config;
+use crate::config::{Config, ConsulMode};
+use crate::consul::client::Consul;
 use crate::network::netlink::Netlink;
-use crate::network::{DeviceState, Mac, ObservedState, reconcile, vtep_mac};
+use crate::network::{DeviceState, ObservedState, node_of_mac, reconcile, vtep_mac};
 
 /// Show this node's overlay device, addresses and peers, as the kernel has them.
 #[derive(Debug, Args)]
@@ -26,6 +27,48 @@ pub struct StatusReport {
     pub device: Option<DeviceState>,
     pub addresses: Vec<Ipv4Network>,
     pub peers: Vec<PeerStatus>,
+    /// Absent when consul.mode is `disabled`.
+    pub consul: Option<ConsulStatus>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConsulStatus {
+    pub leader: Option<String>,
+    pub servers: Vec<String>,
+    /// This node's state in the gossip pool (alive, failed, ...).
+    pub node_status: Option<String>,
+    pub members_alive: usize,
+    /// The last problem the agent wrapper recognised in the agent's log.
+    pub problem: Option<String>,
+    /// Why Consul could not be asked, when it could not.
+    pub error: Option<String>,
+}
+
+async fn consul_status(config: &Config) -> Option<ConsulStatus> {
+    if config.consul.mode == ConsulMode::Disabled {
+        return None;
+    }
+    let mut s = ConsulStatus {
+        problem: std::fs::read_to_string(super::consul_agent::problem_path(config))
+            .ok()
+            .map(|p| p.trim().to_string()),
+        ..ConsulStatus::default()
+    };
+    let consul = Consul::impatient(config.consul.http_addr);
+    let me = config.node.address.consul_ip().to_string();
+    match consul.members().await {
+        Ok(members) => {
+            s.members_alive = members.iter().filter(|m| m.status == 1).count();
+            s.node_status = members
+                .iter()
+                .find(|m| m.addr == me)
+                .map(|m| m.status_name().to_string());
+            s.leader = consul.leader().await.unwrap_or(None);
+            s.servers = consul.raft_peers().await.unwrap_or_default();
+        }
+        Err(e) => s.error = Some(format!("{e:#}")),
+    }
+    Some(s)
 }
 
 #[derive(Debug, Serialize)]
@@ -41,21 +84,18 @@ pub struct PeerStatus {
     pub state: String,
 }
 
-/// The node a VTEP MAC belongs to, if it is one of ours.
-fn node_of(mac: Mac) -> Option<NodeAddress> {
-    let m = mac.0;
-    let node = NodeAddress::new(m[4], m[5]).ok()?;
-    (vtep_mac(node) == mac).then_some(node)
-}
-
-pub fn report(config: &Config, observed: &ObservedState) -> StatusReport {
+pub fn report(
+    config: &Config,
+    observed: &ObservedState,
+    consul: Option<ConsulStatus>,
+) -> StatusReport {
     let mut peers: BTreeMap<NodeAddress, Option<Ipv4Addr>> = BTreeMap::new();
     for p in reconcile::join_peers(config) {
         peers.insert(p.address, None);
     }
     let e = &observed.entries;
     for f in &e.fdb {
-        if let Some(node) = node_of(f.mac) {
+        if let Some(node) = node_of_mac(f.mac) {
             peers.insert(node, Some(f.dst));
         }
     }
@@ -99,6 +139,7 @@ pub fn report(config: &Config, observed: &ObservedState) -> StatusReport {
         device: observed.device.clone(),
         addresses: e.addresses.iter().copied().collect(),
         peers,
+        consul,
     }
 }
 
@@ -107,7 +148,7 @@ impl Status {
         let config = Config::load(config_path)?;
         let nl = Netlink::connect()?;
         let observed = nl.observe(config.overlay.device.as_str()).await?;
-        let r = report(&config, &observed);
+        let r = report(&config, &observed, consul_status(&config).await);
         if self.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
             return Ok(());
@@ -137,6 +178,21 @@ impl Status {
                 addrs.join(" ")
             }
         );
+        if let Some(c) = &r.consul {
+            match &c.error {
+                Some(e) => println!("consul       {e}"),
+                None => println!(
+                    "consul       this node {}, leader {}, {} server(s), {} member(s) alive",
+                    c.node_status.as_deref().unwrap_or("not a member"),
+                    c.leader.as_deref().unwrap_or("none"),
+                    c.servers.len(),
+                    c.members_alive
+                ),
+            }
+            if let Some(p) = &c.problem {
+                println!("problem      {p}");
+            }
+        }
         println!("peers        {}", r.peers.len());
         if !r.peers.is_empty() {
             println!(

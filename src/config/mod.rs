@@ -453,10 +453,24 @@ impl Default for DockerConfig {
     }
 }
 
+/// How the Consul agent is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsulMode {
+    /// arpanet renders the agent's config and runs arpanet-consul.service.
+    Systemd,
+    /// arpanet renders the config; you run `arpanet consul-agent` (or consul) yourself.
+    Config,
+    /// An agent that already runs at `http_addr`; arpanet renders nothing.
+    External,
+    /// No Consul: the overlay only, with peers from the join list.
+    Disabled,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsulConfig {
-    pub mode: ServiceMode,
+    pub mode: ConsulMode,
     /// Where arpanet talks to the local agent's HTTP API.
     pub http_addr: SocketAddr,
     /// The consul binary (systemd mode); a bare name is looked up on PATH.
@@ -468,7 +482,7 @@ pub struct ConsulConfig {
 impl Default for ConsulConfig {
     fn default() -> Self {
         Self {
-            mode: ServiceMode::Systemd,
+            mode: ConsulMode::Systemd,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8500)),
             binary: "consul".into(),
             dns_port: 53,

@@ -115,22 +115,10 @@ fn read(path: &Path) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
-/// Writes via a temporary file and rename, so a crash never leaves half a file.
 fn write_atomically(path: &Path, value: &Map<String, Value>) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.arpanet-tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
-    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
-    Ok(())
+    crate::files::write_atomically(path, &text)
 }
 
 /// Brings daemon.json to the plan. Returns whether the file changed (dockerd then

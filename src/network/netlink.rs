@@ -94,6 +94,15 @@ impl Netlink {
             .collect())
     }
 
+    /// Whether any interface here carries `ip`.
+    pub async fn has_address(&self, ip: Ipv4Addr) -> anyhow::Result<bool> {
+        Ok(self
+            .ipv4_addresses(None)
+            .await?
+            .iter()
+            .any(|(_, n)| n.ip() == ip))
+    }
+
     /// Finds the underlay the way the config says: by name, by address, or by default route.
     pub async fn underlay(&self, underlay: &Underlay) -> anyhow::Result<UnderlayLink> {
         let (index, ip) = match underlay {
@@ -199,9 +208,17 @@ impl Netlink {
             .try_collect()
             .await
             .context("list FDB entries")?;
+        let mut learned = Vec::new();
         for m in fdb.iter().filter(|m| m.header.ifindex == index) {
             if let (Some(mac), Some(dst)) = (neighbour_mac(m), neighbour_ip(m)) {
-                entries.fdb.insert(FdbEntry { mac, dst });
+                if m.header.state == NeighbourState::Permanent {
+                    entries.fdb.insert(FdbEntry { mac, dst });
+                } else if let Some(address) = super::node_of_mac(mac) {
+                    learned.push(super::Peer {
+                        address,
+                        underlay_ip: dst,
+                    });
+                }
             }
         }
 
@@ -257,6 +274,7 @@ impl Netlink {
         Ok(ObservedState {
             device: Some(state),
             entries,
+            learned,
         })
     }
 
@@ -282,7 +300,8 @@ impl Netlink {
                     .dev(spec.underlay_index)
                     .local(spec.local)
                     .port(spec.port)
-                    .learning(false)
+                    .learning(true)
+                    .ageing(super::LEARNED_AGEING)
                     .mtu(spec.mtu)
                     .address(spec.mac.0.to_vec())
                     .up()
@@ -417,6 +436,7 @@ pub fn device_state(link: &LinkMessage) -> DeviceState {
         underlay_index: None,
         // The kernel's default for a VXLAN device without the attribute.
         learning: true,
+        ageing: None,
         mtu: 0,
         mac: None,
         up: link.header.flags.contains(LinkFlags::Up),
@@ -437,6 +457,7 @@ pub fn device_state(link: &LinkMessage) -> DeviceState {
                                     InfoVxlan::Local(ip) => s.local = Some(*ip),
                                     InfoVxlan::Link(i) => s.underlay_index = Some(*i),
                                     InfoVxlan::Learning(l) => s.learning = *l,
+                                    InfoVxlan::Ageing(a) => s.ageing = Some(*a),
                                     _ => {}
                                 }
                             }

@@ -12,6 +12,10 @@ use crate::config::Config;
 pub struct Report {
     /// The overlay device's interface index once it exists.
     pub device_index: Option<u32>,
+    /// This host's address on the underlay, as found.
+    pub underlay_ip: Option<std::net::Ipv4Addr>,
+    /// Nodes known only from their traffic (see the module docs of `network`).
+    pub learned: Vec<Peer>,
     pub changes: Vec<String>,
     /// Entries that failed; the rest were still applied and the next pass retries.
     pub errors: Vec<String>,
@@ -32,10 +36,15 @@ pub fn join_peers(config: &Config) -> Vec<Peer> {
 
 pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow::Result<Report> {
     let underlay = nl.underlay(&config.node.underlay).await?;
-    let desired = DesiredState::new(config, underlay, peers);
-    let observed = nl.observe(&desired.device.name).await?;
+    let observed = nl.observe(config.overlay.device.as_str()).await?;
+    let learned = super::learned_only(peers, &observed.learned);
+    let desired = DesiredState::new(config, underlay, peers, &learned);
     let mut index = observed.device.as_ref().map(|d| d.index);
-    let mut report = Report::default();
+    let mut report = Report {
+        underlay_ip: Some(underlay.ip),
+        learned,
+        ..Report::default()
+    };
     for change in plan(&desired, &observed) {
         match nl.apply(&desired.device, &change, &mut index).await {
             Ok(()) => report.changes.push(change.to_string()),

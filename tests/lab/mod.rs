@@ -288,6 +288,31 @@ impl Lab {
         }
     }
 
+    /// What every host's processes said last: the first thing to read when a test failed.
+    fn print_log_tails(&self) {
+        for host in &self.hosts {
+            let Ok(entries) = std::fs::read_dir(&host.dir) else {
+                continue;
+            };
+            let mut logs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(25)..];
+                eprintln!(
+                    "==== {} (last {} lines)\n{}",
+                    log.display(),
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+
     fn teardown_and_reap(&mut self) -> Vec<String> {
         let errors = teardown_lab(&self.name, &self.dir);
         for host in &self.hosts {
@@ -299,17 +324,35 @@ impl Lab {
         errors
     }
 
-    /// Writes an arpanet.toml for every host: the others are its join peers, paths
-    /// and sockets live in the host's directory, Docker is configured by file only.
-    /// `extra` is appended (e.g. a `[consul]` table).
+    /// Writes an arpanet.toml for every host: host 0 boots, the others are servers,
+    /// every other host is a join peer, paths and sockets live in the host's directory,
+    /// Docker is configured by file only. `extra` is appended (e.g. a `[consul]` table).
     pub fn write_arpanet_configs(&self, extra: &str) -> Vec<PathBuf> {
-        self.hosts
-            .iter()
-            .map(|h| {
-                let others: Vec<&Host> = self.hosts.iter().filter(|o| o.index != h.index).collect();
-                h.write_arpanet_config(&others, extra)
+        (0..self.hosts.len())
+            .map(|i| {
+                let role = if i == 0 { "boot" } else { "server" };
+                let join: Vec<usize> = (0..self.hosts.len()).filter(|j| *j != i).collect();
+                self.write_arpanet_config(i, role, &join, extra)
             })
             .collect()
+    }
+
+    /// Writes host `index`'s arpanet.toml with this role and these hosts as join peers.
+    /// The cluster secret is the lab's unless the host has one already.
+    pub fn write_arpanet_config(
+        &self,
+        index: usize,
+        role: &str,
+        join: &[usize],
+        extra: &str,
+    ) -> PathBuf {
+        let host = &self.hosts[index];
+        let secret = host.dir.join("secret");
+        if !secret.exists() {
+            std::fs::write(&secret, format!("lab-secret-{}\n", self.name)).expect("write secret");
+        }
+        let others: Vec<&Host> = join.iter().map(|j| &self.hosts[*j]).collect();
+        host.write_arpanet_config(role, &others, extra)
     }
 }
 
@@ -317,6 +360,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if self.torn_down {
             return;
+        }
+        if std::thread::panicking() {
+            self.print_log_tails();
         }
         let errors = self.teardown_and_reap();
         if !errors.is_empty() {
@@ -512,7 +558,7 @@ impl Host {
     }
 
     /// This host's arpanet.toml as the lab writes it (see [`Lab::write_arpanet_configs`]).
-    fn write_arpanet_config(&self, others: &[&Host], extra: &str) -> PathBuf {
+    fn write_arpanet_config(&self, role: &str, others: &[&Host], extra: &str) -> PathBuf {
         let join: Vec<String> = others
             .iter()
             .map(|o| {
@@ -525,16 +571,17 @@ impl Host {
         let d = &self.dir;
         let text = format!(
             "[node]\naddress = \"{}\"\nrole = \"{}\"\nname = \"h{}\"\nunderlay_interface = \"{}\"\njoin = [{}]\n\
-             [cluster]\nname = \"arpanet-lab\"\n\
+             [cluster]\nname = \"arpanet-lab\"\nsecret_file = {:?}\n\
              [paths]\nstate_dir = {:?}\nrun_dir = {:?}\ncontainers_dir = {:?}\n\
              [overlay]\nresync = \"1s\"\n\
              [docker]\nmode = \"config\"\nsocket = {:?}\ndaemon_json = {:?}\n\
              {extra}\n",
             self.address,
-            if self.index == 0 { "boot" } else { "server" },
+            role,
             self.index,
             self.underlay_interface,
             join.join(", "),
+            d.join("secret"),
             d.join("state"),
             d.join("run"),
             d.join("containers.d"),
@@ -575,6 +622,20 @@ impl Host {
             config.to_str().unwrap(),
             "--once",
         ])
+    }
+
+    /// The Consul agent as arpanet-consul.service runs it: `arpanet consul-agent`.
+    pub fn start_consul_agent(&self) {
+        let config = self.config_path();
+        self.spawn(
+            "consul",
+            &[
+                std::ffi::OsStr::new(env!("CARGO_BIN_EXE_arpanet")),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "consul-agent".as_ref(),
+            ],
+        );
     }
 
     pub fn start_arpanetd(&self) {

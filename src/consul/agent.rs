@@ -1,0 +1,158 @@
+//! The Consul agent's configuration, rendered from arpanet.toml. arpanet never
+//! re-implements membership, KV, catalog or DNS: it configures Consul and uses it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Role};
+
+/// What the rendering needs besides the config, read from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The host's own upstream resolvers, for names outside `.consul`.
+    pub recursors: Vec<IpAddr>,
+    /// Whether Docker's bridge carries its planned address yet (Consul refuses to
+    /// start when told to listen on an address that does not exist).
+    pub bridge_ip_present: bool,
+    pub gossip_key: String,
+}
+
+pub fn config_path(config: &Config) -> PathBuf {
+    config.paths.state_dir.join("consul/config.json")
+}
+
+pub fn data_dir(config: &Config) -> PathBuf {
+    config.paths.state_dir.join("consul/data")
+}
+
+pub fn render(config: &Config, facts: &HostFacts) -> Value {
+    let a = config.node.address;
+    let consul_ip = a.consul_ip();
+    let mut dns = vec![consul_ip.to_string()];
+    if facts.bridge_ip_present {
+        dns.push(a.bridge_ip().to_string());
+    }
+    let retry_join: Vec<String> = config
+        .node
+        .join
+        .iter()
+        .map(|j| j.address.consul_ip().to_string())
+        .collect();
+    let mut v = json!({
+        "datacenter": config.datacenter(),
+        "node_name": config.node_name(),
+        "data_dir": data_dir(config),
+        "bind_addr": consul_ip.to_string(),
+        "advertise_addr": consul_ip.to_string(),
+        "client_addr": format!("127.0.0.1 {consul_ip}"),
+        "addresses": { "dns": dns.join(" ") },
+        "ports": { "dns": config.consul.dns_port, "http": config.consul.http_addr.port() },
+        "recursors": facts.recursors.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "retry_join": retry_join,
+        // Consul's 30 s default leaves a node out for long after the overlay reaches its seeds.
+        "retry_interval": "5s",
+        "encrypt": facts.gossip_key,
+        "encrypt_verify_incoming": true,
+        "encrypt_verify_outgoing": true,
+        "server": config.node.role != Role::Client,
+        "disable_update_check": true,
+        "disable_host_node_id": true,
+        "node_meta": { "arpanet_address": a.to_string() },
+        "log_level": "INFO",
+    });
+    if config.node.role != Role::Client {
+        // Every server gets the same expectation, as Consul recommends.
+        v["bootstrap_expect"] = json!(config.cluster.expect);
+    }
+    v
+}
+
+/// Upstream resolvers from resolv.conf, skipping loopback stubs (systemd-resolved's
+/// 127.0.0.53 is replaced by the servers it forwards to) and our own addresses.
+pub fn host_recursors(own: &[Ipv4Addr]) -> Vec<IpAddr> {
+    let parse = |path: &str| -> Vec<IpAddr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect()
+    };
+    let mut servers = parse("/etc/resolv.conf");
+    if servers.iter().any(|s| s.is_loopback()) {
+        servers.extend(parse("/run/systemd/resolve/resolv.conf"));
+    }
+    servers.retain(|s| !s.is_loopback() && !matches!(s, IpAddr::V4(v4) if own.contains(v4)));
+    servers.dedup();
+    servers
+}
+
+/// Writes the rendered config when it differs. Returns whether it changed.
+pub fn write(path: &Path, rendered: &Value) -> anyhow::Result<bool> {
+    let mut text = serde_json::to_string_pretty(rendered)?;
+    text.push('\n');
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(false);
+    }
+    crate::files::write_atomically(path, &text)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(role: &str, extra: &str) -> Config {
+        let join = if role == "boot" {
+            ""
+        } else {
+            "join = [{ address = \"0.1\", ip = \"192.168.8.120\" }]\n"
+        };
+        let text = format!(
+            "[node]\naddress = \"0.2\"\nrole = \"{role}\"\nname = \"n2\"\n{join}[cluster]\nname = \"Apples\"\nexpect = 3\n{extra}"
+        );
+        Config::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    fn facts(bridge: bool) -> HostFacts {
+        HostFacts {
+            recursors: vec!["192.168.8.1".parse().unwrap()],
+            bridge_ip_present: bridge,
+            gossip_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn server_binds_the_consul_plane_and_joins_peers_there() {
+        let v = render(&config("server", ""), &facts(true));
+        assert_eq!(v["datacenter"], "apples");
+        assert_eq!(v["node_name"], "n2");
+        assert_eq!(v["bind_addr"], "10.253.0.2");
+        assert_eq!(v["advertise_addr"], "10.253.0.2");
+        assert_eq!(v["client_addr"], "127.0.0.1 10.253.0.2");
+        assert_eq!(v["addresses"]["dns"], "10.253.0.2 10.0.2.1");
+        assert_eq!(v["ports"]["dns"], 53);
+        assert_eq!(v["ports"]["http"], 8500);
+        assert_eq!(v["retry_join"], json!(["10.253.0.1"]));
+        assert_eq!(v["server"], true);
+        assert_eq!(v["bootstrap_expect"], 3);
+        assert_eq!(v["recursors"], json!(["192.168.8.1"]));
+    }
+
+    #[test]
+    fn client_is_not_a_server_and_dns_waits_for_the_bridge() {
+        let v = render(&config("client", ""), &facts(false));
+        assert_eq!(v["server"], false);
+        assert!(v.get("bootstrap_expect").is_none());
+        assert_eq!(v["addresses"]["dns"], "10.253.0.2");
+    }
+
+    #[test]
+    fn boot_alone_expects_the_configured_servers() {
+        let v = render(&config("boot", ""), &facts(false));
+        assert_eq!(v["bootstrap_expect"], 3);
+        assert_eq!(v["retry_join"], json!([]));
+    }
+}

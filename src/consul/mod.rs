@@ -1,0 +1,91 @@
+//! Consul: the cluster engine (membership, KV, catalog, DNS). arpanet configures
+//! and runs the agent, registers its node, and reads the catalog; it never
+//! re-implements any of these.
+
+pub mod agent;
+pub mod client;
+pub mod node;
+pub mod secret;
+
+use std::net::Ipv4Addr;
+
+use anyhow::anyhow;
+
+use crate::config::{Config, ConsulMode};
+use crate::network::netlink::Netlink;
+use crate::systemd::Systemd;
+
+pub const UNIT: &str = "arpanet-consul.service";
+
+/// Renders the agent's config; under systemd, (re)starts the agent's unit when the
+/// config changed or the unit is not running. Returns a line per change.
+pub async fn reconcile(
+    config: &Config,
+    netlink: &Netlink,
+    systemd: Option<&Systemd>,
+) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    if matches!(
+        config.consul.mode,
+        ConsulMode::External | ConsulMode::Disabled
+    ) {
+        return Ok(changes);
+    }
+    let key = secret::gossip_key(&secret::read(&config.cluster.secret_file)?);
+    let a = config.node.address;
+    let facts = agent::HostFacts {
+        recursors: agent::host_recursors(&[a.bridge_ip(), a.consul_ip()]),
+        bridge_ip_present: netlink.has_address(a.bridge_ip()).await?,
+        gossip_key: key,
+    };
+    let path = agent::config_path(config);
+    let existed = path.exists();
+    let changed = agent::write(&path, &agent::render(config, &facts))?;
+    if changed {
+        changes.push(format!("wrote {}", path.display()));
+    }
+    match config.consul.mode {
+        ConsulMode::Systemd => {
+            let systemd = systemd
+                .ok_or_else(|| anyhow!("consul.mode = \"systemd\" needs systemd's D-Bus API"))?;
+            if changed {
+                systemd.restart(UNIT).await?;
+                changes.push(format!("restarted {UNIT}"));
+            } else if systemd.active_state(UNIT).await? != "active" {
+                systemd.start(UNIT).await?;
+                changes.push(format!("started {UNIT}"));
+            }
+        }
+        ConsulMode::Config if changed && existed => {
+            tracing::warn!(
+                "{} changed; restart the Consul agent to apply it",
+                path.display()
+            );
+        }
+        _ => {}
+    }
+    Ok(changes)
+}
+
+/// Registers this node (service `arpanet`) with the local agent when it is missing or
+/// out of date. Returns whether it registered.
+pub async fn ensure_registered(
+    consul: &client::Consul,
+    config: &Config,
+    underlay_ip: Ipv4Addr,
+) -> anyhow::Result<bool> {
+    let want = node::registration(config, underlay_ip);
+    let services = consul.agent_services().await?;
+    let current = services.get(node::SERVICE);
+    let same = current.is_some_and(|s| {
+        s.meta == want.meta
+            && s.address == want.address
+            && s.port == want.port
+            && s.tags == want.tags
+    });
+    if same {
+        return Ok(false);
+    }
+    consul.register_service(&want).await?;
+    Ok(true)
+}

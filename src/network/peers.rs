@@ -1,0 +1,118 @@
+//! Where the overlay's peers come from: the join list, Consul's catalog, and (after a
+//! restart, until the catalog answers) the catalog's last answer kept in the state dir.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::Peer;
+use crate::config::Config;
+
+pub fn cache_path(config: &Config) -> PathBuf {
+    config.paths.state_dir.join("peers.json")
+}
+
+/// The last catalog answer; a missing or unreadable cache is empty, never an error
+/// (the catalog will answer again).
+pub fn load_cache(path: &Path) -> Vec<Peer> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!("ignoring the peer cache {}: {e}", path.display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn save_cache(path: &Path, peers: &[Peer]) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(peers)?;
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    crate::files::write_atomically(path, &text)
+}
+
+/// The peers to program: the join list always (the seeds through which Consul itself
+/// is reached), plus the catalog's healthy nodes, or the cached ones before the
+/// catalog has answered.
+pub fn desired(config: &Config, catalog: Option<&[Peer]>, cache: &[Peer]) -> Vec<Peer> {
+    let mut all: BTreeSet<Peer> = super::reconcile::join_peers(config).into_iter().collect();
+    all.extend(catalog.unwrap_or(cache).iter().copied());
+    // A join entry and a catalog entry may disagree on the underlay IP; the catalog is
+    // newer, so one address keeps one entry.
+    let mut by_address = std::collections::BTreeMap::new();
+    for p in all {
+        by_address.insert(p.address, p);
+    }
+    if let Some(catalog) = catalog {
+        for p in catalog {
+            by_address.insert(p.address, *p);
+        }
+    }
+    by_address
+        .into_values()
+        .filter(|p| p.address != config.node.address)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("t"),
+            "[node]\naddress = \"0.3\"\nrole = \"client\"\njoin = [{ address = \"0.1\", ip = \"192.168.1.1\" }]\n",
+        )
+        .unwrap()
+    }
+
+    fn peer(a: &str, last: u8) -> Peer {
+        Peer {
+            address: a.parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(192, 168, 1, last),
+        }
+    }
+
+    #[test]
+    fn catalog_adds_to_the_join_list_and_skips_ourselves() {
+        let catalog = [peer("0.1", 1), peer("0.2", 2), peer("0.3", 3)];
+        assert_eq!(
+            desired(&config(), Some(&catalog), &[]),
+            [peer("0.1", 1), peer("0.2", 2)]
+        );
+    }
+
+    #[test]
+    fn cache_stands_in_until_the_catalog_answers() {
+        let cache = [peer("0.2", 2), peer("0.4", 4)];
+        assert_eq!(
+            desired(&config(), None, &cache),
+            [peer("0.1", 1), peer("0.2", 2), peer("0.4", 4)]
+        );
+        // Once the catalog answers, the cache no longer matters: 0.4 has left.
+        assert_eq!(
+            desired(&config(), Some(&[peer("0.2", 2)]), &cache),
+            [peer("0.1", 1), peer("0.2", 2)]
+        );
+    }
+
+    #[test]
+    fn catalog_wins_over_a_stale_join_ip() {
+        assert_eq!(
+            desired(&config(), Some(&[peer("0.1", 9)]), &[]),
+            [peer("0.1", 9)]
+        );
+    }
+
+    #[test]
+    fn cache_round_trips_and_tolerates_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.json");
+        assert!(load_cache(&path).is_empty());
+        save_cache(&path, &[peer("0.2", 2)]).unwrap();
+        assert_eq!(load_cache(&path), [peer("0.2", 2)]);
+        std::fs::write(&path, "not json").unwrap();
+        assert!(load_cache(&path).is_empty());
+    }
+}
