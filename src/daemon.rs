@@ -91,9 +91,17 @@ impl Daemon {
         }
         if self.config.consul.mode != ConsulMode::Disabled {
             match consul::reconcile(&self.config, &self.netlink, self.systemd.as_ref()).await {
-                Ok(changes) => report
-                    .changes
-                    .extend(changes.into_iter().map(|c| format!("consul: {c}"))),
+                Ok(changes) => {
+                    // Register only once the agent that was just (re)started listens.
+                    if changes.iter().any(|c| c.contains(consul::UNIT))
+                        && let Err(e) = self.consul.wait_until_up(Duration::from_secs(30)).await
+                    {
+                        report.errors.push(format!("consul: {e:#}"));
+                    }
+                    report
+                        .changes
+                        .extend(changes.into_iter().map(|c| format!("consul: {c}")));
+                }
                 Err(e) => report.errors.push(format!("consul: {e:#}")),
             }
             if let Some(underlay_ip) = network.underlay_ip {

@@ -175,3 +175,66 @@ fn bad_arguments_get_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--jsn"));
 }
+
+#[test]
+fn a_missing_consul_binary_says_where_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[consul]\nmode = \"config\"\nbinary = \"/nonexistent/consul\"\n",
+    );
+    let out = arpanet(&["--config", cfg.to_str().unwrap(), "consul-agent"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/consul does not exist"), "{err}");
+    assert!(err.contains("HashiCorp's apt or rpm repository"), "{err}");
+}
+
+#[test]
+fn an_unreachable_consul_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens, so the connection is refused at once.
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[consul]\nhttp_addr = \"127.0.0.1:1\"\n",
+    );
+    for args in [&["members"][..], &["kv", "get", "some/key"][..]] {
+        let mut full = vec!["--config", cfg.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = arpanet(&full);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(
+            err.trim(),
+            "error: cannot reach Consul at 127.0.0.1:1: connection refused (is the agent running? `arpanet status` tells)",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn secret_is_created_once_and_installed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[cluster]\nsecret_file = {secret:?}\n"
+        ),
+    );
+    let made = arpanet(&["--config", cfg.to_str().unwrap(), "secret"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let value = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), value);
+    assert!(stderr(&made).contains(&format!("arpanet secret --set {value}")));
+    let again = arpanet(&["--config", cfg.to_str().unwrap(), "secret"]);
+    assert!(
+        !again.status.success(),
+        "an existing secret is not replaced silently"
+    );
+    assert!(stderr(&again).contains("--force"));
+}

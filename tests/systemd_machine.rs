@@ -141,3 +141,107 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
 
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn consul_runs_as_a_unit_and_answers_dns_for_containers_and_the_host() {
+    if !lab::available() || !machine::available() {
+        return;
+    }
+    let base = machine::base_tree();
+    let lab = Lab::builder(1).start();
+    let m0 = Machine::boot(&lab.hosts[0], &base);
+    m0.write_file(
+        "/etc/arpanet/arpanet.toml",
+        "[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_interface = \"eth1\"\n[cluster]\nname = \"apples\"\nexpect = 1\n",
+    );
+    assert_success(&m0.exec(&["arpanet", "secret"]), "arpanet secret");
+
+    let changes = once(&m0);
+    assert!(
+        changes.contains(&"docker: restarted docker.service".to_string()),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&"consul: restarted arpanet-consul.service".to_string()),
+        "{changes:?}"
+    );
+    assert_eq!(
+        m0.unit_property("arpanet-consul.service", "ActiveState"),
+        "active"
+    );
+    lab::wait_until(
+        std::time::Duration::from_secs(60),
+        "a leader and this node registered",
+        || {
+            once(&m0);
+            let s = m0.exec(&["arpanet", "status", "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+            !s["consul"]["leader"].is_null()
+                && stdout(&m0.exec(&["arpanet", "members"])).contains("alive")
+        },
+    );
+    // Consul's DNS is bound on the bridge too, since Docker's bridge existed when the
+    // config was rendered.
+    let rendered = m0.read_file("/var/lib/arpanet/consul/config.json");
+    assert!(
+        rendered.contains("\"dns\": \"10.253.0.1 10.0.1.1\""),
+        "{rendered}"
+    );
+    let pid = m0.unit_property("arpanet-consul.service", "MainPID");
+    let again = once(&m0);
+    assert!(
+        !again.iter().any(|c| c.starts_with("consul: ")),
+        "{again:?}"
+    );
+    assert_eq!(
+        m0.unit_property("arpanet-consul.service", "MainPID"),
+        pid,
+        "no restart without a change"
+    );
+
+    // A container finds services by name through Consul (search domain service.consul).
+    m0.import_test_image();
+    lab::wait_until(
+        std::time::Duration::from_secs(30),
+        "this node in the catalog",
+        || {
+            once(&m0);
+            m0.exec(&["consul", "catalog", "services"])
+                .stdout
+                .starts_with(b"arpanet")
+        },
+    );
+    let lookup = m0.exec(&[
+        "docker",
+        "run",
+        "--rm",
+        lab::TEST_IMAGE,
+        "nslookup",
+        "arpanet.service.consul",
+    ]);
+    assert_success(&lookup, "nslookup in a container");
+    assert!(
+        stdout(&lookup).contains("10.255.0.1"),
+        "{}",
+        stdout(&lookup)
+    );
+    let short = m0.exec(&[
+        "docker",
+        "run",
+        "--rm",
+        lab::TEST_IMAGE,
+        "nslookup",
+        "arpanet",
+    ]);
+    assert!(
+        stdout(&short).contains("10.255.0.1"),
+        "the search domain: {}",
+        stdout(&short)
+    );
+    // And so does the host itself, through systemd-resolved's ~consul routing domain.
+    let host = m0.exec(&["resolvectl", "query", "arpanet.service.consul"]);
+    assert_success(&host, "resolvectl query");
+    assert!(stdout(&host).contains("10.255.0.1"), "{}", stdout(&host));
+
+    lab.teardown().expect("teardown");
+}

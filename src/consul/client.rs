@@ -232,6 +232,23 @@ impl Consul {
         })
     }
 
+    /// Waits until the local agent answers at all (it was just started).
+    pub async fn wait_until_up(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.http.get(self.url("/v1/agent/self")).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    bail!(
+                        "the Consul agent at {} did not answer within {limit:?} of starting",
+                        self.addr
+                    )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
     pub async fn members(&self) -> anyhow::Result<Vec<Member>> {
         self.get_json("/v1/agent/members").await
     }
@@ -295,6 +312,23 @@ impl Consul {
 
     pub async fn agent_services(&self) -> anyhow::Result<BTreeMap<String, AgentService>> {
         self.get_json("/v1/agent/services").await
+    }
+
+    /// Instances of `service` in the catalog (what other nodes and DNS see), with
+    /// their meta.
+    pub async fn catalog_service_meta(
+        &self,
+        service: &str,
+    ) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "ServiceMeta", default)]
+            meta: BTreeMap<String, String>,
+        }
+        let entries: Vec<Entry> = self
+            .get_json(&format!("/v1/catalog/service/{service}"))
+            .await?;
+        Ok(entries.into_iter().map(|e| e.meta).collect())
     }
 
     pub async fn register_service(&self, reg: &ServiceRegistration) -> anyhow::Result<()> {

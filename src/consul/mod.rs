@@ -67,14 +67,21 @@ pub async fn reconcile(
     Ok(changes)
 }
 
-/// Registers this node (service `arpanet`) with the local agent when it is missing or
-/// out of date. Returns whether it registered.
+/// Registers this node (service `arpanet`) unless the catalog already lists it as it
+/// should be. The catalog, not the local agent, is what matters: an agent that
+/// registered before a leader existed syncs only on its next anti-entropy run,
+/// while registering again makes it sync now. Returns whether it registered.
 pub async fn ensure_registered(
     consul: &client::Consul,
     config: &Config,
     underlay_ip: Ipv4Addr,
 ) -> anyhow::Result<bool> {
     let want = node::registration(config, underlay_ip);
+    let in_catalog = consul
+        .catalog_service_meta(node::SERVICE)
+        .await?
+        .iter()
+        .any(|meta| *meta == want.meta);
     let services = consul.agent_services().await?;
     let current = services.get(node::SERVICE);
     let same = current.is_some_and(|s| {
@@ -83,7 +90,7 @@ pub async fn ensure_registered(
             && s.port == want.port
             && s.tags == want.tags
     });
-    if same {
+    if same && in_catalog {
         return Ok(false);
     }
     consul.register_service(&want).await?;

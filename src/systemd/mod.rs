@@ -71,6 +71,11 @@ impl Systemd {
         let manager = ManagerProxy::new(&connection)
             .await
             .context("reach systemd over D-Bus")?;
+        // Once per connection: systemd refuses a second Subscribe from the same client.
+        manager
+            .subscribe()
+            .await
+            .context("subscribe to systemd's signals")?;
         Ok(Self {
             connection,
             manager,
@@ -100,10 +105,6 @@ impl Systemd {
 
     /// Queues a job and waits for systemd to report its result.
     async fn job(&self, unit: &str, verb: &str) -> anyhow::Result<()> {
-        self.manager
-            .subscribe()
-            .await
-            .context("subscribe to systemd's signals")?;
         // Listen before queuing, so a job that finishes at once is not missed.
         let mut removed = self
             .manager

@@ -85,6 +85,11 @@ impl<'a> Machine<'a> {
                 "--bind-ro={}:/usr/bin/arpanet",
                 env!("CARGO_BIN_EXE_arpanet")
             ),
+            // Consul is a self-contained binary: the host's serves the machines too.
+            format!(
+                "--bind-ro={}:/usr/bin/consul",
+                super::which("consul").expect("consul").display()
+            ),
             format!("--network-namespace-path={netns}"),
             "--console=pipe".into(),
         ];
@@ -124,6 +129,19 @@ impl<'a> Machine<'a> {
             Duration::from_secs(60),
             &format!("docker.service in {}", machine.name),
             || machine.unit_property("docker.service", "ActiveState") == "active",
+        );
+        // The repo's unit files, installed as the package installs them.
+        let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        for unit in std::fs::read_dir(&units).unwrap().filter_map(|e| e.ok()) {
+            let text = std::fs::read_to_string(unit.path()).unwrap();
+            machine.write_file(
+                &format!("/etc/systemd/system/{}", unit.file_name().to_string_lossy()),
+                &text,
+            );
+        }
+        super::assert_success(
+            &machine.exec(&["systemctl", "daemon-reload"]),
+            "daemon-reload",
         );
         let failed = machine.exec(&["systemctl", "--failed", "--no-legend", "--plain"]);
         assert_eq!(
@@ -178,6 +196,37 @@ impl<'a> Machine<'a> {
 
     pub fn read_file(&self, path: &str) -> String {
         super::stdout(&self.exec(&["cat", path]))
+    }
+
+    /// Loads the busybox test image into the machine's own Docker engine.
+    pub fn import_test_image(&self) {
+        let root = self.host.dir.join("machine-image-root");
+        if !root.exists() {
+            super::make_busybox_root(&root);
+        }
+        let socket = format!("unix:///proc/{}/root/run/docker.sock", self.leader);
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Command::new(super::docker_cli())
+            .args([
+                "-H",
+                &socket,
+                "import",
+                "--change",
+                "CMD [\"/bin/sh\"]",
+                "-",
+                super::TEST_IMAGE,
+            ])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+        super::assert_success(&out, "docker import into the machine");
     }
 
     /// A unit property, as `systemctl show -p NAME --value` prints it.
