@@ -80,8 +80,7 @@ pub async fn ensure_registered(
     let in_catalog = consul
         .catalog_service_meta(node::SERVICE)
         .await?
-        .iter()
-        .any(|meta| *meta == want.meta);
+        .contains(&want.meta);
     let services = consul.agent_services().await?;
     let current = services.get(node::SERVICE);
     let same = current.is_some_and(|s| {
