@@ -181,15 +181,7 @@ fn dump(host: &Host) -> String {
 }
 
 fn once_changes(host: &Host) -> Vec<String> {
-    let out = host.arpanetd_once();
-    assert_success(&out, "arpanetd --once");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
-    report["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect()
+    lab::once_changes(&host.arpanetd_once())
 }
 
 #[test]

@@ -18,15 +18,7 @@ fn config(me: &Host, peer: &Host) -> String {
 }
 
 fn once(m: &Machine) -> Vec<String> {
-    let out = m.exec(&["arpanetd", "--once"]);
-    assert_success(&out, "arpanetd --once");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
-    report["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect()
+    lab::once_changes(&m.exec(&["arpanetd", "--once"]))
 }
 
 #[test]

@@ -200,33 +200,8 @@ impl<'a> Machine<'a> {
 
     /// Loads the busybox test image into the machine's own Docker engine.
     pub fn import_test_image(&self) {
-        let root = self.host.dir.join("machine-image-root");
-        if !root.exists() {
-            super::make_busybox_root(&root);
-        }
         let socket = format!("unix:///proc/{}/root/run/docker.sock", self.leader);
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Command::new(super::docker_cli())
-            .args([
-                "-H",
-                &socket,
-                "import",
-                "--change",
-                "CMD [\"/bin/sh\"]",
-                "-",
-                super::TEST_IMAGE,
-            ])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success());
-        super::assert_success(&out, "docker import into the machine");
+        super::import_test_image(&self.host.dir.join("machine-image"), &socket);
     }
 
     /// A unit property, as `systemctl show -p NAME --value` prints it.

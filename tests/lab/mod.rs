@@ -504,33 +504,9 @@ impl Host {
 
     /// Loads the busybox test image (with a `whoami` CGI under /www) into this engine.
     pub fn import_test_image(&self) {
-        let root = self.dir.join("image-root");
-        if !root.exists() {
-            make_busybox_root(&root);
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tar");
-        let out = Command::new(docker_cli())
-            .arg("-H")
-            .arg(format!("unix://{}", self.docker_socket().display()))
-            .args(["import", "--change", "CMD [\"/bin/sh\"]", "-", TEST_IMAGE])
-            .stdin(tar.stdout.take().expect("tar stdout"))
-            .output()
-            .expect("docker import");
-        let tar_status = tar.wait().expect("wait for tar");
-        assert!(
-            tar_status.success(),
-            "tar of the test image root: {tar_status}"
-        );
-        assert!(
-            out.status.success(),
-            "docker import: {}",
-            String::from_utf8_lossy(&out.stderr)
+        import_test_image(
+            &self.dir,
+            &format!("unix://{}", self.docker_socket().display()),
         );
     }
 
@@ -649,6 +625,53 @@ impl Host {
             ],
         );
     }
+}
+
+/// Imports the busybox test image into the engine at `socket`, building its root
+/// under `dir` once.
+fn import_test_image(dir: &Path, socket: &str) {
+    let root = dir.join("image-root");
+    if !root.exists() {
+        make_busybox_root(&root);
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    let out = Command::new(docker_cli())
+        .args([
+            "-H",
+            socket,
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            "-",
+            TEST_IMAGE,
+        ])
+        .stdin(tar.stdout.take().expect("tar stdout"))
+        .output()
+        .expect("docker import");
+    let tar_status = tar.wait().expect("wait for tar");
+    assert!(
+        tar_status.success(),
+        "tar of the test image root: {tar_status}"
+    );
+    assert_success(&out, "docker import");
+}
+
+/// The `changes` of an `arpanetd --once` run, which must have succeeded.
+pub fn once_changes(out: &Output) -> Vec<String> {
+    assert_success(out, "arpanetd --once");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A FROM-scratch busybox root: `docker import` of it needs no registry and no build.
