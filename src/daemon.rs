@@ -11,9 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::config::containers as containers_cfg;
 use crate::config::{Config, ConsulMode, ServiceMode};
 use crate::consul::{self, client::Consul};
+use crate::containers;
 use crate::docker;
+use crate::docker::engine::Engine;
 use crate::network::netlink::Netlink;
 use crate::network::{Peer, peers, reconcile};
 use crate::plan::NodePlan;
@@ -117,6 +120,7 @@ impl Daemon {
                 }
             }
         }
+        self.converge_containers(&mut report).await;
         if let (Some(systemd), Some(index)) = (&self.systemd, network.device_index)
             && resolved::available(systemd.connection()).await
         {
@@ -148,6 +152,44 @@ impl Daemon {
         }
         self.last_errors = report.errors.clone();
         report
+    }
+
+    /// containers.d against the local engine. With nothing declared and no engine there
+    /// is nothing to do (a host that runs the overlay only), which is not an error.
+    async fn converge_containers(&self, report: &mut PassReport) {
+        let dir = &self.config.paths.containers_dir;
+        let engine = match Engine::connect(&self.config.docker.socket).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                let declared = containers_cfg::load_dir(dir);
+                if !declared.containers.is_empty() || !declared.diagnostics.is_empty() {
+                    report.errors.push(format!("containers: {e:#}"));
+                }
+                return;
+            }
+        };
+        match containers::reconcile(&engine, dir, true).await {
+            Ok(pass) => {
+                report.errors.extend(
+                    pass.diagnostics
+                        .into_iter()
+                        .map(|d| format!("containers: {d}")),
+                );
+                report.changes.extend(
+                    pass.report
+                        .done
+                        .into_iter()
+                        .map(|c| format!("containers: {c}")),
+                );
+                report.errors.extend(
+                    pass.report
+                        .errors
+                        .into_iter()
+                        .map(|e| format!("containers: {e}")),
+                );
+            }
+            Err(e) => report.errors.push(format!("containers: {e:#}")),
+        }
     }
 
     async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {

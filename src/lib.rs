@@ -8,6 +8,7 @@ pub mod addressing;
 pub mod commands;
 pub mod config;
 pub mod consul;
+pub mod containers;
 pub mod daemon;
 pub mod docker;
 pub mod files;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use arpanet::commands::{
-    check, consul_agent, info, kv, members, secret, status, uninstall_network,
+    check, consul_agent, info, kv, members, secret, status, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 
@@ -24,6 +24,7 @@ enum Command {
     Info(info::Info),
     Check(check::Check),
     Status(status::Status),
+    Up(up::Up),
     Members(members::Members),
     Kv(kv::Kv),
     Secret(secret::Secret),
@@ -39,6 +40,7 @@ async fn main() -> ExitCode {
         Command::Info(c) => c.exec(&opts.config),
         Command::Check(c) => c.exec(&opts.config),
         Command::Status(c) => c.exec(&opts.config).await,
+        Command::Up(c) => c.exec(&opts.config).await,
         Command::Members(c) => c.exec(&opts.config).await,
         Command::Kv(c) => c.exec(&opts.config).await,
         Command::Secret(c) => c.exec(&opts.config),

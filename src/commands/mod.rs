@@ -8,3 +8,4 @@ pub mod members;
 pub mod secret;
 pub mod status;
 pub mod uninstall_network;
+pub mod up;

@@ -3,6 +3,7 @@
 
 pub mod daemon_json;
 pub mod dropin;
+pub mod engine;
 
 use std::path::Path;
 

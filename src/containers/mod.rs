@@ -1,0 +1,389 @@
+//! Declarative containers (containers.d, dockerup's job): what the files declare,
+//! compared with the containers arpanet created, as a plan of actions. Pure; the
+//! engine work is in [`apply`].
+//!
+//! arpanet knows its own containers by labels: it never touches one without
+//! `arpanet.managed=true`, and never removes one whose file failed to parse.
+
+pub mod apply;
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::containers::{ContainerSpec, ContainersDir};
+use crate::docker::engine::{Container, short};
+
+pub const LABEL_MANAGED: &str = "arpanet.managed";
+/// A hash of the declared spec: a container whose hash differs is replaced.
+pub const LABEL_HASH: &str = "arpanet.spec-hash";
+/// The file (name only) that declared the container.
+pub const LABEL_FILE: &str = "arpanet.file";
+/// The declared name (the Docker name differs briefly during an eager replace).
+pub const LABEL_NAME: &str = "arpanet.name";
+
+/// Suffix of a replacement started before the old container goes (`update.eager`).
+pub const EAGER_SUFFIX: &str = "-arpanet-next";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub name: String,
+    pub file: String,
+    pub spec: ContainerSpec,
+    pub hash: String,
+}
+
+pub fn spec_hash(spec: &ContainerSpec) -> String {
+    // Serialization is deterministic: struct order and BTreeMaps.
+    let json = serde_json::to_vec(spec).expect("a spec always serializes");
+    Sha256::digest(&json)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn desired(loaded: &ContainersDir) -> Vec<Desired> {
+    loaded
+        .containers
+        .iter()
+        .map(|c| Desired {
+            name: c.spec.name.as_str().to_string(),
+            file: file_name(&c.file),
+            hash: spec_hash(&c.spec),
+            spec: c.spec.clone(),
+        })
+        .collect()
+}
+
+/// Names (without directory) of the files that failed to parse.
+pub fn broken(loaded: &ContainersDir) -> Vec<String> {
+    loaded.broken_files.iter().map(|f| file_name(f)).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create {
+        name: String,
+    },
+    /// The declared spec changed (or the image moved): a new container takes over.
+    Replace {
+        name: String,
+        old: String,
+        eager: bool,
+    },
+    /// Created but never started (arpanetd stopped between the two).
+    Start {
+        name: String,
+        id: String,
+    },
+    /// An eager replacement that was left under its temporary name.
+    Rename {
+        name: String,
+        id: String,
+    },
+    Remove {
+        name: String,
+        id: String,
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Create { name } => write!(f, "create {name}"),
+            Action::Replace { name, old, eager } => {
+                write!(
+                    f,
+                    "replace {name} ({}; spec changed{})",
+                    short(old),
+                    if *eager { ", eager" } else { "" }
+                )
+            }
+            Action::Start { name, id } => {
+                write!(f, "start {name} ({}; created but not running)", short(id))
+            }
+            Action::Rename { name, id } => write!(f, "rename {} to {name}", short(id)),
+            Action::Remove { name, id, why } => write!(f, "remove {name} ({}; {why})", short(id)),
+        }
+    }
+}
+
+/// The actions that bring `actual` (every container labelled managed) to `desired`.
+/// Containers of `broken_files` are left as they are.
+pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) -> Vec<Action> {
+    let name_of = |c: &Container| {
+        c.labels
+            .get(LABEL_NAME)
+            .cloned()
+            .unwrap_or_else(|| c.name.clone())
+    };
+    let mut actions = Vec::new();
+    let mut removals = Vec::new();
+    for d in desired {
+        let mut mine: Vec<&Container> = actual.iter().filter(|c| name_of(c) == d.name).collect();
+        // Prefer a current one that runs, then one that is current at all, then the one
+        // that already has the declared name.
+        mine.sort_by_key(|c| {
+            (
+                c.labels.get(LABEL_HASH) != Some(&d.hash),
+                c.state != "running",
+                c.name != d.name,
+            )
+        });
+        match mine.split_first() {
+            None => actions.push(Action::Create {
+                name: d.name.clone(),
+            }),
+            Some((keep, extra)) => {
+                // Before any rename: a duplicate may hold the declared name.
+                for c in extra {
+                    actions.push(Action::Remove {
+                        name: d.name.clone(),
+                        id: c.id.clone(),
+                        why: "duplicate",
+                    });
+                }
+                if keep.labels.get(LABEL_HASH) != Some(&d.hash) {
+                    actions.push(Action::Replace {
+                        name: d.name.clone(),
+                        old: keep.id.clone(),
+                        eager: d.spec.update.eager,
+                    });
+                    continue;
+                }
+                if keep.name != d.name {
+                    actions.push(Action::Rename {
+                        name: d.name.clone(),
+                        id: keep.id.clone(),
+                    });
+                }
+                if keep.state == "created" {
+                    actions.push(Action::Start {
+                        name: d.name.clone(),
+                        id: keep.id.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for c in actual {
+        let name = name_of(c);
+        if desired.iter().any(|d| d.name == name) {
+            continue;
+        }
+        if c.labels
+            .get(LABEL_FILE)
+            .is_some_and(|f| broken_files.contains(f))
+        {
+            continue;
+        }
+        removals.push(Action::Remove {
+            name,
+            id: c.id.clone(),
+            why: "no file declares it",
+        });
+    }
+    actions.extend(removals);
+    actions
+}
+
+/// One pass over containers.d: what the files declare, planned against what runs.
+/// With `apply`, carries it out. Broken files come back as diagnostics; their
+/// containers are left alone and every other file is applied.
+pub async fn reconcile(
+    engine: &crate::docker::engine::Engine,
+    dir: &std::path::Path,
+    apply: bool,
+) -> anyhow::Result<Pass> {
+    let loaded = crate::config::containers::load_dir(dir);
+    let desired = desired(&loaded);
+    let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
+    let actions = plan(&desired, &actual, &broken(&loaded));
+    let report = if apply {
+        apply::apply(engine, &actions, &desired).await
+    } else {
+        apply::Report::default()
+    };
+    Ok(Pass {
+        diagnostics: loaded.diagnostics.iter().map(|d| d.to_string()).collect(),
+        actions,
+        report,
+    })
+}
+
+#[derive(Debug)]
+pub struct Pass {
+    pub diagnostics: Vec<String>,
+    pub actions: Vec<Action>,
+    pub report: apply::Report,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn declared(files: &[(&str, &str)]) -> ContainersDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        crate::config::containers::load_dir(dir.path())
+    }
+
+    fn spec(name: &str, env: &str) -> String {
+        format!(
+            "[[container]]\nname = \"{name}\"\nimage = \"busybox:1\"\nenv = {{ X = \"{env}\" }}\n"
+        )
+    }
+
+    fn running(d: &Desired, id: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: d.name.clone(),
+            labels: HashMap::from([
+                (LABEL_MANAGED.into(), "true".into()),
+                (LABEL_NAME.into(), d.name.clone()),
+                (LABEL_FILE.into(), d.file.clone()),
+                (LABEL_HASH.into(), d.hash.clone()),
+            ]),
+            state: "running".into(),
+        }
+    }
+
+    #[test]
+    fn hash_follows_the_spec() {
+        let a = desired(&declared(&[("a.toml", &spec("web", "1"))]));
+        let b = desired(&declared(&[("a.toml", &spec("web", "2"))]));
+        let a2 = desired(&declared(&[("a.toml", &spec("web", "1"))]));
+        assert_ne!(a[0].hash, b[0].hash);
+        assert_eq!(a[0].hash, a2[0].hash);
+    }
+
+    #[test]
+    fn nothing_to_do_when_everything_runs_as_declared() {
+        let d = desired(&declared(&[("a.toml", &spec("web", "1"))]));
+        assert_eq!(plan(&d, &[running(&d[0], "id1")], &[]), []);
+    }
+
+    #[test]
+    fn missing_is_created_changed_is_replaced_undeclared_is_removed() {
+        let old = desired(&declared(&[(
+            "a.toml",
+            &(spec("web", "1") + &spec("gone", "1")),
+        )]));
+        let new = desired(&declared(&[(
+            "a.toml",
+            &(spec("web", "2") + &spec("db", "1")),
+        )]));
+        let actual = [running(&old[0], "idweb"), running(&old[1], "idgone")];
+        assert_eq!(
+            plan(&new, &actual, &[]),
+            [
+                Action::Replace {
+                    name: "web".into(),
+                    old: "idweb".into(),
+                    eager: false
+                },
+                Action::Create { name: "db".into() },
+                Action::Remove {
+                    name: "gone".into(),
+                    id: "idgone".into(),
+                    why: "no file declares it"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broken_files_containers_stay() {
+        let before = desired(&declared(&[("b.toml", &spec("db", "1"))]));
+        let loaded = declared(&[("b.toml", "[[container]]\nname = \"db\"\nimage = ")]);
+        assert_eq!(broken(&loaded), ["b.toml"]);
+        assert_eq!(
+            plan(
+                &desired(&loaded),
+                &[running(&before[0], "iddb")],
+                &broken(&loaded)
+            ),
+            []
+        );
+    }
+
+    #[test]
+    fn what_a_crash_leaves_behind_is_cleaned_up() {
+        let d = desired(&declared(&[("a.toml", &spec("web", "1"))]));
+        // Created but never started, plus an older copy.
+        let mut created = running(&d[0], "idnew");
+        created.state = "created".into();
+        let mut stale = running(&d[0], "idold");
+        stale.labels.insert(LABEL_HASH.into(), "0000".into());
+        assert_eq!(
+            plan(&d, &[stale, created.clone()], &[]),
+            [
+                Action::Remove {
+                    name: "web".into(),
+                    id: "idold".into(),
+                    why: "duplicate"
+                },
+                Action::Start {
+                    name: "web".into(),
+                    id: "idnew".into()
+                },
+            ]
+        );
+        // Two current copies: the one with the declared name stays, the other goes first.
+        let mut copy = created.clone();
+        copy.id = "idcopy".into();
+        copy.name = "web-copy".into();
+        assert_eq!(
+            plan(&d, &[copy, created.clone()], &[]),
+            [
+                Action::Remove {
+                    name: "web".into(),
+                    id: "idcopy".into(),
+                    why: "duplicate"
+                },
+                Action::Start {
+                    name: "web".into(),
+                    id: "idnew".into()
+                },
+            ]
+        );
+        // An eager replacement left under its temporary name.
+        let mut next = running(&d[0], "idnext");
+        next.name = format!("web{EAGER_SUFFIX}");
+        assert_eq!(
+            plan(&d, &[next], &[]),
+            [Action::Rename {
+                name: "web".into(),
+                id: "idnext".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn eager_is_carried_into_the_replace() {
+        let text =
+            "[[container]]\nname = \"web\"\nimage = \"busybox:1\"\nupdate = { eager = true }\n";
+        let d = desired(&declared(&[("a.toml", text)]));
+        let mut old = running(&d[0], "idweb");
+        old.labels.insert(LABEL_HASH.into(), "0000".into());
+        assert_eq!(
+            plan(&d, &[old], &[]),
+            [Action::Replace {
+                name: "web".into(),
+                old: "idweb".into(),
+                eager: true
+            }]
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! A thin layer over bollard for what arpanet asks of the local Docker engine.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use bollard::Docker;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
+};
+use futures::TryStreamExt;
+
+/// A container as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    /// created, running, exited, ...
+    pub state: String,
+}
+
+pub struct Engine {
+    docker: Docker,
+    socket: String,
+}
+
+impl Engine {
+    /// Connects and agrees on an API version the engine speaks (Debian's 20.10 speaks 1.41).
+    pub async fn connect(socket: &Path) -> anyhow::Result<Self> {
+        let path = socket.display().to_string();
+        let fail = |e: &dyn std::fmt::Display| {
+            anyhow!("cannot reach Docker at {path}: {e} (is dockerd running?)")
+        };
+        let docker = Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| fail(&e))?;
+        let docker = docker.negotiate_version().await.map_err(|e| fail(&e))?;
+        Ok(Self {
+            docker,
+            socket: path,
+        })
+    }
+
+    /// Every container (running or not) carrying `label=value`.
+    pub async fn containers_with_label(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> anyhow::Result<Vec<Container>> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .with_context(|| format!("list containers at {}", self.socket))?;
+        Ok(list
+            .into_iter()
+            .map(|c| Container {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn image_present(&self, image: &str) -> anyhow::Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("inspect image {image}")),
+        }
+    }
+
+    pub async fn pull(&self, image: &str) -> anyhow::Result<()> {
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        self.docker
+            .create_image(Some(options), None, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .with_context(|| format!("pull {image}"))?;
+        Ok(())
+    }
+
+    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> anyhow::Result<String> {
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("create container {name}"))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> anyhow::Result<()> {
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("start container {}", short(id)))
+    }
+
+    /// Stops (giving it `grace_secs` to exit) and removes a container.
+    pub async fn stop_and_remove(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+        let stop = StopContainerOptionsBuilder::new().t(grace_secs).build();
+        match self.docker.stop_container(id, Some(stop)).await {
+            // 304: already stopped.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(e).with_context(|| format!("stop container {}", short(id))),
+        }
+        let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+        self.docker
+            .remove_container(id, Some(remove))
+            .await
+            .with_context(|| format!("remove container {}", short(id)))
+    }
+
+    pub async fn rename(&self, id: &str, name: &str) -> anyhow::Result<()> {
+        let options = RenameContainerOptionsBuilder::new().name(name).build();
+        self.docker
+            .rename_container(id, options)
+            .await
+            .with_context(|| format!("rename container {} to {name}", short(id)))
+    }
+}
+
+/// Docker's 12-character form of an ID, for messages.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
