@@ -15,6 +15,7 @@ use crate::config::containers as containers_cfg;
 use crate::config::{Config, ConsulMode, ServiceMode};
 use crate::consul::{self, client::Consul};
 use crate::containers;
+use crate::containers::registration;
 use crate::docker;
 use crate::docker::engine::Engine;
 use crate::network::netlink::Netlink;
@@ -121,6 +122,9 @@ impl Daemon {
             }
         }
         self.converge_containers(&mut report).await;
+        if let Some(changes) = self.sync_registrations(&mut report).await {
+            report.changes.extend(changes);
+        }
         if let (Some(systemd), Some(index)) = (&self.systemd, network.device_index)
             && resolved::available(systemd.connection()).await
         {
@@ -152,6 +156,33 @@ impl Daemon {
         }
         self.last_errors = report.errors.clone();
         report
+    }
+
+    /// Running containers as Consul services. `None` when there is nothing to sync with.
+    async fn sync_registrations(&self, report: &mut PassReport) -> Option<Vec<String>> {
+        if self.config.consul.mode == ConsulMode::Disabled {
+            return None;
+        }
+        let engine = Engine::connect(&self.config.docker.socket).await.ok()?;
+        let result = async {
+            let running = engine.running().await?;
+            let node = self.config.node_name();
+            let address = self.config.node.address.to_string();
+            registration::sync(&self.consul, &node, &address, &running).await
+        }
+        .await;
+        match result {
+            Ok(changes) => Some(
+                changes
+                    .into_iter()
+                    .map(|c| format!("services: {c}"))
+                    .collect(),
+            ),
+            Err(e) => {
+                report.errors.push(format!("services: {e:#}"));
+                None
+            }
+        }
     }
 
     /// containers.d against the local engine. With nothing declared and no engine there
@@ -219,10 +250,15 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
             tokio::spawn(watch_catalog(
                 Consul::new(self.config.consul.http_addr),
                 catalog_tx,
+            ));
+            tokio::spawn(watch_containers(
+                self.config.docker.socket.clone(),
+                events_tx,
             ));
         }
 
@@ -251,6 +287,15 @@ impl Daemon {
                     }
                     self.catalog = catalog;
                     self.converge().await;
+                }
+                Some(()) = events_rx.recv() => {
+                    let mut report = PassReport::default();
+                    for c in self.sync_registrations(&mut report).await.unwrap_or_default() {
+                        info!("{c}");
+                    }
+                    for e in report.errors {
+                        warn!("{e}");
+                    }
                 }
                 _ = resync.tick() => {
                     self.converge().await;
@@ -345,6 +390,31 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+/// Signals whenever a container starts, stops or goes away, so its Consul registration
+/// follows at once rather than at the next resync. Reconnects when dockerd restarts.
+async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
+    use futures::StreamExt;
+    const RELEVANT: [&str; 7] = [
+        "start", "die", "stop", "kill", "destroy", "pause", "unpause",
+    ];
+    loop {
+        if let Ok(engine) = Engine::connect(&socket).await {
+            let mut events = engine.container_events();
+            while let Some(Ok(event)) = events.next().await {
+                let action = event.action.unwrap_or_default();
+                if RELEVANT.contains(&action.as_str()) {
+                    // A full channel already has a sync pending; that one will see this too.
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

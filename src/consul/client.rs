@@ -59,6 +59,21 @@ pub struct ServiceRegistration {
     pub port: u16,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub check: Option<AgentCheck>,
+}
+
+/// A check Consul's agent runs for a service.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct AgentCheck {
+    #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    #[serde(rename = "Interval")]
+    pub interval: String,
+    #[serde(rename = "Timeout")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +327,13 @@ impl Consul {
 
     pub async fn agent_services(&self) -> anyhow::Result<BTreeMap<String, AgentService>> {
         self.get_json("/v1/agent/services").await
+    }
+
+    pub async fn deregister_service(&self, id: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/agent/service/deregister/{id}");
+        let resp = self.send(|| self.http.put(self.url(&path))).await?;
+        self.check(resp).await?;
+        Ok(())
     }
 
     /// Instances of `service` in the catalog (what other nodes and DNS see), with

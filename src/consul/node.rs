@@ -34,6 +34,7 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
         address: a.overlay_ip().to_string(),
         port: config.api.port,
         meta,
+        check: None,
     }
 }
 

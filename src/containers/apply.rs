@@ -22,6 +22,26 @@ pub fn body(d: &Desired) -> ContainerCreateBody {
     labels.insert(LABEL_NAME.into(), d.name.clone());
     labels.insert(LABEL_FILE.into(), d.file.clone());
     labels.insert(LABEL_HASH.into(), d.hash.clone());
+    if let Some(service) = &s.service {
+        use super::registration::{CheckLabel, LABEL_CHECK, LABEL_PORT, LABEL_SERVICE, LABEL_TAGS};
+        labels.insert(
+            LABEL_SERVICE.into(),
+            service.name.clone().unwrap_or_else(|| d.name.clone()),
+        );
+        if !service.tags.is_empty() {
+            labels.insert(LABEL_TAGS.into(), service.tags.join(","));
+        }
+        let port = service
+            .port
+            .or_else(|| (s.ports.len() == 1).then(|| s.ports[0].container));
+        if let Some(port) = port {
+            labels.insert(LABEL_PORT.into(), port.to_string());
+        }
+        if let Some(check) = &service.check {
+            let json = serde_json::to_string(&CheckLabel::from(check)).expect("serializable");
+            labels.insert(LABEL_CHECK.into(), json);
+        }
+    }
 
     let port_key = |container: u16, protocol: Protocol| {
         format!(

@@ -6,6 +6,7 @@
 //! `arpanet.managed=true`, and never removes one whose file failed to parse.
 
 pub mod apply;
+pub mod registration;
 
 use std::fmt;
 

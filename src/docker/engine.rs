@@ -144,3 +144,77 @@ impl Engine {
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
+
+/// A running container with what service registration needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Running {
+    pub id: String,
+    pub name: String,
+    /// Its address on its (first) network: 10.a.b.x on the bridge, routable cluster-wide.
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `8080/tcp` style.
+    pub exposed: Vec<String>,
+}
+
+impl Engine {
+    pub async fn running(&self) -> anyhow::Result<Vec<Running>> {
+        let options = ListContainersOptionsBuilder::new().all(false).build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .with_context(|| format!("list containers at {}", self.socket))?;
+        let mut out = Vec::new();
+        for c in list {
+            let Some(id) = c.id else { continue };
+            // Gone between list and inspect: nothing to register.
+            let Ok(i) = self.docker.inspect_container(&id, None).await else {
+                continue;
+            };
+            let config = i.config.unwrap_or_default();
+            let ip = i
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|nets| {
+                    nets.into_values()
+                        .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+                })
+                .and_then(|ip| ip.parse().ok());
+            out.push(Running {
+                id,
+                name: i
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                ip,
+                env: config
+                    .env
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
+                    .collect(),
+                labels: config.labels.unwrap_or_default().into_iter().collect(),
+                exposed: config.exposed_ports.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Container lifecycle events, as they happen.
+    pub fn container_events(
+        &self,
+    ) -> impl futures::Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + use<>
+    {
+        let filters = HashMap::from([("type", vec!["container".to_string()])]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        self.docker.events(Some(options))
+    }
+}

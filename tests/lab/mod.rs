@@ -405,7 +405,7 @@ impl Host {
     /// `consul(&["kv", "put", "k", "v"])`.
     pub fn consul(&self, args: &[&str]) -> Output {
         // Consul wants flags between the subcommand and its positional arguments.
-        let (sub, rest) = args.split_at(if args.len() > 1 && args[0] == "kv" {
+        let (sub, rest) = args.split_at(if args.len() > 1 && matches!(args[0], "kv" | "catalog") {
             2
         } else {
             1
