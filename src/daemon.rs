@@ -35,7 +35,12 @@ pub struct Daemon {
     /// The previous pass's errors: a failure is logged when it starts and when it ends,
     /// not on every pass while it lasts.
     last_errors: Vec<String>,
+    /// When images were last pulled for `update.pull`; a registry is not asked every pass.
+    last_pull: std::cell::Cell<Option<std::time::Instant>>,
 }
+
+/// How often arpanetd asks registries whether a tag names a newer image.
+const PULL_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What one convergence pass did, for logs and `arpanetd --once`.
 #[derive(Debug, Default, Serialize)]
@@ -58,6 +63,7 @@ impl Daemon {
             consul,
             catalog: None,
             last_errors: Vec::new(),
+            last_pull: std::cell::Cell::new(None),
         })
     }
 
@@ -158,6 +164,19 @@ impl Daemon {
         report
     }
 
+    /// Whether this pass pulls images (and marks that it did).
+    fn pull_due(&self) -> bool {
+        let now = std::time::Instant::now();
+        let due = self
+            .last_pull
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= PULL_INTERVAL);
+        if due {
+            self.last_pull.set(Some(now));
+        }
+        due
+    }
+
     /// Running containers as Consul services. `None` when there is nothing to sync with.
     async fn sync_registrations(&self, report: &mut PassReport) -> Option<Vec<String>> {
         if self.config.consul.mode == ConsulMode::Disabled {
@@ -199,7 +218,7 @@ impl Daemon {
                 return;
             }
         };
-        match containers::reconcile(&engine, dir, true).await {
+        match containers::reconcile(&engine, dir, true, self.pull_due()).await {
             Ok(pass) => {
                 report.errors.extend(
                     pass.diagnostics

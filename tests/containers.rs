@@ -190,3 +190,79 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
 
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn a_new_image_under_the_same_tag_replaces_its_containers() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(1).docker().start();
+    let host = &lab.hosts[0];
+    lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
+    let dir = host.dir.join("containers.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tag = "arpanet-test/app:1";
+    host.import_image(tag, &["ENV BUILD=1"]);
+    let image = |name: &str, eager: bool| {
+        format!(
+            "[[container]]\nname = \"{name}\"\nimage = \"{tag}\"\ncommand = [\"sleep\", \"3600\"]\n\
+             update = {{ pull = false, eager = {eager} }}\n\n"
+        )
+    };
+    std::fs::write(
+        dir.join("app.toml"),
+        image("plain", false) + &image("eager", true),
+    )
+    .unwrap();
+    assert_success(&up(host, &[]), "arpanet up");
+    let before = managed(host);
+    let old_image = stdout(&host.docker(&["image", "inspect", "-f", "{{.Id}}", tag]))
+        .trim()
+        .to_string();
+
+    // The same tag now names another image.
+    host.import_image(tag, &["ENV BUILD=2"]);
+    let plan = stdout(&up(host, &["--dry-run"]));
+    assert!(
+        plan.contains("replace plain (") && plan.contains("image changed)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("replace eager (") && plan.contains("image changed, eager)"),
+        "{plan}"
+    );
+    let out = up(host, &[]);
+    assert_success(&out, "arpanet up after the image moved");
+    let after = managed(host);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        ["eager", "plain"],
+        "the eager one is back under its own name"
+    );
+    for name in ["plain", "eager"] {
+        assert_ne!(
+            after[name].0, before[name].0,
+            "{name} must be a new container"
+        );
+        assert_eq!(after[name].1, "running");
+        let env = stdout(&host.docker(&[
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            name,
+        ]));
+        assert!(env.contains("BUILD=2"), "{name}: {env}");
+    }
+    // Nothing uses the old image any more, so it went.
+    assert!(stdout(&out).contains("remove image"), "{}", stdout(&out));
+    assert!(
+        !host
+            .docker(&["image", "inspect", &old_image])
+            .status
+            .success(),
+        "old image still there"
+    );
+    assert_eq!(stdout(&up(host, &["--dry-run"])), "nothing to do\n");
+
+    lab.teardown().expect("teardown");
+}

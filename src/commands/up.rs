@@ -20,7 +20,8 @@ impl Up {
         let config = Config::load(config_path)?;
         let engine = Engine::connect(&config.docker.socket).await?;
         let pass =
-            containers::reconcile(&engine, &config.paths.containers_dir, !self.dry_run).await?;
+            containers::reconcile(&engine, &config.paths.containers_dir, !self.dry_run, true)
+                .await?;
         for d in &pass.diagnostics {
             eprintln!("{d}");
         }

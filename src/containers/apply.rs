@@ -7,8 +7,12 @@ use bollard::models::{
 };
 use serde::Serialize;
 
-use super::{Action, Desired, EAGER_SUFFIX, LABEL_FILE, LABEL_HASH, LABEL_MANAGED, LABEL_NAME};
+use super::{
+    Action, Desired, EAGER_SUFFIX, LABEL_FILE, LABEL_HASH, LABEL_IMAGE_ID, LABEL_MANAGED,
+    LABEL_NAME,
+};
 use crate::config::containers::{NetworkMode, Protocol, RestartPolicy as Restart, Volume};
+use crate::docker::engine::Container;
 use crate::docker::engine::Engine;
 
 /// Seconds a replaced or removed container gets to exit after SIGTERM.
@@ -22,6 +26,9 @@ pub fn body(d: &Desired) -> ContainerCreateBody {
     labels.insert(LABEL_NAME.into(), d.name.clone());
     labels.insert(LABEL_FILE.into(), d.file.clone());
     labels.insert(LABEL_HASH.into(), d.hash.clone());
+    if let Some(id) = &d.image_id {
+        labels.insert(LABEL_IMAGE_ID.into(), id.clone());
+    }
     if let Some(service) = &s.service {
         use super::registration::{CheckLabel, LABEL_CHECK, LABEL_PORT, LABEL_SERVICE, LABEL_TAGS};
         labels.insert(
@@ -145,13 +152,45 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
-/// Applies every action; one that fails is reported and the others still run.
-pub async fn apply(engine: &Engine, actions: &[Action], desired: &[Desired]) -> Report {
+/// Applies every action; one that fails is reported and the others still run. Then
+/// removes the images that only the replaced or removed containers used.
+pub async fn apply(
+    engine: &Engine,
+    actions: &[Action],
+    desired: &[Desired],
+    actual: &[Container],
+) -> Report {
     let mut report = Report::default();
+    let mut released = Vec::new();
     for action in actions {
         match run(engine, action, desired).await {
-            Ok(()) => report.done.push(action.to_string()),
+            Ok(()) => {
+                report.done.push(action.to_string());
+                let old = match action {
+                    Action::Replace { old, .. } => Some(old),
+                    Action::Remove { id, .. } => Some(id),
+                    _ => None,
+                };
+                if let Some(image) = old
+                    .and_then(|id| actual.iter().find(|c| &c.id == id))
+                    .and_then(|c| c.labels.get(LABEL_IMAGE_ID))
+                {
+                    released.push(image.clone());
+                }
+            }
             Err(e) => report.errors.push(format!("{action}: {e:#}")),
+        }
+    }
+    released.sort();
+    released.dedup();
+    for image in released {
+        match engine.remove_image_if_unused(&image).await {
+            Ok(true) => report.done.push(format!(
+                "remove image {} (no longer used)",
+                crate::docker::engine::short(image.trim_start_matches("sha256:"))
+            )),
+            Ok(false) => {}
+            Err(e) => report.errors.push(format!("{e:#}")),
         }
     }
     report
@@ -170,6 +209,7 @@ async fn run(engine: &Engine, action: &Action, desired: &[Desired]) -> anyhow::R
             name,
             old,
             eager: false,
+            ..
         } => {
             engine.stop_and_remove(old, STOP_GRACE_SECS).await?;
             create_and_start(engine, spec_of(name), name).await
@@ -178,6 +218,7 @@ async fn run(engine: &Engine, action: &Action, desired: &[Desired]) -> anyhow::R
             name,
             old,
             eager: true,
+            ..
         } => {
             // The new one runs before the old one stops; a crash in between leaves
             // states the next plan cleans up (duplicate, or the temporary name).
@@ -204,7 +245,7 @@ async fn create_and_start_id(
     docker_name: &str,
 ) -> anyhow::Result<String> {
     let image = d.spec.image.as_str();
-    if !engine.image_present(image).await? {
+    if d.image_id.is_none() && !engine.image_present(image).await? {
         engine.pull(image).await?;
     }
     let id = engine.create(docker_name, body(d)).await?;

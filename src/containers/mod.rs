@@ -23,6 +23,10 @@ pub const LABEL_FILE: &str = "arpanet.file";
 /// The declared name (the Docker name differs briefly during an eager replace).
 pub const LABEL_NAME: &str = "arpanet.name";
 
+/// The image the container was created from; a tag that now names another image
+/// means the container is replaced.
+pub const LABEL_IMAGE_ID: &str = "arpanet.image-id";
+
 /// Suffix of a replacement started before the old container goes (`update.eager`).
 pub const EAGER_SUFFIX: &str = "-arpanet-next";
 
@@ -32,6 +36,8 @@ pub struct Desired {
     pub file: String,
     pub spec: ContainerSpec,
     pub hash: String,
+    /// What the spec's image tag resolves to on this host (None: not here yet).
+    pub image_id: Option<String>,
 }
 
 pub fn spec_hash(spec: &ContainerSpec) -> String {
@@ -59,6 +65,7 @@ pub fn desired(loaded: &ContainersDir) -> Vec<Desired> {
             file: file_name(&c.file),
             hash: spec_hash(&c.spec),
             spec: c.spec.clone(),
+            image_id: None,
         })
         .collect()
 }
@@ -78,6 +85,7 @@ pub enum Action {
         name: String,
         old: String,
         eager: bool,
+        why: &'static str,
     },
     /// Created but never started (arpanetd stopped between the two).
     Start {
@@ -100,10 +108,15 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Create { name } => write!(f, "create {name}"),
-            Action::Replace { name, old, eager } => {
+            Action::Replace {
+                name,
+                old,
+                eager,
+                why,
+            } => {
                 write!(
                     f,
-                    "replace {name} ({}; spec changed{})",
+                    "replace {name} ({}; {why}{})",
                     short(old),
                     if *eager { ", eager" } else { "" }
                 )
@@ -152,11 +165,23 @@ pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) 
                         why: "duplicate",
                     });
                 }
-                if keep.labels.get(LABEL_HASH) != Some(&d.hash) {
+                let moved = d
+                    .image_id
+                    .as_ref()
+                    .is_some_and(|id| keep.labels.get(LABEL_IMAGE_ID) != Some(id));
+                let why = if keep.labels.get(LABEL_HASH) != Some(&d.hash) {
+                    Some("spec changed")
+                } else if moved {
+                    Some("image changed")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
                     actions.push(Action::Replace {
                         name: d.name.clone(),
                         old: keep.id.clone(),
                         eager: d.spec.update.eager,
+                        why,
                     });
                     continue;
                 }
@@ -199,20 +224,37 @@ pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) 
 /// One pass over containers.d: what the files declare, planned against what runs.
 /// With `apply`, carries it out. Broken files come back as diagnostics; their
 /// containers are left alone and every other file is applied.
+/// With `pull`, images whose spec says `update.pull` are pulled first, so a newer image
+/// published under the tag replaces the containers; a failed pull is reported and the
+/// local image is used.
 pub async fn reconcile(
     engine: &crate::docker::engine::Engine,
     dir: &std::path::Path,
     apply: bool,
+    pull: bool,
 ) -> anyhow::Result<Pass> {
     let loaded = crate::config::containers::load_dir(dir);
-    let desired = desired(&loaded);
+    let mut desired = desired(&loaded);
+    let mut pull_errors = Vec::new();
+    for d in &mut desired {
+        let image = d.spec.image.as_str().to_string();
+        if pull
+            && apply
+            && d.spec.update.pull
+            && let Err(e) = engine.pull(&image).await
+        {
+            pull_errors.push(format!("{}: {e:#}; using the local image", d.name));
+        }
+        d.image_id = engine.image_id(&image).await?;
+    }
     let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
     let actions = plan(&desired, &actual, &broken(&loaded));
-    let report = if apply {
-        apply::apply(engine, &actions, &desired).await
+    let mut report = if apply {
+        apply::apply(engine, &actions, &desired, &actual).await
     } else {
         apply::Report::default()
     };
+    report.errors.extend(pull_errors);
     Ok(Pass {
         diagnostics: loaded.diagnostics.iter().map(|d| d.to_string()).collect(),
         actions,
@@ -292,7 +334,8 @@ mod tests {
                 Action::Replace {
                     name: "web".into(),
                     old: "idweb".into(),
-                    eager: false
+                    eager: false,
+                    why: "spec changed",
                 },
                 Action::Create { name: "db".into() },
                 Action::Remove {
@@ -301,6 +344,25 @@ mod tests {
                     why: "no file declares it"
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_tag_that_names_a_new_image_replaces_the_container() {
+        let mut d = desired(&declared(&[("a.toml", &spec("web", "1"))]));
+        let mut c = running(&d[0], "idweb");
+        c.labels.insert(LABEL_IMAGE_ID.into(), "sha256:old".into());
+        d[0].image_id = Some("sha256:old".into());
+        assert_eq!(plan(&d, &[c.clone()], &[]), []);
+        d[0].image_id = Some("sha256:new".into());
+        assert_eq!(
+            plan(&d, &[c], &[]),
+            [Action::Replace {
+                name: "web".into(),
+                old: "idweb".into(),
+                eager: false,
+                why: "image changed"
+            }]
         );
     }
 
@@ -383,7 +445,8 @@ mod tests {
             [Action::Replace {
                 name: "web".into(),
                 old: "idweb".into(),
-                eager: true
+                eager: true,
+                why: "spec changed",
             }]
         );
     }

@@ -77,12 +77,38 @@ impl Engine {
     }
 
     pub async fn image_present(&self, image: &str) -> anyhow::Result<bool> {
+        Ok(self.image_id(image).await?.is_some())
+    }
+
+    /// The ID the reference resolves to here, if the image is present.
+    pub async fn image_id(&self, image: &str) -> anyhow::Result<Option<String>> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
+            Ok(i) => Ok(i.id),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Ok(false),
+            }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("inspect image {image}")),
+        }
+    }
+
+    /// Removes an image unless something still uses or names it. Returns whether it went.
+    pub async fn remove_image_if_unused(&self, id: &str) -> anyhow::Result<bool> {
+        match self
+            .docker
+            .remove_image(
+                id,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            // 409: in use or still tagged; 404: already gone.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409 | 404,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("remove image {}", short(id))),
         }
     }
 

@@ -201,7 +201,12 @@ impl<'a> Machine<'a> {
     /// Loads the busybox test image into the machine's own Docker engine.
     pub fn import_test_image(&self) {
         let socket = format!("unix:///proc/{}/root/run/docker.sock", self.leader);
-        super::import_test_image(&self.host.dir.join("machine-image"), &socket);
+        super::import_image(
+            &self.host.dir.join("machine-image"),
+            &socket,
+            super::TEST_IMAGE,
+            &[],
+        );
     }
 
     /// A unit property, as `systemctl show -p NAME --value` prints it.

@@ -504,9 +504,17 @@ impl Host {
 
     /// Loads the busybox test image (with a `whoami` CGI under /www) into this engine.
     pub fn import_test_image(&self) {
-        import_test_image(
+        self.import_image(TEST_IMAGE, &[]);
+    }
+
+    /// The test image's contents under another tag, with extra Dockerfile-style
+    /// changes (e.g. `ENV BUILD=2`), which make it a different image.
+    pub fn import_image(&self, tag: &str, changes: &[&str]) {
+        import_image(
             &self.dir,
             &format!("unix://{}", self.docker_socket().display()),
+            tag,
+            changes,
         );
     }
 
@@ -627,9 +635,9 @@ impl Host {
     }
 }
 
-/// Imports the busybox test image into the engine at `socket`, building its root
-/// under `dir` once.
-fn import_test_image(dir: &Path, socket: &str) {
+/// Imports the busybox test image into the engine at `socket` as `tag`, building its
+/// root under `dir` once.
+fn import_image(dir: &Path, socket: &str, tag: &str, changes: &[&str]) {
     let root = dir.join("image-root");
     if !root.exists() {
         make_busybox_root(&root);
@@ -641,16 +649,13 @@ fn import_test_image(dir: &Path, socket: &str) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("tar");
+    let mut args = vec!["-H", socket, "import", "--change", "CMD [\"/bin/sh\"]"];
+    for c in changes {
+        args.extend(["--change", c]);
+    }
+    args.extend(["-", tag]);
     let out = Command::new(docker_cli())
-        .args([
-            "-H",
-            socket,
-            "import",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            "-",
-            TEST_IMAGE,
-        ])
+        .args(&args)
         .stdin(tar.stdout.take().expect("tar stdout"))
         .output()
         .expect("docker import");
