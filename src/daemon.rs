@@ -281,6 +281,9 @@ impl Daemon {
             ));
         }
 
+        let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);
+        // Kept for the loop's lifetime: dropping it stops the watch.
+        let _files_watch = watch_files(&self.config.paths.containers_dir, files_tx);
         self.converge().await;
         notify(&[NotifyState::Ready, NotifyState::Status("running")]);
         info!("arpanetd ready");
@@ -315,6 +318,12 @@ impl Daemon {
                     for e in report.errors {
                         warn!("{e}");
                     }
+                }
+                Some(()) = files_rx.recv() => {
+                    // Editors write in several steps; apply the settled file.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while files_rx.try_recv().is_ok() {}
+                    self.converge().await;
                 }
                 _ = resync.tick() => {
                     self.converge().await;
@@ -408,6 +417,32 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
         }
         if tx.is_closed() {
             return;
+        }
+    }
+}
+
+/// Watches containers.d (inotify), so a changed file is applied at once instead of at
+/// the next resync. A directory that does not exist is not watched; resync covers it.
+fn watch_files(
+    dir: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| warn!("cannot watch {}: {e}", dir.display()))
+    .ok()?;
+    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            info!(
+                "not watching {} ({e}); changes there apply at the next resync",
+                dir.display()
+            );
+            None
         }
     }
 }

@@ -266,3 +266,44 @@ fn a_new_image_under_the_same_tag_replaces_its_containers() {
 
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn a_changed_file_is_applied_at_once_not_at_the_next_resync() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(1).docker().start();
+    let host = &lab.hosts[0];
+    let cfg = lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
+    // A resync an hour away: only the file watch can explain a prompt change.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("resync = \"1s\"", "resync = \"1h\"");
+    std::fs::write(&cfg, text).unwrap();
+    let dir = host.dir.join("containers.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    host.start_arpanetd();
+    wait_until(Duration::from_secs(20), "arpanetd ready", || {
+        host.log("arpanetd").contains("arpanetd ready")
+    });
+
+    std::fs::write(dir.join("new.toml"), spec("watched", "1")).unwrap();
+    wait_until(Duration::from_secs(10), "the new file applied", || {
+        managed(host)
+            .get("watched")
+            .is_some_and(|(_, s)| s == "running")
+    });
+    std::fs::write(dir.join("new.toml"), spec("watched", "2")).unwrap();
+    // The old container gets 10 s to stop (sleep as PID 1 ignores SIGTERM): still far
+    // inside the hour until the next resync.
+    wait_until(Duration::from_secs(30), "the changed file applied", || {
+        stdout(&host.docker(&[
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            "watched",
+        ]))
+        .contains("MODE=2")
+    });
+    lab.teardown().expect("teardown");
+}
