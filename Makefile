@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit bench-overlay
+.PHONY: run test deps lint unit bench-overlay bench-containers
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -23,3 +23,7 @@ unit:
 # Overlay vs underlay TCP throughput between two lab hosts (root, iperf3).
 bench-overlay: deps
 	cargo bench --bench overlay_throughput
+
+# Time to converge 50 declared containers from nothing and with nothing changed (root).
+bench-containers: deps
+	cargo bench --bench containers_converge
