@@ -166,6 +166,31 @@ fn containers_are_registered_and_found_across_hosts_by_name() {
         !catalog_services(h1).contains("ghost")
     });
 
+    // A containers.d service with an HTTP check: registered with the check, which passes.
+    let dir = h0.dir.join("containers.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = format!(
+        "[[container]]\nname = \"api\"\nimage = \"{TEST_IMAGE}\"\n\
+         command = [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n\
+         ports = [{{ container = 8080 }}]\nupdate = {{ pull = false }}\n\
+         service = {{ name = \"api\", tags = [\"v1\"], check = {{ type = \"http\", path = \"/cgi-bin/whoami\", interval = \"1s\", timeout = \"1s\" }} }}\n"
+    );
+    std::fs::write(dir.join("api.toml"), api).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "api registered with a passing check",
+        || {
+            let url = "http://127.0.0.1:8500/v1/health/checks/api";
+            let health = stdout(&h0.exec(&["busybox", "wget", "-q", "-O", "-", url]));
+            health.contains("\"Status\":\"passing\"") && health.contains("cgi-bin/whoami")
+        },
+    );
+    let url = "http://v1.api.service.consul:8080/cgi-bin/whoami";
+    let call = h1.docker(&[
+        "run", "--rm", TEST_IMAGE, "timeout", "10", "wget", "-q", "-O", "-", url,
+    ]);
+    assert_success(&call, "call api by tag and name from host 1");
+
     eprintln!(
         "MEASURED: registered {registered_in:?} after docker run; deregistered {deregistered_in:?} after docker stop"
     );
