@@ -21,11 +21,8 @@ fn main() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(1).docker().start();
+    let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
-    lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
-    let dir = host.dir.join("containers.d");
-    std::fs::create_dir_all(&dir).unwrap();
     for file in 0..5 {
         let text: String = (0..CONTAINERS / 5)
             .map(|i| {

@@ -45,11 +45,8 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(1).docker().start();
+    let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
-    lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
-    let dir = host.dir.join("containers.d");
-    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a.toml"), spec("web1", "1") + &spec("web2", "1")).unwrap();
     std::fs::write(dir.join("b.toml"), spec("db", "1")).unwrap();
     std::fs::write(dir.join("c.toml"), spec("cache", "1")).unwrap();
@@ -196,11 +193,8 @@ fn a_new_image_under_the_same_tag_replaces_its_containers() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(1).docker().start();
+    let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
-    lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
-    let dir = host.dir.join("containers.d");
-    std::fs::create_dir_all(&dir).unwrap();
     let tag = "arpanet-test/app:1";
     host.import_image(tag, &["ENV BUILD=1"]);
     let image = |name: &str, eager: bool| {
@@ -272,16 +266,13 @@ fn a_changed_file_is_applied_at_once_not_at_the_next_resync() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(1).docker().start();
+    let (lab, cfg, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
-    let cfg = lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
     // A resync an hour away: only the file watch can explain a prompt change.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("resync = \"1s\"", "resync = \"1h\"");
     std::fs::write(&cfg, text).unwrap();
-    let dir = host.dir.join("containers.d");
-    std::fs::create_dir_all(&dir).unwrap();
     host.start_arpanetd();
     wait_until(Duration::from_secs(20), "arpanetd ready", || {
         host.log("arpanetd").contains("arpanetd ready")

@@ -337,6 +337,16 @@ impl Lab {
             .collect()
     }
 
+    /// One host running dockerd, configured for containers.d without Consul. Returns
+    /// the lab, the host's config path and its (created) containers.d.
+    pub fn containers_host() -> (Lab, PathBuf, PathBuf) {
+        let lab = Lab::builder(1).docker().start();
+        let config = lab.write_arpanet_config(0, "boot", &[], "[consul]\nmode = \"disabled\"\n");
+        let dir = lab.hosts[0].dir.join("containers.d");
+        std::fs::create_dir_all(&dir).expect("create containers.d");
+        (lab, config, dir)
+    }
+
     /// Writes host `index`'s arpanet.toml with this role and these hosts as join peers.
     /// The cluster secret is the lab's unless the host has one already.
     pub fn write_arpanet_config(
