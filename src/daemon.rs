@@ -218,7 +218,7 @@ impl Daemon {
                 return;
             }
         };
-        match containers::reconcile(&engine, dir, true, self.pull_due()).await {
+        match containers::reconcile(&engine, dir, true, self.pull_due(), &|_, _, _| {}).await {
             Ok(pass) => {
                 report.errors.extend(
                     pass.diagnostics

@@ -63,6 +63,10 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
         "{first:?}"
     );
     assert_eq!(stdout(&up(host, &["--dry-run"])), "nothing to do\n");
+    let json: serde_json::Value =
+        serde_json::from_slice(&up(host, &["--dry-run", "--json"]).stdout).unwrap();
+    assert_eq!(json["actions"], serde_json::json!([]));
+    assert_eq!(json["diagnostics"], serde_json::json!([]));
 
     // One env change replaces exactly that container.
     std::fs::write(dir.join("a.toml"), spec("web1", "2") + &spec("web2", "1")).unwrap();
@@ -122,6 +126,14 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
         managed(host)["db"],
         second["db"],
         "db keeps running, untouched"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&up(host, &["--json"]).stdout).unwrap();
+    assert!(
+        json["diagnostics"][0]
+            .as_str()
+            .unwrap()
+            .contains("b.toml:3:"),
+        "{json}"
     );
     std::fs::write(dir.join("b.toml"), spec("db", "1")).unwrap();
 

@@ -2,6 +2,7 @@ use std::path::Path;
 
 use anyhow::bail;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
 use crate::containers;
@@ -13,34 +14,49 @@ pub struct Up {
     /// Print what would change, one line each, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the plan, what was done and every problem as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Up {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
         let engine = Engine::connect(&config.docker.socket).await?;
-        let pass =
-            containers::reconcile(&engine, &config.paths.containers_dir, !self.dry_run, true)
-                .await?;
-        for d in &pass.diagnostics {
-            eprintln!("{d}");
-        }
-        if self.dry_run {
-            if pass.actions.is_empty() {
+        // Drawn on a terminal only; hidden when stderr is a pipe or a file.
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("a valid template"),
+        );
+        let progress = |i: usize, total: usize, action: &containers::Action| {
+            bar.set_length(total as u64);
+            bar.set_position(i as u64);
+            bar.set_message(action.to_string());
+        };
+        let dir = &config.paths.containers_dir;
+        let pass = containers::reconcile(&engine, dir, !self.dry_run, true, &progress).await?;
+        bar.finish_and_clear();
+        let failed = pass.report.errors.len() + pass.diagnostics.len();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&pass)?);
+        } else {
+            for d in &pass.diagnostics {
+                eprintln!("{d}");
+            }
+            let lines = if self.dry_run {
+                pass.actions.iter().map(|a| a.to_string()).collect()
+            } else {
+                pass.report.done.clone()
+            };
+            if lines.is_empty() {
                 println!("nothing to do");
             }
-            for a in &pass.actions {
-                println!("{a}");
-            }
-        } else {
-            for done in &pass.report.done {
-                println!("{done}");
+            for line in lines {
+                println!("{line}");
             }
             for e in &pass.report.errors {
                 eprintln!("error: {e}");
             }
         }
-        let failed = pass.report.errors.len() + pass.diagnostics.len();
         if failed > 0 {
             bail!("{failed} problem(s); the rest of containers.d was applied");
         }

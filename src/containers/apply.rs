@@ -153,16 +153,19 @@ pub struct Report {
 }
 
 /// Applies every action; one that fails is reported and the others still run. Then
-/// removes the images that only the replaced or removed containers used.
+/// removes the images that only the replaced or removed containers used. `progress`
+/// hears of each action (its index and the total) before it starts.
 pub async fn apply(
     engine: &Engine,
     actions: &[Action],
     desired: &[Desired],
     actual: &[Container],
+    progress: &(dyn Fn(usize, usize, &Action) + Sync),
 ) -> Report {
     let mut report = Report::default();
     let mut released = Vec::new();
-    for action in actions {
+    for (i, action) in actions.iter().enumerate() {
+        progress(i, actions.len(), action);
         match run(engine, action, desired).await {
             Ok(()) => {
                 report.done.push(action.to_string());

@@ -221,6 +221,10 @@ pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) 
     actions
 }
 
+fn as_lines<S: serde::Serializer>(actions: &[Action], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(actions.iter().map(|a| a.to_string()))
+}
+
 /// One pass over containers.d: what the files declare, planned against what runs.
 /// With `apply`, carries it out. Broken files come back as diagnostics; their
 /// containers are left alone and every other file is applied.
@@ -232,6 +236,7 @@ pub async fn reconcile(
     dir: &std::path::Path,
     apply: bool,
     pull: bool,
+    progress: &(dyn Fn(usize, usize, &Action) + Sync),
 ) -> anyhow::Result<Pass> {
     let loaded = crate::config::containers::load_dir(dir);
     let mut desired = desired(&loaded);
@@ -250,7 +255,7 @@ pub async fn reconcile(
     let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
     let actions = plan(&desired, &actual, &broken(&loaded));
     let mut report = if apply {
-        apply::apply(engine, &actions, &desired, &actual).await
+        apply::apply(engine, &actions, &desired, &actual, progress).await
     } else {
         apply::Report::default()
     };
@@ -262,9 +267,10 @@ pub async fn reconcile(
     })
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Pass {
     pub diagnostics: Vec<String>,
+    #[serde(serialize_with = "as_lines")]
     pub actions: Vec<Action>,
     pub report: apply::Report,
 }
