@@ -54,7 +54,8 @@ impl Daemon {
     pub fn load(config_path: &Path) -> anyhow::Result<Self> {
         let config = Config::load(config_path)?;
         let netlink = Netlink::connect()?;
-        let consul = Consul::new(config.consul.http_addr);
+        // Impatient: a pass must not wait out an election; what fails is retried next pass.
+        let consul = Consul::impatient(config.consul.http_addr);
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
@@ -347,7 +348,7 @@ impl Daemon {
                 if config.node.address != self.config.node.address {
                     warn!("node.address changed; the new addresses replace the old ones now");
                 }
-                self.consul = Consul::new(config.consul.http_addr);
+                self.consul = Consul::impatient(config.consul.http_addr);
                 self.config = config;
                 info!(config = %self.config_path.display(), "configuration reloaded");
                 true
