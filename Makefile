@@ -5,9 +5,10 @@
 run:
 	cargo run --quiet --bin arpanet -- --config etc/arpanet/arpanet.toml info
 
-# Everything: installs the real components the tests use, then lint and all tests.
+# Everything: installs the real components the tests use, then lint and all tests
+# (benchmarks are compiled and linted here, and run by the bench-* targets).
 test: deps lint
-	cargo test --all-targets
+	cargo test
 
 deps:
 	scripts/install-test-deps
