@@ -103,11 +103,17 @@ impl Daemon {
         if self.config.consul.mode != ConsulMode::Disabled {
             match consul::reconcile(&self.config, &self.netlink, self.systemd.as_ref()).await {
                 Ok(changes) => {
-                    // Register only once the agent that was just (re)started listens.
-                    if changes.iter().any(|c| c.contains(consul::UNIT))
-                        && let Err(e) = self.consul.wait_until_up(Duration::from_secs(30)).await
-                    {
-                        report.errors.push(format!("consul: {e:#}"));
+                    // Register only once the agent that was just (re)started listens and
+                    // its cluster has a leader; other passes never wait.
+                    if changes.iter().any(|c| c.contains(consul::UNIT)) {
+                        let limit = Duration::from_secs(30);
+                        let up = self.consul.wait_until_up(limit).await;
+                        if let Err(e) = match up {
+                            Ok(()) => self.consul.wait_for_leader(limit).await,
+                            Err(e) => Err(e),
+                        } {
+                            report.errors.push(format!("consul: {e:#}"));
+                        }
                     }
                     report
                         .changes

@@ -264,6 +264,23 @@ impl Consul {
         }
     }
 
+    /// Waits until the cluster has a leader (an agent that was just started has none).
+    pub async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = self.leader().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "no Consul leader within {limit:?} of starting the agent at {}",
+                    self.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn members(&self) -> anyhow::Result<Vec<Member>> {
         self.get_json("/v1/agent/members").await
     }

@@ -37,7 +37,8 @@ impl<'a> Machine<'a> {
     /// Boots a machine in `host`'s network namespace with arpanet's freshly built
     /// binaries at /usr/bin, and waits until systemd reports the boot finished.
     pub fn boot(host: &'a Host, base: &Path) -> Self {
-        let name = format!("m{}", host.index);
+        // Unique across labs running at once: nspawn keeps per-name state under /run.
+        let name = format!("{}-m", host.netns);
         let upper = host.dir.join("machine-upper");
         let docker = host.dir.join("machine-docker");
         std::fs::create_dir_all(upper.join("etc")).unwrap();
