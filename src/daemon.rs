@@ -20,6 +20,7 @@ use crate::docker;
 use crate::docker::engine::Engine;
 use crate::network::netlink::Netlink;
 use crate::network::{Peer, peers, reconcile};
+use crate::placement;
 use crate::plan::NodePlan;
 use crate::systemd::{Systemd, resolved};
 
@@ -135,6 +136,9 @@ impl Daemon {
             }
         }
         self.converge_containers(&mut report).await;
+        if self.config.consul.mode != ConsulMode::Disabled {
+            self.converge_cluster_services(&mut report).await;
+        }
         if let Some(changes) = self.sync_registrations(&mut report).await {
             report.changes.extend(changes);
         }
@@ -249,6 +253,34 @@ impl Daemon {
         }
     }
 
+    /// This node's share of the cluster services (placement). Without Consul or
+    /// Docker nothing changes: running instances are never stopped for an outage.
+    async fn converge_cluster_services(&self, report: &mut PassReport) {
+        let engine = match Engine::connect(&self.config.docker.socket).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                report.errors.push(format!("cluster services: {e:#}"));
+                return;
+            }
+        };
+        let me = placement::reconcile::me(self.config.node.address, self.config.node.role);
+        match placement::reconcile::reconcile(&engine, &self.consul, me, true).await {
+            Ok(pass) => {
+                let errors = pass.diagnostics.into_iter().chain(pass.report.errors);
+                report
+                    .errors
+                    .extend(errors.map(|e| format!("cluster services: {e}")));
+                report.changes.extend(
+                    pass.report
+                        .done
+                        .into_iter()
+                        .map(|c| format!("cluster services: {c}")),
+                );
+            }
+            Err(e) => report.errors.push(format!("cluster services: {e:#}")),
+        }
+    }
+
     async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {
         let cache = peers::load_cache(&peers::cache_path(&self.config));
         let peers = peers::desired(&self.config, self.catalog.as_deref(), &cache);
@@ -277,6 +309,7 @@ impl Daemon {
         let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
+        let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
             tokio::spawn(watch_catalog(
                 Consul::new(self.config.consul.http_addr),
@@ -286,6 +319,11 @@ impl Daemon {
                 self.config.docker.socket.clone(),
                 events_tx,
             ));
+            tokio::spawn(watch_cluster_state(
+                Consul::new(self.config.consul.http_addr),
+                cluster_tx,
+            ));
+            crate::api::server::spawn(&self.config);
         }
 
         let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);
@@ -325,6 +363,10 @@ impl Daemon {
                     for e in report.errors {
                         warn!("{e}");
                     }
+                }
+                Some(()) = cluster_rx.recv() => {
+                    info!("the cluster's services changed in Consul KV");
+                    self.converge().await;
                 }
                 Some(()) = files_rx.recv() => {
                     // Editors write in several steps; apply the settled file.
@@ -418,6 +460,38 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
                     warn!("cannot follow Consul's catalog: {e:#}; retrying");
                     failing = true;
                 }
+                index = None;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Follows the cluster's desired state in KV (services, templates, drains) with blocking
+/// queries and signals each change, so a new service is placed at once.
+async fn watch_cluster_state(consul: Consul, tx: tokio::sync::mpsc::Sender<()>) {
+    let mut index = None;
+    loop {
+        match consul
+            .kv_list(placement::store::PREFIX, index, Duration::from_secs(30))
+            .await
+        {
+            Ok((_, new_index)) => {
+                if index.is_some_and(|i| i != new_index) {
+                    let _ = tx.try_send(());
+                }
+                // An index that goes backwards means Consul's state was reset.
+                index = Some(if index.is_some_and(|i| new_index < i) {
+                    0
+                } else {
+                    new_index
+                });
+            }
+            Err(_) => {
+                // The catalog watcher reports Consul outages; this one only retries.
                 index = None;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -5,6 +5,7 @@
 //! [`addressing`] is the seed design every plane's address comes from.
 
 pub mod addressing;
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod consul;
@@ -14,5 +15,6 @@ pub mod docker;
 pub mod files;
 pub mod logging;
 pub mod network;
+pub mod placement;
 pub mod plan;
 pub mod systemd;

@@ -3,8 +3,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use arpanet::commands::lifecycle::{ContainerId, Verb};
 use arpanet::commands::{
-    check, consul_agent, info, kv, members, secret, status, uninstall_network, up,
+    check, consul_agent, images, info, kv, members, node, ps, secret, service, status, template,
+    uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 
@@ -29,6 +31,21 @@ enum Command {
     Kv(kv::Kv),
     Secret(secret::Secret),
     ConsulAgent(consul_agent::ConsulAgent),
+    Service(service::Service),
+    Template(template::Template),
+    Ps(ps::Ps),
+    /// Start a stopped container, on whichever node has it.
+    Start(ContainerId),
+    /// Stop a container, on whichever node has it.
+    Stop(ContainerId),
+    /// Restart a container, on whichever node has it.
+    Restart(ContainerId),
+    /// Remove a container, on whichever node has it.
+    Rm(ContainerId),
+    /// Show a container's details as JSON, from whichever node has it.
+    Inspect(ContainerId),
+    Node(node::NodeCmd),
+    Images(images::Images),
     UninstallNetwork(uninstall_network::UninstallNetwork),
 }
 
@@ -45,6 +62,16 @@ async fn main() -> ExitCode {
         Command::Kv(c) => c.exec(&opts.config).await,
         Command::Secret(c) => c.exec(&opts.config),
         Command::ConsulAgent(c) => c.exec(&opts.config).await,
+        Command::Service(c) => c.exec(&opts.config).await,
+        Command::Template(c) => c.exec(&opts.config).await,
+        Command::Ps(c) => c.exec(&opts.config).await,
+        Command::Start(c) => c.exec(&opts.config, Verb::Start).await,
+        Command::Stop(c) => c.exec(&opts.config, Verb::Stop).await,
+        Command::Restart(c) => c.exec(&opts.config, Verb::Restart).await,
+        Command::Rm(c) => c.exec(&opts.config, Verb::Rm).await,
+        Command::Inspect(c) => c.exec(&opts.config, Verb::Inspect).await,
+        Command::Node(c) => c.exec(&opts.config).await,
+        Command::Images(c) => c.exec(&opts.config).await,
         Command::UninstallNetwork(c) => c.exec(&opts.config).await,
     };
     match result {

@@ -2,10 +2,17 @@
 
 pub mod check;
 pub mod consul_agent;
+pub mod images;
 pub mod info;
 pub mod kv;
+pub mod lifecycle;
 pub mod members;
+pub mod node;
+pub mod ps;
 pub mod secret;
+pub mod service;
 pub mod status;
+pub mod table;
+pub mod template;
 pub mod uninstall_network;
 pub mod up;

@@ -332,6 +332,59 @@ impl Consul {
         Ok(())
     }
 
+    /// Stores `value` only if `key` does not exist yet; returns whether it was stored.
+    pub async fn kv_put_new(&self, key: &str, value: Vec<u8>) -> anyhow::Result<bool> {
+        let path = format!("/v1/kv/{}?cas=0", key.trim_start_matches('/'));
+        let resp = self
+            .send(|| self.http.put(self.url(&path)).body(value.clone()))
+            .await?;
+        let resp = self.check(resp).await?;
+        Ok(resp.text().await?.trim() == "true")
+    }
+
+    /// Every key and value under `prefix`. With `index`, blocks until something under
+    /// it changes or `wait` passes; returns the index to pass next time.
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> anyhow::Result<(Vec<(String, Vec<u8>)>, u64)> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "Key")]
+            key: String,
+            #[serde(rename = "Value")]
+            value: Option<String>,
+        }
+        let mut path = format!("/v1/kv/{}?recurse", prefix.trim_start_matches('/'));
+        if let Some(i) = index {
+            path.push_str(&format!("&index={i}&wait={}s", wait.as_secs().max(1)));
+        }
+        let resp = self.send(|| self.http.get(self.url(&path))).await?;
+        let new_index = consul_index(&resp);
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok((Vec::new(), new_index));
+        }
+        let resp = self.check(resp).await?;
+        let entries: Vec<Entry> = resp
+            .json()
+            .await
+            .map_err(|e| anyhow!("unexpected KV answer from Consul: {e}"))?;
+        use base64::Engine as _;
+        let entries = entries
+            .into_iter()
+            .map(|e| {
+                let value = e
+                    .value
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .unwrap_or_default();
+                (e.key, value)
+            })
+            .collect();
+        Ok((entries, new_index))
+    }
+
     pub async fn kv_delete(&self, key: &str, recurse: bool) -> anyhow::Result<()> {
         let mut path = format!("/v1/kv/{}", key.trim_start_matches('/'));
         if recurse {
@@ -397,16 +450,19 @@ impl Consul {
         }
         let resp = self.send(|| self.http.get(self.url(&path))).await?;
         let resp = self.check(resp).await?;
-        let new_index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let new_index = consul_index(&resp);
         let entries = resp
             .json()
             .await
             .map_err(|e| anyhow!("unexpected health answer from Consul: {e}"))?;
         Ok((entries, new_index))
     }
+}
+
+fn consul_index(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

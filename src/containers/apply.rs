@@ -7,10 +7,7 @@ use bollard::models::{
 };
 use serde::Serialize;
 
-use super::{
-    Action, Desired, EAGER_SUFFIX, LABEL_FILE, LABEL_HASH, LABEL_IMAGE_ID, LABEL_MANAGED,
-    LABEL_NAME,
-};
+use super::{Action, Desired, EAGER_SUFFIX, LABEL_FILE, LABEL_HASH, LABEL_IMAGE_ID, LABEL_NAME};
 use crate::config::containers::{NetworkMode, Protocol, RestartPolicy as Restart, Volume};
 use crate::docker::engine::Container;
 use crate::docker::engine::Engine;
@@ -22,7 +19,7 @@ const STOP_GRACE_SECS: i32 = 10;
 pub fn body(d: &Desired) -> ContainerCreateBody {
     let s = &d.spec;
     let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
-    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(d.scope.label().into(), "true".into());
     labels.insert(LABEL_NAME.into(), d.name.clone());
     labels.insert(LABEL_FILE.into(), d.file.clone());
     labels.insert(LABEL_HASH.into(), d.hash.clone());
@@ -309,7 +306,7 @@ labels = { team = "infra" }
         );
         let labels = b.labels.unwrap();
         assert_eq!(labels["team"], "infra");
-        assert_eq!(labels[LABEL_MANAGED], "true");
+        assert_eq!(labels[crate::containers::LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_FILE], "a.toml");
         assert_eq!(labels[LABEL_HASH], d.hash);
     }

@@ -27,12 +27,42 @@ pub const LABEL_NAME: &str = "arpanet.name";
 /// means the container is replaced.
 pub const LABEL_IMAGE_ID: &str = "arpanet.image-id";
 
+/// Marks containers that are instances of a cluster service (placement's), which
+/// containers.d's reconcile never touches, and the other way round.
+pub const LABEL_CLUSTER: &str = "arpanet.cluster";
+
+/// Whose containers a plan covers: containers.d's or the cluster services'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Files,
+    Cluster,
+}
+
+impl Scope {
+    /// The label (`=true`) every container of the scope carries.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::Files => LABEL_MANAGED,
+            Scope::Cluster => LABEL_CLUSTER,
+        }
+    }
+
+    fn undeclared(self) -> &'static str {
+        match self {
+            Scope::Files => "no file declares it",
+            Scope::Cluster => "not placed on this node",
+        }
+    }
+}
+
 /// Suffix of a replacement started before the old container goes (`update.eager`).
 pub const EAGER_SUFFIX: &str = "-arpanet-next";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub name: String,
+    pub scope: Scope,
+    /// The file that declares it (containers.d) or its service (cluster).
     pub file: String,
     pub spec: ContainerSpec,
     pub hash: String,
@@ -62,6 +92,7 @@ pub fn desired(loaded: &ContainersDir) -> Vec<Desired> {
         .iter()
         .map(|c| Desired {
             name: c.spec.name.as_str().to_string(),
+            scope: Scope::Files,
             file: file_name(&c.file),
             hash: spec_hash(&c.spec),
             spec: c.spec.clone(),
@@ -130,9 +161,14 @@ impl fmt::Display for Action {
     }
 }
 
-/// The actions that bring `actual` (every container labelled managed) to `desired`.
+/// The actions that bring `actual` (every container of `scope`) to `desired`.
 /// Containers of `broken_files` are left as they are.
-pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) -> Vec<Action> {
+pub fn plan(
+    scope: Scope,
+    desired: &[Desired],
+    actual: &[Container],
+    broken_files: &[String],
+) -> Vec<Action> {
     let name_of = |c: &Container| {
         c.labels
             .get(LABEL_NAME)
@@ -214,7 +250,7 @@ pub fn plan(desired: &[Desired], actual: &[Container], broken_files: &[String]) 
         removals.push(Action::Remove {
             name,
             id: c.id.clone(),
-            why: "no file declares it",
+            why: scope.undeclared(),
         });
     }
     actions.extend(removals);
@@ -253,7 +289,7 @@ pub async fn reconcile(
         d.image_id = engine.image_id(&image).await?;
     }
     let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
-    let actions = plan(&desired, &actual, &broken(&loaded));
+    let actions = plan(Scope::Files, &desired, &actual, &broken(&loaded));
     let mut report = if apply {
         apply::apply(engine, &actions, &desired, &actual, progress).await
     } else {
@@ -320,7 +356,7 @@ mod tests {
     #[test]
     fn nothing_to_do_when_everything_runs_as_declared() {
         let d = desired(&declared(&[("a.toml", &spec("web", "1"))]));
-        assert_eq!(plan(&d, &[running(&d[0], "id1")], &[]), []);
+        assert_eq!(plan(Scope::Files, &d, &[running(&d[0], "id1")], &[]), []);
     }
 
     #[test]
@@ -335,7 +371,7 @@ mod tests {
         )]));
         let actual = [running(&old[0], "idweb"), running(&old[1], "idgone")];
         assert_eq!(
-            plan(&new, &actual, &[]),
+            plan(Scope::Files, &new, &actual, &[]),
             [
                 Action::Replace {
                     name: "web".into(),
@@ -359,10 +395,10 @@ mod tests {
         let mut c = running(&d[0], "idweb");
         c.labels.insert(LABEL_IMAGE_ID.into(), "sha256:old".into());
         d[0].image_id = Some("sha256:old".into());
-        assert_eq!(plan(&d, &[c.clone()], &[]), []);
+        assert_eq!(plan(Scope::Files, &d, &[c.clone()], &[]), []);
         d[0].image_id = Some("sha256:new".into());
         assert_eq!(
-            plan(&d, &[c], &[]),
+            plan(Scope::Files, &d, &[c], &[]),
             [Action::Replace {
                 name: "web".into(),
                 old: "idweb".into(),
@@ -379,6 +415,7 @@ mod tests {
         assert_eq!(broken(&loaded), ["b.toml"]);
         assert_eq!(
             plan(
+                Scope::Files,
                 &desired(&loaded),
                 &[running(&before[0], "iddb")],
                 &broken(&loaded)
@@ -396,7 +433,7 @@ mod tests {
         let mut stale = running(&d[0], "idold");
         stale.labels.insert(LABEL_HASH.into(), "0000".into());
         assert_eq!(
-            plan(&d, &[stale, created.clone()], &[]),
+            plan(Scope::Files, &d, &[stale, created.clone()], &[]),
             [
                 Action::Remove {
                     name: "web".into(),
@@ -414,7 +451,7 @@ mod tests {
         copy.id = "idcopy".into();
         copy.name = "web-copy".into();
         assert_eq!(
-            plan(&d, &[copy, created.clone()], &[]),
+            plan(Scope::Files, &d, &[copy, created.clone()], &[]),
             [
                 Action::Remove {
                     name: "web".into(),
@@ -431,7 +468,7 @@ mod tests {
         let mut next = running(&d[0], "idnext");
         next.name = format!("web{EAGER_SUFFIX}");
         assert_eq!(
-            plan(&d, &[next], &[]),
+            plan(Scope::Files, &d, &[next], &[]),
             [Action::Rename {
                 name: "web".into(),
                 id: "idnext".into()
@@ -447,7 +484,7 @@ mod tests {
         let mut old = running(&d[0], "idweb");
         old.labels.insert(LABEL_HASH.into(), "0000".into());
         assert_eq!(
-            plan(&d, &[old], &[]),
+            plan(Scope::Files, &d, &[old], &[]),
             [Action::Replace {
                 name: "web".into(),
                 old: "idweb".into(),

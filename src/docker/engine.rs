@@ -166,6 +166,59 @@ impl Engine {
     }
 }
 
+/// What the cluster API asks of the engine on behalf of users (`arpanet ps`, `stop`, ...).
+impl Engine {
+    pub async fn list_all(&self) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .with_context(|| format!("list containers at {}", self.socket))
+    }
+
+    /// `None` when no container has that ID, ID prefix or name.
+    pub async fn inspect(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<Option<bollard::models::ContainerInspectResponse>> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(i) => Ok(Some(i)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("inspect container {id}")),
+        }
+    }
+
+    pub async fn stop(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+        let stop = StopContainerOptionsBuilder::new().t(grace_secs).build();
+        match self.docker.stop_container(id, Some(stop)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("stop container {}", short(id))),
+        }
+    }
+
+    pub async fn restart(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+        let options = bollard::query_parameters::RestartContainerOptionsBuilder::new()
+            .t(grace_secs)
+            .build();
+        self.docker
+            .restart_container(id, Some(options))
+            .await
+            .with_context(|| format!("restart container {}", short(id)))
+    }
+
+    pub async fn images(&self) -> anyhow::Result<Vec<bollard::models::ImageSummary>> {
+        self.docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .with_context(|| format!("list images at {}", self.socket))
+    }
+}
+
 /// Docker's 12-character form of an ID, for messages.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]

@@ -1,0 +1,91 @@
+//! The CLI's side of the API: requests to the local arpanetd over its unix socket.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ErrorBody;
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    socket: PathBuf,
+}
+
+impl ApiClient {
+    pub fn new(socket: &Path) -> Self {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            // Listings wait for every node; a routed stop waits out a grace period.
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .expect("a unix-socket HTTP client always builds");
+        Self {
+            http,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::new(&super::server::api_socket(config))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(reqwest::Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(reqwest::Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let mut req = self.http.request(method, format!("http://arpanetd{path}"));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                "cannot connect".to_string()
+            } else if e.is_timeout() {
+                "no answer in time".to_string()
+            } else {
+                e.without_url().to_string()
+            };
+            anyhow!(
+                "cannot reach arpanetd at {}: {why} (is arpanetd running? are you root?)",
+                self.socket.display()
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("arpanetd answered {status}"),
+            }
+        }
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer from arpanetd: {e}"))
+    }
+}

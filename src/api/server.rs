@@ -1,0 +1,826 @@
+//! The API's HTTP side (axum). Every request is answered here or forwarded, with
+//! `?local=true`, to the one node that can answer it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures::future::join_all;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::{
+    ContainerRow, CreateService, Done, ErrorBody, ImageRow, Listing, NodeRow, Scale, ServiceRow,
+    Unreachable,
+};
+use crate::addressing::NodeAddress;
+use crate::config::Config;
+use crate::config::containers::{ContainerName, ContainerSpec};
+use crate::consul::client::Consul;
+use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
+use crate::docker::engine::Engine;
+use crate::placement::reconcile::healthy_nodes;
+use crate::placement::store::{self, parse_json};
+use crate::placement::{Node, ServiceDef, ServiceName};
+
+/// Seconds a stopped container gets to exit, as `docker stop` gives.
+const STOP_GRACE_SECS: i32 = 10;
+
+pub struct ApiState {
+    me: Node,
+    docker_socket: PathBuf,
+    consul: Consul,
+    port: u16,
+    /// For requests to other nodes' APIs over the overlay.
+    peers: reqwest::Client,
+}
+
+type Shared = Arc<ApiState>;
+
+impl ApiState {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            me: Node {
+                address: config.node.address,
+                role: config.node.role,
+            },
+            docker_socket: config.docker.socket.clone(),
+            consul: Consul::impatient(config.consul.http_addr),
+            port: config.api.port,
+            peers: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // A stop waits out the container's grace period.
+                .timeout(Duration::from_secs(STOP_GRACE_SECS as u64 + 20))
+                .build()
+                .expect("a plain HTTP client always builds"),
+        }
+    }
+}
+
+/// An error as the API returns it: `{"error": "..."}` and a status that fits.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, m.into())
+    }
+    fn not_found(m: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, m.into())
+    }
+    /// Docker or Consul could not do what was asked.
+    fn backend(e: anyhow::Error) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.0, &ErrorBody { error: self.1 })
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).expect("serializable"),
+    )
+        .into_response()
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok<T: Serialize>(body: &T) -> ApiResult {
+    Ok(json_response(StatusCode::OK, body))
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/services", get(list_services).post(create_service))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).delete(remove_service),
+        )
+        .route("/v1/services/{name}/replicas", put(scale_service))
+        .route("/v1/templates", get(list_templates))
+        .route(
+            "/v1/templates/{name}",
+            put(put_template).delete(remove_template),
+        )
+        .route("/v1/containers", get(list_containers))
+        .route(
+            "/v1/containers/{id}",
+            get(inspect_container).delete(remove_container),
+        )
+        .route("/v1/containers/{id}/{action}", post(container_action))
+        .route("/v1/images", get(list_images))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{node}/{action}", post(node_action))
+        .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1/") })
+        .with_state(state)
+}
+
+type Params = Query<BTreeMap<String, String>>;
+
+fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
+    q.get(name)
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+}
+
+impl ApiState {
+    async fn engine(&self) -> Result<Engine, ApiError> {
+        Engine::connect(&self.docker_socket)
+            .await
+            .map_err(ApiError::backend)
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>, ApiError> {
+        let mut nodes = healthy_nodes(&self.consul)
+            .await
+            .map_err(|e| ApiError::backend(e.context("list the cluster's nodes")))?;
+        if !nodes.iter().any(|n| n.address == self.me.address) {
+            nodes.push(self.me);
+        }
+        Ok(nodes)
+    }
+
+    /// Sends a request to another node's API; an unreachable node is an `Err`.
+    async fn call(
+        &self,
+        node: NodeAddress,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let url = format!("http://{}:{}{path}", node.overlay_ip(), self.port);
+        let resp = self.peers.request(method, &url).send().await.map_err(|e| {
+            if e.is_connect() {
+                "connection refused (is arpanetd running there?)".to_string()
+            } else if e.is_timeout() {
+                "no answer in time".to_string()
+            } else {
+                e.without_url().to_string()
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    }
+
+    /// A listing from this node, another one, or every node (`all`).
+    async fn listing<T: DeserializeOwned>(
+        &self,
+        q: &BTreeMap<String, String>,
+        path: &str,
+        here: impl Future<Output = Result<Vec<T>, ApiError>>,
+    ) -> Result<Listing<T>, ApiError> {
+        let targets: Vec<NodeAddress> = if let Some(node) = q.get("node") {
+            vec![node.parse().map_err(|e| {
+                ApiError::bad_request(format!("node: `{node}` is not an arpanet address: {e}"))
+            })?]
+        } else if flag(q, "all") && !flag(q, "local") {
+            self.nodes().await?.iter().map(|n| n.address).collect()
+        } else {
+            vec![self.me.address]
+        };
+        let mut listing = Listing {
+            items: Vec::new(),
+            unreachable: Vec::new(),
+        };
+        let local_path = format!("{path}?local=true");
+        let me = self.me.address;
+        let remote = join_all(targets.iter().filter(|n| **n != me).map(|node| async {
+            let there = self.call(*node, Method::GET, &local_path).await;
+            (*node, Answer::There(there))
+        }));
+        let mine = async {
+            if targets.contains(&me) {
+                Some((me, Answer::Here(here.await)))
+            } else {
+                None
+            }
+        };
+        let (mine, remote) = futures::join!(mine, remote);
+        let answers = mine.into_iter().chain(remote);
+        for (node, answer) in answers {
+            let failure = match answer {
+                Answer::Here(items) => {
+                    listing.items.extend(items?);
+                    continue;
+                }
+                Answer::There(Ok((status, body))) if status.is_success() => {
+                    match serde_json::from_slice::<Listing<T>>(&body) {
+                        Ok(l) => {
+                            listing.items.extend(l.items);
+                            continue;
+                        }
+                        Err(e) => format!("unexpected answer: {e}"),
+                    }
+                }
+                Answer::There(Ok((status, body))) => error_text(status, &body),
+                Answer::There(Err(e)) => e,
+            };
+            listing.unreachable.push(Unreachable {
+                node: node.to_string(),
+                error: failure,
+            });
+        }
+        Ok(listing)
+    }
+
+    /// The one node with a container of this ID, ID prefix or name, and its inspect
+    /// answer.
+    async fn locate(&self, id: &str) -> Result<(NodeAddress, Response), ApiError> {
+        let nodes = self.nodes().await?;
+        let path = format!("/v1/containers/{id}?local=true");
+        let answers = join_all(nodes.iter().map(|n| async {
+            if n.address == self.me.address {
+                return (n.address, Answer::Here(self.inspect_here(id).await));
+            }
+            let there = self.call(n.address, Method::GET, &path).await;
+            (n.address, Answer::There(there))
+        }))
+        .await;
+        let mut found = Vec::new();
+        let mut silent = Vec::new();
+        for (node, answer) in answers {
+            match answer {
+                Answer::Here(Ok(Some(inspect))) => found.push((node, inspect)),
+                Answer::Here(Ok(None)) => {}
+                Answer::Here(Err(e)) => return Err(e),
+                Answer::There(Ok((StatusCode::NOT_FOUND, _))) => {}
+                Answer::There(Ok((status, body))) if status.is_success() => {
+                    found.push((node, json_bytes(status, body)));
+                }
+                Answer::There(Ok((status, body))) => {
+                    silent.push(format!("{node} ({})", error_text(status, &body)));
+                }
+                Answer::There(Err(e)) => silent.push(format!("{node} ({e})")),
+            }
+        }
+        match found.len() {
+            1 => Ok(found.pop().expect("one")),
+            0 if silent.is_empty() => Err(ApiError::not_found(format!(
+                "no container `{id}` on any node"
+            ))),
+            0 => Err(ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "no container `{id}` on the nodes that answered; these did not: {}",
+                    silent.join(", ")
+                ),
+            )),
+            _ => Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "`{id}` names containers on several nodes ({}); use a longer ID",
+                    found
+                        .iter()
+                        .map(|(n, _)| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    async fn inspect_here(&self, id: &str) -> Result<Option<Response>, ApiError> {
+        let engine = self.engine().await?;
+        let Some(inspect) = engine.inspect(id).await.map_err(ApiError::backend)? else {
+            return Ok(None);
+        };
+        #[derive(Serialize)]
+        struct Inspect {
+            node: String,
+            container: bollard::models::ContainerInspectResponse,
+        }
+        Ok(Some(json_response(
+            StatusCode::OK,
+            &Inspect {
+                node: self.me.address.to_string(),
+                container: inspect,
+            },
+        )))
+    }
+
+    async fn act_here(&self, id: &str, action: &str) -> ApiResult {
+        let engine = self.engine().await?;
+        let full = engine
+            .inspect(id)
+            .await
+            .map_err(ApiError::backend)?
+            .and_then(|i| i.id)
+            .ok_or_else(|| ApiError::not_found(format!("no container `{id}` on this node")))?;
+        let result = match action {
+            "start" => engine.start(&full).await,
+            "stop" => engine.stop(&full, STOP_GRACE_SECS).await,
+            "restart" => engine.restart(&full, STOP_GRACE_SECS).await,
+            "remove" => engine.stop_and_remove(&full, STOP_GRACE_SECS).await,
+            other => {
+                return Err(ApiError::not_found(format!(
+                    "no container action `{other}`: start, stop or restart (DELETE removes)"
+                )));
+            }
+        };
+        result.map_err(ApiError::backend)?;
+        info!(container = %full, "{action} (requested through the cluster API)");
+        ok(&Done {
+            node: self.me.address.to_string(),
+            id: full,
+            action: action.to_string(),
+        })
+    }
+
+    /// Runs a container operation here, or on the node that owns the container.
+    async fn route(
+        &self,
+        id: &str,
+        action: &str,
+        method: Method,
+        q: &BTreeMap<String, String>,
+    ) -> ApiResult {
+        if flag(q, "local") {
+            return self.act_here(id, action).await;
+        }
+        let (node, _) = self.locate(id).await?;
+        if node == self.me.address {
+            return self.act_here(id, action).await;
+        }
+        let path = match action {
+            "remove" => format!("/v1/containers/{id}?local=true"),
+            a => format!("/v1/containers/{id}/{a}?local=true"),
+        };
+        match self.call(node, method, &path).await {
+            Ok((status, body)) => Ok(json_bytes(status, body)),
+            Err(e) => Err(ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("node {node} owns `{id}` but did not answer: {e}"),
+            )),
+        }
+    }
+}
+
+/// A fan-out's answer from one node: this one's own, or another's over HTTP.
+enum Answer<T> {
+    Here(Result<T, ApiError>),
+    There(Result<(StatusCode, Bytes), String>),
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Another node's error answer as one line.
+fn error_text(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| format!("answered {status}"))
+}
+
+async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult {
+    let here = async {
+        let engine = s.engine().await?;
+        let list = engine.list_all().await.map_err(ApiError::backend)?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                ContainerRow {
+                    node: s.me.address.to_string(),
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    status: c.status.unwrap_or_default(),
+                    service: labels
+                        .contains_key(LABEL_CLUSTER)
+                        .then(|| labels.get(LABEL_FILE).cloned())
+                        .flatten(),
+                }
+            })
+            .collect())
+    };
+    let mut listing = s.listing(&q, "/v1/containers", here).await?;
+    listing
+        .items
+        .sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    ok(&listing)
+}
+
+async fn list_images(State(s): State<Shared>, Query(q): Params) -> ApiResult {
+    let here = async {
+        let engine = s.engine().await?;
+        let list = engine.images().await.map_err(ApiError::backend)?;
+        Ok(list
+            .into_iter()
+            .map(|i| ImageRow {
+                node: s.me.address.to_string(),
+                id: i.id,
+                tags: i.repo_tags,
+                size: i.size,
+            })
+            .collect())
+    };
+    let listing = s.listing(&q, "/v1/images", here).await?;
+    ok(&listing)
+}
+
+async fn inspect_container(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
+    if flag(&q, "local") {
+        return s
+            .inspect_here(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no container `{id}` on this node")));
+    }
+    Ok(s.locate(&id).await?.1)
+}
+
+async fn container_action(
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult {
+    if !["start", "stop", "restart"].contains(&action.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "no container action `{action}`: start, stop or restart (DELETE removes)"
+        )));
+    }
+    s.route(&id, &action, Method::POST, &q).await
+}
+
+async fn remove_container(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
+    s.route(&id, "remove", Method::DELETE, &q).await
+}
+
+fn service_name(name: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::try_from(name.to_string()).map_err(|e| ApiError::bad_request(format!("name: {e}")))
+}
+
+async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, ApiError> {
+    let bytes = s
+        .consul
+        .kv_get(&store::service_key(name))
+        .await
+        .map_err(ApiError::backend)?
+        .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
+    parse_json(&bytes).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("service `{name}` in Consul KV is unreadable: {e}"),
+        )
+    })
+}
+
+async fn list_services(State(s): State<Shared>) -> ApiResult {
+    let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+    let all = BTreeMap::from([("all".to_string(), "true".to_string())]);
+    let here = async {
+        let engine = s.engine().await?;
+        let list = engine
+            .containers_with_label(LABEL_CLUSTER, "true")
+            .await
+            .map_err(ApiError::backend)?;
+        Ok(list
+            .into_iter()
+            .filter(|c| c.state == "running")
+            .filter_map(|c| c.labels.get(LABEL_FILE).cloned())
+            .map(|service| ContainerRow {
+                node: String::new(),
+                id: String::new(),
+                name: String::new(),
+                image: String::new(),
+                state: "running".into(),
+                status: String::new(),
+                service: Some(service),
+            })
+            .collect())
+    };
+    let running = s.listing(&all, "/v1/containers", here).await?;
+    let rows: Vec<ServiceRow> = state
+        .services
+        .iter()
+        .map(|d| ServiceRow {
+            name: d.name.to_string(),
+            image: d.spec.image.as_str().to_string(),
+            replicas: d.replicas,
+            running: running
+                .items
+                .iter()
+                .filter(|c| c.state == "running" && c.service.as_deref() == Some(d.name.as_str()))
+                .count() as u32,
+            constraints: d.constraints.clone(),
+        })
+        .collect();
+    ok(&Listing {
+        items: rows,
+        unreachable: running.unreachable,
+    })
+}
+
+async fn get_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let name = service_name(&name)?;
+    ok(&load_service(&s, &name).await?)
+}
+
+fn replicas(n: i64) -> Result<u32, ApiError> {
+    u32::try_from(n).map_err(|_| {
+        ApiError::bad_request(format!(
+            "replicas: must be a whole number from 0 to {}, not {n}",
+            u32::MAX
+        ))
+    })
+}
+
+async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
+    let req: CreateService = parse_json(&body).map_err(ApiError::bad_request)?;
+    let name = service_name(&req.name)?;
+    let replicas = replicas(req.replicas)?;
+    let sources = [
+        req.image.is_some(),
+        req.template.is_some(),
+        req.spec.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(ApiError::bad_request(
+            "say what runs with exactly one of image, template or spec",
+        ));
+    }
+    let mut spec: ContainerSpec = if let Some(image) = &req.image {
+        let raw = serde_json::json!({
+            "name": name.as_str(),
+            "image": image,
+            "command": req.command,
+            "env": req.env,
+        });
+        parse_json(&serde_json::to_vec(&raw).expect("serializable"))
+            .map_err(ApiError::bad_request)?
+    } else if let Some(template) = &req.template {
+        let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+        state
+            .templates
+            .into_iter()
+            .find(|(t, _)| t == template)
+            .map(|(_, spec)| spec)
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "template: no template named `{template}` (`arpanet template ls` lists them)"
+                    ),
+                )
+            })?
+    } else {
+        req.spec.clone().expect("counted above")
+    };
+    spec.name =
+        ContainerName::try_from(name.to_string()).expect("a service name is a container name");
+    if req.template.is_some() || req.spec.is_some() {
+        spec.env.extend(req.env.clone());
+        if req.command.is_some() {
+            spec.command = req.command.clone();
+        }
+    }
+    let def = ServiceDef {
+        name: name.clone(),
+        spec,
+        replicas,
+        constraints: req.constraints.clone(),
+    };
+    let stored = s
+        .consul
+        .kv_put_new(
+            &store::service_key(&name),
+            serde_json::to_vec(&def).expect("serializable"),
+        )
+        .await
+        .map_err(ApiError::backend)?;
+    if !stored {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("service `{name}` exists; `arpanet service scale` changes its replicas"),
+        ));
+    }
+    info!(service = %name, replicas, "service created through the cluster API");
+    Ok(json_response(StatusCode::CREATED, &def))
+}
+
+async fn scale_service(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let name = service_name(&name)?;
+    let req: Scale = parse_json(&body).map_err(ApiError::bad_request)?;
+    let replicas = replicas(req.replicas)?;
+    let mut def = load_service(&s, &name).await?;
+    def.replicas = replicas;
+    s.consul
+        .kv_put(
+            &store::service_key(&name),
+            serde_json::to_vec(&def).expect("serializable"),
+        )
+        .await
+        .map_err(ApiError::backend)?;
+    info!(service = %name, replicas, "service scaled through the cluster API");
+    ok(&def)
+}
+
+async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let name = service_name(&name)?;
+    let def = load_service(&s, &name).await?;
+    s.consul
+        .kv_delete(&store::service_key(&name), false)
+        .await
+        .map_err(ApiError::backend)?;
+    info!(service = %name, "service removed through the cluster API");
+    ok(&def)
+}
+
+#[derive(Serialize)]
+struct TemplateRow {
+    name: String,
+    spec: ContainerSpec,
+}
+
+async fn list_templates(State(s): State<Shared>) -> ApiResult {
+    let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+    let items: Vec<TemplateRow> = state
+        .templates
+        .into_iter()
+        .map(|(name, spec)| TemplateRow { name, spec })
+        .collect();
+    ok(&Listing {
+        items,
+        unreachable: Vec::new(),
+    })
+}
+
+async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let name = service_name(&name)?;
+    let spec: ContainerSpec = parse_json(&body).map_err(ApiError::bad_request)?;
+    s.consul
+        .kv_put(
+            &store::template_key(name.as_str()),
+            serde_json::to_vec(&spec).expect("serializable"),
+        )
+        .await
+        .map_err(ApiError::backend)?;
+    ok(&TemplateRow {
+        name: name.to_string(),
+        spec,
+    })
+}
+
+async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let key = store::template_key(&name);
+    if s.consul
+        .kv_get(&key)
+        .await
+        .map_err(ApiError::backend)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("no template `{name}`")));
+    }
+    s.consul
+        .kv_delete(&key, false)
+        .await
+        .map_err(ApiError::backend)?;
+    ok(&serde_json::json!({ "removed": name }))
+}
+
+async fn list_nodes(State(s): State<Shared>) -> ApiResult {
+    let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+    let nodes = s.nodes().await?;
+    let items: Vec<NodeRow> = nodes
+        .iter()
+        .map(|n| NodeRow {
+            address: n.address.to_string(),
+            role: n.role.to_string(),
+            drained: state.drained.contains(&n.address),
+        })
+        .collect();
+    ok(&Listing {
+        items,
+        unreachable: Vec::new(),
+    })
+}
+
+async fn node_action(
+    State(s): State<Shared>,
+    Path((node, action)): Path<(String, String)>,
+) -> ApiResult {
+    let address: NodeAddress = node.parse().map_err(|e| {
+        ApiError::bad_request(format!("node: `{node}` is not an arpanet address: {e}"))
+    })?;
+    let key = store::drained_key(address);
+    let drained = match action.as_str() {
+        "drain" => {
+            let known = s.nodes().await?.iter().any(|n| n.address == address);
+            if !known {
+                return Err(ApiError::not_found(format!(
+                    "no node {address} among the cluster's healthy nodes"
+                )));
+            }
+            s.consul
+                .kv_put(&key, Vec::new())
+                .await
+                .map_err(ApiError::backend)?;
+            true
+        }
+        "undrain" => {
+            s.consul
+                .kv_delete(&key, false)
+                .await
+                .map_err(ApiError::backend)?;
+            false
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no node action `{other}`: drain or undrain"
+            )));
+        }
+    };
+    info!(node = %address, drained, "node {action}ed through the cluster API");
+    ok(&serde_json::json!({ "node": address.to_string(), "drained": drained }))
+}
+
+/// Serves the API on the unix socket at once and on the overlay address as soon as it
+/// exists (arpanetd adds it in its first pass). Runs until the process ends.
+pub fn spawn(config: &Config) {
+    let state: Shared = Arc::new(ApiState::new(config));
+    let app = router(state);
+    let socket = api_socket(config);
+    let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));
+    let unix_app = app.clone();
+    tokio::spawn(async move {
+        match bind_unix(&socket) {
+            Ok(listener) => {
+                info!("cluster API on {}", socket.display());
+                if let Err(e) = axum::serve(listener, unix_app).await {
+                    warn!("cluster API on {} stopped: {e}", socket.display());
+                }
+            }
+            Err(e) => warn!("{e:#}; the cluster API is not on the unix socket"),
+        }
+    });
+    tokio::spawn(async move {
+        let mut reported = false;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(tcp).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    if !reported {
+                        info!("cluster API waits for {tcp} ({e})");
+                        reported = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        info!("cluster API on {tcp}");
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!("cluster API on {tcp} stopped: {e}");
+        }
+    });
+}
+
+pub fn api_socket(config: &Config) -> PathBuf {
+    config.paths.run_dir.join("api.sock")
+}
+
+/// Root only: the socket changes what runs on every node.
+fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    // A socket left by an earlier run refuses the bind.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restrict {}", path.display()))?;
+    Ok(listener)
+}

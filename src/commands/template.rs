@@ -1,0 +1,71 @@
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+use super::table;
+use crate::api::Listing;
+use crate::api::client::ApiClient;
+use crate::config::Config;
+use crate::config::containers::ContainerSpec;
+
+/// Templates: container specs stored in the cluster, for `service create --template`.
+#[derive(Debug, Args)]
+pub struct Template {
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Store every [[container]] of a containers.d-style file as a template of its name.
+    Add { file: PathBuf },
+    /// List templates.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a template (services created from it keep their copy).
+    Rm { name: String },
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct TemplateRow {
+    name: String,
+    spec: ContainerSpec,
+}
+
+impl Template {
+    pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
+        let config = Config::load(config_path)?;
+        let api = ApiClient::from_config(&config);
+        match &self.verb {
+            Verb::Add { file } => {
+                for c in crate::config::containers::load_file(file)? {
+                    let name = c.spec.name.as_str().to_string();
+                    let _: TemplateRow = api.put(&format!("/v1/templates/{name}"), &c.spec).await?;
+                    println!("template {name} stored");
+                }
+            }
+            Verb::Ls { json } => {
+                let listing: Listing<TemplateRow> = api.get("/v1/templates").await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&listing.items)?);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = listing
+                    .items
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.spec.image.as_str().to_string()])
+                    .collect();
+                table::print(&["NAME", "IMAGE"], &rows);
+            }
+            Verb::Rm { name } => {
+                let _: serde_json::Value = api.delete(&format!("/v1/templates/{name}")).await?;
+                println!("template {name} removed");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! This node's share of the cluster services, carried out by the same plan and apply
+//! as containers.d (in the cluster scope, so neither removes the other's containers).
+
+use std::time::Duration;
+
+use super::{Node, instances_for, store};
+use crate::addressing::NodeAddress;
+use crate::config::Role;
+use crate::consul::client::{Consul, HealthEntry};
+use crate::containers::{self, Desired, Pass, Scope, apply};
+use crate::docker::engine::Engine;
+
+/// Healthy nodes in the catalog (the `arpanet` service's passing instances).
+pub fn nodes_from(entries: &[HealthEntry]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = entries
+        .iter()
+        .filter_map(|e| {
+            let meta = &e.service.meta;
+            let address = meta.get("arpanet_address")?.parse().ok()?;
+            let role = match meta.get("role").map(String::as_str) {
+                Some("boot") => Role::Boot,
+                Some("server") => Role::Server,
+                _ => Role::Client,
+            };
+            Some(Node { address, role })
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup_by_key(|n| n.address);
+    nodes
+}
+
+pub async fn healthy_nodes(consul: &Consul) -> anyhow::Result<Vec<Node>> {
+    let (entries, _) = consul
+        .healthy_instances(crate::consul::node::SERVICE, None, Duration::ZERO)
+        .await?;
+    Ok(nodes_from(&entries))
+}
+
+/// One pass: what this node should run of each service, against what it runs.
+/// Fails (and changes nothing) when Consul cannot be read, so an outage never stops
+/// instances.
+pub async fn reconcile(
+    engine: &Engine,
+    consul: &Consul,
+    me: Node,
+    apply_plan: bool,
+) -> anyhow::Result<Pass> {
+    let state = store::load(consul).await?;
+    let mut nodes = healthy_nodes(consul).await?;
+    // Until the catalog lists this node (it just started), it counts itself in rather
+    // than stopping what it runs; the others' share is briefly larger, never smaller.
+    if !nodes.iter().any(|n| n.address == me.address) {
+        nodes.push(me);
+    }
+    let instances = instances_for(me.address, &state.services, &nodes, &state.drained);
+    let mut desired = Vec::new();
+    for i in instances {
+        let image_id = engine.image_id(i.spec.image.as_str()).await?;
+        desired.push(Desired {
+            name: i.name,
+            scope: Scope::Cluster,
+            file: i.service.to_string(),
+            hash: containers::spec_hash(&i.spec),
+            spec: i.spec,
+            image_id,
+        });
+    }
+    let keep: Vec<String> = state.broken.iter().map(|(n, _)| n.clone()).collect();
+    let actual = engine
+        .containers_with_label(Scope::Cluster.label(), "true")
+        .await?;
+    let actions = containers::plan(Scope::Cluster, &desired, &actual, &keep);
+    let report = if apply_plan {
+        apply::apply(engine, &actions, &desired, &actual, &|_, _, _| {}).await
+    } else {
+        apply::Report::default()
+    };
+    Ok(Pass {
+        diagnostics: state
+            .broken
+            .iter()
+            .map(|(name, why)| format!("service {name} in Consul KV is unreadable: {why}"))
+            .collect(),
+        actions,
+        report,
+    })
+}
+
+/// This node as placement sees it.
+pub fn me(address: NodeAddress, role: Role) -> Node {
+    Node { address, role }
+}
