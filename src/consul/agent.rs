@@ -62,8 +62,15 @@ pub fn render(config: &Config, facts: &HostFacts) -> Value {
         "node_meta": { "arpanet_address": a.to_string() },
         "log_level": "INFO",
     });
-    if config.node.role != Role::Client {
-        // Every server gets the same expectation, as Consul recommends.
+    // With several expected servers, every server gets the same expectation, as Consul
+    // recommends. With one, only the boot node may bootstrap: a second server that
+    // expected 1 would elect itself and split the cluster in two.
+    let bootstraps = match config.node.role {
+        Role::Client => false,
+        Role::Boot => true,
+        Role::Server => config.cluster.expect > 1,
+    };
+    if bootstraps {
         v["bootstrap_expect"] = json!(config.cluster.expect);
     }
     v
@@ -147,6 +154,18 @@ mod tests {
         assert_eq!(v["server"], false);
         assert!(v.get("bootstrap_expect").is_none());
         assert_eq!(v["addresses"]["dns"], "10.253.0.2");
+    }
+
+    #[test]
+    fn with_one_expected_server_only_the_boot_node_bootstraps() {
+        let one = |role: &str| {
+            let mut c = config(role, "");
+            c.cluster.expect = 1;
+            render(&c, &facts(false))
+        };
+        assert_eq!(one("boot")["bootstrap_expect"], 1);
+        assert!(one("server").get("bootstrap_expect").is_none());
+        assert_eq!(one("server")["server"], true);
     }
 
     #[test]

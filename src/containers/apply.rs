@@ -171,8 +171,11 @@ pub async fn apply(
                     Action::Remove { id, .. } => Some(id),
                     _ => None,
                 };
+                // Only containers.d's images go with their containers (dockerup did
+                // so); a cluster service's instances come back when placement moves.
                 if let Some(image) = old
                     .and_then(|id| actual.iter().find(|c| &c.id == id))
+                    .filter(|c| c.labels.contains_key(super::LABEL_MANAGED))
                     .and_then(|c| c.labels.get(LABEL_IMAGE_ID))
                 {
                     released.push(image.clone());

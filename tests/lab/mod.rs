@@ -302,7 +302,12 @@ impl Lab {
             for log in logs {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(25)..];
+                // LAB_LOG_LINES shows more when a failure needs it.
+                let keep = std::env::var("LAB_LOG_LINES")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(25);
+                let tail = &lines[lines.len().saturating_sub(keep)..];
                 eprintln!(
                     "==== {} (last {} lines)\n{}",
                     log.display(),
@@ -465,6 +470,38 @@ impl Host {
     pub fn stop(&self, name: &str) {
         stop_pidfile(&self.dir.join(format!("{name}.pid.spawned"))).expect("stop");
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid.spawned")));
+    }
+
+    /// Kills a process started with [`Host::spawn`] and everything it started, with
+    /// SIGKILL: a crash, with no chance to say goodbye (a Consul agent does not leave).
+    pub fn kill(&self, name: &str) {
+        let pidfile = self.dir.join(format!("{name}.pid.spawned"));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pidfile")
+            .trim()
+            .parse()
+            .expect("pid");
+        let mut pids = vec![pid];
+        let mut i = 0;
+        while i < pids.len() {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
+                .unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+            i += 1;
+        }
+        for p in &pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &p.to_string()])
+                .status();
+        }
+        wait_until(Duration::from_secs(10), "killed processes gone", || {
+            pids.iter().all(|p| !process_alive(*p))
+        });
+        let _ = std::fs::remove_file(pidfile);
     }
 
     pub fn log(&self, name: &str) -> String {

@@ -1,0 +1,375 @@
+//! Cluster services on three lab hosts with real dockerd and Consul: placed evenly
+//! with no master, listed and operated from any node, re-placed when a node fails.
+
+mod lab;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+
+fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert_success(out, what);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
+}
+
+/// Running instances of `service` per node, as `arpanet ps --all --json` on `host`
+/// reports them. `None` while the API does not answer.
+fn running(host: &Host, service: &str) -> Option<BTreeMap<String, usize>> {
+    let out = host.arpanet(&["ps", "--all", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut counts = BTreeMap::new();
+    for c in list.as_array()? {
+        if c["service"] == service && c["state"] == "running" {
+            *counts.entry(c["node"].as_str()?.to_string()).or_insert(0) += 1;
+        }
+    }
+    Some(counts)
+}
+
+fn spread(pairs: &[(&Host, usize)]) -> BTreeMap<String, usize> {
+    pairs
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(h, n)| (h.address.to_string(), *n))
+        .collect()
+}
+
+fn wait_for_spread(host: &Host, service: &str, want: &BTreeMap<String, usize>, limit: Duration) {
+    let mut last;
+    let ok = {
+        let deadline = Instant::now() + limit;
+        loop {
+            last = running(host, service);
+            if last.as_ref() == Some(want) {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    assert!(ok, "{service}: wanted {want:?} running, last seen {last:?}");
+}
+
+/// Passing instances of `service` in Consul's catalog, as `host` sees them.
+fn healthy_instances(host: &Host, service: &str) -> usize {
+    let url = format!("http://127.0.0.1:8500/v1/health/service/{service}?passing");
+    let out = host.exec(&["timeout", "10", "busybox", "wget", "-q", "-O", "-", &url]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// A raw request to the API's unix socket: (status, body).
+fn raw_request(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let socket = host.dir.join("run/api.sock");
+    let url = format!("http://arpanetd{path}");
+    let out = host.exec(&[
+        "curl",
+        "-s",
+        "-X",
+        method,
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    assert_success(&out, "curl");
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn start_node(h: &Host) {
+    h.start_arpanetd();
+    h.start_consul_agent();
+}
+
+#[test]
+fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(3).start();
+    let consul = "[consul]\nmode = \"config\"\n";
+    lab.write_arpanet_config(0, "boot", &[1, 2], consul);
+    lab.write_arpanet_config(1, "server", &[0, 2], consul);
+    lab.write_arpanet_config(2, "client", &[0, 1], consul);
+    let hosts: Vec<&Host> = lab.hosts.iter().collect();
+    let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
+    for h in &hosts {
+        h.start_arpanetd();
+    }
+    for h in &hosts {
+        wait_until(Duration::from_secs(20), "daemon.json", || {
+            h.daemon_json().exists()
+        });
+        h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
+    }
+    for h in &hosts {
+        h.wait_for_dockerd();
+        h.import_test_image();
+        let bridge = h.address.bridge_ip().to_string();
+        wait_until(
+            Duration::from_secs(20),
+            "Consul's DNS on the bridge",
+            || {
+                std::fs::read_to_string(h.dir.join("state/consul/config.json"))
+                    .is_ok_and(|c| c.contains(&bridge))
+            },
+        );
+        h.start_consul_agent();
+    }
+    // Every node's API sees all three nodes.
+    for h in &hosts {
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = h.arpanet(&["node", "ls", "--json"]);
+            let three = out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3));
+            if three {
+                break;
+            }
+            last = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                Instant::now() < deadline,
+                "three nodes in {}'s API; last answer: {last}; members: {}; catalog: {}; agents: {}",
+                h.address,
+                stdout(&h.consul(&["members"])),
+                stdout(&h.exec(&[
+                    "timeout",
+                    "10",
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    "http://127.0.0.1:8500/v1/catalog/service/arpanet"
+                ])),
+                hosts
+                    .iter()
+                    .map(|o| stdout(&o.exec(&[
+                        "timeout",
+                        "10",
+                        "busybox",
+                        "wget",
+                        "-q",
+                        "-O",
+                        "-",
+                        "http://127.0.0.1:8500/v1/agent/services"
+                    ])))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    // 6 replicas from node 1: 2 on each node, listed alike from every node.
+    let create = h1.arpanet(&[
+        "service",
+        "create",
+        "web",
+        "--image",
+        TEST_IMAGE,
+        "--replicas",
+        "6",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    assert_success(&create, "service create web");
+    let even = spread(&[(h0, 2), (h1, 2), (h2, 2)]);
+    wait_for_spread(h2, "web", &even, Duration::from_secs(60));
+    for h in [h0, h1] {
+        assert_eq!(
+            running(h, "web").as_ref(),
+            Some(&even),
+            "ps --all on {}",
+            h.address
+        );
+    }
+    let ls = json(&h0.arpanet(&["service", "ls", "--json"]), "service ls");
+    assert_eq!(ls[0]["name"], "web");
+    assert_eq!(ls[0]["replicas"], 6);
+    assert_eq!(ls[0]["running"], 6);
+
+    // Every instance registers under the service's name.
+    wait_until(Duration::from_secs(20), "6 healthy web instances", || {
+        healthy_instances(h0, "web") == 6
+    });
+    let lookup = h0.docker(&["run", "--rm", TEST_IMAGE, "nslookup", "web.service.consul"]);
+    assert_success(&lookup, "nslookup web.service.consul");
+    assert!(stdout(&lookup).contains("10.0."), "{}", stdout(&lookup));
+
+    // Container operations sent to node 0 act on node 2, which owns the container.
+    let all = json(&h0.arpanet(&["ps", "--all", "--json"]), "ps --all");
+    let on_h2 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == h2.address.to_string() && c["service"] == "web")
+        .expect("an instance on node 2");
+    let id = on_h2["id"].as_str().unwrap().to_string();
+    let short = &id[..12];
+    let inspect = json(&h0.arpanet(&["inspect", short]), "inspect");
+    assert_eq!(inspect["node"], h2.address.to_string());
+    assert_eq!(inspect["container"]["Id"], id);
+    let state_on_h2 = || {
+        stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", &id]))
+            .trim()
+            .to_string()
+    };
+    let stop = h0.arpanet(&["stop", short]);
+    assert_success(&stop, "stop");
+    assert!(
+        stdout(&stop).contains(&format!("on node {}", h2.address)),
+        "{}",
+        stdout(&stop)
+    );
+    assert_eq!(state_on_h2(), "false");
+    assert_success(&h1.arpanet(&["start", short]), "start");
+    assert_eq!(state_on_h2(), "true");
+    let missing = h0.arpanet(&["stop", "0123456789ab"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("no container `0123456789ab` on any node"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // Bad requests: a 4xx with a message, and nothing changes.
+    let bad = h0.arpanet(&[
+        "service",
+        "create",
+        "db",
+        "--template",
+        "nope",
+        "--replicas",
+        "1",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no template named `nope`"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let (code, body) = raw_request(
+        h0,
+        "POST",
+        "/v1/services",
+        &format!(r#"{{"name":"db","image":"{TEST_IMAGE}","replicas":-1}}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("replicas: "),
+        "{body}"
+    );
+    let (code, body) = raw_request(h0, "POST", "/v1/services", r#"{"name":"db","replicas":"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("EOF"), "{body}");
+    let (code, body) = raw_request(
+        h0,
+        "POST",
+        "/v1/services",
+        r#"{"name":"Db!","image":"x:1","replicas":1}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("name: "),
+        "{body}"
+    );
+    let (code, body) = raw_request(h0, "PUT", "/v1/services/nope/replicas", r#"{"replicas":2}"#);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = raw_request(
+        h0,
+        "POST",
+        "/v1/services",
+        &format!(r#"{{"name":"web","image":"{TEST_IMAGE}","replicas":1}}"#),
+    );
+    assert_eq!(code, 409, "{body}");
+    let ls = json(&h2.arpanet(&["service", "ls", "--json"]), "service ls");
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+    assert_eq!(ls[0]["replicas"], 6);
+    assert_eq!(running(h0, "web").as_ref(), Some(&even));
+
+    // Drain node 1: its instances move; undrain: the spread evens out again.
+    assert_success(
+        &h2.arpanet(&["node", "drain", &h1.address.to_string()]),
+        "drain",
+    );
+    wait_for_spread(
+        h0,
+        "web",
+        &spread(&[(h0, 3), (h2, 3)]),
+        Duration::from_secs(60),
+    );
+    assert_success(
+        &h0.arpanet(&["node", "undrain", &h1.address.to_string()]),
+        "undrain",
+    );
+    wait_for_spread(h0, "web", &even, Duration::from_secs(60));
+
+    // Node 2 fails (arpanetd and its Consul agent die): its share moves to the others.
+    h2.kill("arpanetd");
+    h2.kill("consul");
+    let failed = Instant::now();
+    wait_for_spread(
+        h0,
+        "web",
+        &spread(&[(h0, 3), (h1, 3)]),
+        Duration::from_secs(90),
+    );
+    let replaced_in = failed.elapsed();
+    println!("MEASURED: a failed node's instances ran elsewhere after {replaced_in:.1?}");
+    assert_eq!(running(h1, "web"), Some(spread(&[(h0, 3), (h1, 3)])));
+
+    // It comes back: 2 + 2 + 2 again, moving only what must move.
+    start_node(h2);
+    let back = Instant::now();
+    wait_for_spread(h0, "web", &even, Duration::from_secs(90));
+    println!(
+        "MEASURED: the returning node had its share again after {:.1?}",
+        back.elapsed()
+    );
+
+    // Scale down to one, then remove.
+    assert_success(&h2.arpanet(&["service", "scale", "web", "1"]), "scale 1");
+    wait_until(
+        Duration::from_secs(60),
+        "one web instance cluster-wide",
+        || running(h0, "web").is_some_and(|c| c.values().sum::<usize>() == 1),
+    );
+    assert_success(&h0.arpanet(&["service", "rm", "web"]), "service rm");
+    wait_until(Duration::from_secs(60), "no web instance anywhere", || {
+        let gone = |h: &Host| {
+            stdout(&h.docker(&["ps", "-aq", "--filter", "label=arpanet.cluster=true"]))
+                .trim()
+                .is_empty()
+        };
+        hosts.iter().all(|h| gone(h))
+    });
+    let ls = json(&h1.arpanet(&["service", "ls", "--json"]), "service ls");
+    assert_eq!(ls, serde_json::json!([]));
+}
