@@ -136,49 +136,15 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     }
     // Every node's API sees all three nodes.
     for h in &hosts {
-        let mut last = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let nodes = || {
             let out = h.arpanet(&["node", "ls", "--json"]);
-            let three = out.status.success()
-                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                    .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3));
-            if three {
-                break;
-            }
-            last = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-            assert!(
-                Instant::now() < deadline,
-                "three nodes in {}'s API; last answer: {last}; members: {}; catalog: {}; agents: {}",
-                h.address,
-                stdout(&h.consul(&["members"])),
-                stdout(&h.exec(&[
-                    "timeout",
-                    "10",
-                    "busybox",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "-",
-                    "http://127.0.0.1:8500/v1/catalog/service/arpanet"
-                ])),
-                hosts
-                    .iter()
-                    .map(|o| stdout(&o.exec(&[
-                        "timeout",
-                        "10",
-                        "busybox",
-                        "wget",
-                        "-q",
-                        "-O",
-                        "-",
-                        "http://127.0.0.1:8500/v1/agent/services"
-                    ])))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+        };
+        wait_until(Duration::from_secs(60), "three nodes in the API", || {
+            nodes() == Some(3)
+        });
     }
 
     // 6 replicas from node 1: 2 on each node, listed alike from every node.
