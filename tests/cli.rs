@@ -161,7 +161,10 @@ fn check_reports_every_broken_containers_file() {
 fn help_lists_every_subcommand() {
     let out = arpanet(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for verb in ["info", "check"] {
+    for verb in [
+        "info", "check", "service", "template", "ps", "start", "stop", "restart", "rm", "inspect",
+        "node", "images",
+    ] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(verb)),
             "{verb} missing:\n{text}"
@@ -237,4 +240,58 @@ fn secret_is_created_once_and_installed_elsewhere() {
         "an existing secret is not replaced silently"
     );
     assert!(stderr(&again).contains("--force"));
+}
+
+#[test]
+fn cluster_verbs_without_arpanetd_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        &format!("[node]\naddress = \"0.1\"\nrole = \"boot\"\n[paths]\nrun_dir = {run:?}\n"),
+    );
+    let socket = run.join("api.sock");
+    for args in [
+        &["ps", "--all"][..],
+        &["service", "ls"][..],
+        &["stop", "abc"][..],
+        &["node", "drain", "0.2"][..],
+    ] {
+        let mut full = vec!["--config", cfg.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = arpanet(&full);
+        assert!(!out.status.success());
+        assert_eq!(
+            stderr(&out).trim(),
+            format!(
+                "error: cannot reach arpanetd at {}: cannot connect (is arpanetd running? are you root?)",
+                socket.display()
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn service_create_checks_its_arguments_before_asking_arpanetd() {
+    let out = arpanet(&["service", "create", "web", "--replicas", "2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("say what runs: --image IMAGE, --template NAME or --file FILE"),
+        "{}",
+        stderr(&out)
+    );
+    let out = arpanet(&[
+        "service",
+        "create",
+        "web",
+        "--image",
+        "a:1",
+        "--template",
+        "t",
+        "--replicas",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

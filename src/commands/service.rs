@@ -85,6 +85,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 impl Service {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
+        if let Verb::Create(c) = &self.verb
+            && c.image.is_none()
+            && c.template.is_none()
+            && c.file.is_none()
+        {
+            bail!("say what runs: --image IMAGE, --template NAME or --file FILE");
+        }
         let config = Config::load(config_path)?;
         let api = ApiClient::from_config(&config);
         match &self.verb {
@@ -112,9 +119,6 @@ impl Service {
                         );
                     };
                     req.spec = Some(one.spec.clone());
-                }
-                if req.image.is_none() && req.template.is_none() && req.spec.is_none() {
-                    bail!("say what runs: --image IMAGE, --template NAME or --file FILE");
                 }
                 let def: ServiceDef = api.post("/v1/services", Some(&req)).await?;
                 println!(
