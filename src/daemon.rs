@@ -24,6 +24,9 @@ use crate::placement;
 use crate::plan::NodePlan;
 use crate::systemd::{Systemd, resolved};
 
+/// The unit systemd runs arpanetd as.
+pub const UNIT: &str = "arpanetd.service";
+
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,

@@ -3,12 +3,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use arpanet::commands::lifecycle::{ContainerId, Verb};
+use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, consul_agent, images, info, kv, members, node, ps, secret, service, status, template,
-    uninstall_network, up,
+    check, consul_agent, images, info, kv, members, node, ps, secret, seed, service, status,
+    template, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
+use arpanet::config::Role;
 
 /// arpanet: one cluster out of a set of Docker hosts.
 #[derive(Debug, Parser)]
@@ -23,6 +24,12 @@ struct Opts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up the cluster's first node: config, secret, arpanetd enabled and started.
+    Boot(seed::Seed),
+    /// Set up a Consul server node that joins the cluster.
+    Server(seed::Seed),
+    /// Set up a client node that joins the cluster.
+    Client(seed::Seed),
     Info(info::Info),
     Check(check::Check),
     Status(status::Status),
@@ -36,8 +43,8 @@ enum Command {
     Ps(ps::Ps),
     /// Start a stopped container, on whichever node has it.
     Start(ContainerId),
-    /// Stop a container, on whichever node has it.
-    Stop(ContainerId),
+    /// Stop a container, on whichever node has it; without an ID, stop this node.
+    Stop(StopArgs),
     /// Restart a container, on whichever node has it.
     Restart(ContainerId),
     /// Remove a container, on whichever node has it.
@@ -54,6 +61,9 @@ async fn main() -> ExitCode {
     arpanet::logging::init("warn");
     let opts = Opts::parse();
     let result = match &opts.command {
+        Command::Boot(c) => c.exec(&opts.config, Role::Boot).await,
+        Command::Server(c) => c.exec(&opts.config, Role::Server).await,
+        Command::Client(c) => c.exec(&opts.config, Role::Client).await,
         Command::Info(c) => c.exec(&opts.config),
         Command::Check(c) => c.exec(&opts.config),
         Command::Status(c) => c.exec(&opts.config).await,
@@ -66,7 +76,7 @@ async fn main() -> ExitCode {
         Command::Template(c) => c.exec(&opts.config).await,
         Command::Ps(c) => c.exec(&opts.config).await,
         Command::Start(c) => c.exec(&opts.config, Verb::Start).await,
-        Command::Stop(c) => c.exec(&opts.config, Verb::Stop).await,
+        Command::Stop(c) => c.exec(&opts.config).await,
         Command::Restart(c) => c.exec(&opts.config, Verb::Restart).await,
         Command::Rm(c) => c.exec(&opts.config, Verb::Rm).await,
         Command::Inspect(c) => c.exec(&opts.config, Verb::Inspect).await,

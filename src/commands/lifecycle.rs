@@ -15,6 +15,27 @@ pub struct ContainerId {
     pub id: String,
 }
 
+/// `arpanet stop [ID]`: a container anywhere, or without an ID this node's services.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// A container ID, ID prefix or name, on any node. Without one, arpanetd and its
+    /// Consul agent stop on this host and stay off at boot.
+    pub id: Option<String>,
+}
+
+impl StopArgs {
+    pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
+        match &self.id {
+            Some(id) => {
+                ContainerId { id: id.clone() }
+                    .exec(config_path, Verb::Stop)
+                    .await
+            }
+            None => super::stop_node::exec().await,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Verb {
     Start,

@@ -18,8 +18,20 @@ use zbus::{Connection, proxy};
 trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload(&self) -> zbus::Result<()>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn subscribe(&self) -> zbus::Result<()>;
     #[zbus(signal)]
@@ -91,12 +103,34 @@ impl Systemd {
         self.manager.reload().await.context("systemd daemon-reload")
     }
 
+    /// `systemctl enable`: the unit starts at boot from now on.
+    pub async fn enable(&self, unit: &str) -> anyhow::Result<()> {
+        self.manager
+            .enable_unit_files(&[unit], false, false)
+            .await
+            .with_context(|| format!("enable {unit}"))?;
+        self.daemon_reload().await
+    }
+
+    pub async fn disable(&self, unit: &str) -> anyhow::Result<()> {
+        self.manager
+            .disable_unit_files(&[unit], false)
+            .await
+            .with_context(|| format!("disable {unit}"))?;
+        self.daemon_reload().await
+    }
+
     pub async fn restart(&self, unit: &str) -> anyhow::Result<()> {
         self.job(unit, "restart").await
     }
 
     pub async fn start(&self, unit: &str) -> anyhow::Result<()> {
         self.job(unit, "start").await
+    }
+
+    /// `systemctl reload`: the unit's ExecReload.
+    pub async fn reload_unit(&self, unit: &str) -> anyhow::Result<()> {
+        self.job(unit, "reload").await
     }
 
     pub async fn stop(&self, unit: &str) -> anyhow::Result<()> {
@@ -114,6 +148,7 @@ impl Systemd {
         let job = match verb {
             "restart" => self.manager.restart_unit(unit, "replace").await,
             "start" => self.manager.start_unit(unit, "replace").await,
+            "reload" => self.manager.reload_unit(unit, "replace").await,
             _ => self.manager.stop_unit(unit, "replace").await,
         }
         .with_context(|| format!("{verb} {unit}"))?;
