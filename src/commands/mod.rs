@@ -1,9 +1,11 @@
 //! One file per `arpanet` verb.
 
 pub mod check;
+pub mod completions;
 pub mod consul_agent;
 pub mod images;
 pub mod info;
+pub mod is_configured;
 pub mod kv;
 pub mod lifecycle;
 pub mod members;

@@ -26,6 +26,15 @@ pub fn base_tree() -> PathBuf {
     PathBuf::from(BASE_TREE)
 }
 
+/// How arpanet gets into a machine.
+pub enum Install<'p> {
+    /// The freshly built binaries bound at /usr/bin and the repo's unit files.
+    RepoBinaries,
+    /// Nothing yet: these packages are bound read-only at /root/NAME, for the test
+    /// to `dpkg -i`.
+    Packages(&'p [PathBuf]),
+}
+
 pub struct Machine<'a> {
     pub host: &'a Host,
     pub name: String,
@@ -37,6 +46,10 @@ impl<'a> Machine<'a> {
     /// Boots a machine in `host`'s network namespace with arpanet's freshly built
     /// binaries at /usr/bin, and waits until systemd reports the boot finished.
     pub fn boot(host: &'a Host, base: &Path) -> Self {
+        Self::boot_with(host, base, &Install::RepoBinaries)
+    }
+
+    pub fn boot_with(host: &'a Host, base: &Path, install: &Install) -> Self {
         // Unique across labs running at once: nspawn keeps per-name state under /run.
         let name = format!("{}-m", host.netns);
         let upper = host.dir.join("machine-upper");
@@ -63,7 +76,7 @@ impl<'a> Machine<'a> {
             "enable forwarding in {}",
             host.netns
         );
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "systemd-nspawn".into(),
             "--register=no".into(),
             "--keep-unit".into(),
@@ -78,14 +91,6 @@ impl<'a> Machine<'a> {
             "--bind=/sys/fs/cgroup".into(),
             "--property=Delegate=yes".into(),
             format!("--bind={}:/var/lib/docker", docker.display()),
-            format!(
-                "--bind-ro={}:/usr/bin/arpanetd",
-                env!("CARGO_BIN_EXE_arpanetd")
-            ),
-            format!(
-                "--bind-ro={}:/usr/bin/arpanet",
-                env!("CARGO_BIN_EXE_arpanet")
-            ),
             // Consul is a self-contained binary: the host's serves the machines too.
             format!(
                 "--bind-ro={}:/usr/bin/consul",
@@ -94,6 +99,24 @@ impl<'a> Machine<'a> {
             format!("--network-namespace-path={netns}"),
             "--console=pipe".into(),
         ];
+        match install {
+            Install::RepoBinaries => {
+                args.push(format!(
+                    "--bind-ro={}:/usr/bin/arpanetd",
+                    env!("CARGO_BIN_EXE_arpanetd")
+                ));
+                args.push(format!(
+                    "--bind-ro={}:/usr/bin/arpanet",
+                    env!("CARGO_BIN_EXE_arpanet")
+                ));
+            }
+            Install::Packages(packages) => {
+                for p in *packages {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    args.push(format!("--bind-ro={}:/root/{name}", p.display()));
+                }
+            }
+        }
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         host.spawn("machine", &refs);
         let nspawn: u32 = std::fs::read_to_string(host.dir.join("machine.pid.spawned"))
@@ -133,7 +156,14 @@ impl<'a> Machine<'a> {
         );
         // The repo's unit files, installed as the package installs them.
         let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
-        for unit in std::fs::read_dir(&units).unwrap().filter_map(|e| e.ok()) {
+        let repo_units = match install {
+            Install::RepoBinaries => std::fs::read_dir(&units)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .collect(),
+            Install::Packages(_) => Vec::new(),
+        };
+        for unit in repo_units {
             let text = std::fs::read_to_string(unit.path()).unwrap();
             machine.write_file(
                 &format!("/etc/systemd/system/{}", unit.file_name().to_string_lossy()),

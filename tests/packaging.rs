@@ -1,0 +1,360 @@
+//! The .deb as users meet it, on real systemd machines (systemd-nspawn, Debian 12):
+//! installed, set up with boot/server/client, upgraded and purged. The packages come
+//! from `scripts/build-packages` (`make packages`, which `make test` runs first).
+
+mod lab;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lab::machine::{self, Install, Machine};
+use lab::{Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+
+/// The package of each revision (`-1`, and `-2` for the upgrade).
+fn packages() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/packages");
+    let find = |suffix: &str| {
+        std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+    };
+    match (find("-1_amd64.deb"), find("-2_amd64.deb")) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => {
+            let msg = format!(
+                "no packages in {} (make packages builds them)",
+                dir.display()
+            );
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}; CI=true, so this fails instead of skipping");
+            }
+            eprintln!("SKIPPED: {msg}");
+            None
+        }
+    }
+}
+
+fn name(p: &std::path::Path) -> String {
+    format!("/root/{}", p.file_name().unwrap().to_string_lossy())
+}
+
+fn active(m: &Machine, unit: &str) -> bool {
+    m.unit_property(unit, "ActiveState") == "active"
+}
+
+fn wait_active(m: &Machine, unit: &str) {
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{unit} active in {}", m.name),
+        || active(m, unit),
+    );
+}
+
+#[test]
+fn lintian_finds_no_errors() {
+    let Some((deb, _)) = packages() else { return };
+    if lab::which("lintian").is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "lintian missing; CI=true, so this fails instead of skipping"
+        );
+        eprintln!("SKIPPED: lintian missing (apt-get install lintian)");
+        return;
+    }
+    let out = std::process::Command::new("lintian")
+        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian");
+    assert!(
+        out.status.success(),
+        "lintian: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
+    if !lab::available() || !machine::available() {
+        return;
+    }
+    let Some((v1, v2)) = packages() else { return };
+    let base = machine::base_tree();
+    let lab = Lab::builder(1).start();
+    let h0 = &lab.hosts[0];
+    let pkgs = [v1.clone(), v2.clone()];
+    let m = Machine::boot_with(h0, &base, &Install::Packages(&pkgs));
+
+    // Installed: binaries, units, conffiles, completions; enabled but not started.
+    let install = m.exec(&["dpkg", "-i", &name(&v1)]);
+    assert_success(&install, "dpkg -i");
+    let conffiles = stdout(&m.exec(&["dpkg-query", "-W", "-f=${Conffiles}", "arpanet"]));
+    for f in [
+        "/etc/arpanet/arpanet.toml",
+        "/etc/arpanet/containers.d/example.toml",
+    ] {
+        assert!(conffiles.contains(f), "{f} is not a conffile: {conffiles}");
+    }
+    for f in [
+        "/usr/bin/arpanetd",
+        "/usr/bin/arpanet",
+        "/usr/lib/systemd/system/arpanetd.service",
+        "/usr/lib/systemd/system/arpanet-consul.service",
+        "/usr/share/bash-completion/completions/arpanet",
+    ] {
+        assert_success(&m.exec(&["test", "-e", f]), f);
+    }
+    assert_eq!(
+        stdout(&m.exec(&["systemctl", "is-enabled", "arpanetd.service"])).trim(),
+        "enabled"
+    );
+    assert!(
+        !active(&m, "arpanetd.service"),
+        "started before it was set up"
+    );
+    // Even a start skips it cleanly until the node is set up.
+    let _ = m.exec(&["systemctl", "start", "arpanetd.service"]);
+    assert!(!active(&m, "arpanetd.service"));
+    assert_eq!(m.unit_property("arpanetd.service", "Result"), "success");
+
+    // One command sets the node up and starts it.
+    let boot = m.exec(&[
+        "arpanet",
+        "boot",
+        &h0.address.to_string(),
+        "--cluster",
+        "apples",
+        "--underlay-interface",
+        "eth1",
+    ]);
+    assert_success(&boot, "arpanet boot");
+    assert!(stdout(&boot).contains("--secret "), "{}", stdout(&boot));
+    wait_active(&m, "arpanetd.service");
+    wait_active(&m, "arpanet-consul.service");
+    assert_success(&m.exec(&["ip", "link", "show", "arpanet0"]), "arpanet0");
+    wait_until(Duration::from_secs(30), "bip in daemon.json", || {
+        m.read_file("/etc/docker/daemon.json").contains("\"bip\"")
+    });
+
+    // An edited config survives an upgrade, which restarts arpanetd.
+    let edited = format!(
+        "{}# edited by the operator\n",
+        m.read_file("/etc/arpanet/arpanet.toml")
+    );
+    m.write_file("/etc/arpanet/arpanet.toml", &edited);
+    let pid = m.unit_property("arpanetd.service", "MainPID");
+    let upgrade = m.exec(&["dpkg", "-i", &name(&v2)]);
+    assert_success(&upgrade, "dpkg -i of the newer package");
+    assert_eq!(m.read_file("/etc/arpanet/arpanet.toml"), edited);
+    wait_active(&m, "arpanetd.service");
+    assert_ne!(
+        m.unit_property("arpanetd.service", "MainPID"),
+        pid,
+        "the upgrade did not restart arpanetd"
+    );
+
+    // Purge leaves no unit, state, device or daemon.json key behind.
+    assert_success(&m.exec(&["dpkg", "--purge", "arpanet"]), "dpkg --purge");
+    let units = m.exec(&["systemctl", "list-unit-files", "--no-legend", "arpanet*"]);
+    assert_eq!(stdout(&units).trim(), "", "units left");
+    for gone in [
+        "/var/lib/arpanet",
+        "/etc/arpanet",
+        "/usr/lib/systemd/system/arpanetd.service",
+        "/etc/systemd/system/docker.service.d/arpanet.conf",
+    ] {
+        assert!(
+            !m.exec(&["test", "-e", gone]).status.success(),
+            "{gone} left"
+        );
+    }
+    assert!(
+        !m.exec(&["ip", "link", "show", "arpanet0"]).status.success(),
+        "arpanet0 left"
+    );
+    let json = m.read_file("/etc/docker/daemon.json");
+    for key in ["\"bip\"", "\"hosts\"", "10.253."] {
+        assert!(!json.contains(key), "{key} left in daemon.json: {json}");
+    }
+    assert!(
+        active(&m, "docker.service"),
+        "Docker runs on without arpanet"
+    );
+}
+
+#[test]
+fn three_machines_form_a_cluster_from_the_package() {
+    if !lab::available() || !machine::available() {
+        return;
+    }
+    let Some((v1, _)) = packages() else { return };
+    let base = machine::base_tree();
+    let lab = Lab::builder(3).start();
+    let pkgs = [v1.clone()];
+    let machines: Vec<Machine> = lab
+        .hosts
+        .iter()
+        .map(|h| Machine::boot_with(h, &base, &Install::Packages(&pkgs)))
+        .collect();
+    let docker_pids: Vec<String> = machines
+        .iter()
+        .map(|m| m.unit_property("docker.service", "MainPID"))
+        .collect();
+    for m in &machines {
+        assert_success(&m.exec(&["dpkg", "-i", &name(&v1)]), "dpkg -i");
+    }
+    let boot_node = &lab.hosts[0];
+    let boot = machines[0].exec(&[
+        "arpanet",
+        "boot",
+        &boot_node.address.to_string(),
+        "--cluster",
+        "apples",
+        "--underlay-interface",
+        "eth1",
+    ]);
+    assert_success(&boot, "arpanet boot");
+    let secret = machines[0]
+        .read_file("/etc/arpanet/secret")
+        .trim()
+        .to_string();
+    let join = format!("{}@{}", boot_node.address, boot_node.underlay_ip);
+    for (m, role) in machines[1..].iter().zip(["server", "client"]) {
+        let out = m.exec(&[
+            "arpanet",
+            role,
+            &m.host.address.to_string(),
+            "--join",
+            &join,
+            "--secret",
+            &secret,
+            "--underlay-interface",
+            "eth1",
+        ]);
+        assert_success(&out, &format!("arpanet {role}"));
+    }
+    for m in &machines {
+        wait_active(m, "arpanetd.service");
+        wait_active(m, "arpanet-consul.service");
+    }
+    // Docker was restarted by arpanetd, over D-Bus, with the new daemon.json.
+    for (m, before) in machines.iter().zip(&docker_pids) {
+        wait_until(Duration::from_secs(60), "docker restarted", || {
+            &m.unit_property("docker.service", "MainPID") != before && active(m, "docker.service")
+        });
+        let bridge = m.host.address.bridge_ip().to_string();
+        let info = m.exec(&[
+            "docker",
+            "network",
+            "inspect",
+            "bridge",
+            "-f",
+            "{{json .IPAM.Config}}",
+        ]);
+        assert!(stdout(&info).contains(&bridge), "{}", stdout(&info));
+    }
+    wait_until(Duration::from_secs(90), "3 Consul members", || {
+        let out = machines[2].exec(&["arpanet", "members", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().filter(|m| m["status"] == "alive").count() == 3)
+        })
+    });
+    // Every plane answers between machines.
+    for m in &machines {
+        for other in &lab.hosts {
+            for ip in [
+                other.address.overlay_ip(),
+                other.address.docker_api_ip(),
+                other.address.consul_ip(),
+            ] {
+                let ip = ip.to_string();
+                wait_until(
+                    Duration::from_secs(30),
+                    &format!("{} pings {ip}", m.name),
+                    || {
+                        m.exec(&["ping", "-c", "1", "-W", "1", &ip])
+                            .status
+                            .success()
+                    },
+                );
+            }
+        }
+    }
+
+    // A container on machine 1 finds and calls one on machine 2 by name.
+    for m in &machines[1..] {
+        m.import_test_image();
+    }
+    let web = machines[2].exec(&[
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-l",
+        "arpanet.service=web",
+        "--expose",
+        "8080",
+        TEST_IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    assert_success(&web, "docker run web");
+    let web_ip = stdout(&machines[2].exec(&[
+        "docker",
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        "web",
+    ]))
+    .trim()
+    .to_string();
+    let mut answer = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "web.service.consul from machine 1",
+        || {
+            let call = machines[1].exec(&[
+            "docker", "run", "--rm", TEST_IMAGE, "sh", "-c",
+            "nslookup web.service.consul && timeout 10 wget -q -O - http://web.service.consul:8080/cgi-bin/whoami",
+        ]);
+            answer = stdout(&call);
+            call.status.success()
+        },
+    );
+    assert!(answer.contains(&web_ip), "{answer}");
+    // The caller's own container address arrives (no NAT on the overlay).
+    assert!(
+        answer.contains(&format!("10.{}.", lab.hosts[1].address)),
+        "{answer}"
+    );
+
+    // `systemctl reload arpanetd` applies a changed containers.d file.
+    machines[1].write_file(
+        "/etc/arpanet/containers.d/hello.toml",
+        &format!(
+            "[[container]]\nname = \"hello\"\nimage = \"{TEST_IMAGE}\"\ncommand = [\"sleep\", \"1d\"]\n"
+        ),
+    );
+    assert_success(
+        &machines[1].exec(&["systemctl", "reload", "arpanetd.service"]),
+        "systemctl reload arpanetd",
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "hello running on machine 1",
+        || {
+            !stdout(&machines[1].exec(&["docker", "ps", "--filter", "name=hello", "-q"]))
+                .trim()
+                .is_empty()
+        },
+    );
+    assert!(active(&machines[1], "arpanetd.service"));
+}
