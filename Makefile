@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit bench-overlay bench-containers
+.PHONY: run test deps lint unit packages demo bench-overlay bench-containers
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -7,8 +7,20 @@ run:
 
 # Everything: installs the real components the tests use, then lint and all tests
 # (benchmarks are compiled and linted here, and run by the bench-* targets).
-test: deps lint
+test: deps lint packages
 	cargo test
+
+# The .deb and .rpm in target/packages: revision 1, and revision 2 for the upgrade test
+# (the dev profile's binaries, stripped, so that `make test` builds nothing twice).
+packages:
+	scripts/build-packages --profile dev --deb-version 0.1.0-2
+	scripts/build-packages --profile dev
+
+# A 3-machine arpanet cluster on this host (systemd-nspawn machines running Debian 12,
+# the .deb installed, boot/server/client), with each machine's `arpanet status` and a
+# way into a shell; Enter removes it. Root.
+demo: deps packages
+	cargo test --test packaging -- --ignored --nocapture --exact demo
 
 deps:
 	scripts/install-test-deps

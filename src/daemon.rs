@@ -332,11 +332,24 @@ impl Daemon {
         let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);
         // Kept for the loop's lifetime: dropping it stops the watch.
         let _files_watch = watch_files(&self.config.paths.containers_dir, files_tx);
+        // Ready before the first pass: that pass may ask systemd to start units that
+        // are ordered after arpanetd (arpanet-consul.service), whose jobs would wait
+        // for this one's start job. A bad arpanet.toml has failed the start already.
+        notify(&[NotifyState::Ready, NotifyState::Status("converging")]);
+        // The watchdog is fed by its own task: one pass can legitimately take longer
+        // than WatchdogSec (a Docker restart, stopping containers with a grace period).
+        if let Some(interval) = watchdog {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    notify(&[NotifyState::Watchdog]);
+                }
+            });
+        }
         self.converge().await;
-        notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+        notify(&[NotifyState::Status("running")]);
         info!("arpanetd ready");
-        let mut watchdog_tick =
-            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut resync = tokio::time::interval(self.config.overlay.resync);
         resync.reset();
         loop {
@@ -382,7 +395,6 @@ impl Daemon {
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
-                _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             }
         }
         notify(&[NotifyState::Stopping]);

@@ -26,6 +26,7 @@ pub fn problem_path(config: &Config) -> std::path::PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Precision {
     JoinFailed,
+    ClusterNameMismatch,
     SecretMismatch,
 }
 
@@ -41,6 +42,16 @@ pub fn explain(line: &str, secret_file: &Path) -> Option<(Precision, String)> {
             format!(
                 "gossip from {from} could not be decrypted: the two nodes have different cluster secrets ({})",
                 secret_file.display()
+            ),
+        ));
+    }
+    // "Member 'n1' part of wrong datacenter 'apples'": the names differ.
+    if let Some(rest) = line.split("part of wrong datacenter '").nth(1) {
+        let theirs = rest.split('\'').next().unwrap_or(rest);
+        return Some((
+            Precision::ClusterNameMismatch,
+            format!(
+                "the cluster you join is named `{theirs}` and this node's cluster.name differs; set `--cluster {theirs}` (arpanet server|client) or cluster.name"
             ),
         ));
     }
@@ -183,5 +194,10 @@ mod tests {
             None
         );
         assert_eq!(explain("[INFO] agent: Synced node info", secret), None);
+        let dc =
+            "        * Failed to join 10.253.0.1: Member 'h0' part of wrong datacenter 'apples'";
+        let (p, e) = explain(dc, secret).unwrap();
+        assert_eq!(p, Precision::ClusterNameMismatch);
+        assert!(e.contains("named `apples`"), "{e}");
     }
 }

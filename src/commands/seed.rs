@@ -93,8 +93,9 @@ impl Seed {
                     }
                 };
                 println!(
-                    "the cluster secret is in {}; on the other hosts run:\n  arpanet server|client ADDRESS --join {}@THIS_HOST_IP --secret {value}",
+                    "the cluster secret is in {}; on the other hosts run:\n  arpanet server|client ADDRESS --cluster {} --join {}@THIS_HOST_IP --secret {value}",
                     secret_file.display(),
+                    config.cluster.name,
                     self.address
                 );
             }
