@@ -176,6 +176,17 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "the upgrade did not restart arpanetd"
     );
 
+    // `arpanet stop` stops the node and keeps it off at boot; containers stay.
+    let stop = m.exec(&["arpanet", "stop"]);
+    assert_success(&stop, "arpanet stop");
+    for unit in ["arpanetd.service", "arpanet-consul.service"] {
+        assert!(!active(&m, unit), "{unit} still active");
+    }
+    assert_eq!(
+        stdout(&m.exec(&["systemctl", "is-enabled", "arpanetd.service"])).trim(),
+        "disabled"
+    );
+
     // Purge leaves no unit, state, device or daemon.json key behind.
     assert_success(&m.exec(&["dpkg", "--purge", "arpanet"]), "dpkg --purge");
     let units = m.exec(&["systemctl", "list-unit-files", "--no-legend", "arpanet*"]);
