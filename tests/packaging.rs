@@ -295,6 +295,18 @@ fn demo() {
                 .is_some_and(|a| a.iter().filter(|m| m["status"] == "alive").count() == 3)
         })
     });
+    // Shown once every node has a leader and both others as working peers.
+    for m in &machines {
+        wait_until(Duration::from_secs(90), "a settled cluster", || {
+            let out = m.exec(&["arpanet", "status", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
+                !s["consul"]["leader"].is_null()
+                    && s["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().filter(|p| p["state"] == "ok").count() == 2)
+            })
+        });
+    }
     for m in &machines {
         println!("==== {} (node {}): arpanet status", m.name, m.host.address);
         println!("{}", stdout(&m.exec(&["arpanet", "status"])));
