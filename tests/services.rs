@@ -275,6 +275,21 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         &format!(r#"{{"name":"web","image":"{TEST_IMAGE}","replicas":1}}"#),
     );
     assert_eq!(code, 409, "{body}");
+    // A container reaches the overlay API but is turned away: only nodes may use it.
+    let from_container = h0.docker(&[
+        "run",
+        "--rm",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "timeout 10 wget -q -O - http://10.255.0.2:7100/v1/services; echo exit=$?",
+    ]);
+    let text = format!(
+        "{}{}",
+        stdout(&from_container),
+        String::from_utf8_lossy(&from_container.stderr)
+    );
+    assert!(text.contains("403") && text.contains("exit=1"), "{text}");
     let ls = json(&h2.arpanet(&["service", "ls", "--json"]), "service ls");
     assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
     assert_eq!(ls[0]["replicas"], 6);

@@ -799,10 +799,41 @@ pub fn spawn(config: &Config) {
             }
         };
         info!("cluster API on {tcp}");
-        if let Err(e) = axum::serve(listener, app).await {
+        let app = app.layer(axum::middleware::from_fn(only_nodes));
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             warn!("cluster API on {tcp} stopped: {e}");
         }
     });
+}
+
+/// On the overlay the API answers other nodes only (their 10.255 addresses), not the
+/// containers that can reach it too: a container that could create services could run
+/// anything, privileged, on every host.
+async fn only_nodes(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if is_node_plane(peer.ip()) {
+        return next.run(request).await;
+    }
+    ApiError(
+        StatusCode::FORBIDDEN,
+        format!(
+            "the cluster API answers arpanet nodes (10.255.0.0/16) only, not {}; use the API socket on a node",
+            peer.ip()
+        ),
+    )
+    .into_response()
+}
+
+fn is_node_plane(ip: std::net::IpAddr) -> bool {
+    let v4 = match ip {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    v4.is_some_and(|v4| v4.octets()[..2] == [10, 255])
 }
 
 pub fn api_socket(config: &Config) -> PathBuf {
@@ -823,4 +854,18 @@ fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restrict {}", path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_node_plane_may_use_the_overlay_api() {
+        assert!(is_node_plane("10.255.0.2".parse().unwrap()));
+        assert!(is_node_plane("::ffff:10.255.3.4".parse().unwrap()));
+        for other in ["10.0.2.3", "10.254.0.2", "127.0.0.1", "192.168.1.1", "::1"] {
+            assert!(!is_node_plane(other.parse().unwrap()), "{other}");
+        }
+    }
 }
