@@ -393,34 +393,11 @@ fn three_machines_form_a_cluster_from_the_package() {
     for m in &machines[1..] {
         m.import_test_image();
     }
-    let web = machines[2].exec(&[
-        "docker",
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-l",
-        "arpanet.service=web",
-        "--expose",
-        "8080",
-        TEST_IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    let web = machines[2].exec(&[&["docker"][..], &lab::RUN_WEB[..]].concat());
     assert_success(&web, "docker run web");
-    let web_ip = stdout(&machines[2].exec(&[
-        "docker",
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        "web",
-    ]))
-    .trim()
-    .to_string();
+    let web_ip = stdout(&machines[2].exec(&["docker", "inspect", "-f", lab::IP_FORMAT, "web"]))
+        .trim()
+        .to_string();
     let mut answer = String::new();
     wait_until(
         Duration::from_secs(30),

@@ -5,7 +5,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn catalog_services(host: &Host) -> String {
     stdout(&host.consul(&["catalog", "services"]))
@@ -27,65 +27,20 @@ fn containers_are_registered_and_found_across_hosts_by_name() {
     lab.write_arpanet_config(0, "boot", &[1], consul);
     lab.write_arpanet_config(1, "client", &[0], consul);
     let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h0, h1] {
-        h.start_arpanetd();
-    }
-    // Docker runs with the daemon.json arpanetd wrote (bridge, DNS -> Consul, API).
-    for h in [h0, h1] {
-        wait_until(Duration::from_secs(20), "daemon.json", || {
-            h.daemon_json().exists()
-        });
-        h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
-    }
-    for h in [h0, h1] {
-        h.wait_for_dockerd();
-        h.import_test_image();
-        // Once the bridge exists, Consul's DNS is rendered onto it too; then the agent starts.
-        let bridge = h.address.bridge_ip().to_string();
-        wait_until(
-            Duration::from_secs(20),
-            "Consul's DNS on the bridge",
-            || {
-                std::fs::read_to_string(h.dir.join("state/consul/config.json"))
-                    .is_ok_and(|c| c.contains(&bridge))
-            },
-        );
-        h.start_consul_agent();
-    }
+    Host::start_nodes(&[h0, h1]);
     for h in [h0, h1] {
         wait_until(Duration::from_secs(60), "a Consul leader", || has_leader(h));
     }
 
     // A web server on host 0, registered by label.
     let started = Instant::now();
-    let run = h0.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-l",
-        "arpanet.service=web",
-        "--expose",
-        "8080",
-        TEST_IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    let run = h0.docker(&lab::RUN_WEB);
     assert_success(&run, "docker run web");
     wait_until(Duration::from_secs(10), "web in the catalog", || {
         catalog_services(h1).contains("web")
     });
     let registered_in = started.elapsed();
-    let web_ip = stdout(&h0.docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        "web",
-    ]));
+    let web_ip = stdout(&h0.docker(&["inspect", "-f", lab::IP_FORMAT, "web"]));
     let web_ip = web_ip.trim();
     assert!(web_ip.starts_with("10.0.1."), "{web_ip}");
 

@@ -6,7 +6,7 @@ mod lab;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
     assert_success(out, what);
@@ -111,29 +111,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     lab.write_arpanet_config(2, "client", &[0, 1], consul);
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
-    for h in &hosts {
-        h.start_arpanetd();
-    }
-    for h in &hosts {
-        wait_until(Duration::from_secs(20), "daemon.json", || {
-            h.daemon_json().exists()
-        });
-        h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
-    }
-    for h in &hosts {
-        h.wait_for_dockerd();
-        h.import_test_image();
-        let bridge = h.address.bridge_ip().to_string();
-        wait_until(
-            Duration::from_secs(20),
-            "Consul's DNS on the bridge",
-            || {
-                std::fs::read_to_string(h.dir.join("state/consul/config.json"))
-                    .is_ok_and(|c| c.contains(&bridge))
-            },
-        );
-        h.start_consul_agent();
-    }
+    Host::start_nodes(&hosts);
     // Every node's API sees all three nodes.
     for h in &hosts {
         let nodes = || {

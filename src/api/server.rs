@@ -393,15 +393,12 @@ async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult
         Ok(list
             .into_iter()
             .map(|c| {
+                let name = crate::docker::engine::summary_name(&c);
                 let labels = c.labels.unwrap_or_default();
                 ContainerRow {
                     node: s.me.address.to_string(),
+                    name,
                     id: c.id.unwrap_or_default(),
-                    name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .map(|n| n.trim_start_matches('/').to_string())
-                        .unwrap_or_default(),
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     status: c.status.unwrap_or_default(),

@@ -10,10 +10,8 @@ use crate::config::Config;
 /// List Docker images: this node's, one node's (--node) or every node's (--all).
 #[derive(Debug, Args)]
 pub struct Images {
-    #[arg(long, short)]
-    pub all: bool,
-    #[arg(long, conflicts_with = "all")]
-    pub node: Option<crate::addressing::NodeAddress>,
+    #[command(flatten)]
+    pub nodes: table::Nodes,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -22,21 +20,14 @@ pub struct Images {
 impl Images {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
-        let path = match (self.all, self.node) {
-            (_, Some(node)) => format!("/v1/images?node={node}"),
-            (true, None) => "/v1/images?all=true".to_string(),
-            (false, None) => "/v1/images".to_string(),
-        };
+        let path = self.nodes.path("/v1/images");
         let listing: Listing<ImageRow> = ApiClient::from_config(&config).get(&path).await?;
         table::warn_unreachable(&listing.unreachable);
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&listing.items)?);
-            return Ok(());
-        }
-        let rows: Vec<Vec<String>> = listing
-            .items
-            .iter()
-            .map(|i| {
+        table::emit(
+            self.json,
+            &listing.items,
+            &["NODE", "ID", "TAGS", "SIZE"],
+            |i| {
                 vec![
                     i.node.clone(),
                     crate::docker::engine::short(i.id.trim_start_matches("sha256:")).to_string(),
@@ -47,9 +38,7 @@ impl Images {
                     },
                     format!("{:.1} MB", i.size as f64 / 1e6),
                 ]
-            })
-            .collect();
-        table::print(&["NODE", "ID", "TAGS", "SIZE"], &rows);
-        Ok(())
+            },
+        )
     }
 }

@@ -48,22 +48,13 @@ impl NodeCmd {
             }
             Verb::Ls { json } => {
                 let listing: Listing<NodeRow> = api.get("/v1/nodes").await?;
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&listing.items)?);
-                    return Ok(());
-                }
-                let rows: Vec<Vec<String>> = listing
-                    .items
-                    .iter()
-                    .map(|n| {
-                        vec![
-                            n.address.clone(),
-                            n.role.clone(),
-                            if n.drained { "drained" } else { "active" }.to_string(),
-                        ]
-                    })
-                    .collect();
-                table::print(&["NODE", "ROLE", "PLACEMENT"], &rows);
+                table::emit(*json, &listing.items, &["NODE", "ROLE", "PLACEMENT"], |n| {
+                    vec![
+                        n.address.clone(),
+                        n.role.clone(),
+                        if n.drained { "drained" } else { "active" }.to_string(),
+                    ]
+                })?;
             }
         }
         Ok(())

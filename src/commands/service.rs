@@ -146,22 +146,13 @@ impl Service {
             Verb::Ls { json } => {
                 let listing: Listing<ServiceRow> = api.get("/v1/services").await?;
                 table::warn_unreachable(&listing.unreachable);
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&listing.items)?);
-                    return Ok(());
-                }
-                let rows: Vec<Vec<String>> = listing
-                    .items
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.name.clone(),
-                            s.image.clone(),
-                            format!("{}/{}", s.running, s.replicas),
-                        ]
-                    })
-                    .collect();
-                table::print(&["NAME", "IMAGE", "RUNNING"], &rows);
+                table::emit(*json, &listing.items, &["NAME", "IMAGE", "RUNNING"], |s| {
+                    vec![
+                        s.name.clone(),
+                        s.image.clone(),
+                        format!("{}/{}", s.running, s.replicas),
+                    ]
+                })?;
             }
         }
         Ok(())

@@ -32,3 +32,40 @@ pub fn warn_unreachable(unreachable: &[crate::api::Unreachable]) {
         eprintln!("warning: node {} did not answer: {}", u.node, u.error);
     }
 }
+
+/// A listing as JSON (`--json`: the items alone) or as a table, one row per item.
+pub fn emit<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        print(headers, &items.iter().map(row).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+/// Which nodes a listing covers: this one (default), one (`--node`) or all (`--all`).
+#[derive(Debug, clap::Args)]
+pub struct Nodes {
+    /// Every node's.
+    #[arg(long, short)]
+    pub all: bool,
+    /// One node's (its arpanet address, e.g. 0.2).
+    #[arg(long, conflicts_with = "all")]
+    pub node: Option<crate::addressing::NodeAddress>,
+}
+
+impl Nodes {
+    /// The API path for `base` (`/v1/containers`) over these nodes.
+    pub fn path(&self, base: &str) -> String {
+        match (self.all, self.node) {
+            (_, Some(node)) => format!("{base}?node={node}"),
+            (true, None) => format!("{base}?all=true"),
+            (false, None) => base.to_string(),
+        }
+    }
+}

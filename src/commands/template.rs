@@ -50,16 +50,9 @@ impl Template {
             }
             Verb::Ls { json } => {
                 let listing: Listing<TemplateRow> = api.get("/v1/templates").await?;
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&listing.items)?);
-                    return Ok(());
-                }
-                let rows: Vec<Vec<String>> = listing
-                    .items
-                    .iter()
-                    .map(|t| vec![t.name.clone(), t.spec.image.as_str().to_string()])
-                    .collect();
-                table::print(&["NAME", "IMAGE"], &rows);
+                table::emit(*json, &listing.items, &["NAME", "IMAGE"], |t| {
+                    vec![t.name.clone(), t.spec.image.as_str().to_string()]
+                })?;
             }
             Verb::Rm { name } => {
                 let _: serde_json::Value = api.delete(&format!("/v1/templates/{name}")).await?;

@@ -64,12 +64,8 @@ impl Engine {
         Ok(list
             .into_iter()
             .map(|c| Container {
+                name: summary_name(&c),
                 id: c.id.unwrap_or_default(),
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
             })
@@ -217,6 +213,15 @@ impl Engine {
             .await
             .with_context(|| format!("list images at {}", self.socket))
     }
+}
+
+/// A listed container's name, without Docker's leading `/`.
+pub fn summary_name(c: &bollard::models::ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default()
 }
 
 /// Docker's 12-character form of an ID, for messages.

@@ -26,6 +26,29 @@ const NETNS_DIR: &str = "/run/netns";
 /// Every lab's namespaces and directory start with this, followed by the owner's pid.
 const PREFIX: &str = "arpl";
 pub const TEST_IMAGE: &str = "arpanet-test/busybox:1";
+
+/// `docker` arguments that run the test web server as `web`, registered as service
+/// `web` on port 8080 (its CGI /cgi-bin/whoami answers the caller's address).
+pub const RUN_WEB: [&str; 15] = [
+    "run",
+    "-d",
+    "--name",
+    "web",
+    "-l",
+    "arpanet.service=web",
+    "--expose",
+    "8080",
+    TEST_IMAGE,
+    "httpd",
+    "-f",
+    "-p",
+    "8080",
+    "-h",
+    "/www",
+];
+
+/// `docker inspect -f` template for a container's address on its network.
+pub const IP_FORMAT: &str = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
 const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
@@ -667,6 +690,36 @@ impl Host {
                 "consul-agent".as_ref(),
             ],
         );
+    }
+
+    /// A whole node as a host runs it, for hosts configured with `consul.mode =
+    /// "config"`: arpanetd, then dockerd from the daemon.json it wrote (bridge, DNS ->
+    /// Consul, API) with the test image, then the Consul agent once its DNS is rendered
+    /// onto the bridge. Each step goes host by host, so the hosts come up together.
+    pub fn start_nodes(hosts: &[&Host]) {
+        for h in hosts {
+            h.start_arpanetd();
+        }
+        for h in hosts {
+            wait_until(Duration::from_secs(20), "daemon.json", || {
+                h.daemon_json().exists()
+            });
+            h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
+        }
+        for h in hosts {
+            h.wait_for_dockerd();
+            h.import_test_image();
+            let bridge = h.address.bridge_ip().to_string();
+            wait_until(
+                Duration::from_secs(20),
+                "Consul's DNS on the bridge",
+                || {
+                    std::fs::read_to_string(h.dir.join("state/consul/config.json"))
+                        .is_ok_and(|c| c.contains(&bridge))
+                },
+            );
+            h.start_consul_agent();
+        }
     }
 
     pub fn start_arpanetd(&self) {
