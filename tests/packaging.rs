@@ -90,6 +90,54 @@ fn lintian_finds_no_errors() {
 }
 
 #[test]
+fn the_rpm_carries_the_same_files_config_and_scripts() {
+    let Some(_) = packages() else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/packages");
+    let rpm = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "rpm"))
+        .expect("an .rpm next to the .deb (make packages)");
+    if lab::which("rpm").is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "rpm missing; CI=true, so this fails instead of skipping"
+        );
+        eprintln!("SKIPPED: rpm missing (apt-get install rpm)");
+        return;
+    }
+    let query = |what: &str| {
+        let out = std::process::Command::new("rpm")
+            .args(["-qp", what])
+            .arg(&rpm)
+            .output()
+            .expect("rpm");
+        assert_success(&out, &format!("rpm -qp {what}"));
+        stdout(&out)
+    };
+    let files = query("--list");
+    for f in [
+        "/usr/bin/arpanetd",
+        "/usr/bin/arpanet",
+        "/usr/lib/systemd/system/arpanetd.service",
+        "/usr/lib/systemd/system/arpanet-consul.service",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} missing: {files}");
+    }
+    let config = query("--configfiles");
+    assert!(config.contains("/etc/arpanet/arpanet.toml"), "{config}");
+    let scripts = query("--scripts");
+    for part in [
+        "postinstall",
+        "preuninstall",
+        "postuninstall",
+        "uninstall-network",
+    ] {
+        assert!(scripts.contains(part), "{part} missing: {scripts}");
+    }
+}
+
+#[test]
 fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
     if !lab::available() || !machine::available() {
         return;

@@ -313,6 +313,36 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         back.elapsed()
     );
 
+    // A template stored from a containers.d-style file makes a service of its own.
+    let template = h0.dir.join("db.toml");
+    std::fs::write(
+        &template,
+        format!("[[container]]\nname = \"db\"\nimage = \"{TEST_IMAGE}\"\ncommand = [\"sleep\", \"1d\"]\n"),
+    )
+    .unwrap();
+    assert_success(
+        &h0.arpanet(&["template", "add", template.to_str().unwrap()]),
+        "template add",
+    );
+    let templates = json(&h1.arpanet(&["template", "ls", "--json"]), "template ls");
+    assert_eq!(templates[0]["name"], "db", "{templates}");
+    assert_success(
+        &h1.arpanet(&[
+            "service",
+            "create",
+            "db",
+            "--template",
+            "db",
+            "--replicas",
+            "1",
+        ]),
+        "service create --template",
+    );
+    wait_until(Duration::from_secs(60), "one db instance", || {
+        running(h0, "db").is_some_and(|c| c.values().sum::<usize>() == 1)
+    });
+    assert_success(&h1.arpanet(&["service", "rm", "db"]), "service rm db");
+
     // Scale down to one, then remove.
     assert_success(&h2.arpanet(&["service", "scale", "web", "1"]), "scale 1");
     wait_until(
