@@ -386,9 +386,10 @@ fn error_text(status: StatusCode, body: &[u8]) -> String {
         .unwrap_or_else(|_| format!("answered {status}"))
 }
 
-async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult {
-    let here = async {
-        let engine = s.engine().await?;
+impl ApiState {
+    /// This node's containers, as `ps` lists them.
+    async fn containers_here(&self) -> Result<Vec<ContainerRow>, ApiError> {
+        let engine = self.engine().await?;
         let list = engine.list_all().await.map_err(ApiError::backend)?;
         Ok(list
             .into_iter()
@@ -396,7 +397,7 @@ async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult
                 let name = crate::docker::engine::summary_name(&c);
                 let labels = c.labels.unwrap_or_default();
                 ContainerRow {
-                    node: s.me.address.to_string(),
+                    node: self.me.address.to_string(),
                     name,
                     id: c.id.unwrap_or_default(),
                     image: c.image.unwrap_or_default(),
@@ -409,8 +410,11 @@ async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult
                 }
             })
             .collect())
-    };
-    let mut listing = s.listing(&q, "/v1/containers", here).await?;
+    }
+}
+
+async fn list_containers(State(s): State<Shared>, Query(q): Params) -> ApiResult {
+    let mut listing = s.listing(&q, "/v1/containers", s.containers_here()).await?;
     listing
         .items
         .sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
@@ -492,28 +496,9 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
 async fn list_services(State(s): State<Shared>) -> ApiResult {
     let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
     let all = BTreeMap::from([("all".to_string(), "true".to_string())]);
-    let here = async {
-        let engine = s.engine().await?;
-        let list = engine
-            .containers_with_label(LABEL_CLUSTER, "true")
-            .await
-            .map_err(ApiError::backend)?;
-        Ok(list
-            .into_iter()
-            .filter(|c| c.state == "running")
-            .filter_map(|c| c.labels.get(LABEL_FILE).cloned())
-            .map(|service| ContainerRow {
-                node: String::new(),
-                id: String::new(),
-                name: String::new(),
-                image: String::new(),
-                state: "running".into(),
-                status: String::new(),
-                service: Some(service),
-            })
-            .collect())
-    };
-    let running = s.listing(&all, "/v1/containers", here).await?;
+    let running = s
+        .listing(&all, "/v1/containers", s.containers_here())
+        .await?;
     let rows: Vec<ServiceRow> = state
         .services
         .iter()
