@@ -24,6 +24,18 @@ use crate::placement;
 use crate::plan::NodePlan;
 use crate::systemd::{Systemd, resolved};
 
+/// arpanetd: the arpanet node daemon (run by systemd as arpanetd.service).
+#[derive(Debug, clap::Parser)]
+#[command(name = "arpanetd", version)]
+pub struct Opts {
+    /// The node's config file.
+    #[arg(long, env = "ARPANET_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Converge the host once, print what changed as JSON, and exit (non-zero on errors).
+    #[arg(long)]
+    pub once: bool,
+}
+
 /// The unit systemd runs arpanetd as.
 pub const UNIT: &str = "arpanetd.service";
 

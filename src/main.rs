@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, completions, consul_agent, images, info, is_configured, kv, members, node, ps, secret,
-    seed, service, status, template, uninstall_network, up,
+    check, completions, consul_agent, images, info, is_configured, kv, man, members, node, ps,
+    secret, seed, service, status, template, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -56,6 +56,8 @@ enum Command {
     Completions(completions::Completions),
     #[command(hide = true)]
     IsConfigured(is_configured::IsConfigured),
+    #[command(hide = true)]
+    Man(man::Man),
     UninstallNetwork(uninstall_network::UninstallNetwork),
 }
 
@@ -87,6 +89,7 @@ async fn main() -> ExitCode {
         Command::Images(c) => c.exec(&opts.config).await,
         Command::Completions(c) => c.exec::<Opts>(),
         Command::IsConfigured(c) => c.exec(&opts.config),
+        Command::Man(c) => c.exec::<Opts>(),
         Command::UninstallNetwork(c) => c.exec(&opts.config).await,
     };
     match result {

@@ -165,6 +165,8 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "/usr/lib/systemd/system/arpanetd.service",
         "/usr/lib/systemd/system/arpanet-consul.service",
         "/usr/share/bash-completion/completions/arpanet",
+        "/usr/share/man/man1/arpanet.1.gz",
+        "/usr/share/man/man8/arpanetd.8.gz",
     ] {
         assert_success(&m.exec(&["test", "-e", f]), f);
     }

@@ -1,22 +1,8 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use arpanet::config::DEFAULT_CONFIG_PATH;
-use arpanet::daemon::Daemon;
-
-/// arpanetd: the arpanet node daemon (run by systemd as arpanetd.service).
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Opts {
-    /// The node's config file.
-    #[arg(long, env = "ARPANET_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    /// Converge the host once, print what changed as JSON, and exit (non-zero on errors).
-    #[arg(long)]
-    once: bool,
-}
+use arpanet::daemon::{Daemon, Opts};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -8,6 +8,7 @@ pub mod info;
 pub mod is_configured;
 pub mod kv;
 pub mod lifecycle;
+pub mod man;
 pub mod members;
 pub mod node;
 pub mod ps;
