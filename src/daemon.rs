@@ -278,7 +278,7 @@ impl Daemon {
                 return;
             }
         };
-        let me = placement::reconcile::me(self.config.node.address, self.config.node.role);
+        let me = placement::reconcile::me(&self.config.node);
         match placement::reconcile::reconcile(&engine, &self.consul, me, true).await {
             Ok(pass) => {
                 let errors = pass.diagnostics.into_iter().chain(pass.report.errors);

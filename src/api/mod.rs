@@ -51,6 +51,8 @@ pub struct NodeRow {
     pub address: String,
     pub role: String,
     pub drained: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A fan-out's answer: what the nodes said, and which nodes did not answer.

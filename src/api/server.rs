@@ -49,10 +49,7 @@ type Shared = Arc<ApiState>;
 impl ApiState {
     pub fn new(config: &Config) -> Self {
         Self {
-            me: Node {
-                address: config.node.address,
-                role: config.node.role,
-            },
+            me: crate::placement::reconcile::me(&config.node),
             docker_socket: config.docker.socket.clone(),
             consul: Consul::impatient(config.consul.http_addr),
             port: config.api.port,
@@ -149,7 +146,7 @@ impl ApiState {
             .await
             .map_err(|e| ApiError::backend(e.context("list the cluster's nodes")))?;
         if !nodes.iter().any(|n| n.address == self.me.address) {
-            nodes.push(self.me);
+            nodes.push(self.me.clone());
         }
         Ok(nodes)
     }
@@ -700,6 +697,7 @@ async fn list_nodes(State(s): State<Shared>) -> ApiResult {
             address: n.address.to_string(),
             role: n.role.to_string(),
             drained: state.drained.contains(&n.address),
+            labels: n.labels.clone(),
         })
         .collect();
     ok(&Listing {

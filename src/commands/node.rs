@@ -48,11 +48,15 @@ impl NodeCmd {
             }
             Verb::Ls { json } => {
                 let listing: Listing<NodeRow> = api.get("/v1/nodes").await?;
-                table::emit(*json, &listing.items, &["NODE", "ROLE", "PLACEMENT"], |n| {
+                let headers = ["NODE", "ROLE", "PLACEMENT", "LABELS"];
+                table::emit(*json, &listing.items, &headers, |n| {
+                    let labels: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     vec![
                         n.address.clone(),
                         n.role.clone(),
                         if n.drained { "drained" } else { "active" }.to_string(),
+                        labels.join(","),
                     ]
                 })?;
             }

@@ -60,6 +60,9 @@ pub struct Create {
     /// Run only on this node (repeatable).
     #[arg(long = "on")]
     pub nodes: Vec<NodeAddress>,
+    /// Run only on nodes with this label, KEY=VALUE from `node.labels` (repeatable).
+    #[arg(long, value_parser = parse_env)]
+    pub label: Vec<(String, String)>,
     /// KEY=VALUE for every instance (repeatable).
     #[arg(long, short, value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -104,6 +107,7 @@ impl Service {
                     constraints: Constraints {
                         roles: c.role.clone(),
                         nodes: c.nodes.clone(),
+                        labels: c.label.iter().cloned().collect(),
                     },
                     env: c.env.iter().cloned().collect::<BTreeMap<_, _>>(),
                     command: (!c.command.is_empty()).then(|| c.command.clone()),

@@ -6,7 +6,7 @@
 pub mod containers;
 pub mod diagnostic;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +102,8 @@ pub struct NodeConfig {
     pub name: Option<String>,
     pub underlay: Underlay,
     pub join: Vec<JoinPeer>,
+    /// Free-form `key = "value"` pairs that cluster services can be constrained to.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How the underlay (the network the hosts already share) is found.
@@ -125,6 +127,40 @@ struct RawNodeConfig {
     underlay_ip: Option<Ipv4Addr>,
     #[serde(default)]
     join: JoinList,
+    #[serde(default)]
+    labels: NodeLabels,
+}
+
+/// Validated on its own so that its errors point at `node.labels`. They travel as
+/// Consul service meta (`label_KEY`), whose keys allow letters, digits, `_` and `-`.
+#[derive(Default, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>")]
+struct NodeLabels(BTreeMap<String, String>);
+
+impl TryFrom<BTreeMap<String, String>> for NodeLabels {
+    type Error = String;
+
+    fn try_from(labels: BTreeMap<String, String>) -> Result<Self, String> {
+        if labels.len() > 32 {
+            return Err(format!("{} labels; a node has at most 32", labels.len()));
+        }
+        for (key, value) in &labels {
+            let ok = !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+            if !ok {
+                return Err(format!(
+                    "label `{key}`: keys are 1-64 letters, digits, `_` or `-`"
+                ));
+            }
+            if value.len() > 256 {
+                return Err(format!("label `{key}`: a value has at most 256 bytes"));
+            }
+        }
+        Ok(Self(labels))
+    }
 }
 
 /// Validated on its own so that its errors point at the `join` array.
@@ -195,6 +231,7 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
             name: raw.name,
             underlay,
             join,
+            labels: raw.labels.0,
         })
     }
 }
@@ -649,6 +686,20 @@ http_addr = "127.0.0.1:8500"
                 .unwrap_err();
         assert!(
             err.starts_with("arpanet.toml:5:10: cluster.expect:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_labels_are_kept_and_bad_keys_named() {
+        let c = parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\nlabels = { zone = \"a\", ssd = \"yes\" }\n")
+            .unwrap();
+        assert_eq!(c.node.labels["zone"], "a");
+        let err =
+            parse("[node]\naddress = \"0.1\"\nrole = \"boot\"\nlabels = { \"rack 1\" = \"a\" }\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("arpanet.toml:4:10: node.labels: label `rack 1`: keys are"),
             "{err}"
         );
     }

@@ -12,6 +12,9 @@ use crate::network::{Peer, vtep_mac};
 
 pub const SERVICE: &str = "arpanet";
 
+/// Node labels travel as service meta under this prefix.
+pub const LABEL_PREFIX: &str = "label_";
+
 pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistration {
     let a = config.node.address;
     let meta: BTreeMap<String, String> = [
@@ -26,6 +29,13 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(
+        config
+            .node
+            .labels
+            .iter()
+            .map(|(k, v)| (format!("{LABEL_PREFIX}{k}"), v.clone())),
+    )
     .collect();
     ServiceRegistration {
         id: SERVICE.into(),
@@ -73,10 +83,11 @@ mod tests {
     fn registration_carries_what_peers_need() {
         let c = Config::parse(
             Path::new("t"),
-            "[node]\naddress = \"0.7\"\nrole = \"boot\"\n",
+            "[node]\naddress = \"0.7\"\nrole = \"boot\"\nlabels = { zone = \"a\" }\n",
         )
         .unwrap();
         let r = registration(&c, Ipv4Addr::new(192, 168, 8, 127));
+        assert_eq!(r.meta["label_zone"], "a");
         assert_eq!(r.meta["arpanet_address"], "0.7");
         assert_eq!(r.meta["underlay_ip"], "192.168.8.127");
         assert_eq!(r.meta["vtep_mac"], "02:61:72:70:00:07");

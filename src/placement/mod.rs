@@ -39,6 +39,8 @@ pub struct Constraints {
     /// `server` also admits the boot node (it is a server).
     pub roles: Vec<Role>,
     pub nodes: Vec<NodeAddress>,
+    /// Every one of these must be among the node's labels (`node.labels`).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Constraints {
@@ -49,7 +51,11 @@ impl Constraints {
                 .iter()
                 .any(|r| *r == node.role || (*r == Role::Server && node.role == Role::Boot));
         let node_ok = self.nodes.is_empty() || self.nodes.contains(&node.address);
-        role_ok && node_ok
+        let labels_ok = self
+            .labels
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v));
+        role_ok && node_ok && labels_ok
     }
 }
 
@@ -96,10 +102,11 @@ impl std::fmt::Display for ServiceName {
 }
 
 /// A node that can take instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Node {
     pub address: NodeAddress,
     pub role: Role,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Rendezvous score of `node` for `service`: every node computes the same ranking.
@@ -194,6 +201,7 @@ mod tests {
         Node {
             address: a.parse().unwrap(),
             role,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -263,6 +271,13 @@ mod tests {
         assert_eq!(counts(&s, &all, &[]), [0, 0, 3]);
         // No admitted node: nothing runs anywhere.
         assert_eq!(counts(&s, &all[..2], &[]), [0, 0]);
+        // Labels: every constraint label must match.
+        let mut labelled = all.clone();
+        labelled[1].labels.insert("zone".into(), "a".into());
+        labelled[2].labels.insert("zone".into(), "b".into());
+        s.constraints.nodes = vec![];
+        s.constraints.labels.insert("zone".into(), "a".into());
+        assert_eq!(counts(&s, &labelled, &[]), [0, 3, 0]);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use super::{Node, instances_for, store};
-use crate::addressing::NodeAddress;
 use crate::config::Role;
 use crate::consul::client::{Consul, HealthEntry};
 use crate::containers::{self, Desired, Pass, Scope, apply};
@@ -22,7 +21,18 @@ pub fn nodes_from(entries: &[HealthEntry]) -> Vec<Node> {
                 Some("server") => Role::Server,
                 _ => Role::Client,
             };
-            Some(Node { address, role })
+            let labels = meta
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = k.strip_prefix(crate::consul::node::LABEL_PREFIX)?;
+                    Some((key.to_string(), v.clone()))
+                })
+                .collect();
+            Some(Node {
+                address,
+                role,
+                labels,
+            })
         })
         .collect();
     nodes.sort();
@@ -51,7 +61,7 @@ pub async fn reconcile(
     // Until the catalog lists this node (it just started), it counts itself in rather
     // than stopping what it runs; the others' share is briefly larger, never smaller.
     if !nodes.iter().any(|n| n.address == me.address) {
-        nodes.push(me);
+        nodes.push(me.clone());
     }
     let instances = instances_for(me.address, &state.services, &nodes, &state.drained);
     let mut desired = Vec::new();
@@ -88,6 +98,10 @@ pub async fn reconcile(
 }
 
 /// This node as placement sees it.
-pub fn me(address: NodeAddress, role: Role) -> Node {
-    Node { address, role }
+pub fn me(node: &crate::config::NodeConfig) -> Node {
+    Node {
+        address: node.address,
+        role: node.role,
+        labels: node.labels.clone(),
+    }
 }
