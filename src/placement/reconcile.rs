@@ -105,3 +105,45 @@ pub fn me(node: &crate::config::NodeConfig) -> Node {
         labels: node.labels.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::client::{AgentService, HealthNode};
+
+    #[test]
+    fn catalog_entries_become_nodes_with_role_and_labels() {
+        let entry = |meta: &[(&str, &str)]| HealthEntry {
+            node: HealthNode {
+                node: "n".into(),
+                address: String::new(),
+            },
+            service: AgentService {
+                id: "arpanet".into(),
+                service: "arpanet".into(),
+                tags: vec![],
+                address: String::new(),
+                port: 0,
+                meta: meta
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        };
+        let nodes = nodes_from(&[
+            entry(&[
+                ("arpanet_address", "0.3"),
+                ("role", "server"),
+                ("label_zone", "a"),
+            ]),
+            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
+            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
+            entry(&[("role", "client")]),
+        ]);
+        let addresses: Vec<String> = nodes.iter().map(|n| n.address.to_string()).collect();
+        assert_eq!(addresses, ["0.1", "0.3"]);
+        assert_eq!(nodes[1].role, Role::Server);
+        assert_eq!(nodes[1].labels["zone"], "a");
+        assert!(nodes[0].labels.is_empty());
+    }
+}
