@@ -73,10 +73,32 @@ pub fn peers_from(entries: &[HealthEntry]) -> (Vec<Peer>, Vec<String>) {
     (peers, skipped)
 }
 
+/// A catalog entry of the `arpanet` service, for tests of what is read from it.
+#[cfg(test)]
+pub(crate) fn entry(node: &str, meta: &[(&str, &str)]) -> HealthEntry {
+    use super::client::{AgentService, HealthNode};
+    HealthEntry {
+        node: HealthNode {
+            node: node.into(),
+            address: String::new(),
+        },
+        service: AgentService {
+            id: SERVICE.into(),
+            service: SERVICE.into(),
+            tags: vec![],
+            address: String::new(),
+            port: 0,
+            meta: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consul::client::{AgentService, HealthNode};
     use std::path::Path;
 
     #[test]
@@ -97,23 +119,6 @@ mod tests {
 
     #[test]
     fn catalog_entries_become_peers() {
-        let entry = |node: &str, meta: &[(&str, &str)]| HealthEntry {
-            node: HealthNode {
-                node: node.into(),
-                address: String::new(),
-            },
-            service: AgentService {
-                id: SERVICE.into(),
-                service: SERVICE.into(),
-                tags: vec![],
-                address: String::new(),
-                port: 0,
-                meta: meta
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
-        };
         let (peers, skipped) = peers_from(&[
             entry(
                 "a",

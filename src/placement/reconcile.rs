@@ -109,27 +109,10 @@ pub fn me(node: &crate::config::NodeConfig) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consul::client::{AgentService, HealthNode};
 
     #[test]
     fn catalog_entries_become_nodes_with_role_and_labels() {
-        let entry = |meta: &[(&str, &str)]| HealthEntry {
-            node: HealthNode {
-                node: "n".into(),
-                address: String::new(),
-            },
-            service: AgentService {
-                id: "arpanet".into(),
-                service: "arpanet".into(),
-                tags: vec![],
-                address: String::new(),
-                port: 0,
-                meta: meta
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
-        };
+        let entry = |meta: &[(&str, &str)]| crate::consul::node::entry("n", meta);
         let nodes = nodes_from(&[
             entry(&[
                 ("arpanet_address", "0.3"),
