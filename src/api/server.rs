@@ -436,11 +436,29 @@ async fn list_images(State(s): State<Shared>, Query(q): Params) -> ApiResult {
     ok(&listing)
 }
 
+/// A container ID, ID prefix or name as Docker allows them; anything else could not
+/// name a container, and must not reach another node's URL.
+fn container_ref(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "id: `{id}` is not a container ID or name"
+        )))
+    }
+}
+
 async fn inspect_container(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> ApiResult {
+    container_ref(&id)?;
     if flag(&q, "local") {
         return s
             .inspect_here(&id)
@@ -455,6 +473,7 @@ async fn container_action(
     Path((id, action)): Path<(String, String)>,
     Query(q): Params,
 ) -> ApiResult {
+    container_ref(&id)?;
     if !["start", "stop", "restart"].contains(&action.as_str()) {
         return Err(ApiError::not_found(format!(
             "no container action `{action}`: start, stop or restart (DELETE removes)"
@@ -468,6 +487,7 @@ async fn remove_container(
     Path(id): Path<String>,
     Query(q): Params,
 ) -> ApiResult {
+    container_ref(&id)?;
     s.route(&id, "remove", Method::DELETE, &q).await
 }
 
@@ -839,6 +859,15 @@ fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_references_are_docker_names_or_ids() {
+        assert!(container_ref("web_0.2_1").is_ok());
+        assert!(container_ref("3f2a9c").is_ok());
+        for bad in ["", "a/b", "a?local=true", "a b", "../x"] {
+            assert!(container_ref(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_the_node_plane_may_use_the_overlay_api() {
