@@ -148,6 +148,25 @@ fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
         "{}",
         stdout(&version)
     );
+    // A container reaches 10.254.a.b over the overlay too, but is turned away there:
+    // only the node planes may use the Docker API.
+    let from_container = client.docker(&[
+        "run",
+        "--rm",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        &format!("timeout 10 wget -q -O - {api}; echo exit=$?"),
+    ]);
+    let text = format!(
+        "{}{}",
+        stdout(&from_container),
+        String::from_utf8_lossy(&from_container.stderr)
+    );
+    assert!(
+        text.contains("exit=1") && !text.contains("ApiVersion"),
+        "a container reached the Docker API: {text}"
+    );
     let underlay = format!("http://{}:2375/version", server.underlay_ip);
     let refused = client.exec(&[
         "timeout", "10", "busybox", "wget", "-q", "-O", "-", &underlay,

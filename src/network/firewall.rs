@@ -6,19 +6,37 @@
 //! receiving host sees who called. Rules live in arpanet's own chains, jumped to
 //! from the top of FORWARD and nat POSTROUTING, so Docker's restarts and rewrites
 //! never reorder them and uninstall removes exactly what was added.
+//!
+//! The Docker API (10.254.a.b) and the cluster API (10.255.a.b) answer only the node
+//! planes (10.253-10.255/16): containers reach those addresses over the overlay too,
+//! and either API lets its caller run anything, privileged, on the host.
 
 use anyhow::anyhow;
 use ipnetwork::Ipv4Network;
 
 pub const FORWARD_CHAIN: &str = "ARPANET-FORWARD";
 pub const NAT_CHAIN: &str = "ARPANET-POSTROUTING";
+pub const INPUT_CHAIN: &str = "ARPANET-INPUT";
+
+/// What the INPUT rules guard: the host's node address and its two API ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Guarded {
+    pub address: crate::addressing::NodeAddress,
+    pub docker_api_port: u16,
+    pub cluster_api_port: u16,
+}
 
 /// The rules as they should be, per (table, chain), written the way `iptables -S`
 /// prints them (it orders -s, -d, -i, -o) so that comparing with it is exact.
 pub fn desired_rules(
     device: &str,
     container_subnet: Ipv4Network,
-) -> [(&'static str, &'static str, Vec<String>); 2] {
+    guarded: Guarded,
+) -> [(&'static str, &'static str, Vec<String>); 3] {
+    let a = guarded.address;
+    let reject = |ip: std::net::Ipv4Addr, port: u16| {
+        format!("-d {ip}/32 -p tcp -m tcp --dport {port} -j REJECT --reject-with tcp-reset")
+    };
     [
         (
             "filter",
@@ -34,14 +52,25 @@ pub fn desired_rules(
             NAT_CHAIN,
             vec![format!("-s {container_subnet} -o {device} -j ACCEPT")],
         ),
+        (
+            "filter",
+            INPUT_CHAIN,
+            vec![
+                "-s 10.253.0.0/16 -j RETURN".to_string(),
+                "-s 10.254.0.0/16 -j RETURN".to_string(),
+                "-s 10.255.0.0/16 -j RETURN".to_string(),
+                reject(a.docker_api_ip(), guarded.docker_api_port),
+                reject(a.overlay_ip(), guarded.cluster_api_port),
+            ],
+        ),
     ]
 }
 
 fn parent(chain: &str) -> &'static str {
-    if chain == FORWARD_CHAIN {
-        "FORWARD"
-    } else {
-        "POSTROUTING"
+    match chain {
+        FORWARD_CHAIN => "FORWARD",
+        INPUT_CHAIN => "INPUT",
+        _ => "POSTROUTING",
     }
 }
 
@@ -61,11 +90,15 @@ fn has_chain(ipt: &iptables::IPTables, table: &str, chain: &str) -> anyhow::Resu
 
 /// Makes the chains hold exactly the desired rules and be jumped to first.
 /// Returns a line per change made (none when all was in place).
-pub fn ensure(device: &str, container_subnet: Ipv4Network) -> anyhow::Result<Vec<String>> {
+pub fn ensure(
+    device: &str,
+    container_subnet: Ipv4Network,
+    guarded: Guarded,
+) -> anyhow::Result<Vec<String>> {
     let ipt = ipt()?;
     let err = |what: String| move |e: Box<dyn std::error::Error>| anyhow!("iptables {what}: {e}");
     let mut changes = Vec::new();
-    for (table, chain, rules) in desired_rules(device, container_subnet) {
+    for (table, chain, rules) in desired_rules(device, container_subnet, guarded) {
         if !has_chain(&ipt, table, chain)? {
             ipt.new_chain(table, chain)
                 .map_err(err(format!("-t {table} -N {chain}")))?;
@@ -123,7 +156,11 @@ pub fn remove() -> Vec<String> {
         Err(e) => return vec![e.to_string()],
     };
     let mut errors = Vec::new();
-    for (table, chain) in [("filter", FORWARD_CHAIN), ("nat", NAT_CHAIN)] {
+    for (table, chain) in [
+        ("filter", FORWARD_CHAIN),
+        ("nat", NAT_CHAIN),
+        ("filter", INPUT_CHAIN),
+    ] {
         let parent = parent(chain);
         let jump = format!("-j {chain}");
         while ipt.exists(table, parent, &jump).unwrap_or(false) {
@@ -159,9 +196,30 @@ pub fn ensure_ip_forward() -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
+    fn guarded() -> Guarded {
+        Guarded {
+            address: "0.1".parse().unwrap(),
+            docker_api_port: 2375,
+            cluster_api_port: 7100,
+        }
+    }
+
+    #[test]
+    fn only_node_planes_reach_the_two_apis() {
+        let rules = desired_rules("arpanet0", "10.0.1.0/24".parse().unwrap(), guarded());
+        assert_eq!(rules[2].1, INPUT_CHAIN);
+        assert_eq!(
+            rules[2].2[3..],
+            [
+                "-d 10.254.0.1/32 -p tcp -m tcp --dport 2375 -j REJECT --reject-with tcp-reset",
+                "-d 10.255.0.1/32 -p tcp -m tcp --dport 7100 -j REJECT --reject-with tcp-reset",
+            ]
+        );
+    }
+
     #[test]
     fn rules_exempt_only_overlay_traffic_from_masquerade() {
-        let rules = desired_rules("arpanet0", "10.0.1.0/24".parse().unwrap());
+        let rules = desired_rules("arpanet0", "10.0.1.0/24".parse().unwrap(), guarded());
         assert_eq!(rules[1].2, ["-s 10.0.1.0/24 -o arpanet0 -j ACCEPT"]);
         assert!(
             rules[0]

@@ -61,7 +61,16 @@ pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow:
         Ok(false) => {}
         Err(e) => report.errors.push(format!("{e:#}")),
     }
-    match firewall::ensure(&desired.device.name, config.node.address.container_subnet()) {
+    let guarded = firewall::Guarded {
+        address: config.node.address,
+        docker_api_port: config.docker.api_port,
+        cluster_api_port: config.api.port,
+    };
+    match firewall::ensure(
+        &desired.device.name,
+        config.node.address.container_subnet(),
+        guarded,
+    ) {
         Ok(changes) => report.changes.extend(changes),
         Err(e) => report.errors.push(format!("{e:#}")),
     }
