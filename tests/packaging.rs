@@ -35,6 +35,16 @@ fn packages() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The machine tests take turns: together they would boot four machines, each with a
+/// dockerd, on a CI host of two cores.
+static MACHINES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    MACHINES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn name(p: &std::path::Path) -> String {
     format!("/root/{}", p.file_name().unwrap().to_string_lossy())
 }
@@ -143,6 +153,7 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         return;
     }
     let Some((v1, v2)) = packages() else { return };
+    let _turn = take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(1).start();
     let h0 = &lab.hosts[0];
@@ -379,6 +390,7 @@ fn three_machines_form_a_cluster_from_the_package() {
         return;
     }
     let Some((v1, _)) = packages() else { return };
+    let _turn = take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(3).start();
     let pkgs = [v1.clone()];

@@ -141,14 +141,23 @@ impl<'a> Machine<'a> {
             },
         );
         let machine = Self { host, name, leader };
-        wait_until(
-            Duration::from_secs(90),
-            &format!("machine {} to finish booting", machine.name),
-            || {
-                let state = machine.exec(&["systemctl", "is-system-running"]);
-                matches!(super::stdout(&state).trim(), "running" | "degraded")
-            },
-        );
+        // Generous: several machines boot at once on a small, shared CI host.
+        let booted = || {
+            let state = machine.exec(&["systemctl", "is-system-running"]);
+            matches!(super::stdout(&state).trim(), "running" | "degraded")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while !booted() {
+            if std::time::Instant::now() > deadline {
+                let jobs = machine.exec(&["systemctl", "list-jobs", "--no-pager"]);
+                panic!(
+                    "machine {} did not finish booting in 180 s; jobs left:\n{}",
+                    machine.name,
+                    super::stdout(&jobs)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
         wait_until(
             Duration::from_secs(60),
             &format!("docker.service in {}", machine.name),
