@@ -194,6 +194,42 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     assert_eq!(state_on_h2(), "false");
     assert_success(&h1.arpanet(&["start", short]), "start");
     assert_eq!(state_on_h2(), "true");
+    let started_at = || {
+        stdout(&h2.docker(&["inspect", "-f", "{{.State.StartedAt}}", &id]))
+            .trim()
+            .to_string()
+    };
+    let before = started_at();
+    assert_success(&h0.arpanet(&["restart", short]), "restart");
+    assert_eq!(state_on_h2(), "true");
+    assert_ne!(
+        started_at(),
+        before,
+        "restart did not restart the container"
+    );
+    // Removed from node 0: gone on node 2, whose share is then made whole again.
+    let rm = h0.arpanet(&["rm", short]);
+    assert_success(&rm, "rm");
+    assert!(
+        !h2.docker(&["inspect", &id]).status.success(),
+        "the container is still on node 2"
+    );
+    wait_for_spread(h0, "web", &even, Duration::from_secs(60));
+
+    // Images per node, from any node.
+    let images = json(&h1.arpanet(&["images", "--all", "--json"]), "images --all");
+    let with_test_image: std::collections::BTreeSet<String> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| {
+            i["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == TEST_IMAGE))
+        })
+        .map(|i| i["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(with_test_image.len(), 3, "{images}");
     let missing = h0.arpanet(&["stop", "0123456789ab"]);
     assert!(!missing.status.success());
     assert!(
@@ -346,6 +382,23 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         running(h0, "db").is_some_and(|c| c.values().sum::<usize>() == 1)
     });
     assert_success(&h1.arpanet(&["service", "rm", "db"]), "service rm db");
+    // The same file given directly: the spec of every instance.
+    assert_success(
+        &h2.arpanet(&[
+            "service",
+            "create",
+            "cache",
+            "--file",
+            template.to_str().unwrap(),
+            "--replicas",
+            "2",
+        ]),
+        "service create --file",
+    );
+    wait_until(Duration::from_secs(60), "two cache instances", || {
+        running(h0, "cache").is_some_and(|c| c.values().sum::<usize>() == 2)
+    });
+    assert_success(&h0.arpanet(&["service", "rm", "cache"]), "service rm cache");
 
     // Scale down to one, then remove.
     assert_success(&h2.arpanet(&["service", "scale", "web", "1"]), "scale 1");
