@@ -32,8 +32,12 @@ pub struct Opts {
     #[arg(long, env = "ARPANET_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Converge the host once, print what changed as JSON, and exit (non-zero on errors).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sync")]
     pub once: bool,
+    /// Run the image sync service instead (arpanet-sync.service, socket-activated): it
+    /// exits after `sync.idle_timeout` with nothing to do.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 /// The unit systemd runs arpanetd as.
@@ -244,7 +248,17 @@ impl Daemon {
                 return;
             }
         };
-        match containers::reconcile(&engine, dir, true, self.pull_due(), &|_, _, _| {}).await {
+        let swarm = crate::sync::service::socket_path(&self.config);
+        match containers::reconcile(
+            &engine,
+            dir,
+            true,
+            self.pull_due(),
+            Some(&swarm),
+            &|_, _, _| {},
+        )
+        .await
+        {
             Ok(pass) => {
                 report.errors.extend(
                     pass.diagnostics
@@ -279,7 +293,8 @@ impl Daemon {
             }
         };
         let me = placement::reconcile::me(&self.config.node);
-        match placement::reconcile::reconcile(&engine, &self.consul, me, true).await {
+        let swarm = crate::sync::service::socket_path(&self.config);
+        match placement::reconcile::reconcile(&engine, &self.consul, me, true, Some(&swarm)).await {
             Ok(pass) => {
                 let errors = pass.diagnostics.into_iter().chain(pass.report.errors);
                 report
@@ -586,7 +601,7 @@ fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }
 
-fn notify(state: &[NotifyState]) {
+pub fn notify(state: &[NotifyState]) {
     // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
     if let Err(e) = sd_notify::notify(false, state) {
         warn!("cannot notify systemd: {e}");

@@ -17,4 +17,5 @@ pub mod logging;
 pub mod network;
 pub mod placement;
 pub mod plan;
+pub mod sync;
 pub mod systemd;

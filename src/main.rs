@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, completions, consul_agent, images, info, is_configured, kv, man, members, node, ps,
-    secret, seed, service, status, template, uninstall_network, up,
+    check, completions, consul_agent, image, images, info, is_configured, kv, man, members, node,
+    ps, secret, seed, service, status, template, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -53,6 +53,7 @@ enum Command {
     Inspect(ContainerId),
     Node(node::NodeCmd),
     Images(images::Images),
+    Image(image::Image),
     Completions(completions::Completions),
     #[command(hide = true)]
     IsConfigured(is_configured::IsConfigured),
@@ -87,6 +88,7 @@ async fn main() -> ExitCode {
         Command::Inspect(c) => c.exec(&opts.config, Verb::Inspect).await,
         Command::Node(c) => c.exec(&opts.config).await,
         Command::Images(c) => c.exec(&opts.config).await,
+        Command::Image(c) => c.exec(&opts.config).await,
         Command::Completions(c) => c.exec::<Opts>(),
         Command::IsConfigured(c) => c.exec(&opts.config),
         Command::Man(c) => c.exec::<Opts>(),

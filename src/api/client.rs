@@ -15,10 +15,15 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(socket: &Path) -> Self {
+        // Listings wait for every node; a routed stop waits out a grace period.
+        Self::with_timeout(socket, std::time::Duration::from_secs(60))
+    }
+
+    /// For requests that do long work before they answer (an image push).
+    pub fn with_timeout(socket: &Path, timeout: std::time::Duration) -> Self {
         let http = reqwest::Client::builder()
             .unix_socket(socket)
-            // Listings wait for every node; a routed stop waits out a grace period.
-            .timeout(std::time::Duration::from_secs(60))
+            .timeout(timeout)
             .build()
             .expect("a unix-socket HTTP client always builds");
         Self {

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use futures::future::join_all;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,6 +42,9 @@ pub struct ApiState {
     port: u16,
     /// For requests to other nodes' APIs over the overlay.
     peers: reqwest::Client,
+    /// The image sync service's control socket, relayed under `/v1/sync/`.
+    sync_socket: PathBuf,
+    sync: reqwest::Client,
 }
 
 type Shared = Arc<ApiState>;
@@ -59,6 +62,13 @@ impl ApiState {
                 .timeout(Duration::from_secs(STOP_GRACE_SECS as u64 + 20))
                 .build()
                 .expect("a plain HTTP client always builds"),
+            sync_socket: crate::sync::service::socket_path(config),
+            sync: reqwest::Client::builder()
+                .unix_socket(crate::sync::service::socket_path(config))
+                // A push exports and hashes the whole image before it answers.
+                .timeout(Duration::from_secs(3600))
+                .build()
+                .expect("a unix-socket HTTP client always builds"),
         }
     }
 }
@@ -123,6 +133,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/images", get(list_images))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}/{action}", post(node_action))
+        .route("/v1/sync/{*rest}", any(relay_sync))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1/") })
         .with_state(state)
 }
@@ -763,6 +774,62 @@ async fn node_action(
     };
     info!(node = %address, drained, "node {action}ed through the cluster API");
     ok(&serde_json::json!({ "node": address.to_string(), "drained": drained }))
+}
+
+/// `/v1/sync/...` goes to the image sync service: this node's (its control socket, which
+/// systemd activates) or, with `?node=A`, node A's through A's API.
+async fn relay_sync(
+    State(s): State<Shared>,
+    Path(rest): Path<String>,
+    Query(q): Params,
+    method: Method,
+    body: Bytes,
+) -> ApiResult {
+    let target = match q.get("node") {
+        Some(node) => Some(node.parse::<NodeAddress>().map_err(|e| {
+            ApiError::bad_request(format!("node: `{node}` is not an arpanet address: {e}"))
+        })?),
+        None => None,
+    }
+    .filter(|n| *n != s.me.address);
+    let (status, body) = if let Some(node) = target {
+        let url = format!("http://{}:{}/v1/sync/{rest}", node.overlay_ip(), s.port);
+        let resp = s
+            .peers
+            .request(method, &url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    format!("node {node} does not answer: {}", e.without_url()),
+                )
+            })?;
+        (resp.status(), resp.bytes().await.unwrap_or_default())
+    } else {
+        let resp = s
+            .sync
+            .request(method, format!("http://sync/v1/{rest}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the image sync service does not answer at {} on node {}: {} (is arpanet-sync.socket running?)",
+                        s.sync_socket.display(),
+                        s.me.address,
+                        e.without_url()
+                    ),
+                )
+            })?;
+        (resp.status(), resp.bytes().await.unwrap_or_default())
+    };
+    Ok(json_bytes(status, body))
 }
 
 /// Serves the API on the unix socket at once and on the overlay address as soon as it

@@ -8,6 +8,19 @@ use arpanet::daemon::{Daemon, Opts};
 async fn main() -> ExitCode {
     arpanet::logging::init("info");
     let opts = Opts::parse();
+    if opts.sync {
+        let result = match arpanet::config::Config::load(&opts.config) {
+            Ok(config) => arpanet::sync::service::run(&config).await,
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut daemon = match Daemon::load(&opts.config) {
         Ok(daemon) => daemon,
         Err(e) => {

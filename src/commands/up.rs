@@ -33,7 +33,10 @@ impl Up {
             bar.set_message(action.to_string());
         };
         let dir = &config.paths.containers_dir;
-        let pass = containers::reconcile(&engine, dir, !self.dry_run, true, &progress).await?;
+        let swarm = crate::sync::service::socket_path(&config);
+        let pass =
+            containers::reconcile(&engine, dir, !self.dry_run, true, Some(&swarm), &progress)
+                .await?;
         bar.finish_and_clear();
         let failed = pass.report.errors.len() + pass.diagnostics.len();
         if self.json {

@@ -267,11 +267,33 @@ fn as_lines<S: serde::Serializer>(actions: &[Action], s: S) -> Result<S::Ok, S::
 /// With `pull`, images whose spec says `update.pull` are pulled first, so a newer image
 /// published under the tag replaces the containers; a failed pull is reported and the
 /// local image is used.
+/// A missing image from the cluster's nodes first; when they have none, the ID stays
+/// `None` and apply pulls from a registry.
+pub async fn fetch_from_swarm(
+    engine: &crate::docker::engine::Engine,
+    swarm: Option<&std::path::Path>,
+    image: &str,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<Option<String>> {
+    let Some(socket) = swarm else {
+        return Ok(None);
+    };
+    match crate::sync::client::fetch_from_swarm(socket, image).await {
+        Ok(true) => engine.image_id(image).await,
+        Ok(false) => Ok(None),
+        Err(e) => {
+            errors.push(format!("{image}: {e:#}; trying a registry"));
+            Ok(None)
+        }
+    }
+}
+
 pub async fn reconcile(
     engine: &crate::docker::engine::Engine,
     dir: &std::path::Path,
     apply: bool,
     pull: bool,
+    swarm: Option<&std::path::Path>,
     progress: &(dyn Fn(usize, usize, &Action) + Sync),
 ) -> anyhow::Result<Pass> {
     let loaded = crate::config::containers::load_dir(dir);
@@ -287,6 +309,9 @@ pub async fn reconcile(
             pull_errors.push(format!("{}: {e:#}; using the local image", d.name));
         }
         d.image_id = engine.image_id(&image).await?;
+        if apply && d.image_id.is_none() {
+            d.image_id = fetch_from_swarm(engine, swarm, &image, &mut pull_errors).await?;
+        }
     }
     let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
     let actions = plan(Scope::Files, &desired, &actual, &broken(&loaded));

@@ -207,6 +207,75 @@ impl Engine {
             .with_context(|| format!("restart container {}", short(id)))
     }
 
+    /// The image's inspect answer, `None` when the engine has no such image.
+    pub async fn inspect_image(
+        &self,
+        image: &str,
+    ) -> anyhow::Result<Option<bollard::models::ImageInspect>> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(i)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("inspect image {image}")),
+        }
+    }
+
+    /// `docker save` of one image, as a stream of tarball bytes.
+    pub fn export_image(
+        &self,
+        image: &str,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, bollard::errors::Error>> + use<> {
+        self.docker.export_image(image)
+    }
+
+    /// `docker load` of a `docker save` tarball.
+    pub async fn load(&self, tarball: &Path) -> anyhow::Result<()> {
+        let file = tokio::fs::File::open(tarball)
+            .await
+            .with_context(|| format!("open {}", tarball.display()))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
+            .quiet(true)
+            .build();
+        let answers = self
+            .docker
+            .import_image_stream(options, body, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .with_context(|| format!("docker load {}", tarball.display()))?;
+        if let Some(e) = answers.iter().find_map(|a| a.error_detail.as_ref()) {
+            anyhow::bail!(
+                "docker load {}: {}",
+                tarball.display(),
+                e.message.clone().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Tags `image` as `tag` (`repo:tag`; a reference without a tag means `latest`).
+    pub async fn tag(&self, image: &str, tag: &str) -> anyhow::Result<()> {
+        let last_colon = tag.rfind(':').filter(|i| !tag[*i..].contains('/'));
+        let (repo, t) = match last_colon {
+            Some(i) => (&tag[..i], &tag[i + 1..]),
+            None => (tag, "latest"),
+        };
+        let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repo)
+            .tag(t)
+            .build();
+        self.docker
+            .tag_image(image, Some(options))
+            .await
+            .with_context(|| {
+                format!(
+                    "tag {} as {tag}",
+                    short(image.trim_start_matches("sha256:"))
+                )
+            })
+    }
+
     pub async fn images(&self) -> anyhow::Result<Vec<bollard::models::ImageSummary>> {
         self.docker
             .list_images(None::<bollard::query_parameters::ListImagesOptions>)

@@ -55,6 +55,7 @@ pub async fn reconcile(
     consul: &Consul,
     me: Node,
     apply_plan: bool,
+    swarm: Option<&std::path::Path>,
 ) -> anyhow::Result<Pass> {
     let state = store::load(consul).await?;
     let mut nodes = healthy_nodes(consul).await?;
@@ -65,8 +66,18 @@ pub async fn reconcile(
     }
     let instances = instances_for(me.address, &state.services, &nodes, &state.drained);
     let mut desired = Vec::new();
+    let mut fetch_errors = Vec::new();
     for i in instances {
-        let image_id = engine.image_id(i.spec.image.as_str()).await?;
+        let mut image_id = engine.image_id(i.spec.image.as_str()).await?;
+        if apply_plan && image_id.is_none() {
+            image_id = containers::fetch_from_swarm(
+                engine,
+                swarm,
+                i.spec.image.as_str(),
+                &mut fetch_errors,
+            )
+            .await?;
+        }
         desired.push(Desired {
             name: i.name,
             scope: Scope::Cluster,
@@ -81,11 +92,12 @@ pub async fn reconcile(
         .containers_with_label(Scope::Cluster.label(), "true")
         .await?;
     let actions = containers::plan(Scope::Cluster, &desired, &actual, &keep);
-    let report = if apply_plan {
+    let mut report = if apply_plan {
         apply::apply(engine, &actions, &desired, &actual, &|_, _, _| {}).await
     } else {
         apply::Report::default()
     };
+    report.errors.extend(fetch_errors);
     Ok(Pass {
         diagnostics: state
             .broken

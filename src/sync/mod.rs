@@ -1,0 +1,312 @@
+//! Image sync: Docker images moved between nodes with BitTorrent (librqbit), Consul
+//! standing in for the tracker. An image is the tarball `docker save` makes, one file
+//! per torrent, named by the image ID; its metainfo and who holds it live in KV:
+//!
+//! - `arpanet/sync/images/ID` — [`ImageRecord`]: tags, size, the torrent;
+//! - `arpanet/sync/peers/ID/A.B` — [`PeerEntry`]: the peer address of a node in the
+//!   image's swarm and whether it has the whole tarball (a holder, which seeds). Nodes
+//!   that Consul no longer lists as healthy are ignored.
+//!
+//! This module is the pure part (records, names, piece sizes, progress); [`service`]
+//! is the socket-activated service that moves bytes, [`tarball`] checks an image before
+//! it is loaded.
+
+pub mod client;
+pub mod service;
+pub mod tarball;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::addressing::NodeAddress;
+
+pub const KV_IMAGES: &str = "arpanet/sync/images/";
+pub const KV_PEERS: &str = "arpanet/sync/peers/";
+
+/// What a node published about an image it pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// `sha256:...`, as Docker names the image.
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Bytes of the tarball.
+    pub size: u64,
+    pub piece_length: u32,
+    /// Hex, 40 characters.
+    pub info_hash: String,
+    /// The .torrent file, base64.
+    pub torrent: String,
+    pub pushed_by: String,
+}
+
+impl ImageRecord {
+    pub fn hex(&self) -> &str {
+        id_hex(&self.id)
+    }
+}
+
+pub fn id_hex(id: &str) -> &str {
+    id.trim_start_matches("sha256:")
+}
+
+pub fn image_key(id: &str) -> String {
+    format!("{KV_IMAGES}{}", id_hex(id))
+}
+
+pub fn peer_key(id: &str, node: NodeAddress) -> String {
+    format!("{KV_PEERS}{}/{node}", id_hex(id))
+}
+
+/// The tarball's file name, which is also the torrent's name.
+pub fn tarball_name(id: &str) -> String {
+    format!("{}.tar", id_hex(id))
+}
+
+/// Piece size for a tarball of `size` bytes: about 1000 pieces, so the metainfo stays
+/// small (20 bytes a piece) and a bad piece costs little to fetch again, between
+/// 256 KiB (images of 10 MB and less) and 16 MiB (16 GB and more), a power of two.
+pub fn piece_length(size: u64) -> u32 {
+    const MIN: u64 = 256 << 10;
+    const MAX: u64 = 16 << 20;
+    let target = (size / 1000).clamp(MIN, MAX);
+    let pow = target.next_power_of_two();
+    // Round to the nearer power of two rather than always up.
+    let len = if pow - target > target - pow / 2 {
+        pow / 2
+    } else {
+        pow
+    };
+    len.clamp(MIN, MAX) as u32
+}
+
+/// Why an image reference matched no record, or more than one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error(
+        "no image `{0}` in the cluster; `arpanet image push {0}` on a node that has it publishes it (`arpanet image ls` lists the cluster's images)"
+    )]
+    Unknown(String),
+    #[error("`{0}` matches {1} cluster images; use more of the ID")]
+    Ambiguous(String, usize),
+}
+
+/// The record a user's reference names: a tag (`busybox` means `busybox:latest`), the
+/// full ID, or an ID prefix of at least 4 hex digits.
+pub fn resolve<'a>(
+    records: &'a [ImageRecord],
+    wanted: &str,
+) -> Result<&'a ImageRecord, ResolveError> {
+    let tag = normal_tag(wanted);
+    if let Some(r) = records.iter().find(|r| r.tags.contains(&tag)) {
+        return Ok(r);
+    }
+    let hex = id_hex(wanted);
+    if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let hits: Vec<&ImageRecord> = records
+            .iter()
+            .filter(|r| r.hex().starts_with(&hex.to_ascii_lowercase()))
+            .collect();
+        match hits.len() {
+            0 => {}
+            1 => return Ok(hits[0]),
+            n => return Err(ResolveError::Ambiguous(wanted.to_string(), n)),
+        }
+    }
+    Err(ResolveError::Unknown(wanted.to_string()))
+}
+
+/// `name` with Docker's implicit `:latest` when it has no tag or digest.
+pub fn normal_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// A node taking part in an image's swarm, as KV lists it: its peer address and
+/// whether it has the whole tarball (a holder) or is still pulling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmPeer {
+    pub node: NodeAddress,
+    pub peer: SocketAddr,
+    pub complete: bool,
+}
+
+/// What a `KV_PEERS` entry holds (the node is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub peer: SocketAddr,
+    pub complete: bool,
+}
+
+/// The swarm of each image from the `KV_PEERS` entries: (image hex, peer). Entries
+/// that do not parse are skipped (a newer version may write more).
+pub fn parse_peers(entries: &[(String, Vec<u8>)]) -> Vec<(String, SwarmPeer)> {
+    entries
+        .iter()
+        .filter_map(|(key, value)| {
+            let rest = key.strip_prefix(KV_PEERS)?;
+            let (hex, node) = rest.split_once('/')?;
+            let node: NodeAddress = node.parse().ok()?;
+            let entry: PeerEntry = serde_json::from_slice(value).ok()?;
+            Some((
+                hex.to_string(),
+                SwarmPeer {
+                    node,
+                    peer: entry.peer,
+                    complete: entry.complete,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One pull as the sync service reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: u64,
+    pub image: String,
+    pub image_id: String,
+    pub node: String,
+    pub state: TransferState,
+    /// Bytes of the tarball this node has and checked (a resumed pull starts above 0).
+    pub done_bytes: u64,
+    /// Bytes this pull received from peers (less than the total when it resumed).
+    pub fetched_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes per second, as librqbit estimates it.
+    pub download_rate: f64,
+    pub peers: usize,
+    pub eta_secs: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// Checking what is already on disk (a resumed pull).
+    Checking,
+    Downloading,
+    /// Checking the tarball's contents against the image ID.
+    Verifying,
+    Loading,
+    Done,
+    Failed,
+}
+
+impl TransferState {
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// A request to push or pull an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    pub image: String,
+}
+
+/// `arpanet image ls`: an image in the cluster and the healthy nodes that hold it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterImage {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub holders: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, tags: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: format!("sha256:{id}"),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            size: 1,
+            piece_length: 1,
+            info_hash: String::new(),
+            torrent: String::new(),
+            pushed_by: "0.1".into(),
+        }
+    }
+
+    #[test]
+    fn pieces_stay_near_a_thousand_within_bounds() {
+        assert_eq!(piece_length(1), 256 << 10);
+        assert_eq!(piece_length(10_000_000), 256 << 10);
+        assert_eq!(piece_length(200 << 20), 256 << 10);
+        assert_eq!(piece_length(800 << 20), 1 << 20);
+        assert_eq!(piece_length(1 << 30), 1 << 20);
+        assert_eq!(piece_length(10 << 30), 8 << 20);
+        assert_eq!(piece_length(u64::MAX), 16 << 20);
+        for size in [10u64 << 20, 100 << 20, 1 << 30, 10 << 30] {
+            let len = piece_length(size);
+            assert!(len.is_power_of_two());
+            let pieces = size.div_ceil(len as u64);
+            assert!(pieces <= 2000, "{size}: {pieces} pieces");
+        }
+    }
+
+    #[test]
+    fn references_resolve_by_tag_id_or_prefix() {
+        let records = [
+            record("abcdef0123", &["web:1", "web:latest"]),
+            record("abcd990000", &["busybox:latest"]),
+        ];
+        assert_eq!(resolve(&records, "web:1").unwrap().tags[0], "web:1");
+        assert_eq!(resolve(&records, "busybox").unwrap().hex(), "abcd990000");
+        assert_eq!(
+            resolve(&records, "sha256:abcdef").unwrap().hex(),
+            "abcdef0123"
+        );
+        assert_eq!(
+            resolve(&records, "abcd"),
+            Err(ResolveError::Ambiguous("abcd".into(), 2))
+        );
+        assert_eq!(
+            resolve(&records, "nginx"),
+            Err(ResolveError::Unknown("nginx".into()))
+        );
+        // Too short to be taken for an ID.
+        assert!(resolve(&records, "abc").is_err());
+    }
+
+    #[test]
+    fn tags_get_docker_default() {
+        assert_eq!(normal_tag("busybox"), "busybox:latest");
+        assert_eq!(
+            normal_tag("localhost:5000/web"),
+            "localhost:5000/web:latest"
+        );
+        assert_eq!(normal_tag("localhost:5000/web:2"), "localhost:5000/web:2");
+    }
+
+    #[test]
+    fn peers_parse_from_kv_and_odd_entries_are_skipped() {
+        let entry = |complete| {
+            serde_json::to_vec(&PeerEntry {
+                peer: "10.255.0.2:7101".parse().unwrap(),
+                complete,
+            })
+            .unwrap()
+        };
+        let entries = vec![
+            (format!("{KV_PEERS}abc/0.2"), entry(true)),
+            (format!("{KV_PEERS}abc/0.3"), entry(false)),
+            (format!("{KV_PEERS}abc/bad"), entry(true)),
+            (format!("{KV_PEERS}abc/0.4"), b"nonsense".to_vec()),
+        ];
+        let peers = parse_peers(&entries);
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].0, "abc");
+        assert_eq!(peers[0].1.node.to_string(), "0.2");
+        assert_eq!(peers[0].1.peer.to_string(), "10.255.0.2:7101");
+        assert!(peers[0].1.complete);
+        assert!(!peers[1].1.complete);
+    }
+}

@@ -1,0 +1,868 @@
+//! The image sync service (`arpanetd --sync`, run by arpanet-sync.service when something
+//! connects to arpanet-sync.socket). It owns a librqbit session: no DHT, no trackers,
+//! no local discovery; peers come from Consul KV and listen on the overlay address only.
+//! It answers on the control socket, which systemd passes in (LISTEN_FDS) or which it
+//! binds itself when run by hand:
+//!
+//! - `GET /v1/images` — the cluster's images and their healthy holders;
+//! - `POST /v1/push` `{"image": ...}` — export, make the torrent, publish, seed;
+//! - `POST /v1/pulls` `{"image": ...}` — start a pull; `GET /v1/pulls/ID` — its progress;
+//! - `POST /v1/seeds/ID` — seed an image this node holds (other nodes' pulls ask);
+//! - `GET /v1/status` — what it is doing.
+//!
+//! It exits after `sync.idle_timeout` with no request, no pull and nothing uploaded; the
+//! socket stays with systemd, so the next request starts it again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use futures::TryStreamExt;
+use librqbit::{
+    AddTorrent, AddTorrentOptions, AddTorrentResponse, CreateTorrentOptions, ListenerOptions,
+    ManagedTorrent, Session, SessionOptions, TorrentStatsState,
+};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{
+    ClusterImage, ImageRecord, ImageRequest, KV_IMAGES, KV_PEERS, PeerEntry, SwarmPeer, Transfer,
+    TransferState, image_key, parse_peers, peer_key, resolve, tarball_name,
+};
+use crate::addressing::NodeAddress;
+use crate::api::ErrorBody;
+use crate::config::Config;
+use crate::consul::client::Consul;
+use crate::docker::engine::Engine;
+use crate::placement::reconcile::healthy_nodes;
+
+/// A pull that gets no byte for this long from the peers it has fails, naming them.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn socket_path(config: &Config) -> PathBuf {
+    config.paths.run_dir.join("sync.sock")
+}
+
+/// Where tarballs live: one file per image, named by ID, the torrent's only file.
+pub fn images_dir(config: &Config) -> PathBuf {
+    config.paths.state_dir.join("images")
+}
+
+struct SyncState {
+    me: NodeAddress,
+    peer_addr: SocketAddr,
+    api_port: u16,
+    docker_socket: PathBuf,
+    images_dir: PathBuf,
+    consul: Consul,
+    session: Arc<Session>,
+    transfers: Mutex<BTreeMap<u64, Transfer>>,
+    next_transfer: AtomicU64,
+    /// Requests or pulls under way; the service does not exit while any is.
+    busy: AtomicU64,
+    last_activity: Mutex<Instant>,
+    /// For asking holders' arpanetd to wake their sync service.
+    http: reqwest::Client,
+}
+
+type Shared = Arc<SyncState>;
+
+/// Runs the service until it has been idle for `sync.idle_timeout`.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let listener = control_listener(&socket_path(config))?;
+    let images_dir = images_dir(config);
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("create {}", images_dir.display()))?;
+    let peer_addr = SocketAddr::from((config.node.address.overlay_ip(), config.sync.peer_port));
+    let session = Session::new_with_opts(
+        images_dir.clone(),
+        SessionOptions {
+            dht: None,
+            disable_trackers: true,
+            disable_local_service_discovery: true,
+            persistence: None,
+            fastresume: false,
+            ipv4_only: true,
+            listen: Some(ListenerOptions {
+                listen_addr: peer_addr,
+                ipv4_only: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("start the BitTorrent session on {peer_addr} (is the overlay up?)"))?;
+    info!(
+        "image sync: peers on {peer_addr}, tarballs in {}",
+        images_dir.display()
+    );
+    let state: Shared = Arc::new(SyncState {
+        me: config.node.address,
+        peer_addr,
+        api_port: config.api.port,
+        docker_socket: config.docker.socket.clone(),
+        images_dir,
+        consul: Consul::new(config.consul.http_addr),
+        session,
+        transfers: Mutex::new(BTreeMap::new()),
+        next_transfer: AtomicU64::new(1),
+        busy: AtomicU64::new(0),
+        last_activity: Mutex::new(Instant::now()),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client always builds"),
+    });
+    let app = router(state.clone());
+    crate::daemon::notify(&[sd_notify::NotifyState::Ready]);
+    let idle = config.sync.idle_timeout;
+    tokio::select! {
+        r = axum::serve(listener, app) => r.context("serve the sync control socket")?,
+        () = wait_until_idle(&state, idle) => {
+            info!("image sync: idle for {}, exiting", humantime::format_duration(idle));
+        }
+    }
+    state.session.stop().await;
+    Ok(())
+}
+
+/// The control socket: systemd's (socket activation) or one bound here (0600).
+fn control_listener(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::fd::FromRawFd;
+    if let Some(fd) = sd_notify::listen_fds().context("read LISTEN_FDS")?.next() {
+        // SAFETY: systemd passed this fd to us alone; nothing else in the process owns it.
+        let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        std_listener.set_nonblocking(true)?;
+        info!("image sync: control socket from systemd");
+        return Ok(tokio::net::UnixListener::from_std(std_listener)?);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    info!("image sync: control socket {}", path.display());
+    Ok(listener)
+}
+
+async fn wait_until_idle(state: &SyncState, idle: Duration) {
+    let mut uploaded = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now_uploaded = state
+            .session
+            .with_torrents(|torrents| torrents.map(|(_, t)| t.stats().uploaded_bytes).sum::<u64>());
+        if now_uploaded != uploaded || state.busy.load(Ordering::SeqCst) > 0 {
+            uploaded = now_uploaded;
+            state.touch();
+            continue;
+        }
+        if state.last_activity.lock().unwrap().elapsed() >= idle {
+            return;
+        }
+    }
+}
+
+impl SyncState {
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap() = Instant::now();
+    }
+}
+
+/// Held while a request or pull runs, so the service does not exit under it.
+struct Busy(Shared);
+
+impl Busy {
+    fn new(state: &Shared) -> Self {
+        state.busy.fetch_add(1, Ordering::SeqCst);
+        state.touch();
+        Self(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct SyncError(StatusCode, String);
+
+impl SyncError {
+    fn internal(e: anyhow::Error) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for SyncError {
+    fn into_response(self) -> Response {
+        json(self.0, &ErrorBody { error: self.1 })
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).expect("serializable"),
+    )
+        .into_response()
+}
+
+type SyncResult = Result<Response, SyncError>;
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/images", get(list_images))
+        .route("/v1/push", post(push))
+        .route("/v1/pulls", post(start_pull))
+        .route("/v1/pulls/{id}", get(get_pull))
+        .route("/v1/seeds/{id}", post(seed))
+        .fallback(|| async {
+            SyncError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint in the sync service".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            |State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let _busy = Busy::new(&s);
+                next.run(req).await
+            },
+        ))
+        .with_state(state)
+}
+
+fn image_request(body: &[u8]) -> Result<ImageRequest, SyncError> {
+    let req: ImageRequest = crate::placement::store::parse_json(body)
+        .map_err(|e| SyncError(StatusCode::BAD_REQUEST, e))?;
+    if req.image.trim().is_empty() {
+        return Err(SyncError(
+            StatusCode::BAD_REQUEST,
+            "image: must name an image".into(),
+        ));
+    }
+    Ok(req)
+}
+
+#[derive(Serialize)]
+struct Status {
+    node: String,
+    peer: SocketAddr,
+    torrents: Vec<TorrentRow>,
+    transfers: Vec<Transfer>,
+}
+
+/// A torrent in the session: the tarball's name, whether it is whole, bytes sent.
+#[derive(Serialize)]
+struct TorrentRow {
+    name: String,
+    complete: bool,
+    uploaded_bytes: u64,
+}
+
+async fn status(State(s): State<Shared>) -> SyncResult {
+    let torrents = s.session.with_torrents(|torrents| {
+        torrents
+            .map(|(_, t)| {
+                let stats = t.stats();
+                TorrentRow {
+                    name: t.name().unwrap_or_default(),
+                    complete: stats.finished,
+                    uploaded_bytes: stats.uploaded_bytes,
+                }
+            })
+            .collect()
+    });
+    let transfers = s.transfers.lock().unwrap().values().cloned().collect();
+    Ok(json(
+        StatusCode::OK,
+        &Status {
+            node: s.me.to_string(),
+            peer: s.peer_addr,
+            torrents,
+            transfers,
+        },
+    ))
+}
+
+impl SyncState {
+    async fn records(&self) -> anyhow::Result<Vec<ImageRecord>> {
+        let (entries, _) = self
+            .consul
+            .kv_list(KV_IMAGES, None, Duration::ZERO)
+            .await
+            .context("read the cluster's images from Consul")?;
+        Ok(entries
+            .iter()
+            .filter_map(|(key, value)| match serde_json::from_slice(value) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!("{key} in Consul does not parse ({e}); ignored");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Every image's swarm, keeping the nodes Consul lists as healthy (and this one).
+    async fn swarms(&self) -> anyhow::Result<Vec<(String, SwarmPeer)>> {
+        let (entries, _) = self
+            .consul
+            .kv_list(KV_PEERS, None, Duration::ZERO)
+            .await
+            .context("read the image swarms from Consul")?;
+        let healthy: BTreeSet<NodeAddress> = healthy_nodes(&self.consul)
+            .await
+            .context("list the cluster's nodes")?
+            .into_iter()
+            .map(|n| n.address)
+            .chain([self.me])
+            .collect();
+        Ok(parse_peers(&entries)
+            .into_iter()
+            .filter(|(_, p)| healthy.contains(&p.node))
+            .collect())
+    }
+
+    async fn announce(&self, id: &str, complete: bool) -> anyhow::Result<()> {
+        let entry = PeerEntry {
+            peer: self.peer_addr,
+            complete,
+        };
+        self.consul
+            .kv_put(&peer_key(id, self.me), serde_json::to_vec(&entry)?)
+            .await
+            .context("record this node in the image's swarm")
+    }
+
+    fn tarball(&self, id: &str) -> PathBuf {
+        self.images_dir.join(tarball_name(id))
+    }
+
+    /// Adds the torrent (seeding what is on disk, fetching what is not). A torrent the
+    /// session has already is returned as it is.
+    async fn add(
+        &self,
+        record: &ImageRecord,
+        peers: Vec<SocketAddr>,
+    ) -> anyhow::Result<Arc<ManagedTorrent>> {
+        let torrent = base64::engine::general_purpose::STANDARD
+            .decode(&record.torrent)
+            .context("the image's torrent in Consul is not base64")?;
+        let added = self
+            .session
+            .add_torrent(
+                AddTorrent::from_bytes(torrent),
+                Some(AddTorrentOptions {
+                    overwrite: true,
+                    output_folder: Some(self.images_dir.display().to_string()),
+                    initial_peers: Some(peers),
+                    disable_trackers: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .context("add the image's torrent")?;
+        match added {
+            AddTorrentResponse::Added(_, handle)
+            | AddTorrentResponse::AlreadyManaged(_, handle) => Ok(handle),
+            AddTorrentResponse::ListOnly(_) => bail!("the torrent was only listed"),
+        }
+    }
+}
+
+async fn list_images(State(s): State<Shared>) -> SyncResult {
+    let records = s.records().await.map_err(SyncError::internal)?;
+    let swarms = s.swarms().await.map_err(SyncError::internal)?;
+    let images: Vec<ClusterImage> = records
+        .iter()
+        .map(|r| ClusterImage {
+            id: r.id.clone(),
+            tags: r.tags.clone(),
+            size: r.size,
+            holders: swarms
+                .iter()
+                .filter(|(hex, p)| hex == r.hex() && p.complete)
+                .map(|(_, p)| p.node.to_string())
+                .collect(),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &images))
+}
+
+async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
+    let req = image_request(&body)?;
+    let record = push_image(&s, &req.image).await?;
+    Ok(json(
+        StatusCode::OK,
+        &ClusterImage {
+            id: record.id.clone(),
+            tags: record.tags.clone(),
+            size: record.size,
+            holders: vec![s.me.to_string()],
+        },
+    ))
+}
+
+async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError> {
+    let engine = Engine::connect(&s.docker_socket)
+        .await
+        .map_err(|e| SyncError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let inspect = engine
+        .inspect_image(image)
+        .await
+        .map_err(SyncError::internal)?;
+    let Some(inspect) = inspect else {
+        return Err(SyncError(
+            StatusCode::NOT_FOUND,
+            format!("no image `{image}` in this node's Docker (`docker images` lists them)"),
+        ));
+    };
+    let id = inspect.id.clone().unwrap_or_default();
+    let mut tags: Vec<String> = inspect.repo_tags.clone().unwrap_or_default();
+    let existing = s
+        .records()
+        .await
+        .map_err(SyncError::internal)?
+        .into_iter()
+        .find(|r| r.id == id);
+    let path = s.tarball(&id);
+    let record = match existing {
+        Some(mut record) if path.exists() => {
+            // Pushed before: publish any new tag, seed again.
+            for t in record.tags.drain(..) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            record.tags = tags;
+            s.add(&record, Vec::new())
+                .await
+                .map_err(SyncError::internal)?;
+            record
+        }
+        _ => {
+            info!("image sync: exporting {image} ({})", short(&id));
+            let part = path.with_extension("tar.part");
+            export(&engine, &id, &part)
+                .await
+                .map_err(|e| disk_error(e, &s.images_dir))?;
+            std::fs::rename(&part, &path).map_err(|e| SyncError::internal(e.into()))?;
+            let size = std::fs::metadata(&path)
+                .map_err(|e| SyncError::internal(e.into()))?
+                .len();
+            let piece_length = super::piece_length(size);
+            let (made, _handle) = s
+                .session
+                .create_and_serve_torrent(
+                    &path,
+                    CreateTorrentOptions {
+                        name: None,
+                        trackers: Vec::new(),
+                        piece_length: Some(piece_length),
+                    },
+                )
+                .await
+                .map_err(|e| SyncError::internal(anyhow!("make the torrent: {e}")))?;
+            let torrent = made.as_bytes().map_err(SyncError::internal)?;
+            ImageRecord {
+                id: id.clone(),
+                tags,
+                size,
+                piece_length,
+                info_hash: made.info_hash().as_string(),
+                torrent: base64::engine::general_purpose::STANDARD.encode(&torrent),
+                pushed_by: s.me.to_string(),
+            }
+        }
+    };
+    s.consul
+        .kv_put(
+            &image_key(&id),
+            serde_json::to_vec(&record).expect("serializable"),
+        )
+        .await
+        .map_err(SyncError::internal)?;
+    s.announce(&id, true).await.map_err(SyncError::internal)?;
+    info!(
+        "image sync: published {image} ({}, {} bytes) and seeding it",
+        short(&id),
+        record.size
+    );
+    Ok(record)
+}
+
+/// `docker save` of one image into `path`.
+async fn export(engine: &Engine, id: &str, path: &FsPath) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .with_context(|| format!("create {}", path.display()))?;
+    let mut stream = engine.export_image(id);
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .context("export the image from Docker")?
+    {
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    file.flush().await?;
+    file.sync_all().await?;
+    Ok(())
+}
+
+/// A full disk is its own one-line error; anything else keeps its chain.
+fn disk_error(e: anyhow::Error, dir: &FsPath) -> SyncError {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(nix::libc::ENOSPC))
+    });
+    if full {
+        SyncError(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("{} is full", dir.display()),
+        )
+    } else {
+        SyncError::internal(e)
+    }
+}
+
+async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
+    let records = s.records().await.map_err(SyncError::internal)?;
+    let record = records
+        .iter()
+        .find(|r| r.hex() == super::id_hex(&id))
+        .ok_or_else(|| SyncError(StatusCode::NOT_FOUND, format!("no cluster image {id}")))?;
+    if !s.tarball(&record.id).exists() {
+        return Err(SyncError(
+            StatusCode::NOT_FOUND,
+            format!("node {} holds no tarball of {}", s.me, short(&record.id)),
+        ));
+    }
+    let torrent = s
+        .add(record, Vec::new())
+        .await
+        .map_err(SyncError::internal)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "node": s.me.to_string(), "seeding": torrent.stats().finished }),
+    ))
+}
+
+async fn get_pull(State(s): State<Shared>, Path(id): Path<u64>) -> SyncResult {
+    s.transfers
+        .lock()
+        .unwrap()
+        .get(&id)
+        .map(|t| json(StatusCode::OK, t))
+        .ok_or_else(|| SyncError(StatusCode::NOT_FOUND, format!("no pull {id} here")))
+}
+
+async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
+    let req = image_request(&body)?;
+    let records = s.records().await.map_err(SyncError::internal)?;
+    let record = resolve(&records, &req.image)
+        .map_err(|e| SyncError(StatusCode::NOT_FOUND, e.to_string()))?
+        .clone();
+    let path = s.tarball(&record.id);
+    let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let need = record.size.saturating_sub(have);
+    let free = free_bytes(&s.images_dir).map_err(SyncError::internal)?;
+    // The tarball, then Docker's copy of the layers (usually on the same disk).
+    if free < need {
+        return Err(SyncError(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "not enough space in {} to pull {}: it needs {}, {} is free",
+                s.images_dir.display(),
+                req.image,
+                human_bytes(need),
+                human_bytes(free)
+            ),
+        ));
+    }
+    let id = s.next_transfer.fetch_add(1, Ordering::SeqCst);
+    let transfer = Transfer {
+        id,
+        image: req.image.clone(),
+        image_id: record.id.clone(),
+        node: s.me.to_string(),
+        state: TransferState::Checking,
+        done_bytes: 0,
+        fetched_bytes: 0,
+        total_bytes: record.size,
+        download_rate: 0.0,
+        peers: 0,
+        eta_secs: None,
+        error: None,
+    };
+    s.transfers.lock().unwrap().insert(id, transfer.clone());
+    let busy = Busy::new(&s);
+    let state = s.clone();
+    tokio::spawn(async move {
+        let _busy = busy;
+        let result = pull(&state, id, &record).await;
+        let mut transfers = state.transfers.lock().unwrap();
+        let t = transfers.get_mut(&id).expect("transfers are kept");
+        match result {
+            Ok(()) => {
+                t.state = TransferState::Done;
+                t.done_bytes = t.total_bytes;
+                t.eta_secs = None;
+                info!("image sync: pulled {} ({})", t.image, short(&t.image_id));
+            }
+            Err(e) => {
+                t.state = TransferState::Failed;
+                t.error = Some(format!("{e:#}"));
+                warn!("image sync: pull of {} failed: {e:#}", t.image);
+            }
+        }
+    });
+    Ok(json(StatusCode::ACCEPTED, &transfer))
+}
+
+impl SyncState {
+    fn update(&self, id: u64, f: impl FnOnce(&mut Transfer)) {
+        if let Some(t) = self.transfers.lock().unwrap().get_mut(&id) {
+            f(t);
+        }
+    }
+}
+
+async fn pull(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result<()> {
+    let engine = Engine::connect(&s.docker_socket).await?;
+    let path = s.tarball(&record.id);
+    if engine.image_id(&record.id).await?.is_some() {
+        // Docker has it (pushed or pulled here before, or from a registry).
+        if path.exists() {
+            seed_if_whole(s, record).await?;
+        }
+        return tag(&engine, record).await;
+    }
+    download(s, transfer, record).await?;
+    s.update(transfer, |t| t.state = TransferState::Verifying);
+    let (check_path, id) = (path.clone(), record.id.clone());
+    let verified =
+        tokio::task::spawn_blocking(move || super::tarball::verify(&check_path, &id)).await?;
+    if let Err(e) = verified {
+        // Never loaded, and not kept: the next pull fetches it again.
+        forget(s, record, true).await;
+        bail!(
+            "the downloaded image does not match {}: {e:#}; nothing was loaded",
+            short(&record.id)
+        );
+    }
+    s.update(transfer, |t| t.state = TransferState::Loading);
+    engine
+        .load(&path)
+        .await
+        .map_err(|e| disk_error_any(e, &s.images_dir))?;
+    if engine.image_id(&record.id).await?.is_none() {
+        bail!(
+            "docker load finished but Docker has no image {}",
+            short(&record.id)
+        );
+    }
+    tag(&engine, record).await?;
+    s.announce(&record.id, true).await?;
+    Ok(())
+}
+
+/// Seeds the tarball on disk once librqbit's check finds it whole, and says so in KV.
+async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<()> {
+    let torrent = s.add(record, Vec::new()).await?;
+    while matches!(
+        torrent.stats().state,
+        TorrentStatsState::Initializing { .. }
+    ) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if torrent.stats().finished {
+        s.announce(&record.id, true).await?;
+    }
+    Ok(())
+}
+
+async fn tag(engine: &Engine, record: &ImageRecord) -> anyhow::Result<()> {
+    for t in &record.tags {
+        engine.tag(&record.id, t).await?;
+    }
+    Ok(())
+}
+
+fn disk_error_any(e: anyhow::Error, dir: &FsPath) -> anyhow::Error {
+    let SyncError(status, message) = disk_error(e, dir);
+    if status == StatusCode::INSUFFICIENT_STORAGE {
+        anyhow!("{message}; Docker could not store the image")
+    } else {
+        anyhow!(message)
+    }
+}
+
+/// Drops the torrent from the session and, with `delete`, the tarball.
+async fn forget(s: &SyncState, record: &ImageRecord, delete: bool) {
+    if let Ok(hash) = record.info_hash.parse::<librqbit::dht::Id20>()
+        && let Err(e) = s.session.delete(hash.into(), delete).await
+    {
+        warn!(
+            "image sync: drop the torrent of {}: {e:#}",
+            short(&record.id)
+        );
+    }
+    if delete {
+        let _ = std::fs::remove_file(s.tarball(&record.id));
+    }
+}
+
+/// Fetches the tarball from the image's swarm, reporting progress into the transfer.
+async fn download(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result<()> {
+    let swarm: Vec<SwarmPeer> = s
+        .swarms()
+        .await?
+        .into_iter()
+        .filter(|(hex, p)| hex == record.hex() && p.node != s.me)
+        .map(|(_, p)| p)
+        .collect();
+    if !swarm.iter().any(|p| p.complete) {
+        bail!(
+            "no node that holds {} is up (`arpanet image ls` shows the holders)",
+            short(&record.id)
+        );
+    }
+    // Pullers list themselves too, so nodes pulling at once trade pieces with each other.
+    s.announce(&record.id, false).await?;
+    wake_holders(s, record, &swarm).await;
+    let peers: Vec<SocketAddr> = swarm.iter().map(|p| p.peer).collect();
+    let torrent = s.add(record, peers.clone()).await?;
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        let stats = torrent.stats();
+        if let Some(e) = &stats.error {
+            forget(s, record, false).await;
+            bail!("transfer failed: {e}");
+        }
+        let live = stats.live.as_ref();
+        let rate = live
+            .map(|l| l.download_speed.as_bytes() as f64)
+            .unwrap_or(0.0);
+        let left = stats.total_bytes.saturating_sub(stats.progress_bytes);
+        s.update(transfer, |t| {
+            t.state = match stats.state {
+                TorrentStatsState::Initializing { .. } => TransferState::Checking,
+                _ => TransferState::Downloading,
+            };
+            t.done_bytes = stats.progress_bytes;
+            t.total_bytes = stats.total_bytes;
+            t.download_rate = rate;
+            t.peers = live
+                .map(|l| l.snapshot.peer_stats.live as usize)
+                .unwrap_or(0);
+            // From peers, in this pull: a resumed pull fetches only what it lacked.
+            if let Some(l) = live {
+                t.fetched_bytes = t.fetched_bytes.max(l.snapshot.fetched_bytes);
+            }
+            t.eta_secs = (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64);
+        });
+        if stats.finished {
+            return Ok(());
+        }
+        if stats.progress_bytes != last_progress.0 {
+            last_progress = (stats.progress_bytes, Instant::now());
+        } else if last_progress.1.elapsed() > STALL_LIMIT
+            && !matches!(stats.state, TorrentStatsState::Initializing { .. })
+        {
+            forget(s, record, false).await;
+            let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            bail!(
+                "no data for {} s from the swarm ({}); the pull can be run again and resumes",
+                STALL_LIMIT.as_secs(),
+                peers.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks every holder's arpanetd to wake its sync service (socket activation) and seed.
+async fn wake_holders(s: &SyncState, record: &ImageRecord, swarm: &[SwarmPeer]) {
+    let asks = swarm.iter().filter(|p| p.complete).map(|p| async move {
+        let url = format!(
+            "http://{}:{}/v1/sync/seeds/{}",
+            p.node.overlay_ip(),
+            s.api_port,
+            record.hex()
+        );
+        match s.http.post(&url).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => warn!(
+                "image sync: node {} will not seed {}: {}",
+                p.node,
+                short(&record.id),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(e) => warn!("image sync: cannot ask node {} to seed: {e}", p.node),
+        }
+    });
+    futures::future::join_all(asks).await;
+}
+
+fn free_bytes(dir: &FsPath) -> anyhow::Result<u64> {
+    let st =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn short(id: &str) -> &str {
+    let hex = super::id_hex(id);
+    &hex[..hex.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+        assert_eq!(human_bytes(210_000_000), "210.0 MB");
+    }
+}

@@ -1,0 +1,269 @@
+//! Image sync on three lab hosts with real dockerd, Consul and arpanetd: images pushed
+//! on one node and pulled peer-to-peer (librqbit) on the others, over the overlay.
+//! Each host runs the sync service as arpanet-sync.service would (`arpanetd --sync`);
+//! socket activation itself is tested on systemd machines (tests/packaging.rs).
+
+mod lab;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use lab::{Host, Lab, assert_success, stdout, wait_until};
+
+fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert_success(out, what);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn start_sync(h: &Host) {
+    let config = h.config_path();
+    h.spawn(
+        "sync",
+        &[
+            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_arpanetd")),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--sync".as_ref(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the sync service's socket", || {
+        h.dir.join("run/sync.sock").exists()
+    });
+}
+
+/// An image of `mb` MB of random data (incompressible, like real layers) in `h`'s Docker.
+fn random_image(lab: &Lab, h: &Host, tag: &str, mb: usize) -> String {
+    let root = lab
+        .dir
+        .join(format!("root-{}", tag.replace(['/', ':'], "-")));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut data = vec![0u8; mb << 20];
+    getrandom_fill(&mut data);
+    std::fs::write(root.join("data.bin"), &data).unwrap();
+    let cmd = format!(
+        "tar -C {} -c . | docker -H unix://{} import - {tag}",
+        root.display(),
+        h.docker_socket().display()
+    );
+    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    assert_success(&out, "docker import of the random image");
+    image_id(h, tag).expect("the imported image")
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}
+
+fn image_id(h: &Host, image: &str) -> Option<String> {
+    let out = h.docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+    out.status
+        .success()
+        .then(|| stdout(&out).trim().to_string())
+}
+
+fn tarball(h: &Host, id: &str) -> PathBuf {
+    h.dir
+        .join("state/images")
+        .join(format!("{}.tar", id.trim_start_matches("sha256:")))
+}
+
+fn holders(h: &Host, id: &str) -> Vec<String> {
+    let ls = json(&h.arpanet(&["image", "ls", "--json"]), "image ls");
+    let image = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in image ls: {ls}"));
+    let mut holders: Vec<String> = image["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    holders.sort();
+    holders
+}
+
+#[test]
+fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::builder(3).start();
+    let consul = "[consul]\nmode = \"config\"\n";
+    lab.write_arpanet_config(0, "boot", &[1, 2], consul);
+    lab.write_arpanet_config(1, "server", &[0, 2], consul);
+    lab.write_arpanet_config(2, "client", &[0, 1], consul);
+    let hosts: Vec<&Host> = lab.hosts.iter().collect();
+    let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
+    Host::start_nodes(&hosts);
+    for h in &hosts {
+        wait_until(Duration::from_secs(60), "three nodes in the API", || {
+            let out = h.arpanet(&["node", "ls", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                == Some(3)
+        });
+    }
+    for h in &hosts {
+        start_sync(h);
+    }
+    let (a0, a1, a2) = (
+        h0.address.to_string(),
+        h1.address.to_string(),
+        h2.address.to_string(),
+    );
+
+    // Push on node 0, pull on node 1: the same image ID, tagged as on node 0.
+    let big = "arpanet-test/big:1";
+    let id = random_image(&lab, h0, big, 24);
+    let push = h0.arpanet(&["image", "push", big]);
+    assert_success(&push, "image push");
+    assert!(stdout(&push).contains("pushed"), "{}", stdout(&push));
+    assert_eq!(holders(h1, &id), vec![a0.clone()]);
+    let pull = h1.arpanet(&["image", "pull", big]);
+    assert_success(&pull, "image pull on node 1");
+    assert!(
+        stdout(&pull).contains(&format!("node {a1}: pulled {big}")),
+        "{}",
+        stdout(&pull)
+    );
+    assert_eq!(image_id(h1, big).as_deref(), Some(id.as_str()));
+    assert_eq!(holders(h2, &id), vec![a0.clone(), a1.clone()]);
+
+    // Bad input: one line each, nothing changes.
+    let missing = h2.arpanet(&["image", "pull", "arpanet-test/nosuch:1"]);
+    assert!(!missing.status.success());
+    assert_eq!(
+        stderr(&missing).trim(),
+        "error: no image `arpanet-test/nosuch:1` in the cluster; `arpanet image push arpanet-test/nosuch:1` on a node that has it publishes it (`arpanet image ls` lists the cluster's images)"
+    );
+    let missing = h2.arpanet(&["image", "push", "arpanet-test/nosuch:1"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no image `arpanet-test/nosuch:1` in this node's Docker"),
+        "{}",
+        stderr(&missing)
+    );
+    let socket = h2.dir.join("run/api.sock");
+    let bad = h2.exec(&[
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--data-binary",
+        "{\"img\": \"x\"}",
+        "http://arpanetd/v1/sync/pulls",
+    ]);
+    let text = stdout(&bad);
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(text.contains("unknown field `img`"), "{text}");
+
+    // A corrupt seeder: flip a byte in node 1's copy and take node 0's service away, so
+    // node 2 can only get that piece from node 1. The pull fails clearly and loads nothing.
+    let bad_copy = tarball(h1, &id);
+    let mut bytes = std::fs::read(&bad_copy).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&bad_copy, &bytes).unwrap();
+    h0.kill("sync");
+    let failed = h2.arpanet(&["image", "pull", big, "--json"]);
+    assert!(!failed.status.success(), "a pull from a corrupt seeder");
+    let first: serde_json::Value = serde_json::from_slice(&failed.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", stdout(&failed)));
+    assert_eq!(first[0]["state"], "failed");
+    assert!(
+        stderr(&failed).contains("no data for 30 s from the swarm"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(
+        stderr(&failed).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(image_id(h2, big), None, "nothing is loaded from a bad copy");
+    let had = first[0]["done_bytes"].as_u64().unwrap();
+    let total = first[0]["total_bytes"].as_u64().unwrap();
+    assert!(had > 0 && had < total, "partial: {had} of {total}");
+
+    // Node 0 back: the pull resumes (fetching about what it lacked, not the whole
+    // tarball) and ends with the right image.
+    start_sync(h0);
+    let resumed = json(
+        &h2.arpanet(&["image", "pull", big, "--json"]),
+        "resumed pull",
+    );
+    assert_eq!(resumed[0]["state"], "done");
+    let fetched = resumed[0]["fetched_bytes"].as_u64().unwrap();
+    let piece = 256 << 10;
+    assert!(
+        fetched > 0 && fetched <= total - had + 4 * piece,
+        "a resumed pull fetched {fetched} bytes of {total}, having had {had}"
+    );
+    assert_eq!(image_id(h2, big).as_deref(), Some(id.as_str()));
+    println!(
+        "MEASURED resume: had {had} of {total} bytes, fetched {fetched} more after the corrupt piece"
+    );
+
+    // Every node at once.
+    let all = "arpanet-test/all:1";
+    let all_id = random_image(&lab, h0, all, 16);
+    assert_success(&h0.arpanet(&["image", "push", all]), "push");
+    let everywhere = json(
+        &h1.arpanet(&["image", "pull", "--all-nodes", all, "--json"]),
+        "pull --all-nodes",
+    );
+    let mut nodes: Vec<&str> = everywhere
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["state"], "done", "{t}");
+            t["node"].as_str().unwrap()
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![a0.as_str(), a1.as_str(), a2.as_str()]);
+    for h in &hosts {
+        assert_eq!(image_id(h, all).as_deref(), Some(all_id.as_str()));
+    }
+    assert_eq!(
+        holders(h0, &all_id),
+        vec![a0.clone(), a1.clone(), a2.clone()]
+    );
+
+    // containers.d on node 2 with an image only node 0 has: from the swarm, not a registry.
+    let app = "arpanet-test/app:1";
+    h0.import_image(app, &["ENV BUILD=7"]);
+    let app_id = image_id(h0, app).unwrap();
+    assert_success(&h0.arpanet(&["image", "push", app]), "push app");
+    std::fs::create_dir_all(h2.dir.join("containers.d")).unwrap();
+    std::fs::write(
+        h2.dir.join("containers.d/app.toml"),
+        format!(
+            "[[container]]\nname = \"app\"\nimage = \"{app}\"\ncommand = [\"sleep\", \"1d\"]\n"
+        ),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), "app running on node 2", || {
+        stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "app"])).trim() == "true"
+    });
+    assert_eq!(image_id(h2, app).as_deref(), Some(app_id.as_str()));
+
+    lab.teardown().expect("teardown");
+}
