@@ -131,6 +131,8 @@ fn the_rpm_carries_the_same_files_config_and_scripts() {
         "/usr/bin/arpanet",
         "/usr/lib/systemd/system/arpanetd.service",
         "/usr/lib/systemd/system/arpanet-consul.service",
+        "/usr/lib/systemd/system/arpanet-sync.socket",
+        "/usr/lib/systemd/system/arpanet-sync.service",
     ] {
         assert!(files.lines().any(|l| l == f), "{f} missing: {files}");
     }
@@ -175,6 +177,8 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "/usr/bin/arpanet",
         "/usr/lib/systemd/system/arpanetd.service",
         "/usr/lib/systemd/system/arpanet-consul.service",
+        "/usr/lib/systemd/system/arpanet-sync.socket",
+        "/usr/lib/systemd/system/arpanet-sync.service",
         "/usr/share/bash-completion/completions/arpanet",
         "/usr/share/man/man1/arpanet.1.gz",
         "/usr/share/man/man8/arpanetd.8.gz",
@@ -220,6 +224,30 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         m.read_file("/etc/docker/daemon.json").contains("\"bip\"")
     });
 
+    // Image sync: the socket listens, the service starts on the first request (here
+    // `arpanet image ls`, which arpanetd relays to it), exits when idle, starts again.
+    wait_active(&m, "arpanet-sync.socket");
+    assert!(!active(&m, "arpanet-sync.service"), "started before use");
+    let config = m.read_file("/etc/arpanet/arpanet.toml");
+    m.write_file(
+        "/etc/arpanet/arpanet.toml",
+        &format!("{config}\n[sync]\nidle_timeout = \"4s\"\n"),
+    );
+    for round in ["first", "second"] {
+        let ls = m.exec(&["arpanet", "image", "ls", "--json"]);
+        assert_success(&ls, &format!("arpanet image ls ({round} activation)"));
+        assert_eq!(stdout(&ls).trim(), "[]");
+        assert!(active(&m, "arpanet-sync.service"), "{round} activation");
+        wait_until(
+            Duration::from_secs(30),
+            "the idle sync service exits",
+            || m.unit_property("arpanet-sync.service", "ActiveState") == "inactive",
+        );
+        assert_eq!(m.unit_property("arpanet-sync.service", "Result"), "success");
+        assert!(active(&m, "arpanet-sync.socket"), "the socket stays");
+    }
+    m.write_file("/etc/arpanet/arpanet.toml", &config);
+
     // An edited config survives an upgrade, which restarts arpanetd.
     let edited = format!(
         "{}# edited by the operator\n",
@@ -240,7 +268,12 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
     // `arpanet stop` stops the node and keeps it off at boot; containers stay.
     let stop = m.exec(&["arpanet", "stop"]);
     assert_success(&stop, "arpanet stop");
-    for unit in ["arpanetd.service", "arpanet-consul.service"] {
+    for unit in [
+        "arpanetd.service",
+        "arpanet-consul.service",
+        "arpanet-sync.socket",
+        "arpanet-sync.service",
+    ] {
         assert!(!active(&m, unit), "{unit} still active");
     }
     assert_eq!(
@@ -501,4 +534,30 @@ fn three_machines_form_a_cluster_from_the_package() {
         },
     );
     assert!(active(&machines[1], "arpanetd.service"));
+
+    // An image pushed on machine 2 and pulled on machine 0, each sync service started
+    // by its socket: machine 2's by arpanetd when machine 0's pull asks it to seed.
+    let push = machines[2].exec(&["arpanet", "image", "push", TEST_IMAGE]);
+    assert_success(&push, "arpanet image push");
+    assert!(active(&machines[2], "arpanet-sync.service"));
+    assert_success(
+        &machines[2].exec(&["systemctl", "stop", "arpanet-sync.service"]),
+        "stop machine 2's sync service",
+    );
+    assert!(active(&machines[2], "arpanet-sync.socket"));
+    assert!(!active(&machines[0], "arpanet-sync.service"));
+    let pull = machines[0].exec(&["arpanet", "image", "pull", TEST_IMAGE]);
+    assert_success(&pull, "arpanet image pull on machine 0");
+    assert!(active(&machines[0], "arpanet-sync.service"));
+    assert!(
+        active(&machines[2], "arpanet-sync.service"),
+        "machine 2's sync service was not started to seed"
+    );
+    let id = |m: &Machine| {
+        stdout(&m.exec(&["docker", "image", "inspect", "-f", "{{.Id}}", TEST_IMAGE]))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(id(&machines[0]), id(&machines[2]));
+    assert!(id(&machines[0]).starts_with("sha256:"));
 }

@@ -120,6 +120,10 @@ impl Seed {
         } else {
             systemd.start(crate::daemon::UNIT).await?;
         }
+        // Image sync starts on its first request and exits when idle.
+        let sync = crate::sync::service::SOCKET_UNIT;
+        systemd.enable(sync).await?;
+        systemd.start(sync).await?;
         println!(
             "arpanetd is enabled and running as node {} ({role}); `arpanet status` shows its state",
             self.address

@@ -7,7 +7,12 @@ use crate::systemd::Systemd;
 pub async fn exec() -> anyhow::Result<()> {
     let systemd = Systemd::connect().await?;
     let mut errors = Vec::new();
-    for unit in [crate::daemon::UNIT, crate::consul::UNIT] {
+    for unit in [
+        crate::daemon::UNIT,
+        crate::consul::UNIT,
+        crate::sync::service::SOCKET_UNIT,
+        crate::sync::service::SERVICE_UNIT,
+    ] {
         if let Err(e) = systemd.disable(unit).await {
             errors.push(format!("{e:#}"));
         }

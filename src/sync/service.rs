@@ -50,6 +50,10 @@ use crate::placement::reconcile::healthy_nodes;
 /// A pull that gets no byte for this long from the peers it has fails, naming them.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
 
+/// The units systemd runs this as; `arpanet boot|server|client` enables the socket.
+pub const SOCKET_UNIT: &str = "arpanet-sync.socket";
+pub const SERVICE_UNIT: &str = "arpanet-sync.service";
+
 pub fn socket_path(config: &Config) -> PathBuf {
     config.paths.run_dir.join("sync.sock")
 }
