@@ -220,6 +220,24 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         "MEASURED resume: had {had} of {total} bytes, fetched {fetched} more after the corrupt piece"
     );
 
+    // Containers cannot reach the peer port (only nodes trade images).
+    let probe = h2.docker(&[
+        "run",
+        "--rm",
+        lab::TEST_IMAGE,
+        "sh",
+        "-c",
+        &format!(
+            "nc -w 3 {} 7101 </dev/null 2>&1; echo exit=$?",
+            h0.address.overlay_ip()
+        ),
+    ]);
+    assert!(
+        stdout(&probe).contains("Connection refused") && stdout(&probe).contains("exit=1"),
+        "{}",
+        stdout(&probe)
+    );
+
     // Every node at once.
     let all = "arpanet-test/all:1";
     let all_id = random_image(&lab, h0, all, 16);

@@ -18,12 +18,14 @@ pub const FORWARD_CHAIN: &str = "ARPANET-FORWARD";
 pub const NAT_CHAIN: &str = "ARPANET-POSTROUTING";
 pub const INPUT_CHAIN: &str = "ARPANET-INPUT";
 
-/// What the INPUT rules guard: the host's node address and its two API ports.
+/// What the INPUT rules guard: the host's node address, its two API ports and the
+/// image sync peer port (images are not for containers to fetch).
 #[derive(Debug, Clone, Copy)]
 pub struct Guarded {
     pub address: crate::addressing::NodeAddress,
     pub docker_api_port: u16,
     pub cluster_api_port: u16,
+    pub sync_peer_port: u16,
 }
 
 /// The rules as they should be, per (table, chain), written the way `iptables -S`
@@ -61,6 +63,7 @@ pub fn desired_rules(
                 "-s 10.255.0.0/16 -j RETURN".to_string(),
                 reject(a.docker_api_ip(), guarded.docker_api_port),
                 reject(a.overlay_ip(), guarded.cluster_api_port),
+                reject(a.overlay_ip(), guarded.sync_peer_port),
             ],
         ),
     ]
@@ -201,11 +204,12 @@ mod tests {
             address: "0.1".parse().unwrap(),
             docker_api_port: 2375,
             cluster_api_port: 7100,
+            sync_peer_port: 7101,
         }
     }
 
     #[test]
-    fn only_node_planes_reach_the_two_apis() {
+    fn only_node_planes_reach_the_apis_and_the_peer_port() {
         let rules = desired_rules("arpanet0", "10.0.1.0/24".parse().unwrap(), guarded());
         assert_eq!(rules[2].1, INPUT_CHAIN);
         assert_eq!(
@@ -213,6 +217,7 @@ mod tests {
             [
                 "-d 10.254.0.1/32 -p tcp -m tcp --dport 2375 -j REJECT --reject-with tcp-reset",
                 "-d 10.255.0.1/32 -p tcp -m tcp --dport 7100 -j REJECT --reject-with tcp-reset",
+                "-d 10.255.0.1/32 -p tcp -m tcp --dport 7101 -j REJECT --reject-with tcp-reset",
             ]
         );
     }

@@ -65,6 +65,7 @@ pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow:
         address: config.node.address,
         docker_api_port: config.docker.api_port,
         cluster_api_port: config.api.port,
+        sync_peer_port: config.sync.peer_port,
     };
     match firewall::ensure(
         &desired.device.name,
