@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit packages demo bench-overlay bench-containers
+.PHONY: run test deps lint unit packages demo bench-overlay bench-containers bench-images
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -40,3 +40,10 @@ bench-overlay: deps
 # Time to converge 50 declared containers from nothing and with nothing changed (root).
 bench-containers: deps
 	cargo bench --bench containers_converge
+
+# One image onto 5 nodes over 100 Mbit/s links: registry vs opentracker+ctorrent vs
+# `arpanet image pull --all-nodes` (root). IMAGE_MB, NODES, RATE_MBIT change it.
+bench-images: deps
+	command -v docker-registry opentracker ctorrent >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry opentracker ctorrent)
+	cargo bench --bench image_swarm

@@ -257,6 +257,9 @@ fn cluster_verbs_without_arpanetd_are_one_clear_line() {
         &["service", "ls"][..],
         &["stop", "abc"][..],
         &["node", "drain", "0.2"][..],
+        &["image", "ls"][..],
+        &["image", "pull", "busybox"][..],
+        &["image", "push", "busybox"][..],
     ] {
         let mut full = vec!["--config", cfg.to_str().unwrap()];
         full.extend_from_slice(args);

@@ -6,7 +6,6 @@
 mod lab;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use lab::{Host, Lab, assert_success, stdout, wait_until};
@@ -18,56 +17,6 @@ fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn start_sync(h: &Host) {
-    let config = h.config_path();
-    h.spawn(
-        "sync",
-        &[
-            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_arpanetd")),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--sync".as_ref(),
-        ],
-    );
-    wait_until(Duration::from_secs(20), "the sync service's socket", || {
-        h.dir.join("run/sync.sock").exists()
-    });
-}
-
-/// An image of `mb` MB of random data (incompressible, like real layers) in `h`'s Docker.
-fn random_image(lab: &Lab, h: &Host, tag: &str, mb: usize) -> String {
-    let root = lab
-        .dir
-        .join(format!("root-{}", tag.replace(['/', ':'], "-")));
-    std::fs::create_dir_all(&root).unwrap();
-    let mut data = vec![0u8; mb << 20];
-    getrandom_fill(&mut data);
-    std::fs::write(root.join("data.bin"), &data).unwrap();
-    let cmd = format!(
-        "tar -C {} -c . | docker -H unix://{} import - {tag}",
-        root.display(),
-        h.docker_socket().display()
-    );
-    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
-    assert_success(&out, "docker import of the random image");
-    image_id(h, tag).expect("the imported image")
-}
-
-fn getrandom_fill(buf: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(buf)
-        .unwrap();
-}
-
-fn image_id(h: &Host, image: &str) -> Option<String> {
-    let out = h.docker(&["image", "inspect", "-f", "{{.Id}}", image]);
-    out.status
-        .success()
-        .then(|| stdout(&out).trim().to_string())
 }
 
 fn tarball(h: &Host, id: &str) -> PathBuf {
@@ -117,7 +66,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         });
     }
     for h in &hosts {
-        start_sync(h);
+        h.start_sync();
     }
     let (a0, a1, a2) = (
         h0.address.to_string(),
@@ -127,7 +76,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
 
     // Push on node 0, pull on node 1: the same image ID, tagged as on node 0.
     let big = "arpanet-test/big:1";
-    let id = random_image(&lab, h0, big, 24);
+    let id = h0.import_random_image(big, 24);
     let push = h0.arpanet(&["image", "push", big]);
     assert_success(&push, "image push");
     assert!(stdout(&push).contains("pushed"), "{}", stdout(&push));
@@ -139,7 +88,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         "{}",
         stdout(&pull)
     );
-    assert_eq!(image_id(h1, big).as_deref(), Some(id.as_str()));
+    assert_eq!(h1.image_id(big).as_deref(), Some(id.as_str()));
     assert_eq!(holders(h2, &id), vec![a0.clone(), a1.clone()]);
 
     // Bad input: one line each, nothing changes.
@@ -196,14 +145,14 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         "{}",
         stderr(&failed)
     );
-    assert_eq!(image_id(h2, big), None, "nothing is loaded from a bad copy");
+    assert_eq!(h2.image_id(big), None, "nothing is loaded from a bad copy");
     let had = first[0]["done_bytes"].as_u64().unwrap();
     let total = first[0]["total_bytes"].as_u64().unwrap();
     assert!(had > 0 && had < total, "partial: {had} of {total}");
 
     // Node 0 back: the pull resumes (fetching about what it lacked, not the whole
     // tarball) and ends with the right image.
-    start_sync(h0);
+    h0.start_sync();
     let resumed = json(
         &h2.arpanet(&["image", "pull", big, "--json"]),
         "resumed pull",
@@ -215,7 +164,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         fetched > 0 && fetched <= total - had + 4 * piece,
         "a resumed pull fetched {fetched} bytes of {total}, having had {had}"
     );
-    assert_eq!(image_id(h2, big).as_deref(), Some(id.as_str()));
+    assert_eq!(h2.image_id(big).as_deref(), Some(id.as_str()));
     println!(
         "MEASURED resume: had {had} of {total} bytes, fetched {fetched} more after the corrupt piece"
     );
@@ -240,7 +189,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
 
     // Every node at once.
     let all = "arpanet-test/all:1";
-    let all_id = random_image(&lab, h0, all, 16);
+    let all_id = h0.import_random_image(all, 16);
     assert_success(&h0.arpanet(&["image", "push", all]), "push");
     let everywhere = json(
         &h1.arpanet(&["image", "pull", "--all-nodes", all, "--json"]),
@@ -258,7 +207,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     nodes.sort();
     assert_eq!(nodes, vec![a0.as_str(), a1.as_str(), a2.as_str()]);
     for h in &hosts {
-        assert_eq!(image_id(h, all).as_deref(), Some(all_id.as_str()));
+        assert_eq!(h.image_id(all).as_deref(), Some(all_id.as_str()));
     }
     assert_eq!(
         holders(h0, &all_id),
@@ -268,7 +217,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     // containers.d on node 2 with an image only node 0 has: from the swarm, not a registry.
     let app = "arpanet-test/app:1";
     h0.import_image(app, &["ENV BUILD=7"]);
-    let app_id = image_id(h0, app).unwrap();
+    let app_id = h0.image_id(app).unwrap();
     assert_success(&h0.arpanet(&["image", "push", app]), "push app");
     std::fs::create_dir_all(h2.dir.join("containers.d")).unwrap();
     std::fs::write(
@@ -281,7 +230,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     wait_until(Duration::from_secs(60), "app running on node 2", || {
         stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "app"])).trim() == "true"
     });
-    assert_eq!(image_id(h2, app).as_deref(), Some(app_id.as_str()));
+    assert_eq!(h2.image_id(app).as_deref(), Some(app_id.as_str()));
 
     lab.teardown().expect("teardown");
 }

@@ -67,6 +67,7 @@ impl Image {
                         "/v1/sync/push",
                         Some(&ImageRequest {
                             image: image.clone(),
+                            start_at: None,
                         }),
                     )
                     .await;
@@ -131,13 +132,14 @@ async fn pull(
     } else {
         vec![config.node.address.to_string()]
     };
-    let request = ImageRequest {
-        image: image.to_string(),
-    };
     let started = Instant::now();
     let mut pulls = Vec::new();
     let mut failed = Vec::new();
-    for node in &nodes {
+    for (i, node) in nodes.iter().enumerate() {
+        let request = ImageRequest {
+            image: image.to_string(),
+            start_at: all_nodes.then(|| i as f64 / nodes.len() as f64),
+        };
         match api
             .post::<Transfer>(&format!("/v1/sync/pulls?node={node}"), Some(&request))
             .await

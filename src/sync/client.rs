@@ -24,6 +24,7 @@ pub async fn fetch_from_swarm(socket: &Path, image: &str) -> anyhow::Result<bool
         .post("http://sync/v1/pulls")
         .json(&ImageRequest {
             image: image.to_string(),
+            start_at: None,
         })
         .send()
         .await

@@ -164,6 +164,46 @@ pub fn parse_peers(entries: &[(String, Vec<u8>)]) -> Vec<(String, SwarmPeer)> {
         .collect()
 }
 
+/// The info hash (hex) of a BitTorrent announce's query string, where it is
+/// percent-encoded binary.
+pub fn announced_info_hash(query: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("info_hash="))?;
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    (bytes.len() == 20).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The `left` of a BitTorrent announce: bytes the announcing torrent still lacks.
+pub fn announced_left(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("left="))?
+        .parse()
+        .ok()
+}
+
+/// A tracker's answer in the compact form (BEP 23): announce again after `interval`
+/// seconds, and these IPv4 peers.
+pub fn tracker_response(interval: u64, peers: &[SocketAddr]) -> Vec<u8> {
+    let compact: Vec<u8> = peers
+        .iter()
+        .filter_map(|p| match p {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        })
+        .flat_map(|p| {
+            let mut six = p.ip().octets().to_vec();
+            six.extend_from_slice(&p.port().to_be_bytes());
+            six
+        })
+        .collect();
+    let mut out = format!("d8:intervali{interval}e5:peers{}:", compact.len()).into_bytes();
+    out.extend_from_slice(&compact);
+    out.push(b'e');
+    out
+}
+
 /// One pull as the sync service reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transfer {
@@ -208,6 +248,11 @@ impl TransferState {
 #[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     pub image: String,
+    /// Where in the image a pull starts fetching, as a fraction from 0 to 1. Nodes
+    /// pulling together start apart (`--all-nodes` spreads them evenly), so each has
+    /// pieces the others lack. Without it the point comes from the node and image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<f64>,
 }
 
 /// `arpanet image ls`: an image in the cluster and the healthy nodes that hold it.
@@ -284,6 +329,25 @@ mod tests {
             "localhost:5000/web:latest"
         );
         assert_eq!(normal_tag("localhost:5000/web:2"), "localhost:5000/web:2");
+    }
+
+    #[test]
+    fn announces_name_their_torrent_and_answers_are_compact() {
+        let query =
+            "info_hash=%12%34V%78%9A%BC%DE%F0%12%34V%78%9A%BC%DE%F0%12%34V%78&peer_id=x&port=1";
+        assert_eq!(
+            announced_info_hash(query).as_deref(),
+            Some("123456789abcdef0123456789abcdef012345678")
+        );
+        assert_eq!(announced_info_hash("info_hash=%12"), None);
+        assert_eq!(announced_info_hash("port=1"), None);
+        assert_eq!(announced_left("info_hash=x&left=42&port=1"), Some(42));
+        assert_eq!(announced_left("port=1"), None);
+        let peers = ["10.255.0.2:7101".parse().unwrap()];
+        assert_eq!(
+            tracker_response(3, &peers),
+            b"d8:intervali3e5:peers6:\x0a\xff\x00\x02\x1b\xbde".to_vec()
+        );
     }
 
     #[test]

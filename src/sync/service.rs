@@ -1,6 +1,7 @@
 //! The image sync service (`arpanetd --sync`, run by arpanet-sync.service when something
-//! connects to arpanet-sync.socket). It owns a librqbit session: no DHT, no trackers,
-//! no local discovery; peers come from Consul KV and listen on the overlay address only.
+//! connects to arpanet-sync.socket). It owns a librqbit session: no DHT, no local
+//! discovery, and one tracker, on loopback, that answers from Consul KV (holders and
+//! the nodes pulling the same image); peers listen on the overlay address only.
 //! It answers on the control socket, which systemd passes in (LISTEN_FDS) or which it
 //! binds itself when run by hand:
 //!
@@ -47,6 +48,9 @@ use crate::consul::client::Consul;
 use crate::docker::engine::Engine;
 use crate::placement::reconcile::healthy_nodes;
 
+/// How often a torrent asks the loopback tracker (that is, Consul) for its swarm.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A pull that gets no byte for this long from the peers it has fails, naming them.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -78,6 +82,9 @@ struct SyncState {
     last_activity: Mutex<Instant>,
     /// For asking holders' arpanetd to wake their sync service.
     http: reqwest::Client,
+    /// The announce URL of the tracker this service runs on loopback, which answers
+    /// from Consul: every torrent learns of nodes that join its swarm while it runs.
+    tracker: String,
 }
 
 type Shared = Arc<SyncState>;
@@ -89,11 +96,16 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("create {}", images_dir.display()))?;
     let peer_addr = SocketAddr::from((config.node.address.overlay_ip(), config.sync.peer_port));
+    let tracker_listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("listen for the session's tracker on loopback")?;
+    let tracker = format!("http://{}/announce", tracker_listener.local_addr()?);
     let session = Session::new_with_opts(
         images_dir.clone(),
         SessionOptions {
             dht: None,
-            disable_trackers: true,
+            // Only the loopback tracker each torrent names; the session has no others.
+            disable_trackers: false,
             disable_local_service_discovery: true,
             persistence: None,
             fastresume: false,
@@ -129,8 +141,17 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds"),
+        tracker,
     });
     let app = router(state.clone());
+    let tracker_app = Router::new()
+        .route("/announce", get(announce))
+        .with_state(state.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(tracker_listener, tracker_app).await {
+            warn!("image sync: the loopback tracker stopped: {e}");
+        }
+    });
     crate::daemon::notify(&[sd_notify::NotifyState::Ready]);
     let idle = config.sync.idle_timeout;
     tokio::select! {
@@ -260,6 +281,12 @@ fn router(state: Shared) -> Router {
 fn image_request(body: &[u8]) -> Result<ImageRequest, SyncError> {
     let req: ImageRequest = crate::placement::store::parse_json(body)
         .map_err(|e| SyncError(StatusCode::BAD_REQUEST, e))?;
+    if req.start_at.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+        return Err(SyncError(
+            StatusCode::BAD_REQUEST,
+            "start_at: must be a fraction from 0 to 1".into(),
+        ));
+    }
     if req.image.trim().is_empty() {
         return Err(SyncError(
             StatusCode::BAD_REQUEST,
@@ -382,7 +409,8 @@ impl SyncState {
                     overwrite: true,
                     output_folder: Some(self.images_dir.display().to_string()),
                     initial_peers: Some(peers),
-                    disable_trackers: true,
+                    trackers: Some(vec![self.tracker.clone()]),
+                    force_tracker_interval: Some(ANNOUNCE_INTERVAL),
                     ..Default::default()
                 }),
             )
@@ -394,6 +422,37 @@ impl SyncState {
             AddTorrentResponse::ListOnly(_) => bail!("the torrent was only listed"),
         }
     }
+}
+
+/// The tracker librqbit asks: the image's swarm from Consul KV (healthy nodes, this one
+/// left out), so nodes that start pulling later are found by the ones already at it.
+async fn announce(
+    State(s): State<Shared>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let peers = async {
+        let hash = super::announced_info_hash(&query)?;
+        let records = s.records().await.ok()?;
+        let record = records.iter().find(|r| r.info_hash == hash)?;
+        // Other pullers only once this one has pieces: librqbit tells a peer of new
+        // pieces only after that peer showed it has some, so two nodes that meet
+        // empty-handed never trade. Meeting with pieces, they send bitfields at once.
+        let has_pieces = super::announced_left(&query).is_some_and(|left| left < record.size);
+        let swarms = s.swarms().await.ok()?;
+        Some(
+            swarms
+                .into_iter()
+                .filter(|(hex, p)| {
+                    hex == record.hex() && p.node != s.me && (p.complete || has_pieces)
+                })
+                .map(|(_, p)| p.peer)
+                .collect::<Vec<_>>(),
+        )
+    }
+    .await
+    .unwrap_or_default();
+    super::tracker_response(ANNOUNCE_INTERVAL.as_secs(), &peers).into_response()
 }
 
 async fn list_images(State(s): State<Shared>) -> SyncResult {
@@ -468,6 +527,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError
         }
         _ => {
             info!("image sync: exporting {image} ({})", short(&id));
+            std::fs::create_dir_all(&s.images_dir).map_err(|e| SyncError::internal(e.into()))?;
             let part = path.with_extension("tar.part");
             export(&engine, &id, &part)
                 .await
@@ -594,6 +654,8 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let path = s.tarball(&record.id);
     let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let need = record.size.saturating_sub(have);
+    // Made again if someone cleaned it up while the service ran.
+    std::fs::create_dir_all(&s.images_dir).map_err(|e| SyncError::internal(e.into()))?;
     let free = free_bytes(&s.images_dir).map_err(SyncError::internal)?;
     // The tarball, then Docker's copy of the layers (usually on the same disk).
     if free < need {
@@ -628,7 +690,7 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let state = s.clone();
     tokio::spawn(async move {
         let _busy = busy;
-        let result = pull(&state, id, &record).await;
+        let result = pull(&state, id, &record, req.start_at).await;
         let mut transfers = state.transfers.lock().unwrap();
         let t = transfers.get_mut(&id).expect("transfers are kept");
         match result {
@@ -656,7 +718,12 @@ impl SyncState {
     }
 }
 
-async fn pull(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result<()> {
+async fn pull(
+    s: &Shared,
+    transfer: u64,
+    record: &ImageRecord,
+    start_at: Option<f64>,
+) -> anyhow::Result<()> {
     let engine = Engine::connect(&s.docker_socket).await?;
     let path = s.tarball(&record.id);
     if engine.image_id(&record.id).await?.is_some() {
@@ -666,7 +733,9 @@ async fn pull(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result
         }
         return tag(&engine, record).await;
     }
-    download(s, transfer, record).await?;
+    let started = Instant::now();
+    download(s, transfer, record, start_at).await?;
+    let downloaded = started.elapsed();
     s.update(transfer, |t| t.state = TransferState::Verifying);
     let (check_path, id) = (path.clone(), record.id.clone());
     let verified =
@@ -679,6 +748,7 @@ async fn pull(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result
             short(&record.id)
         );
     }
+    let checked = started.elapsed();
     s.update(transfer, |t| t.state = TransferState::Loading);
     engine
         .load(&path)
@@ -692,6 +762,13 @@ async fn pull(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result
     }
     tag(&engine, record).await?;
     s.announce(&record.id, true).await?;
+    info!(
+        "image sync: {} downloaded in {:.1} s, checked in {:.1} s, loaded in {:.1} s",
+        short(&record.id),
+        downloaded.as_secs_f64(),
+        (checked - downloaded).as_secs_f64(),
+        (started.elapsed() - checked).as_secs_f64()
+    );
     Ok(())
 }
 
@@ -742,7 +819,12 @@ async fn forget(s: &SyncState, record: &ImageRecord, delete: bool) {
 }
 
 /// Fetches the tarball from the image's swarm, reporting progress into the transfer.
-async fn download(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Result<()> {
+async fn download(
+    s: &Shared,
+    transfer: u64,
+    record: &ImageRecord,
+    start_at: Option<f64>,
+) -> anyhow::Result<()> {
     let swarm: Vec<SwarmPeer> = s
         .swarms()
         .await?
@@ -759,8 +841,17 @@ async fn download(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Re
     // Pullers list themselves too, so nodes pulling at once trade pieces with each other.
     s.announce(&record.id, false).await?;
     wake_holders(s, record, &swarm).await;
-    let peers: Vec<SocketAddr> = swarm.iter().map(|p| p.peer).collect();
+    // Holders first; other pullers come from the loopback tracker (see `announce`).
+    let peers: Vec<SocketAddr> = swarm
+        .iter()
+        .filter(|p| p.complete)
+        .map(|p| p.peer)
+        .collect();
     let torrent = s.add(record, peers.clone()).await?;
+    let _rotation = AbortOnDrop(tokio::spawn(fetch_from(
+        torrent.clone(),
+        start_offset(record, s.me, start_at),
+    )));
     let mut last_progress = (0u64, Instant::now());
     loop {
         let stats = torrent.stats();
@@ -807,6 +898,51 @@ async fn download(s: &Shared, transfer: u64, record: &ImageRecord) -> anyhow::Re
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// librqbit fetches pieces in file order, so nodes pulling at once would all want the
+/// same piece from the holder at the same moment and have nothing to trade. A stream
+/// read from a point of its own makes each node fetch that part first (librqbit puts a
+/// stream's next pieces ahead of the rest); the rest follows in order. The bytes read
+/// are dropped: the stream is only there to steer.
+async fn fetch_from(torrent: Arc<ManagedTorrent>, offset: u64) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut stream) = torrent.stream(0).await else {
+        return;
+    };
+    if stream.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 1 << 20];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// Where this node starts fetching `record`, on a piece boundary: at `start_at` of the
+/// image when given, else at a point that depends on the node and the image, so nodes
+/// pulling the same image start apart.
+fn start_offset(record: &ImageRecord, me: NodeAddress, start_at: Option<f64>) -> u64 {
+    use sha2::Digest;
+    let pieces = record
+        .size
+        .div_ceil(record.piece_length.max(1) as u64)
+        .max(1);
+    let piece = match start_at {
+        Some(f) => ((f * pieces as f64) as u64).min(pieces - 1),
+        None => {
+            let digest = sha2::Sha256::digest(format!("{}\0{me}", record.info_hash));
+            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % pieces
+        }
+    };
+    piece * record.piece_length as u64
+}
+
+/// Stops a helper task when the pull it helps ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

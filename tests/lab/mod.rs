@@ -701,8 +701,9 @@ impl Host {
             h.start_arpanetd();
         }
         for h in hosts {
+            // arpanetd's keys, not just the file: a caller may have written its own first.
             wait_until(Duration::from_secs(20), "daemon.json", || {
-                h.daemon_json().exists()
+                std::fs::read_to_string(h.daemon_json()).is_ok_and(|j| j.contains("\"bip\""))
             });
             h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
         }
@@ -720,6 +721,57 @@ impl Host {
             );
             h.start_consul_agent();
         }
+    }
+
+    /// The image sync service as arpanet-sync.service runs it (`arpanetd --sync`),
+    /// started by hand: the lab has no systemd to activate its socket.
+    pub fn start_sync(&self) {
+        let config = self.config_path();
+        self.spawn(
+            "sync",
+            &[
+                std::ffi::OsStr::new(env!("CARGO_BIN_EXE_arpanetd")),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--sync".as_ref(),
+            ],
+        );
+        wait_until(Duration::from_secs(20), "the sync service's socket", || {
+            self.dir.join("run/sync.sock").exists()
+        });
+    }
+
+    /// Imports an image of `mb` MB of random data (incompressible, like real layers)
+    /// as `tag`; returns its ID.
+    pub fn import_random_image(&self, tag: &str, mb: usize) -> String {
+        use std::io::Read;
+        let root = self
+            .dir
+            .join(format!("root-{}", tag.replace(['/', ':'], "-")));
+        std::fs::create_dir_all(&root).expect("image root");
+        let mut data = vec![0u8; mb << 20];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut data))
+            .expect("random bytes");
+        std::fs::write(root.join("data.bin"), &data).expect("write the image's data");
+        let cmd = format!(
+            "tar -C {} -c . | {} -H unix://{} import - {tag}",
+            root.display(),
+            docker_cli().display(),
+            self.docker_socket().display()
+        );
+        let out = Command::new("sh").args(["-c", &cmd]).output().expect("sh");
+        assert_success(&out, "docker import of a random image");
+        std::fs::remove_dir_all(&root).ok();
+        self.image_id(tag).expect("the imported image")
+    }
+
+    /// The ID of `image` in this host's Docker, if it has it.
+    pub fn image_id(&self, image: &str) -> Option<String> {
+        let out = self.docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+        out.status
+            .success()
+            .then(|| stdout(&out).trim().to_string())
     }
 
     pub fn start_arpanetd(&self) {

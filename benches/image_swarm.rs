@@ -1,0 +1,339 @@
+//! One image onto N nodes at once, three ways, over links shaped to the same rate:
+//! (1) a central registry (Debian's docker-registry; `docker push`, then `docker pull`
+//! on every node), (2) Docket's stack (opentracker + ctorrent on the `docker save`
+//! tarball, then `docker load`), (3) `arpanet image pull --all-nodes`.
+//! `make bench-images` (root). Prints each time, its ratio to the floor S/B and the
+//! speed-up over the registry, measured in one run; asserts nothing about speed.
+//!
+//! IMAGE_MB (default 200), NODES (receivers, default 5) and RATE_MBIT (default 100)
+//! change the setup; METHODS (default `registry,docket,arpanet`) picks what runs. Every host's underlay link is shaped both ways with tc (tbf), so
+//! each node can send and receive B; the source node is one of N + 1 hosts.
+
+#[path = "../tests/lab/mod.rs"]
+mod lab;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lab::{Host, Lab, assert_success, stdout, wait_until};
+
+const TAG: &str = "bench/big:1";
+const REGISTRY_PORT: u16 = 5000;
+const TRACKER_PORT: u16 = 6969;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !lab::available() {
+        return;
+    }
+    for tool in ["docker-registry", "opentracker", "ctorrent", "tc"] {
+        assert!(
+            lab::which(tool).is_some(),
+            "{tool} is missing: `make bench-images` installs docker-registry, opentracker and ctorrent"
+        );
+    }
+    let mb = env_or("IMAGE_MB", 200);
+    let receivers = env_or("NODES", 5);
+    let rate_mbit = env_or("RATE_MBIT", 100);
+
+    let lab = Lab::builder(receivers + 1).start();
+    let source_ip = lab.hosts[0].underlay_ip;
+    let registry = format!("{source_ip}:{REGISTRY_PORT}");
+    let consul = "[consul]\nmode = \"config\"\n";
+    for i in 0..lab.hosts.len() {
+        let role = if i == 0 { "boot" } else { "client" };
+        let others: Vec<usize> = (0..lab.hosts.len()).filter(|j| *j != i).collect();
+        lab.write_arpanet_config(i, role, &others, consul);
+        // A plain-HTTP registry on another host must be named insecure; arpanetd adds
+        // its own keys to this daemon.json and keeps the rest.
+        std::fs::write(
+            lab.hosts[i].daemon_json(),
+            format!("{{\"insecure-registries\": [\"{registry}\"]}}\n"),
+        )
+        .expect("daemon.json");
+    }
+    let hosts: Vec<&Host> = lab.hosts.iter().collect();
+    Host::start_nodes(&hosts);
+    for h in &hosts {
+        h.start_sync();
+    }
+    let (source, targets) = (hosts[0], &hosts[1..]);
+    wait_until(Duration::from_secs(90), "every node in the API", || {
+        let out = source.arpanet(&["node", "ls", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(hosts.len())
+    });
+
+    eprintln!("making a {mb} MB image on the source node");
+    let id = source.import_random_image(TAG, mb);
+    let tarball = source.dir.join("bench.tar");
+    assert_success(
+        &source.docker(&["save", "-o", tarball.to_str().unwrap(), TAG]),
+        "docker save",
+    );
+    let size = std::fs::metadata(&tarball).unwrap().len();
+    let floor = size as f64 * 8.0 / (rate_mbit as f64 * 1e6);
+
+    for h in &hosts {
+        shape(&lab, h, rate_mbit);
+    }
+
+    // METHODS=arpanet (say) runs a subset; the default runs all three.
+    let methods = std::env::var("METHODS").unwrap_or_else(|_| "registry,docket,arpanet".into());
+    let mut results: Vec<(&str, f64)> = Vec::new();
+    if methods.contains("registry") {
+        eprintln!("(1) registry");
+        let secs = via_registry(&lab, source, targets, &registry, &id);
+        results.push(("registry (docker-registry, docker pull)", secs));
+        clear(targets, &id);
+    }
+    if methods.contains("docket") {
+        eprintln!("(2) opentracker + ctorrent");
+        let secs = via_ctorrent(source, targets, &tarball, &id);
+        results.push(("Docket (opentracker + ctorrent, docker load)", secs));
+        clear(targets, &id);
+    }
+    if methods.contains("arpanet") {
+        eprintln!("(3) arpanet image pull --all-nodes");
+        let secs = via_arpanet(source, targets, &id);
+        results.push(("arpanet image pull --all-nodes", secs));
+        eprintln!("copies each node sent: {}", uploads(&hosts, size));
+    }
+
+    println!(
+        "image to {receivers} nodes at once: S = {:.1} MB (docker save tarball), every link {rate_mbit} Mbit/s, floor S/B = {floor:.1} s",
+        size as f64 / 1e6
+    );
+    let registry_secs = results
+        .iter()
+        .find(|(name, _)| name.starts_with("registry"))
+        .map(|(_, s)| *s);
+    for (name, secs) in &results {
+        let speedup = registry_secs
+            .map(|r| format!("{:>5.2}x faster than the registry", r / secs))
+            .unwrap_or_default();
+        println!(
+            "  {name:<46} {secs:>7.1} s  {:>5.2}x S/B  {speedup}",
+            secs / floor
+        );
+    }
+    lab.teardown().expect("teardown");
+}
+
+/// tbf on both ends of the host's underlay veth: what it sends and what it receives.
+fn shape(lab: &Lab, h: &Host, rate_mbit: usize) {
+    let tbf = |netns: &str, dev: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "tc", "qdisc", "replace", "dev", dev])
+            .args(["root", "tbf", "rate", &format!("{rate_mbit}mbit")])
+            .args(["burst", "256kb", "latency", "100ms"])
+            .output()
+            .expect("tc");
+        assert_success(&out, &format!("tc on {dev} in {netns}"));
+    };
+    tbf(&h.netns, &h.underlay_interface);
+    tbf(&format!("{}-ul", lab.name), &format!("h{}", h.index));
+}
+
+/// Removes the image from the targets, so the next method starts from nothing.
+fn clear(targets: &[&Host], id: &str) {
+    for h in targets {
+        let _ = h.docker(&["rmi", "-f", id]);
+        assert_eq!(h.image_id(id), None, "image left on {}", h.address);
+        std::fs::remove_dir_all(h.dir.join("state/images")).ok();
+    }
+}
+
+/// Runs `work` for every target at once; the time until the last one finished.
+fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for h in targets {
+            let work = &work;
+            scope.spawn(move || work(h));
+        }
+    });
+    started.elapsed().as_secs_f64()
+}
+
+fn via_registry(lab: &Lab, source: &Host, targets: &[&Host], registry: &str, id: &str) -> f64 {
+    let config = lab.dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
+            lab.dir.join("registry").display()
+        ),
+    )
+    .unwrap();
+    source.spawn(
+        "registry",
+        &[
+            "docker-registry".as_ref(),
+            "serve".as_ref(),
+            config.as_os_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the registry", || {
+        source
+            .exec(&[
+                "curl",
+                "-sf",
+                &format!("http://{registry}/v2/"),
+                "-o",
+                "/dev/null",
+            ])
+            .status
+            .success()
+    });
+    let remote = format!("{registry}/{TAG}");
+    assert_success(&source.docker(&["tag", TAG, &remote]), "docker tag");
+    assert_success(&source.docker(&["push", &remote]), "docker push");
+    let secs = all_at_once(targets, |h| {
+        assert_success(&h.docker(&["pull", &remote]), "docker pull");
+    });
+    for h in targets {
+        assert_eq!(h.image_id(&remote).as_deref(), Some(id));
+    }
+    source.stop("registry");
+    secs
+}
+
+fn via_ctorrent(source: &Host, targets: &[&Host], tarball: &Path, id: &str) -> f64 {
+    let tracker = format!("http://{}:{TRACKER_PORT}/announce", source.underlay_ip);
+    let torrent = source.dir.join("bench.torrent");
+    let make = source.exec(&[
+        "ctorrent",
+        "-t",
+        "-u",
+        &tracker,
+        "-l",
+        "262144",
+        "-s",
+        torrent.to_str().unwrap(),
+        tarball.to_str().unwrap(),
+    ]);
+    assert_success(&make, "ctorrent -t");
+    // Debian builds opentracker with a whitelist of info hashes.
+    let bytes = std::fs::read(&torrent).unwrap();
+    let info_hash = librqbit::torrent_from_bytes(&bytes)
+        .expect("ctorrent's torrent parses")
+        .info_hash
+        .as_string();
+    let whitelist = source.dir.join("whitelist.txt");
+    std::fs::write(&whitelist, format!("{info_hash}\n")).unwrap();
+    source.spawn(
+        "opentracker",
+        &[
+            "opentracker".as_ref(),
+            "-i".as_ref(),
+            source.underlay_ip.to_string().as_ref(),
+            "-p".as_ref(),
+            TRACKER_PORT.to_string().as_ref(),
+            "-w".as_ref(),
+            whitelist.as_os_str(),
+        ],
+    );
+    // The seeder; every downloader keeps seeding after it finishes, as Docket's did.
+    source.spawn(
+        "ctorrent-seed",
+        &[
+            "ctorrent".as_ref(),
+            "-e".as_ref(),
+            "12".as_ref(),
+            "-s".as_ref(),
+            tarball.as_os_str(),
+            torrent.as_os_str(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let secs = all_at_once(targets, |h| {
+        let file = h.dir.join("bench.tar");
+        let done = h.dir.join("ctorrent.done");
+        h.spawn(
+            "ctorrent",
+            &[
+                "ctorrent".as_ref(),
+                "-e".as_ref(),
+                "12".as_ref(),
+                "-X".as_ref(),
+                format!("touch {}", done.display()).as_ref(),
+                "-s".as_ref(),
+                file.as_os_str(),
+                torrent.as_os_str(),
+            ],
+        );
+        wait_until(Duration::from_secs(1800), "ctorrent done", || done.exists());
+        assert_success(
+            &h.docker(&["load", "-i", file.to_str().unwrap()]),
+            "docker load",
+        );
+    });
+    for h in targets {
+        assert_eq!(h.image_id(TAG).as_deref(), Some(id));
+        h.stop("ctorrent");
+    }
+    source.stop("ctorrent-seed");
+    source.stop("opentracker");
+    secs
+}
+
+/// Bytes each node's sync service sent to peers, in copies of the image.
+fn uploads(hosts: &[&Host], size: u64) -> String {
+    hosts
+        .iter()
+        .map(|h| {
+            let socket = h.dir.join("run/sync.sock");
+            let out = h.exec(&[
+                "curl",
+                "-s",
+                "--unix-socket",
+                socket.to_str().unwrap(),
+                "http://sync/v1/status",
+            ]);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let sent: u64 = status["torrents"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|t| t["uploaded_bytes"].as_u64()).sum())
+                .unwrap_or(0);
+            format!("{} {:.2}", h.address, sent as f64 / size as f64)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn via_arpanet(source: &Host, targets: &[&Host], id: &str) -> f64 {
+    assert_success(
+        &source.arpanet(&["image", "push", TAG]),
+        "arpanet image push",
+    );
+    let started = Instant::now();
+    let pull = source.arpanet(&["image", "pull", "--all-nodes", TAG, "--json"]);
+    let secs = started.elapsed().as_secs_f64();
+    assert_success(&pull, "arpanet image pull --all-nodes");
+    eprintln!("{}", stdout(&pull));
+    for h in targets {
+        assert_eq!(h.image_id(TAG).as_deref(), Some(id));
+        let log = std::fs::read_to_string(h.dir.join("sync.log")).unwrap_or_default();
+        if let Ok(dir) = std::env::var("BENCH_LOGS") {
+            std::fs::create_dir_all(&dir).ok();
+            std::fs::write(format!("{dir}/sync-{}.log", h.address), &log).ok();
+        }
+        for line in log.lines().filter(|l| l.contains("downloaded in")) {
+            eprintln!(
+                "node {}: {}",
+                h.address,
+                line.split("image sync: ").last().unwrap()
+            );
+        }
+    }
+    secs
+}
