@@ -64,13 +64,7 @@ fn main() {
         h.start_sync();
     }
     let (source, targets) = (hosts[0], &hosts[1..]);
-    wait_until(Duration::from_secs(90), "every node in the API", || {
-        let out = source.arpanet(&["node", "ls", "--json"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            == Some(hosts.len())
-    });
+    source.wait_for_nodes(hosts.len(), Duration::from_secs(90));
 
     eprintln!("making a {mb} MB image on the source node");
     let id = source.import_random_image(TAG, mb);

@@ -48,23 +48,9 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(3).start();
-    let consul = "[consul]\nmode = \"config\"\n";
-    lab.write_arpanet_config(0, "boot", &[1, 2], consul);
-    lab.write_arpanet_config(1, "server", &[0, 2], consul);
-    lab.write_arpanet_config(2, "client", &[0, 1], consul);
+    let lab = Lab::three_nodes();
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
-    Host::start_nodes(&hosts);
-    for h in &hosts {
-        wait_until(Duration::from_secs(60), "three nodes in the API", || {
-            let out = h.arpanet(&["node", "ls", "--json"]);
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v.as_array().map(Vec::len))
-                == Some(3)
-        });
-    }
     for h in &hosts {
         h.start_sync();
     }

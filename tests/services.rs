@@ -104,26 +104,9 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     if !lab::available() {
         return;
     }
-    let lab = Lab::builder(3).start();
-    let consul = "[consul]\nmode = \"config\"\n";
-    lab.write_arpanet_config(0, "boot", &[1, 2], consul);
-    lab.write_arpanet_config(1, "server", &[0, 2], consul);
-    lab.write_arpanet_config(2, "client", &[0, 1], consul);
+    let lab = Lab::three_nodes();
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
-    Host::start_nodes(&hosts);
-    // Every node's API sees all three nodes.
-    for h in &hosts {
-        let nodes = || {
-            let out = h.arpanet(&["node", "ls", "--json"]);
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v.as_array().map(Vec::len))
-        };
-        wait_until(Duration::from_secs(60), "three nodes in the API", || {
-            nodes() == Some(3)
-        });
-    }
 
     // 6 replicas from node 1: 2 on each node, listed alike from every node.
     let create = h1.arpanet(&[

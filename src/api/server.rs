@@ -75,7 +75,7 @@ impl ApiState {
 
 /// An error as the API returns it: `{"error": "..."}` and a status that fits.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
     fn bad_request(m: impl Into<String>) -> Self {
@@ -96,7 +96,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -792,43 +792,34 @@ async fn relay_sync(
         None => None,
     }
     .filter(|n| *n != s.me.address);
-    let (status, body) = if let Some(node) = target {
-        let url = format!("http://{}:{}/v1/sync/{rest}", node.overlay_ip(), s.port);
-        let resp = s
-            .peers
-            .request(method, &url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                ApiError(
-                    StatusCode::BAD_GATEWAY,
-                    format!("node {node} does not answer: {}", e.without_url()),
-                )
-            })?;
-        (resp.status(), resp.bytes().await.unwrap_or_default())
-    } else {
-        let resp = s
-            .sync
-            .request(method, format!("http://sync/v1/{rest}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "the image sync service does not answer at {} on node {}: {} (is arpanet-sync.socket running?)",
-                        s.sync_socket.display(),
-                        s.me.address,
-                        e.without_url()
-                    ),
-                )
-            })?;
-        (resp.status(), resp.bytes().await.unwrap_or_default())
+    // The two hops differ only in where they go and what a failure to get there means.
+    let (client, url, unreachable, fail) = match target {
+        Some(node) => (
+            &s.peers,
+            format!("http://{}:{}/v1/sync/{rest}", node.overlay_ip(), s.port),
+            format!("node {node} does not answer"),
+            StatusCode::BAD_GATEWAY,
+        ),
+        None => (
+            &s.sync,
+            format!("http://sync/v1/{rest}"),
+            format!(
+                "the image sync service does not answer at {} on node {} (is arpanet-sync.socket running?)",
+                s.sync_socket.display(),
+                s.me.address
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
     };
+    let resp = client
+        .request(method, &url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ApiError(fail, format!("{unreachable}: {}", e.without_url())))?;
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
     Ok(json_bytes(status, body))
 }
 

@@ -25,7 +25,7 @@ use anyhow::{Context, anyhow, bail};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -42,7 +42,7 @@ use super::{
     TransferState, image_key, parse_peers, peer_key, resolve, tarball_name,
 };
 use crate::addressing::NodeAddress;
-use crate::api::ErrorBody;
+use crate::api::server::{ApiError, json_response};
 use crate::config::Config;
 use crate::consul::client::Consul;
 use crate::docker::engine::Engine;
@@ -228,31 +228,12 @@ impl Drop for Busy {
     }
 }
 
-#[derive(Debug)]
-struct SyncError(StatusCode, String);
-
-impl SyncError {
-    fn internal(e: anyhow::Error) -> Self {
-        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
-    }
+/// Errors are the cluster API's (`{"error": "..."}`); this one is ours to fix.
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
-impl IntoResponse for SyncError {
-    fn into_response(self) -> Response {
-        json(self.0, &ErrorBody { error: self.1 })
-    }
-}
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(body).expect("serializable"),
-    )
-        .into_response()
-}
-
-type SyncResult = Result<Response, SyncError>;
+type SyncResult = Result<Response, ApiError>;
 
 fn router(state: Shared) -> Router {
     Router::new()
@@ -263,7 +244,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/pulls/{id}", get(get_pull))
         .route("/v1/seeds/{id}", post(seed))
         .fallback(|| async {
-            SyncError(
+            ApiError(
                 StatusCode::NOT_FOUND,
                 "no such endpoint in the sync service".into(),
             )
@@ -278,17 +259,17 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn image_request(body: &[u8]) -> Result<ImageRequest, SyncError> {
+fn image_request(body: &[u8]) -> Result<ImageRequest, ApiError> {
     let req: ImageRequest = crate::placement::store::parse_json(body)
-        .map_err(|e| SyncError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     if req.start_at.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
-        return Err(SyncError(
+        return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "start_at: must be a fraction from 0 to 1".into(),
         ));
     }
     if req.image.trim().is_empty() {
-        return Err(SyncError(
+        return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "image: must name an image".into(),
         ));
@@ -326,7 +307,7 @@ async fn status(State(s): State<Shared>) -> SyncResult {
             .collect()
     });
     let transfers = s.transfers.lock().unwrap().values().cloned().collect();
-    Ok(json(
+    Ok(json_response(
         StatusCode::OK,
         &Status {
             node: s.me.to_string(),
@@ -456,8 +437,8 @@ async fn announce(
 }
 
 async fn list_images(State(s): State<Shared>) -> SyncResult {
-    let records = s.records().await.map_err(SyncError::internal)?;
-    let swarms = s.swarms().await.map_err(SyncError::internal)?;
+    let records = s.records().await.map_err(internal)?;
+    let swarms = s.swarms().await.map_err(internal)?;
     let images: Vec<ClusterImage> = records
         .iter()
         .map(|r| ClusterImage {
@@ -471,13 +452,13 @@ async fn list_images(State(s): State<Shared>) -> SyncResult {
                 .collect(),
         })
         .collect();
-    Ok(json(StatusCode::OK, &images))
+    Ok(json_response(StatusCode::OK, &images))
 }
 
 async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let req = image_request(&body)?;
     let record = push_image(&s, &req.image).await?;
-    Ok(json(
+    Ok(json_response(
         StatusCode::OK,
         &ClusterImage {
             id: record.id.clone(),
@@ -488,16 +469,13 @@ async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
     ))
 }
 
-async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError> {
+async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError> {
     let engine = Engine::connect(&s.docker_socket)
         .await
-        .map_err(|e| SyncError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
-    let inspect = engine
-        .inspect_image(image)
-        .await
-        .map_err(SyncError::internal)?;
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let inspect = engine.inspect_image(image).await.map_err(internal)?;
     let Some(inspect) = inspect else {
-        return Err(SyncError(
+        return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no image `{image}` in this node's Docker (`docker images` lists them)"),
         ));
@@ -507,7 +485,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError
     let existing = s
         .records()
         .await
-        .map_err(SyncError::internal)?
+        .map_err(internal)?
         .into_iter()
         .find(|r| r.id == id);
     let path = s.tarball(&id);
@@ -520,21 +498,19 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError
                 }
             }
             record.tags = tags;
-            s.add(&record, Vec::new())
-                .await
-                .map_err(SyncError::internal)?;
+            s.add(&record, Vec::new()).await.map_err(internal)?;
             record
         }
         _ => {
             info!("image sync: exporting {image} ({})", short(&id));
-            std::fs::create_dir_all(&s.images_dir).map_err(|e| SyncError::internal(e.into()))?;
+            std::fs::create_dir_all(&s.images_dir).map_err(|e| internal(e.into()))?;
             let part = path.with_extension("tar.part");
             export(&engine, &id, &part)
                 .await
                 .map_err(|e| disk_error(e, &s.images_dir))?;
-            std::fs::rename(&part, &path).map_err(|e| SyncError::internal(e.into()))?;
+            std::fs::rename(&part, &path).map_err(|e| internal(e.into()))?;
             let size = std::fs::metadata(&path)
-                .map_err(|e| SyncError::internal(e.into()))?
+                .map_err(|e| internal(e.into()))?
                 .len();
             let piece_length = super::piece_length(size);
             let (made, _handle) = s
@@ -548,8 +524,8 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError
                     },
                 )
                 .await
-                .map_err(|e| SyncError::internal(anyhow!("make the torrent: {e}")))?;
-            let torrent = made.as_bytes().map_err(SyncError::internal)?;
+                .map_err(|e| internal(anyhow!("make the torrent: {e}")))?;
+            let torrent = made.as_bytes().map_err(internal)?;
             ImageRecord {
                 id: id.clone(),
                 tags,
@@ -567,8 +543,8 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, SyncError
             serde_json::to_vec(&record).expect("serializable"),
         )
         .await
-        .map_err(SyncError::internal)?;
-    s.announce(&id, true).await.map_err(SyncError::internal)?;
+        .map_err(internal)?;
+    s.announce(&id, true).await.map_err(internal)?;
     info!(
         "image sync: published {image} ({}, {} bytes) and seeding it",
         short(&id),
@@ -599,38 +575,35 @@ async fn export(engine: &Engine, id: &str, path: &FsPath) -> anyhow::Result<()> 
 }
 
 /// A full disk is its own one-line error; anything else keeps its chain.
-fn disk_error(e: anyhow::Error, dir: &FsPath) -> SyncError {
+fn disk_error(e: anyhow::Error, dir: &FsPath) -> ApiError {
     let full = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(nix::libc::ENOSPC))
     });
     if full {
-        SyncError(
+        ApiError(
             StatusCode::INSUFFICIENT_STORAGE,
             format!("{} is full", dir.display()),
         )
     } else {
-        SyncError::internal(e)
+        internal(e)
     }
 }
 
 async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
-    let records = s.records().await.map_err(SyncError::internal)?;
+    let records = s.records().await.map_err(internal)?;
     let record = records
         .iter()
         .find(|r| r.hex() == super::id_hex(&id))
-        .ok_or_else(|| SyncError(StatusCode::NOT_FOUND, format!("no cluster image {id}")))?;
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no cluster image {id}")))?;
     if !s.tarball(&record.id).exists() {
-        return Err(SyncError(
+        return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("node {} holds no tarball of {}", s.me, short(&record.id)),
         ));
     }
-    let torrent = s
-        .add(record, Vec::new())
-        .await
-        .map_err(SyncError::internal)?;
-    Ok(json(
+    let torrent = s.add(record, Vec::new()).await.map_err(internal)?;
+    Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "node": s.me.to_string(), "seeding": torrent.stats().finished }),
     ))
@@ -641,25 +614,25 @@ async fn get_pull(State(s): State<Shared>, Path(id): Path<u64>) -> SyncResult {
         .lock()
         .unwrap()
         .get(&id)
-        .map(|t| json(StatusCode::OK, t))
-        .ok_or_else(|| SyncError(StatusCode::NOT_FOUND, format!("no pull {id} here")))
+        .map(|t| json_response(StatusCode::OK, t))
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no pull {id} here")))
 }
 
 async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let req = image_request(&body)?;
-    let records = s.records().await.map_err(SyncError::internal)?;
+    let records = s.records().await.map_err(internal)?;
     let record = resolve(&records, &req.image)
-        .map_err(|e| SyncError(StatusCode::NOT_FOUND, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?
         .clone();
     let path = s.tarball(&record.id);
     let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let need = record.size.saturating_sub(have);
     // Made again if someone cleaned it up while the service ran.
-    std::fs::create_dir_all(&s.images_dir).map_err(|e| SyncError::internal(e.into()))?;
-    let free = free_bytes(&s.images_dir).map_err(SyncError::internal)?;
+    std::fs::create_dir_all(&s.images_dir).map_err(|e| internal(e.into()))?;
+    let free = free_bytes(&s.images_dir).map_err(internal)?;
     // The tarball, then Docker's copy of the layers (usually on the same disk).
     if free < need {
-        return Err(SyncError(
+        return Err(ApiError(
             StatusCode::INSUFFICIENT_STORAGE,
             format!(
                 "not enough space in {} to pull {}: it needs {}, {} is free",
@@ -707,7 +680,7 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
             }
         }
     });
-    Ok(json(StatusCode::ACCEPTED, &transfer))
+    Ok(json_response(StatusCode::ACCEPTED, &transfer))
 }
 
 impl SyncState {
@@ -795,7 +768,7 @@ async fn tag(engine: &Engine, record: &ImageRecord) -> anyhow::Result<()> {
 }
 
 fn disk_error_any(e: anyhow::Error, dir: &FsPath) -> anyhow::Error {
-    let SyncError(status, message) = disk_error(e, dir);
+    let ApiError(status, message) = disk_error(e, dir);
     if status == StatusCode::INSUFFICIENT_STORAGE {
         anyhow!("{message}; Docker could not store the image")
     } else {

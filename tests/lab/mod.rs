@@ -355,6 +355,22 @@ impl Lab {
     /// Writes an arpanet.toml for every host: host 0 boots, the others are servers,
     /// every other host is a join peer, paths and sockets live in the host's directory,
     /// Docker is configured by file only. `extra` is appended (e.g. a `[consul]` table).
+    /// Three whole nodes (boot, server, client; Consul run as arpanet runs it), once
+    /// every node's API lists all three.
+    pub fn three_nodes() -> Lab {
+        let lab = Lab::builder(3).start();
+        let consul = "[consul]\nmode = \"config\"\n";
+        lab.write_arpanet_config(0, "boot", &[1, 2], consul);
+        lab.write_arpanet_config(1, "server", &[0, 2], consul);
+        lab.write_arpanet_config(2, "client", &[0, 1], consul);
+        let hosts: Vec<&Host> = lab.hosts.iter().collect();
+        Host::start_nodes(&hosts);
+        for h in &hosts {
+            h.wait_for_nodes(3, Duration::from_secs(60));
+        }
+        lab
+    }
+
     pub fn write_arpanet_configs(&self, extra: &str) -> Vec<PathBuf> {
         (0..self.hosts.len())
             .map(|i| {
@@ -772,6 +788,17 @@ impl Host {
         out.status
             .success()
             .then(|| stdout(&out).trim().to_string())
+    }
+
+    /// Waits until this node's cluster API lists `n` nodes.
+    pub fn wait_for_nodes(&self, n: usize, limit: Duration) {
+        wait_until(limit, &format!("{n} nodes in the API"), || {
+            let out = self.arpanet(&["node", "ls", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                == Some(n)
+        });
     }
 
     pub fn start_arpanetd(&self) {
