@@ -75,6 +75,11 @@ impl Image {
                 let pushed = pushed?;
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&pushed)?);
+                } else if pushed.holders.is_empty() {
+                    println!(
+                        "pushed {image} ({}): the cluster had this image already; its holders serve the new tags",
+                        short(&pushed.id)
+                    );
                 } else {
                     println!(
                         "pushed {image} ({}, {}); node {} seeds it",

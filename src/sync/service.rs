@@ -228,9 +228,10 @@ impl Drop for Busy {
     }
 }
 
-/// Errors are the cluster API's (`{"error": "..."}`); this one is ours to fix.
-fn internal(e: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+/// Errors are the cluster API's (`{"error": "..."}`). Docker, Consul or the disk could
+/// not do what was asked: 503, as the API answers.
+fn unavailable(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
 }
 
 type SyncResult = Result<Response, ApiError>;
@@ -437,8 +438,8 @@ async fn announce(
 }
 
 async fn list_images(State(s): State<Shared>) -> SyncResult {
-    let records = s.records().await.map_err(internal)?;
-    let swarms = s.swarms().await.map_err(internal)?;
+    let records = s.records().await.map_err(unavailable)?;
+    let swarms = s.swarms().await.map_err(unavailable)?;
     let images: Vec<ClusterImage> = records
         .iter()
         .map(|r| ClusterImage {
@@ -464,7 +465,11 @@ async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
             id: record.id.clone(),
             tags: record.tags.clone(),
             size: record.size,
-            holders: vec![s.me.to_string()],
+            holders: if s.tarball(&record.id).exists() {
+                vec![s.me.to_string()]
+            } else {
+                Vec::new()
+            },
         },
     ))
 }
@@ -473,7 +478,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
     let engine = Engine::connect(&s.docker_socket)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
-    let inspect = engine.inspect_image(image).await.map_err(internal)?;
+    let inspect = engine.inspect_image(image).await.map_err(unavailable)?;
     let Some(inspect) = inspect else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -485,32 +490,37 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
     let existing = s
         .records()
         .await
-        .map_err(internal)?
+        .map_err(unavailable)?
         .into_iter()
         .find(|r| r.id == id);
     let path = s.tarball(&id);
+    // Pushed before (here or elsewhere): the torrent stays as it is, since the holders
+    // seed that one; only new tags are published, and a holder seeds again.
+    let holds = path.exists();
     let record = match existing {
-        Some(mut record) if path.exists() => {
-            // Pushed before: publish any new tag, seed again.
+        Some(mut record) => {
             for t in record.tags.drain(..) {
                 if !tags.contains(&t) {
                     tags.push(t);
                 }
             }
             record.tags = tags;
-            s.add(&record, Vec::new()).await.map_err(internal)?;
+            if holds {
+                s.add(&record, Vec::new()).await.map_err(unavailable)?;
+            }
             record
         }
-        _ => {
+        None => {
             info!("image sync: exporting {image} ({})", short(&id));
-            std::fs::create_dir_all(&s.images_dir).map_err(|e| internal(e.into()))?;
+            std::fs::create_dir_all(&s.images_dir).map_err(|e| unavailable(e.into()))?;
             let part = path.with_extension("tar.part");
-            export(&engine, &id, &part)
-                .await
-                .map_err(|e| disk_error(e, &s.images_dir))?;
-            std::fs::rename(&part, &path).map_err(|e| internal(e.into()))?;
+            if let Err(e) = export(&engine, &id, &part).await {
+                let _ = std::fs::remove_file(&part);
+                return Err(disk_error(e, &s.images_dir));
+            }
+            std::fs::rename(&part, &path).map_err(|e| unavailable(e.into()))?;
             let size = std::fs::metadata(&path)
-                .map_err(|e| internal(e.into()))?
+                .map_err(|e| unavailable(e.into()))?
                 .len();
             let piece_length = super::piece_length(size);
             let (made, _handle) = s
@@ -524,8 +534,8 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
                     },
                 )
                 .await
-                .map_err(|e| internal(anyhow!("make the torrent: {e}")))?;
-            let torrent = made.as_bytes().map_err(internal)?;
+                .map_err(|e| unavailable(anyhow!("make the torrent: {e}")))?;
+            let torrent = made.as_bytes().map_err(unavailable)?;
             ImageRecord {
                 id: id.clone(),
                 tags,
@@ -543,10 +553,12 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
             serde_json::to_vec(&record).expect("serializable"),
         )
         .await
-        .map_err(internal)?;
-    s.announce(&id, true).await.map_err(internal)?;
+        .map_err(unavailable)?;
+    if path.exists() {
+        s.announce(&id, true).await.map_err(unavailable)?;
+    }
     info!(
-        "image sync: published {image} ({}, {} bytes) and seeding it",
+        "image sync: published {image} ({}, {} bytes)",
         short(&id),
         record.size
     );
@@ -586,12 +598,12 @@ fn disk_error(e: anyhow::Error, dir: &FsPath) -> ApiError {
             format!("{} is full", dir.display()),
         )
     } else {
-        internal(e)
+        unavailable(e)
     }
 }
 
 async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
-    let records = s.records().await.map_err(internal)?;
+    let records = s.records().await.map_err(unavailable)?;
     let record = records
         .iter()
         .find(|r| r.hex() == super::id_hex(&id))
@@ -602,7 +614,7 @@ async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
             format!("node {} holds no tarball of {}", s.me, short(&record.id)),
         ));
     }
-    let torrent = s.add(record, Vec::new()).await.map_err(internal)?;
+    let torrent = s.add(record, Vec::new()).await.map_err(unavailable)?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "node": s.me.to_string(), "seeding": torrent.stats().finished }),
@@ -620,16 +632,19 @@ async fn get_pull(State(s): State<Shared>, Path(id): Path<u64>) -> SyncResult {
 
 async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let req = image_request(&body)?;
-    let records = s.records().await.map_err(internal)?;
+    let records = s.records().await.map_err(unavailable)?;
     let record = resolve(&records, &req.image)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?
         .clone();
     let path = s.tarball(&record.id);
-    let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // Blocks on disk, not the length: a pull that stopped leaves a sparse file.
+    let have = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0);
     let need = record.size.saturating_sub(have);
     // Made again if someone cleaned it up while the service ran.
-    std::fs::create_dir_all(&s.images_dir).map_err(|e| internal(e.into()))?;
-    let free = free_bytes(&s.images_dir).map_err(internal)?;
+    std::fs::create_dir_all(&s.images_dir).map_err(|e| unavailable(e.into()))?;
+    let free = free_bytes(&s.images_dir).map_err(unavailable)?;
     // The tarball, then Docker's copy of the layers (usually on the same disk).
     if free < need {
         return Err(ApiError(
