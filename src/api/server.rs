@@ -898,8 +898,9 @@ pub fn api_socket(config: &Config) -> PathBuf {
     config.paths.run_dir.join("api.sock")
 }
 
-/// Root only: the socket changes what runs on every node.
-fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
+/// A unix socket for root only (0600), replacing one an earlier run left: the API's
+/// socket changes what runs on every node, the sync service's moves images.
+pub(crate) fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {

@@ -13,6 +13,7 @@ use crate::api::client::ApiClient;
 use crate::api::{Listing, NodeRow};
 use crate::config::Config;
 use crate::sync::service::human_bytes;
+use crate::sync::short_id as short;
 use crate::sync::{ClusterImage, ImageRequest, Transfer, TransferState};
 
 /// Share Docker images between nodes peer-to-peer (BitTorrent), with no registry.
@@ -117,10 +118,6 @@ impl Image {
             }
         }
     }
-}
-
-fn short(id: &str) -> &str {
-    crate::docker::engine::short(crate::sync::id_hex(id))
 }
 
 /// Starts the pull on each node, then follows every transfer to its end.

@@ -50,6 +50,11 @@ pub fn id_hex(id: &str) -> &str {
     id.trim_start_matches("sha256:")
 }
 
+/// An image ID as people read it: 12 hex digits, no `sha256:`.
+pub fn short_id(id: &str) -> &str {
+    crate::docker::engine::short(id_hex(id))
+}
+
 pub fn image_key(id: &str) -> String {
     format!("{KV_IMAGES}{}", id_hex(id))
 }
@@ -214,7 +219,10 @@ pub struct Transfer {
     pub state: TransferState,
     /// Bytes of the tarball this node has and checked (a resumed pull starts above 0).
     pub done_bytes: u64,
-    /// Bytes this pull received from peers (less than the total when it resumed).
+    /// Bytes of the tarball found on disk and checked before fetching began: what an
+    /// earlier, interrupted pull left.
+    pub resumed_bytes: u64,
+    /// Bytes this pull received from peers (pieces fetched twice or rejected count).
     pub fetched_bytes: u64,
     pub total_bytes: u64,
     /// Bytes per second, as librqbit estimates it.

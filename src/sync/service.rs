@@ -37,6 +37,7 @@ use librqbit::{
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::short_id as short;
 use super::{
     ClusterImage, ImageRecord, ImageRequest, KV_IMAGES, KV_PEERS, PeerEntry, SwarmPeer, Transfer,
     TransferState, image_key, parse_peers, peer_key, resolve, tarball_name,
@@ -174,14 +175,7 @@ fn control_listener(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
         info!("image sync: control socket from systemd");
         return Ok(tokio::net::UnixListener::from_std(std_listener)?);
     }
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = crate::api::server::bind_unix(path)?;
     info!("image sync: control socket {}", path.display());
     Ok(listener)
 }
@@ -380,6 +374,16 @@ impl SyncState {
         record: &ImageRecord,
         peers: Vec<SocketAddr>,
     ) -> anyhow::Result<Arc<ManagedTorrent>> {
+        self.add_with(record, peers, false).await
+    }
+
+    /// `paused`: added after checking what is on disk, but not started (a new torrent).
+    async fn add_with(
+        &self,
+        record: &ImageRecord,
+        peers: Vec<SocketAddr>,
+        paused: bool,
+    ) -> anyhow::Result<Arc<ManagedTorrent>> {
         let torrent = base64::engine::general_purpose::STANDARD
             .decode(&record.torrent)
             .context("the image's torrent in Consul is not base64")?;
@@ -388,6 +392,7 @@ impl SyncState {
             .add_torrent(
                 AddTorrent::from_bytes(torrent),
                 Some(AddTorrentOptions {
+                    paused,
                     overwrite: true,
                     output_folder: Some(self.images_dir.display().to_string()),
                     initial_peers: Some(peers),
@@ -666,6 +671,7 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
         node: s.me.to_string(),
         state: TransferState::Checking,
         done_bytes: 0,
+        resumed_bytes: 0,
         fetched_bytes: 0,
         total_bytes: record.size,
         download_rate: 0.0,
@@ -835,7 +841,23 @@ async fn download(
         .filter(|p| p.complete)
         .map(|p| p.peer)
         .collect();
-    let torrent = s.add(record, peers.clone()).await?;
+    // Paused until the check of the disk is done, so what a resumed pull already had
+    // is known exactly before any byte arrives.
+    let torrent = s.add_with(record, peers.clone(), true).await?;
+    while matches!(
+        torrent.stats().state,
+        TorrentStatsState::Initializing { .. }
+    ) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on_disk = torrent.stats().progress_bytes;
+    s.update(transfer, |t| t.resumed_bytes = on_disk);
+    if matches!(torrent.stats().state, TorrentStatsState::Paused) {
+        s.session
+            .unpause(&torrent)
+            .await
+            .context("start the image's torrent")?;
+    }
     let _rotation = AbortOnDrop(tokio::spawn(fetch_from(
         torrent.clone(),
         start_offset(record, s.me, start_at),
@@ -976,11 +998,6 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
-}
-
-fn short(id: &str) -> &str {
-    let hex = super::id_hex(id);
-    &hex[..hex.len().min(12)]
 }
 
 #[cfg(test)]
