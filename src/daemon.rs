@@ -432,8 +432,10 @@ impl Daemon {
     /// A bad new config is reported and ignored: what runs keeps running on the old one.
     /// Returns whether a new config was taken.
     fn reload(&mut self) -> bool {
-        notify(&[NotifyState::Reloading]);
-        let taken = match Config::load(&self.config_path) {
+        // No RELOADING=1/READY=1 here: systemd's reload job ends when ExecReload's kill
+        // returns, and a RELOADING=1 arriving after that put the unit back in
+        // "reloading" for a moment (seen as a not-active arpanetd right after a reload).
+        match Config::load(&self.config_path) {
             Ok(config) => {
                 if config.node.address != self.config.node.address {
                     warn!("node.address changed; the new addresses replace the old ones now");
@@ -447,9 +449,7 @@ impl Daemon {
                 error!("{e}; keeping the running configuration");
                 false
             }
-        };
-        notify(&[NotifyState::Ready, NotifyState::Status("running")]);
-        taken
+        }
     }
 
     fn log_plan(&self) {
