@@ -133,9 +133,12 @@ impl<'a> Machine<'a> {
                     .args(["-P", &nspawn.to_string()])
                     .output()
                     .unwrap();
+                // nspawn's short-lived outer child is its child too, for a moment:
+                // the leader is the one that is PID 1 in its own PID namespace.
                 leader = String::from_utf8_lossy(&children.stdout)
-                    .trim()
-                    .parse()
+                    .split_whitespace()
+                    .filter_map(|pid| pid.parse().ok())
+                    .find(|pid| is_namespace_init(*pid))
                     .unwrap_or(0);
                 leader != 0
             },
@@ -149,10 +152,13 @@ impl<'a> Machine<'a> {
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         while !booted() {
             if std::time::Instant::now() > deadline {
+                let state = machine.exec(&["systemctl", "is-system-running"]);
                 let jobs = machine.exec(&["systemctl", "list-jobs", "--no-pager"]);
                 panic!(
-                    "machine {} did not finish booting in 180 s; jobs left:\n{}",
+                    "machine {} did not finish booting in 180 s; state {:?} ({}); jobs left:\n{}",
                     machine.name,
+                    super::stdout(&state).trim(),
+                    String::from_utf8_lossy(&state.stderr).trim(),
                     super::stdout(&jobs)
                 );
             }
@@ -275,4 +281,16 @@ pub fn available() -> bool {
     }
     eprintln!("SKIPPED: {msg}");
     false
+}
+
+/// Whether `pid` is PID 1 of a PID namespace of its own (its last NSpid is 1).
+fn is_namespace_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+            let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
+            Some(ids.len() > 1 && ids.last() == Some(&"1"))
+        })
+        .unwrap_or(false)
 }
