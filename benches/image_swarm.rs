@@ -77,7 +77,7 @@ fn main() {
     let floor = size as f64 * 8.0 / (rate_mbit as f64 * 1e6);
 
     for h in &hosts {
-        shape(&lab, h, rate_mbit);
+        lab.shape(h, rate_mbit);
     }
 
     // METHODS=arpanet (say) runs a subset; the default runs all three.
@@ -120,21 +120,6 @@ fn main() {
         );
     }
     lab.teardown().expect("teardown");
-}
-
-/// tbf on both ends of the host's underlay veth: what it sends and what it receives.
-fn shape(lab: &Lab, h: &Host, rate_mbit: usize) {
-    let tbf = |netns: &str, dev: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", netns, "tc", "qdisc", "replace", "dev", dev])
-            .args(["root", "tbf", "rate", &format!("{rate_mbit}mbit")])
-            .args(["burst", "256kb", "latency", "100ms"])
-            .output()
-            .expect("tc");
-        assert_success(&out, &format!("tc on {dev} in {netns}"));
-    };
-    tbf(&h.netns, &h.underlay_interface);
-    tbf(&format!("{}-ul", lab.name), &format!("h{}", h.index));
 }
 
 /// Removes the image from the targets, so the next method starts from nothing.

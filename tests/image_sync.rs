@@ -5,7 +5,8 @@
 
 mod lab;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lab::{Host, Lab, assert_success, stdout, wait_until};
@@ -218,6 +219,147 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "app"])).trim() == "true"
     });
     assert_eq!(h2.image_id(app).as_deref(), Some(app_id.as_str()));
+
+    lab.teardown().expect("teardown");
+}
+
+/// `arpanet image pull IMAGE --json` on `h`, left running.
+fn pull_in_background(h: &Host, image: &str) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", h.netns))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_arpanet"))
+        .arg("--config")
+        .arg(h.config_path())
+        .args(["image", "pull", image, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start arpanet image pull")
+}
+
+/// Bytes a (sparse) file holds on disk.
+fn bytes_on_disk(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0)
+}
+
+/// Bytes free on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %S"])
+        .arg(dir)
+        .output()
+        .expect("stat -f");
+    let text = stdout(&out);
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    fields.next().unwrap() * fields.next().unwrap()
+}
+
+fn fallocate(path: &Path, bytes: u64) {
+    let out = Command::new("fallocate")
+        .args(["-l", &bytes.to_string()])
+        .arg(path)
+        .output()
+        .expect("fallocate");
+    assert_success(&out, "fallocate");
+}
+
+#[test]
+fn a_full_disk_is_one_line_and_a_peer_dying_mid_pull_is_replaced() {
+    if !lab::available() {
+        return;
+    }
+    let lab = Lab::three_nodes();
+    let hosts: Vec<&Host> = lab.hosts.iter().collect();
+    let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
+    // Node 2 keeps its images on a disk of its own, small enough to fill.
+    let images = h2.dir.join("state/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "arpanet-test-images"])
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert_success(&mount, "mount a small tmpfs");
+    for h in &hosts {
+        h.start_sync();
+    }
+    let image = "arpanet-test/relay:1";
+    let id = h0.import_random_image(image, 32);
+    assert_success(&h0.arpanet(&["image", "push", image]), "push");
+    assert_success(&h1.arpanet(&["image", "pull", image]), "pull on node 1");
+    let tar = tarball(h2, &id);
+
+    // Too little space before the pull: one line saying how much is needed and free.
+    let filler = images.join("filler");
+    fallocate(&filler, 40 << 20);
+    let short_of_space = h2.arpanet(&["image", "pull", image]);
+    assert!(!short_of_space.status.success());
+    let line = stderr(&short_of_space);
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "error: not enough space in {} to pull {image}: it needs 33.",
+            images.display()
+        )) && line.contains("MB is free"),
+        "{line}"
+    );
+    assert!(!tar.exists(), "nothing written");
+
+    // The disk fills during the pull (links slowed so it is caught mid-way): one line,
+    // the bytes already fetched stay, and the pull resumes once there is room.
+    std::fs::remove_file(&filler).unwrap();
+    for h in [h0, h1] {
+        lab.shape(h, 16);
+    }
+    let filling = pull_in_background(h2, image);
+    wait_until(Duration::from_secs(60), "node 2 to fetch 4 MB", || {
+        bytes_on_disk(&tar) > 4 << 20
+    });
+    // All but 1 MiB (the pull goes on writing meanwhile); the pull fills the rest.
+    fallocate(
+        &filler,
+        free_bytes(&images).saturating_sub(1 << 20).max(4096),
+    );
+    let full = filling.wait_with_output().unwrap();
+    assert!(!full.status.success(), "a pull onto a full disk");
+    let line = stderr(&full);
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    assert!(
+        line.contains(&format!("{} is full:", images.display()))
+            && line.contains("the pull resumes when run again"),
+        "{line}"
+    );
+    assert_eq!(h2.image_id(image), None, "nothing loaded");
+    println!("full disk: {}", line.trim());
+    let kept = bytes_on_disk(&tar);
+    assert!(kept > 4 << 20, "the fetched bytes stay: {kept}");
+    std::fs::remove_file(&filler).unwrap();
+
+    // A holder dies mid-pull: the other holder serves the rest.
+    let resuming = pull_in_background(h2, image);
+    wait_until(Duration::from_secs(60), "node 2 to fetch 4 MB more", || {
+        bytes_on_disk(&tar) > kept + (4 << 20)
+    });
+    h0.kill("sync");
+    let at_kill = bytes_on_disk(&tar);
+    let done = resuming.wait_with_output().unwrap();
+    assert_success(&done, "a pull whose holder died");
+    let transfers: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(transfers[0]["state"], "done", "{transfers}");
+    let total = transfers[0]["total_bytes"].as_u64().unwrap();
+    assert!(
+        at_kill < total,
+        "node 0 died mid-pull ({at_kill} of {total})"
+    );
+    assert_eq!(h2.image_id(image).as_deref(), Some(id.as_str()));
+    assert!(
+        holders(h1, &id).contains(&h2.address.to_string()),
+        "node 2 holds the image now"
+    );
+    println!("MEASURED holder died at {at_kill} of {total} bytes; the other finished the pull");
 
     lab.teardown().expect("teardown");
 }

@@ -867,6 +867,19 @@ async fn download(
         let stats = torrent.stats();
         if let Some(e) = &stats.error {
             forget(s, record, false).await;
+            // librqbit reports a failed write as text; the disk says whether it filled.
+            let left = stats.total_bytes.saturating_sub(stats.progress_bytes);
+            if let Ok(free) = free_bytes(&s.images_dir)
+                && free < left
+            {
+                bail!(
+                    "{} is full: {} of {} still to fetch, {} free; the pull resumes when run again",
+                    s.images_dir.display(),
+                    human_bytes(left),
+                    short(&record.id),
+                    human_bytes(free)
+                );
+            }
             bail!("transfer failed: {e}");
         }
         let live = stats.live.as_ref();

@@ -300,6 +300,41 @@ impl Lab {
         );
     }
 
+    /// tbf on both ends of the host's underlay veth: what it sends and what it receives.
+    pub fn shape(&self, h: &Host, rate_mbit: usize) {
+        for (netns, dev) in self.underlay_ends(h) {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &netns, "tc", "qdisc", "replace", "dev", &dev,
+                ])
+                .args(["root", "tbf", "rate", &format!("{rate_mbit}mbit")])
+                .args(["burst", "256kb", "latency", "100ms"])
+                .output()
+                .expect("tc");
+            assert_success(&out, &format!("tc on {dev} in {netns}"));
+        }
+    }
+
+    /// Takes `shape` back.
+    pub fn unshape(&self, h: &Host) {
+        for (netns, dev) in self.underlay_ends(h) {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &netns, "tc", "qdisc", "del", "dev", &dev, "root",
+                ])
+                .output()
+                .expect("tc");
+            assert_success(&out, &format!("tc qdisc del on {dev} in {netns}"));
+        }
+    }
+
+    fn underlay_ends(&self, h: &Host) -> [(String, String); 2] {
+        [
+            (h.netns.clone(), h.underlay_interface.clone()),
+            (format!("{}-ul", self.name), format!("h{}", h.index)),
+        ]
+    }
+
     /// Tears everything down and reports every error, not only the first.
     pub fn teardown(mut self) -> Result<(), String> {
         self.torn_down = true;
