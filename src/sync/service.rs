@@ -54,6 +54,8 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A pull that gets no byte for this long from the peers it has fails, naming them.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// How long the tracker answers from what it last read from Consul.
+const TRACKER_VIEW_AGE: Duration = Duration::from_secs(1);
 
 /// The units systemd runs this as; `arpanet boot|server|client` enables the socket.
 pub const SOCKET_UNIT: &str = "arpanet-sync.socket";
@@ -86,6 +88,19 @@ struct SyncState {
     /// The announce URL of the tracker this service runs on loopback, which answers
     /// from Consul: every torrent learns of nodes that join its swarm while it runs.
     tracker: String,
+    /// What the tracker last read. librqbit announces every torrent every
+    /// `ANNOUNCE_INTERVAL`, so a node seeding many images would otherwise read the
+    /// images and swarms from Consul many times a second. An async lock: announces
+    /// that arrive during a read wait for it rather than each reading too.
+    tracker_view: tokio::sync::Mutex<Option<Arc<TrackerView>>>,
+}
+
+/// The cluster's swarms as the tracker answers from them.
+struct TrackerView {
+    read_at: Instant,
+    /// Image ID (hex) and tarball size by info hash.
+    images: BTreeMap<String, (String, u64)>,
+    swarms: Vec<(String, SwarmPeer)>,
 }
 
 type Shared = Arc<SyncState>;
@@ -143,6 +158,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             .build()
             .expect("a plain HTTP client always builds"),
         tracker,
+        tracker_view: tokio::sync::Mutex::new(None),
     });
     let app = router(state.clone());
     let tracker_app = Router::new()
@@ -352,6 +368,29 @@ impl SyncState {
             .collect())
     }
 
+    /// The tracker's view, read again once it is `TRACKER_VIEW_AGE` old.
+    async fn tracker_view(&self) -> anyhow::Result<Arc<TrackerView>> {
+        let mut cached = self.tracker_view.lock().await;
+        if let Some(view) = cached.as_ref()
+            && view.read_at.elapsed() < TRACKER_VIEW_AGE
+        {
+            return Ok(view.clone());
+        }
+        let images = self
+            .records()
+            .await?
+            .into_iter()
+            .map(|r| (r.info_hash.clone(), (r.hex().to_string(), r.size)))
+            .collect();
+        let view = Arc::new(TrackerView {
+            read_at: Instant::now(),
+            images,
+            swarms: self.swarms().await?,
+        });
+        *cached = Some(view.clone());
+        Ok(view)
+    }
+
     async fn announce(&self, id: &str, complete: bool) -> anyhow::Result<()> {
         let entry = PeerEntry {
             peer: self.peer_addr,
@@ -420,19 +459,16 @@ async fn announce(
     let query = query.unwrap_or_default();
     let peers = async {
         let hash = super::announced_info_hash(&query)?;
-        let records = s.records().await.ok()?;
-        let record = records.iter().find(|r| r.info_hash == hash)?;
+        let view = s.tracker_view().await.ok()?;
+        let (image, size) = view.images.get(&hash)?;
         // Other pullers only once this one has pieces: librqbit tells a peer of new
         // pieces only after that peer showed it has some, so two nodes that meet
         // empty-handed never trade. Meeting with pieces, they send bitfields at once.
-        let has_pieces = super::announced_left(&query).is_some_and(|left| left < record.size);
-        let swarms = s.swarms().await.ok()?;
+        let has_pieces = super::announced_left(&query).is_some_and(|left| left < *size);
         Some(
-            swarms
-                .into_iter()
-                .filter(|(hex, p)| {
-                    hex == record.hex() && p.node != s.me && (p.complete || has_pieces)
-                })
+            view.swarms
+                .iter()
+                .filter(|(hex, p)| hex == image && p.node != s.me && (p.complete || has_pieces))
                 .map(|(_, p)| p.peer)
                 .collect::<Vec<_>>(),
         )
@@ -868,7 +904,10 @@ async fn download(
         if let Some(e) = &stats.error {
             forget(s, record, false).await;
             // librqbit reports a failed write as text; the disk says whether it filled.
-            let left = stats.total_bytes.saturating_sub(stats.progress_bytes);
+            // Progress as last seen: a failed torrent reports none.
+            let left = record
+                .size
+                .saturating_sub(stats.progress_bytes.max(last_progress.0));
             if let Ok(free) = free_bytes(&s.images_dir)
                 && free < left
             {
