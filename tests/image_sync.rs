@@ -107,6 +107,24 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     let text = stdout(&bad);
     assert!(text.ends_with("\n400"), "{text}");
     assert!(text.contains("unknown field `img`"), "{text}");
+    let bad = h2.exec(&[
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--data-binary",
+        &format!("{{\"image\": \"{big}\", \"start_at\": 1.5}}"),
+        "http://arpanetd/v1/sync/pulls",
+    ]);
+    let text = stdout(&bad);
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(
+        text.contains("start_at: must be a fraction from 0 to 1"),
+        "{text}"
+    );
+    assert_eq!(h2.image_id(big), None, "a bad request starts nothing");
 
     // A corrupt seeder: flip a byte in node 1's copy and take node 0's service away, so
     // node 2 can only get that piece from node 1. The pull fails clearly and loads nothing.
