@@ -238,6 +238,58 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     });
     assert_eq!(h2.image_id(app).as_deref(), Some(app_id.as_str()));
 
+    // An image the cluster does not have comes from a registry instead (one on node 2's
+    // loopback, which Docker trusts without TLS).
+    assert!(
+        lab::which("docker-registry").is_some(),
+        "docker-registry is missing: scripts/install-test-deps installs it"
+    );
+    let registry_config = h2.dir.join("registry.yml");
+    std::fs::write(
+        &registry_config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
+            h2.dir.join("registry").display()
+        ),
+    )
+    .unwrap();
+    h2.spawn(
+        "registry",
+        &[
+            "docker-registry".as_ref(),
+            "serve".as_ref(),
+            registry_config.as_os_str(),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the registry", || {
+        h2.exec(&[
+            "curl",
+            "-sf",
+            "http://127.0.0.1:5000/v2/",
+            "-o",
+            "/dev/null",
+        ])
+        .status
+        .success()
+    });
+    let remote = "127.0.0.1:5000/arpanet-test/remote:1";
+    h2.import_image(remote, &["ENV FROM=registry"]);
+    let remote_id = h2.image_id(remote).unwrap();
+    assert_success(&h2.docker(&["push", remote]), "docker push");
+    assert_success(&h2.docker(&["rmi", remote]), "docker rmi");
+    assert_eq!(h2.image_id(remote), None);
+    std::fs::write(
+        h2.dir.join("containers.d/remote.toml"),
+        format!(
+            "[[container]]\nname = \"remote\"\nimage = \"{remote}\"\ncommand = [\"sleep\", \"1d\"]\n"
+        ),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), "remote running on node 2", || {
+        stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "remote"])).trim() == "true"
+    });
+    assert_eq!(h2.image_id(remote).as_deref(), Some(remote_id.as_str()));
+
     lab.teardown().expect("teardown");
 }
 
