@@ -188,6 +188,32 @@ pub fn announced_left(query: &str) -> Option<u64> {
         .ok()
 }
 
+/// Whom the tracker names to `me`, announcing image `image` (`size` bytes) with `left`
+/// bytes still to fetch:
+/// - holding it all: nobody; it waits to be asked (every puller connects to it, and
+///   connecting back would only double the connections);
+/// - holding nothing yet: the holders only. librqbit tells a peer of new pieces only
+///   after that peer showed it has some, so two nodes that meet empty-handed never
+///   trade; meeting with pieces, they send bitfields at once;
+/// - holding some: every other node in the swarm, holders and pullers.
+pub fn tracker_peers(
+    swarms: &[(String, SwarmPeer)],
+    image: &str,
+    size: u64,
+    me: NodeAddress,
+    left: u64,
+) -> Vec<SocketAddr> {
+    if left == 0 {
+        return Vec::new();
+    }
+    let has_pieces = left < size;
+    swarms
+        .iter()
+        .filter(|(hex, p)| hex == image && p.node != me && (p.complete || has_pieces))
+        .map(|(_, p)| p.peer)
+        .collect()
+}
+
 /// A tracker's answer in the compact form (BEP 23): announce again after `interval`
 /// seconds, and these IPv4 peers.
 pub fn tracker_response(interval: u64, peers: &[SocketAddr]) -> Vec<u8> {
@@ -275,6 +301,41 @@ pub struct ClusterImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tracker_names_holders_first_pullers_once_there_is_something_to_trade() {
+        let peer = |node: &str, complete: bool| {
+            let node: NodeAddress = node.parse().unwrap();
+            let peer = SocketAddr::from((node.overlay_ip(), 7101));
+            SwarmPeer {
+                node,
+                peer,
+                complete,
+            }
+        };
+        let swarms: Vec<(String, SwarmPeer)> = vec![
+            ("aa".into(), peer("0.1", true)),
+            ("aa".into(), peer("0.2", false)),
+            ("aa".into(), peer("0.3", false)),
+            ("bb".into(), peer("0.4", true)),
+        ];
+        let me: NodeAddress = "0.3".parse().unwrap();
+        let addr = |node: &str| peer(node, true).peer;
+        assert_eq!(
+            tracker_peers(&swarms, "aa", 100, me, 100),
+            vec![addr("0.1")]
+        );
+        assert_eq!(
+            tracker_peers(&swarms, "aa", 100, me, 40),
+            vec![addr("0.1"), addr("0.2")]
+        );
+        assert!(tracker_peers(&swarms, "aa", 100, me, 0).is_empty());
+        assert_eq!(
+            tracker_peers(&swarms, "bb", 100, me, 100),
+            vec![addr("0.4")]
+        );
+        assert!(tracker_peers(&swarms, "cc", 100, me, 100).is_empty());
+    }
 
     fn record(id: &str, tags: &[&str]) -> ImageRecord {
         ImageRecord {

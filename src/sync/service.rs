@@ -461,17 +461,9 @@ async fn announce(
         let hash = super::announced_info_hash(&query)?;
         let view = s.tracker_view().await.ok()?;
         let (image, size) = view.images.get(&hash)?;
-        // Other pullers only once this one has pieces: librqbit tells a peer of new
-        // pieces only after that peer showed it has some, so two nodes that meet
-        // empty-handed never trade. Meeting with pieces, they send bitfields at once.
-        let has_pieces = super::announced_left(&query).is_some_and(|left| left < *size);
-        Some(
-            view.swarms
-                .iter()
-                .filter(|(hex, p)| hex == image && p.node != s.me && (p.complete || has_pieces))
-                .map(|(_, p)| p.peer)
-                .collect::<Vec<_>>(),
-        )
+        // No `left`: treated as empty-handed, which still finds the holders.
+        let left = super::announced_left(&query).unwrap_or(*size);
+        Some(super::tracker_peers(&view.swarms, image, *size, s.me, left))
     }
     .await
     .unwrap_or_default();
