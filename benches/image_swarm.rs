@@ -85,7 +85,7 @@ fn main() {
     let mut results: Vec<(&str, f64)> = Vec::new();
     if methods.contains("registry") {
         eprintln!("(1) registry");
-        let secs = via_registry(&lab, source, targets, &registry, &id);
+        let secs = via_registry(source, targets, &registry, &id);
         results.push(("registry (docker-registry, docker pull)", secs));
         clear(targets, &id);
     }
@@ -143,36 +143,8 @@ fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-fn via_registry(lab: &Lab, source: &Host, targets: &[&Host], registry: &str, id: &str) -> f64 {
-    let config = lab.dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
-            lab.dir.join("registry").display()
-        ),
-    )
-    .unwrap();
-    source.spawn(
-        "registry",
-        &[
-            "docker-registry".as_ref(),
-            "serve".as_ref(),
-            config.as_os_str(),
-        ],
-    );
-    wait_until(Duration::from_secs(20), "the registry", || {
-        source
-            .exec(&[
-                "curl",
-                "-sf",
-                &format!("http://{registry}/v2/"),
-                "-o",
-                "/dev/null",
-            ])
-            .status
-            .success()
-    });
+fn via_registry(source: &Host, targets: &[&Host], registry: &str, id: &str) -> f64 {
+    source.start_registry(registry);
     let remote = format!("{registry}/{TAG}");
     assert_success(&source.docker(&["tag", TAG, &remote]), "docker tag");
     assert_success(&source.docker(&["push", &remote]), "docker push");

@@ -92,33 +92,10 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         "{}",
         stderr(&missing)
     );
-    let socket = h2.dir.join("run/api.sock");
-    let bad = h2.exec(&[
-        "curl",
-        "-s",
-        "-w",
-        "\n%{http_code}",
-        "--unix-socket",
-        socket.to_str().unwrap(),
-        "--data-binary",
-        "{\"img\": \"x\"}",
-        "http://arpanetd/v1/sync/pulls",
-    ]);
-    let text = stdout(&bad);
+    let text = post_pull(h2, "{\"img\": \"x\"}");
     assert!(text.ends_with("\n400"), "{text}");
     assert!(text.contains("unknown field `img`"), "{text}");
-    let bad = h2.exec(&[
-        "curl",
-        "-s",
-        "-w",
-        "\n%{http_code}",
-        "--unix-socket",
-        socket.to_str().unwrap(),
-        "--data-binary",
-        &format!("{{\"image\": \"{big}\", \"start_at\": 1.5}}"),
-        "http://arpanetd/v1/sync/pulls",
-    ]);
-    let text = stdout(&bad);
+    let text = post_pull(h2, &format!("{{\"image\": \"{big}\", \"start_at\": 1.5}}"));
     assert!(text.ends_with("\n400"), "{text}");
     assert!(
         text.contains("start_at: must be a fraction from 0 to 1"),
@@ -225,72 +202,53 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     h0.import_image(app, &["ENV BUILD=7"]);
     let app_id = h0.image_id(app).unwrap();
     assert_success(&h0.arpanet(&["image", "push", app]), "push app");
-    std::fs::create_dir_all(h2.dir.join("containers.d")).unwrap();
-    std::fs::write(
-        h2.dir.join("containers.d/app.toml"),
-        format!(
-            "[[container]]\nname = \"app\"\nimage = \"{app}\"\ncommand = [\"sleep\", \"1d\"]\n"
-        ),
-    )
-    .unwrap();
-    wait_until(Duration::from_secs(60), "app running on node 2", || {
-        stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "app"])).trim() == "true"
-    });
+    declare_and_wait(h2, "app", app);
     assert_eq!(h2.image_id(app).as_deref(), Some(app_id.as_str()));
 
     // An image the cluster does not have comes from a registry instead (one on node 2's
     // loopback, which Docker trusts without TLS).
-    assert!(
-        lab::which("docker-registry").is_some(),
-        "docker-registry is missing: scripts/install-test-deps installs it"
-    );
-    let registry_config = h2.dir.join("registry.yml");
-    std::fs::write(
-        &registry_config,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
-            h2.dir.join("registry").display()
-        ),
-    )
-    .unwrap();
-    h2.spawn(
-        "registry",
-        &[
-            "docker-registry".as_ref(),
-            "serve".as_ref(),
-            registry_config.as_os_str(),
-        ],
-    );
-    wait_until(Duration::from_secs(20), "the registry", || {
-        h2.exec(&[
-            "curl",
-            "-sf",
-            "http://127.0.0.1:5000/v2/",
-            "-o",
-            "/dev/null",
-        ])
-        .status
-        .success()
-    });
+    h2.start_registry("127.0.0.1:5000");
     let remote = "127.0.0.1:5000/arpanet-test/remote:1";
     h2.import_image(remote, &["ENV FROM=registry"]);
     let remote_id = h2.image_id(remote).unwrap();
     assert_success(&h2.docker(&["push", remote]), "docker push");
     assert_success(&h2.docker(&["rmi", remote]), "docker rmi");
     assert_eq!(h2.image_id(remote), None);
-    std::fs::write(
-        h2.dir.join("containers.d/remote.toml"),
-        format!(
-            "[[container]]\nname = \"remote\"\nimage = \"{remote}\"\ncommand = [\"sleep\", \"1d\"]\n"
-        ),
-    )
-    .unwrap();
-    wait_until(Duration::from_secs(60), "remote running on node 2", || {
-        stdout(&h2.docker(&["inspect", "-f", "{{.State.Running}}", "remote"])).trim() == "true"
-    });
+    declare_and_wait(h2, "remote", remote);
     assert_eq!(h2.image_id(remote).as_deref(), Some(remote_id.as_str()));
 
     lab.teardown().expect("teardown");
+}
+
+/// POSTs `body` as a pull request to `h`'s API; the response body, a newline, the status.
+fn post_pull(h: &Host, body: &str) -> String {
+    let socket = h.dir.join("run/api.sock");
+    stdout(&h.exec(&[
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--data-binary",
+        body,
+        "http://arpanetd/v1/sync/pulls",
+    ]))
+}
+
+/// A containers.d file on `h` declaring `name` from `image`; waits until it runs.
+fn declare_and_wait(h: &Host, name: &str, image: &str) {
+    std::fs::create_dir_all(h.dir.join("containers.d")).unwrap();
+    std::fs::write(
+        h.dir.join(format!("containers.d/{name}.toml")),
+        format!(
+            "[[container]]\nname = \"{name}\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1d\"]\n"
+        ),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), &format!("{name} running"), || {
+        stdout(&h.docker(&["inspect", "-f", "{{.State.Running}}", name])).trim() == "true"
+    });
 }
 
 /// `arpanet image pull IMAGE --json` on `h`, left running.

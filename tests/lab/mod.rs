@@ -792,6 +792,38 @@ impl Host {
         });
     }
 
+    /// Debian's docker-registry in this host's namespace, serving plain HTTP on `addr`
+    /// from a store in this host's directory; returns once it answers.
+    pub fn start_registry(&self, addr: &str) {
+        assert!(
+            which("docker-registry").is_some(),
+            "docker-registry is missing: scripts/install-test-deps installs it"
+        );
+        let config = self.dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                self.dir.join("registry").display()
+            ),
+        )
+        .expect("registry.yml");
+        self.spawn(
+            "registry",
+            &[
+                "docker-registry".as_ref(),
+                "serve".as_ref(),
+                config.as_os_str(),
+            ],
+        );
+        let url = format!("http://{addr}/v2/");
+        wait_until(Duration::from_secs(20), "the registry", || {
+            self.exec(&["curl", "-sf", &url, "-o", "/dev/null"])
+                .status
+                .success()
+        });
+    }
+
     /// Imports an image of `mb` MB of random data (incompressible, like real layers)
     /// as `tag`; returns its ID.
     pub fn import_random_image(&self, tag: &str, mb: usize) -> String {
