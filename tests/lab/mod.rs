@@ -315,19 +315,6 @@ impl Lab {
         }
     }
 
-    /// Takes `shape` back.
-    pub fn unshape(&self, h: &Host) {
-        for (netns, dev) in self.underlay_ends(h) {
-            let out = Command::new("ip")
-                .args([
-                    "netns", "exec", &netns, "tc", "qdisc", "del", "dev", &dev, "root",
-                ])
-                .output()
-                .expect("tc");
-            assert_success(&out, &format!("tc qdisc del on {dev} in {netns}"));
-        }
-    }
-
     fn underlay_ends(&self, h: &Host) -> [(String, String); 2] {
         [
             (h.netns.clone(), h.underlay_interface.clone()),
