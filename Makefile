@@ -43,7 +43,8 @@ bench-containers: deps
 
 # One image onto 5 nodes over 100 Mbit/s links: registry vs opentracker+ctorrent vs
 # `arpanet image pull --all-nodes` (root). IMAGE_MB, NODES, RATE_MBIT change it.
+# (`deps` installs docker-registry; `command -v a b` succeeds if either exists, so one each.)
 bench-images: deps
-	command -v docker-registry opentracker ctorrent >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry opentracker ctorrent)
+	command -v opentracker >/dev/null && command -v ctorrent >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opentracker ctorrent)
 	cargo bench --bench image_swarm
