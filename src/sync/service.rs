@@ -510,7 +510,7 @@ async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
 async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError> {
     let engine = Engine::connect(&s.docker_socket)
         .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+        .map_err(unavailable)?;
     let inspect = engine.inspect_image(image).await.map_err(unavailable)?;
     let Some(inspect) = inspect else {
         return Err(ApiError(
