@@ -13,11 +13,13 @@ use tracing::{error, info, warn};
 
 use crate::config::containers as containers_cfg;
 use crate::config::{Config, ConsulMode, ServiceMode};
+use crate::consul::node::CatalogPeers;
 use crate::consul::{self, client::Consul};
 use crate::containers;
 use crate::containers::registration;
 use crate::docker;
 use crate::docker::engine::Engine;
+use crate::network::admission::{self, Speaker};
 use crate::network::netlink::Netlink;
 use crate::network::{Peer, peers, reconcile};
 use crate::placement;
@@ -51,7 +53,14 @@ pub struct Daemon {
     systemd: Option<Systemd>,
     consul: Consul,
     /// Healthy nodes as Consul's catalog last listed them; `None` until it answers.
-    catalog: Option<Vec<Peer>>,
+    catalog: Option<CatalogPeers>,
+    /// Nodes admitted by hello, and hellos turned away (shared with the hello task).
+    admissions: admission::Shared,
+    /// The running hello task and what it was started with.
+    hello: Option<(Speaker, tokio::task::JoinHandle<()>)>,
+    /// Signalled by the hello task when it admits a node.
+    admitted_tx: tokio::sync::mpsc::Sender<()>,
+    admitted_rx: Option<tokio::sync::mpsc::Receiver<()>>,
     /// The previous pass's errors: a failure is logged when it starts and when it ends,
     /// not on every pass while it lasts.
     last_errors: Vec<String>,
@@ -76,6 +85,7 @@ impl Daemon {
         let netlink = Netlink::connect()?;
         // Impatient: a pass must not wait out an election; what fails is retried next pass.
         let consul = Consul::impatient(config.consul.http_addr);
+        let (admitted_tx, admitted_rx) = tokio::sync::mpsc::channel(1);
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
@@ -83,6 +93,10 @@ impl Daemon {
             systemd: None,
             consul,
             catalog: None,
+            admissions: admission::Shared::default(),
+            hello: None,
+            admitted_tx,
+            admitted_rx: Some(admitted_rx),
             last_errors: Vec::new(),
             last_pull: std::cell::Cell::new(None),
         })
@@ -106,6 +120,11 @@ impl Daemon {
     /// Brings the host to the config once. Every subsystem runs even if another failed.
     pub async fn converge(&mut self) -> PassReport {
         let mut report = PassReport::default();
+        // Once `run` has taken the receiver this is a running daemon, which keeps a hello
+        // task; `--once` does one exchange instead (`converge_once`).
+        if self.admitted_rx.is_none() {
+            self.ensure_hello(&mut report).await;
+        }
         let network = self.converge_network(&mut report).await;
         match docker::reconcile(&self.config, self.systemd.as_ref()).await {
             Ok(changes) => {
@@ -311,9 +330,120 @@ impl Daemon {
         }
     }
 
+    /// What this node's hellos say, from the config, the secret and the underlay.
+    async fn speaker(&self) -> anyhow::Result<Speaker> {
+        let secret = crate::consul::secret::read(&self.config.cluster.secret_file)?;
+        let underlay = self.netlink.underlay(&self.config.node.underlay).await?;
+        Ok(Speaker {
+            me: self.config.node.address,
+            underlay_ip: underlay.ip,
+            port: self.config.overlay.hello_port,
+            key: crate::consul::secret::derive_key(&secret, crate::consul::secret::ADMISSION_LABEL),
+            join: reconcile::join_peers(&self.config)
+                .iter()
+                .map(|p| p.underlay_ip)
+                .collect(),
+        })
+    }
+
+    /// Keeps the hello task running with what it should say: (re)started when the
+    /// secret, the underlay address or the join list changed.
+    async fn ensure_hello(&mut self, report: &mut PassReport) {
+        let speaker = match self.speaker().await {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(format!("admission: {e:#}"));
+                return;
+            }
+        };
+        if let Some((running, task)) = &self.hello
+            && *running == speaker
+            && !task.is_finished()
+        {
+            return;
+        }
+        if let Some((_, task)) = self.hello.take() {
+            task.abort();
+        }
+        match speaker.bind().await {
+            Ok(socket) => {
+                let task = tokio::spawn(speaker.clone().serve(
+                    socket,
+                    self.admissions.clone(),
+                    self.admitted_tx.clone(),
+                ));
+                self.hello = Some((speaker, task));
+            }
+            Err(e) => report.errors.push(format!(
+                "admission: bind UDP {}:{}: {e}",
+                speaker.underlay_ip, speaker.port
+            )),
+        }
+    }
+
+    /// `arpanetd --once`: one round of hellos with the join peers, so that a single pass
+    /// admits them the way a running daemon would, then one pass.
+    pub async fn converge_once(&mut self) -> PassReport {
+        let failed = self.admit_once().await.err();
+        let mut report = self.converge().await;
+        if let Some(e) = failed {
+            report.errors.insert(0, format!("{e:#}"));
+        }
+        report
+    }
+
+    async fn admit_once(&mut self) -> anyhow::Result<()> {
+        let speaker = self.speaker().await?;
+        let socket = speaker.bind().await.map_err(|e| {
+            anyhow::anyhow!(
+                "admission: bind UDP {}:{}: {e}",
+                speaker.underlay_ip,
+                speaker.port
+            )
+        })?;
+        speaker
+            .exchange(&socket, &self.admissions, Duration::from_secs(3))
+            .await;
+        Ok(())
+    }
+
     async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {
         let cache = peers::load_cache(&peers::cache_path(&self.config));
-        let peers = peers::desired(&self.config, self.catalog.as_deref(), &cache);
+        let (hello, turned_away) = {
+            let mut a = self.admissions.lock().expect("admissions");
+            (a.current(admission::unix_now()), a.rejected())
+        };
+        let catalog = self.catalog.as_ref().map(|c| c.peers.as_slice());
+        let peers = peers::desired(&self.config, catalog, &cache, &hello);
+        let status = admission::Status {
+            admitted: peers
+                .iter()
+                .map(|p| admission::AdmittedPeer {
+                    address: p.address,
+                    underlay_ip: p.underlay_ip,
+                    by: match catalog {
+                        Some(c) if c.contains(p) => "catalog",
+                        None if cache.contains(p) => "cache",
+                        _ => "hello",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+            turned_away,
+            refused_claims: self
+                .catalog
+                .as_ref()
+                .map(|c| c.refused.clone())
+                .unwrap_or_default(),
+        };
+        let path = admission::status_path(&self.config);
+        if admission::load_status(&path).as_ref() != Some(&status)
+            && let Err(e) = serde_json::to_string_pretty(&status)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| crate::files::write_atomically(&path, &t))
+        {
+            report.errors.push(format!("admission: {e:#}"));
+        }
         match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
             Ok(r) => {
                 report
@@ -338,6 +468,7 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
+        let mut admitted_rx = self.admitted_rx.take().expect("run once");
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
@@ -387,11 +518,14 @@ impl Daemon {
                     }
                     self.converge().await;
                 }
+                Some(()) = admitted_rx.recv() => {
+                    self.converge().await;
+                }
                 Ok(()) = catalog_rx.changed() => {
-                    let catalog: Option<Vec<Peer>> = catalog_rx.borrow_and_update().clone();
+                    let catalog: Option<CatalogPeers> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
-                        info!(peers = catalog.len(), "Consul's catalog of nodes changed");
-                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), catalog) {
+                        info!(peers = catalog.peers.len(), "Consul's catalog of nodes changed");
+                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), &catalog.peers) {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
@@ -466,7 +600,7 @@ impl Daemon {
 /// Follows the healthy `arpanet` instances with blocking queries and publishes them
 /// as peers whenever they change. Errors (an agent still starting) are logged once
 /// per outage and retried.
-async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
+async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<CatalogPeers>>) {
     let mut index = None;
     let mut failing = false;
     loop {
@@ -485,14 +619,26 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Vec<Peer>>>) {
                 } else {
                     new_index
                 });
-                let (peers, skipped) = consul::node::peers_from(&entries);
-                for node in skipped {
-                    warn!("node {node} is registered without a usable arpanet address; ignored");
-                }
+                let previous: Vec<Peer> = tx
+                    .borrow()
+                    .as_ref()
+                    .map(|c| c.peers.clone())
+                    .unwrap_or_default();
+                let view = consul::node::peers_from(&entries, &previous);
                 tx.send_if_modified(|current| {
-                    let changed = current.as_ref() != Some(&peers);
+                    let changed = current.as_ref() != Some(&view);
                     if changed {
-                        *current = Some(peers);
+                        let before = current
+                            .as_ref()
+                            .map(|c| c.refused.clone())
+                            .unwrap_or_default();
+                        for r in view.refused.iter().filter(|r| !before.contains(r)) {
+                            warn!(
+                                "not believing node {}'s claim {}: {}",
+                                r.node, r.claims, r.reason
+                            );
+                        }
+                        *current = Some(view);
                     }
                     changed
                 });

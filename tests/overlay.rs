@@ -178,6 +178,11 @@ fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
 
     let s = status_json(server);
     assert_eq!(s["device"]["vni"], 1);
+    assert_eq!(
+        s["device"]["learning"], false,
+        "nothing may be learned from traffic"
+    );
+    assert!(stdout(&server.exec(&["ip", "-d", "link", "show", "arpanet0"])).contains("nolearning"));
     assert_eq!(s["addresses"].as_array().unwrap().len(), 3);
 
     lab.teardown().expect("teardown");
@@ -211,6 +216,22 @@ fn reconcile_is_idempotent_heals_and_removes_peers() {
     let lab = Lab::builder(3).start();
     lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];
+    // The others run, so they answer the hellos by which `--once` admits them.
+    for other in &lab.hosts[1..] {
+        other.start_arpanetd();
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "hosts 1 and 2 to admit each other",
+        || {
+            status_json(&lab.hosts[1])["peers"]
+                .as_array()
+                .is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["address"] == "0.3" && p["state"] == "ok")
+                })
+        },
+    );
 
     let first = once_changes(host);
     assert!(
@@ -274,7 +295,9 @@ fn reconcile_is_idempotent_heals_and_removes_peers() {
         },
     );
 
-    // Dropping host 2 from the join list (and reloading) removes all its entries.
+    // Dropping host 2 from the join list (and reloading) removes all its entries once
+    // it falls silent: a node that keeps proving the secret stays admitted.
+    lab.hosts[2].stop("arpanetd");
     let config = std::fs::read_to_string(host.config_path()).unwrap();
     let peer2 = format!(
         "{{ address = \"{}\", ip = \"{}\" }}",
@@ -292,8 +315,8 @@ fn reconcile_is_idempotent_heals_and_removes_peers() {
             .success()
     );
     wait_until(
-        Duration::from_secs(5),
-        "host 2's entries to be removed",
+        Duration::from_secs(40),
+        "host 2's entries to be removed (20 s after its last hello)",
         || {
             let d = dump(host);
             !d.contains("10.255.0.3")

@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if opts.once {
-        let report = daemon.converge().await;
+        let report = daemon.converge_once().await;
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("serializable")

@@ -10,7 +10,7 @@ use crate::addressing::NodeAddress;
 use crate::config::{Config, ConsulMode};
 use crate::consul::client::Consul;
 use crate::network::netlink::Netlink;
-use crate::network::{DeviceState, ObservedState, node_of_mac, reconcile, vtep_mac};
+use crate::network::{DeviceState, ObservedState, admission, node_of_mac, reconcile, vtep_mac};
 
 /// Show this node's overlay device, addresses and peers, as the kernel has them.
 #[derive(Debug, Args)]
@@ -29,6 +29,8 @@ pub struct StatusReport {
     pub peers: Vec<PeerStatus>,
     /// Absent when consul.mode is `disabled`.
     pub consul: Option<ConsulStatus>,
+    /// Who was admitted and how, and what was turned away, as arpanetd last wrote it.
+    pub admission: Option<admission::Status>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -80,6 +82,8 @@ pub struct PeerStatus {
     pub fdb: bool,
     pub neighbours: usize,
     pub route: bool,
+    /// How it was admitted (`catalog`, `cache`, `hello`), when it was.
+    pub admitted_by: Option<String>,
     /// `ok` when every entry is in place.
     pub state: String,
 }
@@ -88,6 +92,7 @@ pub fn report(
     config: &Config,
     observed: &ObservedState,
     consul: Option<ConsulStatus>,
+    admission: Option<admission::Status>,
 ) -> StatusReport {
     let mut peers: BTreeMap<NodeAddress, Option<Ipv4Addr>> = BTreeMap::new();
     for p in reconcile::join_peers(config) {
@@ -106,6 +111,12 @@ pub fn report(
             let fdb = underlay_ip.is_some();
             let neighbours = e.neighbours.iter().filter(|n| n.mac == mac).count();
             let route = e.routes.iter().any(|r| r.via == address.overlay_ip());
+            let admitted_by = admission.as_ref().and_then(|s| {
+                s.admitted
+                    .iter()
+                    .find(|p| p.address == address)
+                    .map(|p| p.by.clone())
+            });
             let mut missing = Vec::new();
             if !fdb {
                 missing.push("fdb");
@@ -118,6 +129,9 @@ pub fn report(
             }
             let state = if missing.is_empty() {
                 "ok".to_string()
+            } else if !fdb && admitted_by.is_none() {
+                // A join peer that has not proved the secret: nothing is programmed for it.
+                "not admitted (no valid hello from it yet)".to_string()
             } else {
                 format!("missing {}", missing.join(", "))
             };
@@ -129,6 +143,7 @@ pub fn report(
                 fdb,
                 neighbours,
                 route,
+                admitted_by,
                 state,
             }
         })
@@ -140,6 +155,7 @@ pub fn report(
         addresses: e.addresses.iter().copied().collect(),
         peers,
         consul,
+        admission,
     }
 }
 
@@ -148,7 +164,8 @@ impl Status {
         let config = Config::load(config_path)?;
         let nl = Netlink::connect()?;
         let observed = nl.observe(config.overlay.device.as_str()).await?;
-        let r = report(&config, &observed, consul_status(&config).await);
+        let admission = admission::load_status(&admission::status_path(&config));
+        let r = report(&config, &observed, consul_status(&config).await, admission);
         if self.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
             return Ok(());
@@ -191,6 +208,17 @@ impl Status {
             }
             if let Some(p) = &c.problem {
                 println!("problem      {p}");
+            }
+        }
+        if let Some(a) = &r.admission {
+            for t in &a.turned_away {
+                println!("turned away  hello from {}: {}", t.from, t.reason);
+            }
+            for c in &a.refused_claims {
+                println!(
+                    "not believed node {} claims {}: {}",
+                    c.node, c.claims, c.reason
+                );
             }
         }
         println!("peers        {}", r.peers.len());

@@ -337,6 +337,9 @@ pub struct OverlayConfig {
     pub vni: Vni,
     /// VXLAN's UDP port on the underlay (IANA's 4789; flannel uses Linux's old 8472).
     pub port: u16,
+    /// UDP port on the underlay address where nodes prove they hold the cluster secret
+    /// (signed hellos); the only thing arpanet answers on the underlay.
+    pub hello_port: u16,
     pub mtu: Mtu,
     /// How often the device and peer entries are checked and repaired.
     #[serde(with = "duration_text")]
@@ -349,6 +352,7 @@ impl Default for OverlayConfig {
             device: DeviceName::default(),
             vni: Vni(1),
             port: 4789,
+            hello_port: 7102,
             mtu: Mtu::Auto,
             resync: Duration::from_secs(10),
         }

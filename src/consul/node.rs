@@ -48,39 +48,138 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
     }
 }
 
-/// Peers from the catalog; entries without usable meta are skipped (and named).
-pub fn peers_from(entries: &[HealthEntry]) -> (Vec<Peer>, Vec<String>) {
-    let mut peers = Vec::new();
-    let mut skipped = Vec::new();
-    for e in entries {
-        let meta = &e.service.meta;
-        let address = meta
-            .get("arpanet_address")
-            .and_then(|a| a.parse::<NodeAddress>().ok());
-        let underlay_ip = meta
-            .get("underlay_ip")
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        match (address, underlay_ip) {
-            (Some(address), Some(underlay_ip)) => peers.push(Peer {
-                address,
-                underlay_ip,
-            }),
-            _ => skipped.push(e.node.node.clone()),
-        }
-    }
-    peers.sort();
-    peers.dedup();
-    (peers, skipped)
+/// An `arpanet` catalog entry that is not believed, and why (shown by `arpanet status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedClaim {
+    /// The Consul node the entry is registered on.
+    pub node: String,
+    /// What it claims, as `a.b at UNDERLAY_IP` (or the raw meta when that is unusable).
+    pub claims: String,
+    pub reason: String,
 }
 
-/// A catalog entry of the `arpanet` service, for tests of what is read from it.
+/// The catalog's `arpanet` entries as the overlay believes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogPeers {
+    pub peers: Vec<Peer>,
+    pub refused: Vec<RefusedClaim>,
+}
+
+fn claim(e: &HealthEntry) -> (Option<NodeAddress>, Option<Ipv4Addr>) {
+    let meta = &e.service.meta;
+    (
+        meta.get("arpanet_address").and_then(|a| a.parse().ok()),
+        meta.get("underlay_ip").and_then(|a| a.parse().ok()),
+    )
+}
+
+/// The entries whose claim can be believed: an entry speaks for node `a.b` only when
+/// its Consul node's address is `10.253.a.b`, which that node's agent advertises and
+/// no other agent can (Consul refuses a second member at one address). Any Consul
+/// writer can register a service with any meta; it cannot move another node.
+pub fn believed(entries: &[HealthEntry]) -> (Vec<&HealthEntry>, Vec<RefusedClaim>) {
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for e in entries {
+        let meta = &e.service.meta;
+        let raw = || {
+            format!(
+                "{} at {}",
+                meta.get("arpanet_address").map_or("?", String::as_str),
+                meta.get("underlay_ip").map_or("?", String::as_str)
+            )
+        };
+        match claim(e) {
+            (Some(address), Some(_)) if e.node.address == address.consul_ip().to_string() => {
+                ok.push(e)
+            }
+            (Some(address), Some(_)) => refused.push(RefusedClaim {
+                node: e.node.node.clone(),
+                claims: raw(),
+                reason: format!(
+                    "its Consul node address is {}, not {}",
+                    if e.node.address.is_empty() {
+                        "empty"
+                    } else {
+                        e.node.address.as_str()
+                    },
+                    address.consul_ip()
+                ),
+            }),
+            _ => refused.push(RefusedClaim {
+                node: e.node.node.clone(),
+                claims: raw(),
+                reason: "no usable arpanet_address and underlay_ip".into(),
+            }),
+        }
+    }
+    (ok, refused)
+}
+
+/// Peers from the catalog. Entries that cannot be believed are refused (and named);
+/// when believed entries disagree on a node's underlay IP, the node keeps the entry it
+/// had in `previous` (or gets none): a conflicting claim changes nothing.
+pub fn peers_from(entries: &[HealthEntry], previous: &[Peer]) -> CatalogPeers {
+    let (ok, mut refused) = believed(entries);
+    let mut by_address: BTreeMap<NodeAddress, Vec<(Ipv4Addr, &str)>> = BTreeMap::new();
+    for e in ok {
+        if let (Some(address), Some(ip)) = claim(e) {
+            by_address
+                .entry(address)
+                .or_default()
+                .push((ip, e.node.node.as_str()));
+        }
+    }
+    let mut peers = Vec::new();
+    for (address, mut claims) in by_address {
+        claims.sort();
+        claims.dedup_by_key(|(ip, _)| *ip);
+        if let [(underlay_ip, _)] = claims[..] {
+            peers.push(Peer {
+                address,
+                underlay_ip,
+            });
+            continue;
+        }
+        let kept = previous.iter().find(|p| p.address == address);
+        let all: Vec<String> = claims
+            .iter()
+            .map(|(ip, node)| format!("{ip} (node {node})"))
+            .collect();
+        for (ip, node) in &claims {
+            refused.push(RefusedClaim {
+                node: node.to_string(),
+                claims: format!("{address} at {ip}"),
+                reason: format!(
+                    "conflicting claims for {address}: {}; {}",
+                    all.join(", "),
+                    kept.map_or("it stays out".to_string(), |p| format!(
+                        "it stays at {}",
+                        p.underlay_ip
+                    ))
+                ),
+            });
+        }
+        peers.extend(kept.copied());
+    }
+    peers.sort();
+    CatalogPeers { peers, refused }
+}
+
+/// A catalog entry of the `arpanet` service, for tests of what is read from it, on a
+/// Consul node whose address is the one its meta claims (as a real node's is).
 #[cfg(test)]
 pub(crate) fn entry(node: &str, meta: &[(&str, &str)]) -> HealthEntry {
     use super::client::{AgentService, HealthNode};
+    let address = meta
+        .iter()
+        .find(|(k, _)| *k == "arpanet_address")
+        .and_then(|(_, a)| a.parse::<NodeAddress>().ok())
+        .map_or(String::new(), |a| a.consul_ip().to_string());
     HealthEntry {
         node: HealthNode {
             node: node.into(),
-            address: String::new(),
+            address,
         },
         service: AgentService {
             id: SERVICE.into(),
@@ -117,28 +216,86 @@ mod tests {
         assert_eq!(r.address, "10.255.0.7");
     }
 
+    fn p(a: &str, last: u8) -> Peer {
+        Peer {
+            address: a.parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(192, 168, 8, last),
+        }
+    }
+
     #[test]
     fn catalog_entries_become_peers() {
-        let (peers, skipped) = peers_from(&[
-            entry(
-                "a",
-                &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
-            ),
-            entry(
-                "b",
-                &[
-                    ("arpanet_address", "0.300"),
-                    ("underlay_ip", "192.168.8.122"),
-                ],
-            ),
-        ]);
+        let got = peers_from(
+            &[
+                entry(
+                    "a",
+                    &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
+                ),
+                entry(
+                    "b",
+                    &[
+                        ("arpanet_address", "0.300"),
+                        ("underlay_ip", "192.168.8.122"),
+                    ],
+                ),
+            ],
+            &[],
+        );
+        assert_eq!(got.peers, [p("0.2", 121)]);
+        assert_eq!(got.refused.len(), 1);
+        assert_eq!(got.refused[0].node, "b");
+    }
+
+    #[test]
+    fn a_claim_from_another_consul_node_is_refused() {
+        // Node c (10.253.0.3) registers an `arpanet` service claiming 0.2 at its own IP.
+        let mut forged = entry(
+            "c",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.66")],
+        );
+        forged.node.address = "10.253.0.3".into();
+        let real = entry(
+            "b",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
+        );
+        let got = peers_from(&[real, forged], &[]);
+        assert_eq!(got.peers, [p("0.2", 121)]);
         assert_eq!(
-            peers,
-            [Peer {
-                address: "0.2".parse().unwrap(),
-                underlay_ip: Ipv4Addr::new(192, 168, 8, 121)
+            got.refused,
+            [RefusedClaim {
+                node: "c".into(),
+                claims: "0.2 at 192.168.8.66".into(),
+                reason: "its Consul node address is 10.253.0.3, not 10.253.0.2".into()
             }]
         );
-        assert_eq!(skipped, ["b"]);
+    }
+
+    #[test]
+    fn conflicting_claims_change_nothing() {
+        // A second Consul node registered at the same address (catalog/register can).
+        let real = entry(
+            "b",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
+        );
+        let twin = entry(
+            "evil",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.66")],
+        );
+        let both = [real.clone(), twin];
+        let got = peers_from(&both, &[p("0.2", 121)]);
+        assert_eq!(got.peers, [p("0.2", 121)], "the node stays where it was");
+        assert_eq!(got.refused.len(), 2);
+        assert!(
+            got.refused[0].reason.contains("conflicting claims for 0.2")
+                && got.refused[0].reason.contains("it stays at 192.168.8.121"),
+            "{:?}",
+            got.refused
+        );
+        assert_eq!(peers_from(&both, &[]).peers, [], "never seen: it stays out");
+        // The same claim twice (two instances on one node) is no conflict.
+        assert_eq!(
+            peers_from(&[real.clone(), real], &[]).peers,
+            [p("0.2", 121)]
+        );
     }
 }

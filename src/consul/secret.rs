@@ -114,3 +114,14 @@ mod tests {
         );
     }
 }
+
+pub const ADMISSION_LABEL: &str = "arpanet/v1/overlay-admission";
+
+/// A 32-byte key for one purpose, derived from the secret with HKDF-SHA256.
+pub fn derive_key(secret: &str, label: &str) -> [u8; 32] {
+    let mut okm = [0u8; 32];
+    hkdf::Hkdf::<Sha256>::new(None, secret.as_bytes())
+        .expand(label.as_bytes(), &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    okm
+}

@@ -2,18 +2,17 @@
 //! kernel has, turned into an ordered list of changes (the only part that needs a
 //! kernel is in [`netlink`]).
 //!
-//! Like flannel's vxlan backend, every known peer's entries are programmed. Each
-//! node's VTEP MAC is derived from its arpanet address, so the join list alone
-//! (address + underlay IP) is enough to reach a peer.
+//! Like flannel's vxlan backend, every admitted peer's entries are programmed. Each
+//! node's VTEP MAC is derived from its arpanet address, so an address and an underlay
+//! IP are enough to reach a peer.
 //!
-//! The one thing learned on the wire is a node no source names yet (a newcomer, or a
-//! node rejoining): its first packet teaches the kernel its MAC (= its arpanet
-//! address) and underlay IP. arpanet then adds its neighbour and route entries but
-//! leaves the FDB entry the kernel's own, which ages out [`LEARNED_AGEING`] after the
-//! node's last packet. Without this a new node could never be answered by the
-//! servers it joins (they learn of it from Consul, which it cannot reach yet); with
-//! it, a node that left stops being a peer soon after it falls silent.
+//! Nothing is learned on the wire: the device runs with MAC learning off, and a node
+//! gets entries only once it is admitted ([`admission`]): by a signed hello that proves
+//! it holds the cluster secret, or by Consul's catalog (whose members passed Consul's
+//! gossip encryption, keyed from the same secret). Before, any machine that could send
+//! UDP to a node taught it a "newcomer" and reached every plane.
 
+pub mod admission;
 pub mod firewall;
 pub mod netlink;
 pub mod peers;
@@ -31,8 +30,6 @@ use crate::config::{Config, Mtu};
 
 /// Marks the routes arpanet owns, so it never touches anyone else's.
 pub const ROUTE_PROTOCOL: u8 = 97;
-/// Seconds a learned FDB entry outlives the last packet from its node.
-pub const LEARNED_AGEING: u32 = 30;
 
 /// A MAC address, printed the usual way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,9 +106,10 @@ pub struct RouteEntry {
 }
 
 /// The underlay as found on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnderlayLink {
     pub index: u32,
+    pub name: String,
     pub ip: Ipv4Addr,
     pub mtu: u32,
 }
@@ -163,8 +161,6 @@ pub struct DesiredState {
 pub struct ObservedState {
     pub device: Option<DeviceState>,
     pub entries: Entries,
-    /// Nodes the kernel learned from their traffic (not yet programmed by arpanet).
-    pub learned: Vec<Peer>,
 }
 
 /// The node a VTEP MAC belongs to, if it is an arpanet one.
@@ -174,19 +170,10 @@ pub fn node_of_mac(mac: Mac) -> Option<NodeAddress> {
     (vtep_mac(node) == mac).then_some(node)
 }
 
-/// The learned nodes that no other source names.
-pub fn learned_only(peers: &[Peer], learned: &[Peer]) -> Vec<Peer> {
-    learned
-        .iter()
-        .filter(|l| !peers.iter().any(|p| p.address == l.address))
-        .copied()
-        .collect()
-}
-
 impl DesiredState {
-    /// `peers` may include this node itself (catalogs do); it is skipped. `learned`
-    /// nodes get neighbour and route entries; their FDB entry stays the kernel's.
-    pub fn new(config: &Config, underlay: UnderlayLink, peers: &[Peer], learned: &[Peer]) -> Self {
+    /// `peers` are the admitted ones; they may include this node itself (catalogs do),
+    /// which is skipped.
+    pub fn new(config: &Config, underlay: &UnderlayLink, peers: &[Peer]) -> Self {
         let me = config.node.address;
         let mtu = match config.overlay.mtu {
             Mtu::Auto => underlay
@@ -213,17 +200,13 @@ impl DesiredState {
             .into(),
             ..Entries::default()
         };
-        let known = peers.iter().map(|p| (p, true));
-        let learned = learned.iter().map(|p| (p, false));
-        for (peer, program_fdb) in known.chain(learned).filter(|(p, _)| p.address != me) {
+        for peer in peers.iter().filter(|p| p.address != me) {
             let mac = vtep_mac(peer.address);
             let a = peer.address;
-            if program_fdb {
-                entries.fdb.insert(FdbEntry {
-                    mac,
-                    dst: peer.underlay_ip,
-                });
-            }
+            entries.fdb.insert(FdbEntry {
+                mac,
+                dst: peer.underlay_ip,
+            });
             for ip in [a.overlay_ip(), a.docker_api_ip(), a.consul_ip()] {
                 entries.neighbours.insert(NeighbourEntry { ip, mac });
             }
@@ -306,14 +289,8 @@ fn incompatibility(want: &DeviceSpec, have: &DeviceState) -> Option<String> {
     if have.underlay_index != Some(want.underlay_index) {
         return Some("bound to another underlay interface".into());
     }
-    if !have.learning {
-        return Some("MAC learning is off (newcomers could not be answered)".into());
-    }
-    if have.ageing != Some(LEARNED_AGEING) {
-        return Some(format!(
-            "learned entries age after {:?} s instead of {LEARNED_AGEING}",
-            have.ageing
-        ));
+    if have.learning {
+        return Some("MAC learning is on (any sender could teach it peers)".into());
     }
     None
 }
@@ -408,6 +385,7 @@ mod tests {
     fn underlay() -> UnderlayLink {
         UnderlayLink {
             index: 2,
+            name: "eth1".into(),
             ip: Ipv4Addr::new(192, 168, 8, 120),
             mtu: 1500,
         }
@@ -431,38 +409,25 @@ mod tests {
                 port: Some(d.port),
                 local: Some(d.local),
                 underlay_index: Some(d.underlay_index),
-                learning: true,
-                ageing: Some(LEARNED_AGEING),
+                learning: false,
+                ageing: None,
                 mtu: d.mtu,
                 mac: Some(d.mac),
                 up: true,
             }),
             entries: desired.entries.clone(),
-            learned: Vec::new(),
         }
     }
 
     #[test]
-    fn learned_newcomers_get_routes_but_keep_the_kernels_fdb_entry() {
-        let known = [peer("0.2", [10, 0, 0, 2])];
-        let learned = learned_only(
-            &known,
-            &[peer("0.2", [10, 0, 0, 99]), peer("0.5", [10, 0, 0, 5])],
-        );
-        assert_eq!(learned, [peer("0.5", [10, 0, 0, 5])]);
-        let d = DesiredState::new(&config(), underlay(), &known, &learned);
-        assert_eq!(
-            d.entries.fdb.len(),
-            1,
-            "only the known peer's FDB entry is arpanet's"
-        );
-        assert_eq!(d.entries.neighbours.len(), 6);
-        assert!(
-            d.entries
-                .routes
-                .iter()
-                .any(|r| r.via == Ipv4Addr::new(10, 255, 0, 5))
-        );
+    fn a_device_that_learns_is_recreated_and_node_macs_are_recognised() {
+        let d = DesiredState::new(&config(), &underlay(), &[]);
+        let mut observed = applied(&d);
+        observed.device.as_mut().unwrap().learning = true;
+        assert!(matches!(
+            &plan(&d, &observed)[0],
+            Change::RecreateDevice { reason } if reason.contains("learning")
+        ));
         assert_eq!(
             node_of_mac(vtep_mac("0.5".parse().unwrap())),
             Some("0.5".parse().unwrap())
@@ -483,9 +448,8 @@ mod tests {
     fn desired_state_has_planes_and_per_peer_entries() {
         let d = DesiredState::new(
             &config(),
-            underlay(),
+            &underlay(),
             &[peer("0.1", [1, 1, 1, 1]), peer("0.2", [192, 168, 8, 121])],
-            &[],
         );
         assert_eq!(d.device.mtu, 1450);
         assert_eq!(d.device.mac.to_string(), "02:61:72:70:00:01");
@@ -503,12 +467,7 @@ mod tests {
 
     #[test]
     fn fresh_host_gets_device_then_entries_bottom_up() {
-        let d = DesiredState::new(
-            &config(),
-            underlay(),
-            &[peer("0.2", [192, 168, 8, 121])],
-            &[],
-        );
+        let d = DesiredState::new(&config(), &underlay(), &[peer("0.2", [192, 168, 8, 121])]);
         let changes = plan(&d, &ObservedState::default());
         assert_eq!(changes[0], Change::CreateDevice);
         let kinds: Vec<&str> = changes
@@ -533,12 +492,11 @@ mod tests {
     fn applied_state_needs_no_change() {
         let d = DesiredState::new(
             &config(),
-            underlay(),
+            &underlay(),
             &[
                 peer("0.2", [192, 168, 8, 121]),
                 peer("0.3", [192, 168, 8, 122]),
             ],
-            &[],
         );
         assert_eq!(plan(&d, &applied(&d)), []);
     }
@@ -547,11 +505,10 @@ mod tests {
     fn removed_peer_is_removed_top_down() {
         let both = DesiredState::new(
             &config(),
-            underlay(),
+            &underlay(),
             &[peer("0.2", [10, 0, 0, 2]), peer("0.3", [10, 0, 0, 3])],
-            &[],
         );
-        let one = DesiredState::new(&config(), underlay(), &[peer("0.2", [10, 0, 0, 2])], &[]);
+        let one = DesiredState::new(&config(), &underlay(), &[peer("0.2", [10, 0, 0, 2])]);
         let changes = plan(&one, &applied(&both));
         assert_eq!(changes.len(), 5, "{changes:?}");
         assert!(matches!(changes[0], Change::DelRoute(r) if r.via == Ipv4Addr::new(10, 255, 0, 3)));
@@ -560,7 +517,7 @@ mod tests {
 
     #[test]
     fn hand_deleted_entry_comes_back() {
-        let d = DesiredState::new(&config(), underlay(), &[peer("0.2", [10, 0, 0, 2])], &[]);
+        let d = DesiredState::new(&config(), &underlay(), &[peer("0.2", [10, 0, 0, 2])]);
         let mut observed = applied(&d);
         let route = *observed.entries.routes.iter().next().unwrap();
         observed.entries.routes.clear();
@@ -569,7 +526,7 @@ mod tests {
 
     #[test]
     fn incompatible_device_is_recreated_and_refilled() {
-        let d = DesiredState::new(&config(), underlay(), &[peer("0.2", [10, 0, 0, 2])], &[]);
+        let d = DesiredState::new(&config(), &underlay(), &[peer("0.2", [10, 0, 0, 2])]);
         let mut observed = applied(&d);
         observed.device.as_mut().unwrap().vni = Some(99);
         let changes = plan(&d, &observed);
@@ -579,7 +536,7 @@ mod tests {
 
     #[test]
     fn mtu_mac_and_state_are_fixed_in_place() {
-        let d = DesiredState::new(&config(), underlay(), &[], &[]);
+        let d = DesiredState::new(&config(), &underlay(), &[]);
         let mut observed = applied(&d);
         let dev = observed.device.as_mut().unwrap();
         dev.mtu = 1400;

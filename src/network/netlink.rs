@@ -166,20 +166,23 @@ impl Netlink {
                 (index, ip)
             }
         };
-        let mtu = self
-            .link_by_index(index)
-            .await?
-            .attributes
-            .iter()
-            .find_map(|a| {
-                if let LinkAttribute::Mtu(m) = a {
-                    Some(*m)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(1500);
-        Ok(UnderlayLink { index, ip, mtu })
+        let link = self.link_by_index(index).await?;
+        let mut mtu = 1500;
+        let mut name = String::new();
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Mtu(m) => mtu = *m,
+                LinkAttribute::IfName(n) => name = n.clone(),
+                _ => {}
+            }
+        }
+        anyhow::ensure!(!name.is_empty(), "the underlay link {index} has no name");
+        Ok(UnderlayLink {
+            index,
+            name,
+            ip,
+            mtu,
+        })
     }
 
     /// Reads the device and every entry arpanet owns on it.
@@ -208,17 +211,12 @@ impl Netlink {
             .try_collect()
             .await
             .context("list FDB entries")?;
-        let mut learned = Vec::new();
+        // Only permanent entries are arpanet's; with learning off there are no others.
         for m in fdb.iter().filter(|m| m.header.ifindex == index) {
-            if let (Some(mac), Some(dst)) = (neighbour_mac(m), neighbour_ip(m)) {
-                if m.header.state == NeighbourState::Permanent {
-                    entries.fdb.insert(FdbEntry { mac, dst });
-                } else if let Some(address) = super::node_of_mac(mac) {
-                    learned.push(super::Peer {
-                        address,
-                        underlay_ip: dst,
-                    });
-                }
+            if let (Some(mac), Some(dst)) = (neighbour_mac(m), neighbour_ip(m))
+                && m.header.state == NeighbourState::Permanent
+            {
+                entries.fdb.insert(FdbEntry { mac, dst });
             }
         }
 
@@ -274,7 +272,6 @@ impl Netlink {
         Ok(ObservedState {
             device: Some(state),
             entries,
-            learned,
         })
     }
 
@@ -300,8 +297,8 @@ impl Netlink {
                     .dev(spec.underlay_index)
                     .local(spec.local)
                     .port(spec.port)
-                    .learning(true)
-                    .ageing(super::LEARNED_AGEING)
+                    // Nothing is taught by traffic: peers are admitted ones only.
+                    .learning(false)
                     .mtu(spec.mtu)
                     .address(spec.mac.0.to_vec())
                     .up()

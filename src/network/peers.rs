@@ -1,7 +1,7 @@
-//! Where the overlay's peers come from: the join list, Consul's catalog, and (after a
-//! restart, until the catalog answers) the catalog's last answer kept in the state dir.
+//! Where the overlay's peers come from: Consul's catalog (after a restart, until it
+//! answers, its last answer kept in the state dir) and nodes admitted by a signed
+//! hello. Naming a node in the join list admits nobody: it is where hellos go.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::Peer;
@@ -31,22 +31,19 @@ pub fn save_cache(path: &Path, peers: &[Peer]) -> anyhow::Result<()> {
     crate::files::write_atomically(path, &text)
 }
 
-/// The peers to program: the join list always (the seeds through which Consul itself
-/// is reached), plus the catalog's healthy nodes, or the cached ones before the
-/// catalog has answered.
-pub fn desired(config: &Config, catalog: Option<&[Peer]>, cache: &[Peer]) -> Vec<Peer> {
-    let mut all: BTreeSet<Peer> = super::reconcile::join_peers(config).into_iter().collect();
-    all.extend(catalog.unwrap_or(cache).iter().copied());
-    // A join entry and a catalog entry may disagree on the underlay IP; the catalog is
-    // newer, so one address keeps one entry.
+/// The peers to program: the catalog's healthy nodes, or the cached ones before the
+/// catalog has answered, plus the nodes admitted by hello that the catalog does not name
+/// (newcomers, and every peer when Consul is not used). Where both name a node, the
+/// catalog's entry stands.
+pub fn desired(
+    config: &Config,
+    catalog: Option<&[Peer]>,
+    cache: &[Peer],
+    hello: &[Peer],
+) -> Vec<Peer> {
     let mut by_address = std::collections::BTreeMap::new();
-    for p in all {
-        by_address.insert(p.address, p);
-    }
-    if let Some(catalog) = catalog {
-        for p in catalog {
-            by_address.insert(p.address, *p);
-        }
+    for p in hello.iter().chain(catalog.unwrap_or(cache)) {
+        by_address.insert(p.address, *p);
     }
     by_address
         .into_values()
@@ -75,11 +72,17 @@ mod tests {
     }
 
     #[test]
-    fn catalog_adds_to_the_join_list_and_skips_ourselves() {
+    fn the_join_list_alone_admits_nobody() {
+        assert_eq!(desired(&config(), None, &[], &[]), []);
+        assert_eq!(desired(&config(), Some(&[]), &[], &[]), []);
+    }
+
+    #[test]
+    fn catalog_and_hellos_add_up_and_skip_ourselves() {
         let catalog = [peer("0.1", 1), peer("0.2", 2), peer("0.3", 3)];
         assert_eq!(
-            desired(&config(), Some(&catalog), &[]),
-            [peer("0.1", 1), peer("0.2", 2)]
+            desired(&config(), Some(&catalog), &[], &[peer("0.5", 5)]),
+            [peer("0.1", 1), peer("0.2", 2), peer("0.5", 5)]
         );
     }
 
@@ -87,20 +90,20 @@ mod tests {
     fn cache_stands_in_until_the_catalog_answers() {
         let cache = [peer("0.2", 2), peer("0.4", 4)];
         assert_eq!(
-            desired(&config(), None, &cache),
-            [peer("0.1", 1), peer("0.2", 2), peer("0.4", 4)]
+            desired(&config(), None, &cache, &[]),
+            [peer("0.2", 2), peer("0.4", 4)]
         );
         // Once the catalog answers, the cache no longer matters: 0.4 has left.
         assert_eq!(
-            desired(&config(), Some(&[peer("0.2", 2)]), &cache),
-            [peer("0.1", 1), peer("0.2", 2)]
+            desired(&config(), Some(&[peer("0.2", 2)]), &cache, &[]),
+            [peer("0.2", 2)]
         );
     }
 
     #[test]
-    fn catalog_wins_over_a_stale_join_ip() {
+    fn the_catalog_wins_over_a_hello() {
         assert_eq!(
-            desired(&config(), Some(&[peer("0.1", 9)]), &[]),
+            desired(&config(), Some(&[peer("0.1", 9)]), &[], &[peer("0.1", 1)]),
             [peer("0.1", 9)]
         );
     }

@@ -14,14 +14,13 @@ pub struct Report {
     pub device_index: Option<u32>,
     /// This host's address on the underlay, as found.
     pub underlay_ip: Option<std::net::Ipv4Addr>,
-    /// Nodes known only from their traffic (see the module docs of `network`).
-    pub learned: Vec<Peer>,
     pub changes: Vec<String>,
     /// Entries that failed; the rest were still applied and the next pass retries.
     pub errors: Vec<String>,
 }
 
-/// The peers a node knows from its own config, before Consul says more.
+/// The peers a node names in its own config: whom it sends its hello to. They are
+/// programmed only once admitted, like any other node.
 pub fn join_peers(config: &Config) -> Vec<Peer> {
     config
         .node
@@ -37,12 +36,10 @@ pub fn join_peers(config: &Config) -> Vec<Peer> {
 pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow::Result<Report> {
     let underlay = nl.underlay(&config.node.underlay).await?;
     let observed = nl.observe(config.overlay.device.as_str()).await?;
-    let learned = super::learned_only(peers, &observed.learned);
-    let desired = DesiredState::new(config, underlay, peers, &learned);
+    let desired = DesiredState::new(config, &underlay, peers);
     let mut index = observed.device.as_ref().map(|d| d.index);
     let mut report = Report {
         underlay_ip: Some(underlay.ip),
-        learned,
         ..Report::default()
     };
     for change in plan(&desired, &observed) {
@@ -61,21 +58,43 @@ pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow:
         Ok(false) => {}
         Err(e) => report.errors.push(format!("{e:#}")),
     }
-    let guarded = firewall::Guarded {
-        address: config.node.address,
-        docker_api_port: config.docker.api_port,
-        cluster_api_port: config.api.port,
-        sync_peer_port: config.sync.peer_port,
-    };
-    match firewall::ensure(
+    match firewall::ensure(&firewall_plan(
+        config,
         &desired.device.name,
-        config.node.address.container_subnet(),
-        guarded,
-    ) {
+        &underlay.name,
+        peers,
+    )) {
         Ok(changes) => report.changes.extend(changes),
         Err(e) => report.errors.push(format!("{e:#}")),
     }
     Ok(report)
+}
+
+/// What the firewall needs to know of this node: its ports from the config.
+pub fn firewall_plan<'a>(
+    config: &Config,
+    device: &'a str,
+    underlay: &'a str,
+    peers: &'a [Peer],
+) -> firewall::Plan<'a> {
+    let mut tcp_ports = vec![
+        config.docker.api_port,
+        config.api.port,
+        config.sync.peer_port,
+        config.consul.http_addr.port(),
+    ];
+    tcp_ports.extend(firewall::Plan::CONSUL_TCP);
+    firewall::Plan {
+        address: config.node.address,
+        device,
+        underlay,
+        vxlan_port: config.overlay.port,
+        hello_port: config.overlay.hello_port,
+        dns_port: config.consul.dns_port,
+        tcp_ports,
+        udp_ports: firewall::Plan::CONSUL_UDP.to_vec(),
+        peers,
+    }
 }
 
 /// Removes the device (and with it every address, neighbour, FDB entry and route on

@@ -9,10 +9,12 @@ use crate::consul::client::{Consul, HealthEntry};
 use crate::containers::{self, Desired, Pass, Scope, apply};
 use crate::docker::engine::Engine;
 
-/// Healthy nodes in the catalog (the `arpanet` service's passing instances).
+/// Healthy nodes in the catalog (the `arpanet` service's passing instances), as far as
+/// their claims can be believed (the overlay's rule: `consul::node::believed`).
 pub fn nodes_from(entries: &[HealthEntry]) -> Vec<Node> {
-    let mut nodes: Vec<Node> = entries
-        .iter()
+    let mut nodes: Vec<Node> = crate::consul::node::believed(entries)
+        .0
+        .into_iter()
         .filter_map(|e| {
             let meta = &e.service.meta;
             let address = meta.get("arpanet_address")?.parse().ok()?;
@@ -124,7 +126,11 @@ mod tests {
 
     #[test]
     fn catalog_entries_become_nodes_with_role_and_labels() {
-        let entry = |meta: &[(&str, &str)]| crate::consul::node::entry("n", meta);
+        let entry = |meta: &[(&str, &str)]| {
+            let mut meta = meta.to_vec();
+            meta.push(("underlay_ip", "192.168.8.1"));
+            crate::consul::node::entry("n", &meta)
+        };
         let nodes = nodes_from(&[
             entry(&[
                 ("arpanet_address", "0.3"),
