@@ -75,6 +75,17 @@ pub fn fingerprint(key: &str) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
+pub const ADMISSION_LABEL: &str = "arpanet/v1/overlay-admission";
+
+/// A 32-byte key for one purpose, derived from the secret with HKDF-SHA256.
+pub fn derive_key(secret: &str, label: &str) -> [u8; 32] {
+    let mut okm = [0u8; 32];
+    hkdf::Hkdf::<Sha256>::new(None, secret.as_bytes())
+        .expand(label.as_bytes(), &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    okm
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,15 +124,4 @@ mod tests {
                 .contains("arpanet secret")
         );
     }
-}
-
-pub const ADMISSION_LABEL: &str = "arpanet/v1/overlay-admission";
-
-/// A 32-byte key for one purpose, derived from the secret with HKDF-SHA256.
-pub fn derive_key(secret: &str, label: &str) -> [u8; 32] {
-    let mut okm = [0u8; 32];
-    hkdf::Hkdf::<Sha256>::new(None, secret.as_bytes())
-        .expand(label.as_bytes(), &mut okm)
-        .expect("32 bytes is a valid HKDF-SHA256 length");
-    okm
 }

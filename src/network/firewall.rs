@@ -301,10 +301,10 @@ pub fn remove() -> Vec<String> {
                 }
             }
         }
-        if has_chain(&ipt, table, chain).unwrap_or(false) {
-            if let Err(e) = ipt.flush_chain(table, chain) {
-                errors.push(format!("iptables -t {table} -F {chain}: {e}"));
-            }
+        if has_chain(&ipt, table, chain).unwrap_or(false)
+            && let Err(e) = ipt.flush_chain(table, chain)
+        {
+            errors.push(format!("iptables -t {table} -F {chain}: {e}"));
         }
     }
     for (table, chain) in [
