@@ -263,7 +263,7 @@ fn a_node_with_the_wrong_secret_does_not_join_and_says_why() {
     let lab = Lab::builder(2).start();
     let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
     lab.write_arpanet_config(0, "boot", &[1], CONSUL);
-    std::fs::write(h1.dir.join("secret"), "a-different-secret-entirely\n").unwrap();
+    std::fs::write(h1.dir.join("secret"), format!("{}\n", lab::random_secret())).unwrap();
     lab.write_arpanet_config(1, "client", &[0], CONSUL);
     start(h0);
     start(h1);
