@@ -298,3 +298,208 @@ fn service_create_checks_its_arguments_before_asking_arpanetd() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+fn arpanet_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arpanet"))
+        .args(args)
+        .env_remove("ARPANET_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run arpanet");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// 32 random bytes, base64, as `arpanet secret` makes them.
+fn strong_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A config whose secret file is in `dir`; returns (config, secret file).
+fn secret_config(dir: &Path, role: &str) -> (PathBuf, PathBuf) {
+    let secret = dir.join("secret");
+    let cfg = write(
+        dir,
+        "a.toml",
+        &format!(
+            "[node]\naddress = \"0.2\"\nrole = \"{role}\"\n[cluster]\nsecret_file = {secret:?}\n"
+        ),
+    );
+    (cfg, secret)
+}
+
+#[test]
+fn a_server_takes_the_secret_from_a_file_or_stdin_and_keeps_it_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, secret) = secret_config(dir.path(), "server");
+    let cfg = cfg.to_str().unwrap();
+    let seed = ["--config", cfg, "server", "0.2", "--join", "0.1@192.0.2.1"];
+
+    let copy = write(dir.path(), "copy", &format!("{}\n", strong_secret()));
+    let mut args = seed.to_vec();
+    args.extend(["--secret-file", copy.to_str().unwrap(), "--no-start"]);
+    let out = arpanet(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        std::fs::read_to_string(&copy).unwrap()
+    );
+    assert_eq!(mode(&secret), 0o600);
+
+    // Over stdin, replacing the file an operator made world-readable.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let piped = strong_secret();
+    let mut args = seed.to_vec();
+    args.extend(["--secret", "-", "--no-start"]);
+    let out = arpanet_with_stdin(&args, &format!("{piped}\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), piped);
+    assert_eq!(mode(&secret), 0o600);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&piped),
+        "a secret from stdin is not echoed"
+    );
+
+    let mut args = seed.to_vec();
+    args.extend(["--secret", "x", "--secret-file", "y", "--no-start"]);
+    assert_eq!(arpanet(&args).status.code(), Some(2), "one way at a time");
+}
+
+#[test]
+fn a_weak_secret_is_refused_naming_the_flag_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, secret) = secret_config(dir.path(), "client");
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let seed = ["--config", cfg, "client", "0.2", "--join", "0.1@192.0.2.1"];
+    let weak_file = write(dir.path(), "weak", "lab-secret-old\n");
+    let weak_file = weak_file.to_str().unwrap();
+    for (extra, stdin, want) in [
+        (
+            &["--secret", "a-different-secret-entirely"][..],
+            "",
+            "--secret: the cluster secret is weaker than 128 bits".to_string(),
+        ),
+        (
+            &["--secret", "-"][..],
+            &*format!("{}\n", "00".repeat(32)),
+            "--secret -: the cluster secret on stdin is weaker than 128 bits".to_string(),
+        ),
+        (
+            &["--secret-file", weak_file][..],
+            "",
+            format!("--secret-file: the cluster secret in {weak_file} is weaker than 128 bits"),
+        ),
+    ] {
+        let mut args = seed.to_vec();
+        args.extend(extra);
+        args.push("--no-start");
+        let out = arpanet_with_stdin(&args, stdin);
+        assert!(!out.status.success(), "{extra:?}");
+        let err = stderr(&out);
+        assert!(err.contains(&want), "{extra:?}: {err}");
+        assert!(err.contains("`arpanet secret` makes one"), "{err}");
+        assert!(!secret.exists(), "{extra:?}: no secret written");
+        assert_eq!(std::fs::read_to_string(cfg).unwrap(), before, "{extra:?}");
+    }
+
+    let out = arpanet(&["--config", cfg, "secret", "--set", &"A".repeat(44)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--set: the cluster secret is weaker than 128 bits"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!secret.exists());
+
+    // A weak secret already installed is named with its file.
+    std::fs::write(&secret, "hunter2hunter2hunter2\n").unwrap();
+    let out = arpanet(&[
+        "--config",
+        cfg,
+        "client",
+        "0.2",
+        "--join",
+        "0.1@192.0.2.1",
+        "--no-start",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "the cluster secret in {} is weaker than 128 bits",
+            secret.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn secret_set_reads_stdin_or_a_file_and_force_leaves_the_file_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, secret) = secret_config(dir.path(), "boot");
+    let cfg = cfg.to_str().unwrap();
+
+    let piped = strong_secret();
+    let out = arpanet_with_stdin(&["--config", cfg, "secret", "--set", "-"], &piped);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), piped);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&piped));
+    assert_eq!(mode(&secret), 0o600);
+
+    // An existing 0644 file, replaced with --force, is 0600 afterwards.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let copy = write(dir.path(), "copy", &strong_secret());
+    let out = arpanet(&[
+        "--config",
+        cfg,
+        "secret",
+        "--set-file",
+        copy.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap().trim(),
+        std::fs::read_to_string(&copy).unwrap()
+    );
+    assert_eq!(mode(&secret), 0o600);
+
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = arpanet(&["--config", cfg, "secret", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), made);
+    assert_eq!(mode(&secret), 0o600);
+
+    let missing = dir.path().join("missing");
+    let out = arpanet(&[
+        "--config",
+        cfg,
+        "secret",
+        "--set-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains(&format!("--set-file: read {}", missing.display())),
+        "{}",
+        stderr(&out)
+    );
+}

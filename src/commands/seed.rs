@@ -3,7 +3,7 @@
 //! or installs the cluster secret, then enables and starts arpanetd over D-Bus.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -29,9 +29,13 @@ pub struct Seed {
     /// The interface other hosts reach this one on (default: the default route's).
     #[arg(long)]
     pub underlay_interface: Option<String>,
-    /// The cluster secret the boot node printed (not on the boot node).
-    #[arg(long)]
+    /// The cluster secret the boot node printed (not on the boot node); `-` reads it
+    /// from stdin, which keeps it out of `ps` and the shell's history.
+    #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
     pub secret: Option<String>,
+    /// Read the cluster secret from this file, e.g. a copy of the boot node's.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Only write the config and the secret; do not enable or start arpanetd.
     #[arg(long)]
     pub no_start: bool,
@@ -54,9 +58,21 @@ impl Seed {
                 "--join: a {role} joins the cluster through a node that is in it, e.g. --join 0.1@192.168.8.120"
             );
         }
-        if role == Role::Boot && self.secret.is_some() {
-            bail!("--secret: the boot node creates the cluster's secret; give it to the others");
+        if role == Role::Boot && (self.secret.is_some() || self.secret_file.is_some()) {
+            let flag = if self.secret.is_some() {
+                "--secret"
+            } else {
+                "--secret-file"
+            };
+            bail!("{flag}: the boot node creates the cluster's secret; give it to the others");
         }
+        // Before anything is written: a weak secret changes nothing.
+        let given = super::secret::from_flags(
+            "--secret",
+            self.secret.as_deref(),
+            "--secret-file",
+            self.secret_file.as_deref(),
+        )?;
         let existing = match std::fs::read_to_string(config_path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -71,41 +87,38 @@ impl Seed {
         }
 
         let secret_file = &config.cluster.secret_file;
-        match (&self.secret, role) {
+        match (&given, role) {
             (Some(s), _) => {
-                anyhow::ensure!(
-                    s.trim().len() >= 16,
-                    "--secret: a cluster secret has at least 16 characters"
-                );
-                let same = secret::read(secret_file).is_ok_and(|old| old == s.trim());
+                let same = secret::read(secret_file).is_ok_and(|old| &old == s);
                 if !same {
-                    secret::write(secret_file, s.trim(), true)?;
+                    secret::write(secret_file, s, true)?;
                     println!("installed the cluster secret in {}", secret_file.display());
                 }
             }
             (None, Role::Boot) => {
-                let value = match secret::read(secret_file) {
-                    Ok(v) => v,
-                    Err(_) => {
-                        let v = secret::generate()?;
-                        secret::write(secret_file, &v, false)?;
-                        v
-                    }
+                // An existing secret is the cluster's: a weak one is reported, not replaced.
+                let value = if secret_file.exists() {
+                    secret::read(secret_file)?
+                } else {
+                    let v = secret::generate()?;
+                    secret::write(secret_file, &v, false)?;
+                    v
                 };
                 println!(
-                    "the cluster secret is in {}; on the other hosts run:\n  arpanet server|client ADDRESS --cluster {} --join {}@THIS_HOST_IP --secret {value}",
+                    "the cluster secret is in {}; on the other hosts run:\n  arpanet server|client ADDRESS --cluster {} --join {}@THIS_HOST_IP --secret {value}\n(`--secret -` reads it from stdin and `--secret-file PATH` from a copy of the file, keeping it out of `ps` and shell history)",
                     secret_file.display(),
                     config.cluster.name,
                     self.address
                 );
             }
             (None, _) => {
-                if secret::read(secret_file).is_err() {
+                if !secret_file.exists() {
                     bail!(
-                        "--secret: this node needs the cluster secret that `arpanet boot` printed ({} has none)",
+                        "--secret: this node needs the cluster secret that `arpanet boot` printed ({} has none); give it with --secret SECRET, --secret - (stdin) or --secret-file PATH",
                         secret_file.display()
                     );
                 }
+                secret::read(secret_file)?;
             }
         }
 

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Role};
@@ -96,14 +97,27 @@ pub fn host_recursors(own: &[Ipv4Addr]) -> Vec<IpAddr> {
     servers
 }
 
-/// Writes the rendered config when it differs. Returns whether it changed.
+/// The config holds the gossip key (`encrypt`): owner only.
+pub const CONFIG_MODE: u32 = 0o600;
+
+/// Writes the rendered config when it differs, always with [`CONFIG_MODE`] (a config an
+/// older arpanet left world-readable is narrowed too). Returns whether the content changed.
 pub fn write(path: &Path, rendered: &Value) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
     let mut text = serde_json::to_string_pretty(rendered)?;
     text.push('\n');
     if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o7777 != CONFIG_MODE {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(CONFIG_MODE))
+                .with_context(|| format!("chmod {CONFIG_MODE:o} {}", path.display()))?;
+        }
         return Ok(false);
     }
-    crate::files::write_atomically(path, &text)?;
+    crate::files::write_atomically_with_mode(path, &text, CONFIG_MODE)?;
     Ok(true)
 }
 
@@ -166,6 +180,20 @@ mod tests {
         assert_eq!(one("boot")["bootstrap_expect"], 1);
         assert!(one("server").get("bootstrap_expect").is_none());
         assert_eq!(one("server")["server"], true);
+    }
+
+    #[test]
+    fn the_config_holding_the_gossip_key_is_0600_also_when_unchanged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consul/config.json");
+        let v = render(&config("server", ""), &facts(true));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert!(write(&path, &v).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!write(&path, &v).unwrap(), "same content: no restart");
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

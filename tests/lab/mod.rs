@@ -64,6 +64,15 @@ const TOOLS: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
 ];
 
+/// A cluster secret as `arpanet secret` makes one (32 random bytes, base64): arpanet
+/// refuses secrets weaker than 128 bits.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("randomness for a lab secret");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Returns whether lab tests can run here; panics under CI=true when they cannot.
 pub fn available() -> bool {
     let mut missing = Vec::new();
@@ -155,6 +164,7 @@ impl LabBuilder {
             name: name.clone(),
             dir: dir.clone(),
             hosts: Vec::new(),
+            secret: random_secret(),
             torn_down: false,
         };
         // From here on a panic drops `lab`, which tears down whatever was made.
@@ -194,6 +204,8 @@ pub struct Lab {
     pub name: String,
     pub dir: PathBuf,
     pub hosts: Vec<Host>,
+    /// The cluster secret every host gets unless the test writes another.
+    pub secret: String,
     torn_down: bool,
 }
 
@@ -425,7 +437,7 @@ impl Lab {
         let host = &self.hosts[index];
         let secret = host.dir.join("secret");
         if !secret.exists() {
-            std::fs::write(&secret, format!("lab-secret-{}\n", self.name)).expect("write secret");
+            std::fs::write(&secret, format!("{}\n", self.secret)).expect("write secret");
         }
         let others: Vec<&Host> = join.iter().map(|j| &self.hosts[*j]).collect();
         host.write_arpanet_config(role, &others, extra)
