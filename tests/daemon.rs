@@ -20,8 +20,13 @@ fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
     let cfg = host.config_path();
     let good = std::fs::read_to_string(&cfg).unwrap();
     host.start_arpanetd();
+    // Host 1 runs too: a join peer is programmed once its hello proves the secret.
+    lab.hosts[1].start_arpanetd();
     wait_until(Duration::from_secs(10), "arpanetd ready", || {
         host.log("arpanetd").contains("arpanetd ready")
+    });
+    wait_until(Duration::from_secs(15), "host 1 to be admitted", || {
+        lab::stdout(&host.exec(&["ip", "route", "show", "proto", "97"])).contains("10.0.2.0/24")
     });
     let routes_before = lab::stdout(&host.exec(&["ip", "route", "show", "proto", "97"]));
     assert!(routes_before.contains("10.0.2.0/24"), "{routes_before}");
