@@ -377,6 +377,12 @@ fn a_server_takes_the_secret_from_a_file_or_stdin_and_keeps_it_0600() {
         "a secret from stdin is not echoed"
     );
 
+    // The same secret again: nothing to install, and still 0600.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = arpanet_with_stdin(&args, &piped);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&secret), 0o600);
+
     let mut args = seed.to_vec();
     args.extend(["--secret", "x", "--secret-file", "y", "--no-start"]);
     assert_eq!(arpanet(&args).status.code(), Some(2), "one way at a time");

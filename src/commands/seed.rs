@@ -90,8 +90,9 @@ impl Seed {
         match (&given, role) {
             (Some(s), _) => {
                 let same = secret::read(secret_file).is_ok_and(|old| &old == s);
+                // Written even when the same, so a file left world-readable is 0600 now.
+                secret::write(secret_file, s, true)?;
                 if !same {
-                    secret::write(secret_file, s, true)?;
                     println!("installed the cluster secret in {}", secret_file.display());
                 }
             }
