@@ -988,6 +988,7 @@ fn teardown_lab(name: &str, dir: &Path) -> Vec<String> {
             }
         }
     }
+    machine::remove_cgroups(&format!("{name}-"));
     errors.extend(unmount_below(dir));
     if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
         for ns in entries
