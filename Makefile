@@ -6,9 +6,10 @@ run:
 	cargo run --quiet --bin arpanet -- --config etc/arpanet/arpanet.toml info
 
 # Everything: installs the real components the tests use, then lint and all tests
-# (benchmarks are compiled and linted here, and run by the bench-* targets).
+# (benchmarks are compiled and linted here, and run by the bench-* targets); it ends
+# with how long each test binary took (scripts/cargo-test-timed).
 test: deps lint packages
-	cargo test
+	scripts/cargo-test-timed
 
 # The .deb and .rpm in target/packages: revision 1, and revision 2 for the upgrade test
 # (the dev profile's binaries, stripped, so that `make test` builds nothing twice).

@@ -5,9 +5,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Host, wait_until};
+use super::Host;
 
 const BASE_TREE: &str = "/var/cache/arpanet-test/bookworm";
 
@@ -57,16 +57,7 @@ impl<'a> Machine<'a> {
         std::fs::create_dir_all(upper.join("etc")).unwrap();
         std::fs::create_dir_all(&docker).unwrap();
         std::fs::write(upper.join("etc/hostname"), format!("{name}\n")).unwrap();
-        // Unique per machine (Docker and Consul read it), fixed by the lab's name.
-        let id: String = format!(
-            "{:0>32}",
-            format!("{:x}{:x}", std::process::id(), host.index + 1)
-        );
-        std::fs::write(
-            upper.join("etc/machine-id"),
-            format!("{}\n", &id[id.len() - 32..]),
-        )
-        .unwrap();
+        std::fs::write(upper.join("etc/machine-id"), machine_id(&name) + "\n").unwrap();
         let netns = format!("/run/netns/{}", host.netns);
         // nspawn mounts /proc/sys read-only; dockerd only writes ip_forward when it is
         // off, so the "host" turns it on as a VM's kernel would let dockerd do.
@@ -88,8 +79,6 @@ impl<'a> Machine<'a> {
             format!("--machine={name}"),
             "--capability=all".into(),
             "--system-call-filter=@keyring @privileged bpf".into(),
-            "--bind=/sys/fs/cgroup".into(),
-            "--property=Delegate=yes".into(),
             format!("--bind={}:/var/lib/docker", docker.display()),
             // Consul is a self-contained binary: the host's serves the machines too.
             format!(
@@ -117,7 +106,32 @@ impl<'a> Machine<'a> {
                 }
             }
         }
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let cgroups = own_cgroups(&name);
+        // Writable cgroup controllers for the machine's dockerd (nspawn mounts them
+        // read-only); each hierarchy's root is then replaced by the machine's own cgroup.
+        // (With one cgroup2 at /sys/fs/cgroup that cgroup alone is the tree.)
+        if !cgroups
+            .iter()
+            .any(|c| c.mount == Path::new("/sys/fs/cgroup"))
+        {
+            args.push("--bind=/sys/fs/cgroup".into());
+        }
+        for c in &cgroups {
+            args.push(format!("--bind={}:{}", c.root.display(), c.mount.display()));
+        }
+        // nspawn starts in the machine's cgroups (the pid stays: sh execs nspawn).
+        let enter: String = cgroups
+            .iter()
+            .map(|c| format!("echo $$ > '{}/cgroup.procs' && ", c.dir.display()))
+            .collect();
+        let mut wrapped: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{enter}exec \"$@\""),
+            "sh".into(),
+        ];
+        wrapped.extend(args);
+        let refs: Vec<&std::ffi::OsStr> = wrapped.iter().map(std::ffi::OsStr::new).collect();
         host.spawn("machine", &refs);
         let nspawn: u32 = std::fs::read_to_string(host.dir.join("machine.pid.spawned"))
             .unwrap()
@@ -125,50 +139,51 @@ impl<'a> Machine<'a> {
             .parse()
             .unwrap();
         let mut leader = 0;
-        wait_until(
-            Duration::from_secs(30),
-            &format!("machine {name}'s systemd to start"),
-            || {
-                let children = Command::new("pgrep")
-                    .args(["-P", &nspawn.to_string()])
-                    .output()
-                    .unwrap();
-                // nspawn's short-lived outer child is its child too, for a moment:
-                // the leader is the one that is PID 1 in its own PID namespace.
-                leader = String::from_utf8_lossy(&children.stdout)
-                    .split_whitespace()
-                    .filter_map(|pid| pid.parse().ok())
-                    .find(|pid| is_namespace_init(*pid))
-                    .unwrap_or(0);
-                leader != 0
-            },
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while leader == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "machine {name}'s systemd did not start in 30 s; nspawn said:\n{}",
+                host.log("machine")
+            );
+            let children = Command::new("pgrep")
+                .args(["-P", &nspawn.to_string()])
+                .output()
+                .unwrap();
+            // nspawn's short-lived outer child is its child too, for a moment:
+            // the leader is the one that is PID 1 in its own PID namespace.
+            leader = String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .find(|pid| is_namespace_init(*pid))
+                .unwrap_or(0);
+            if leader == 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         let machine = Self { host, name, leader };
         // Generous: several machines boot at once on a small, shared CI host.
         let booted = || {
             let state = machine.exec(&["systemctl", "is-system-running"]);
             matches!(super::stdout(&state).trim(), "running" | "degraded")
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !booted() {
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 let state = machine.exec(&["systemctl", "is-system-running"]);
                 let jobs = machine.exec(&["systemctl", "list-jobs", "--no-pager"]);
                 panic!(
-                    "machine {} did not finish booting in 180 s; state {:?} ({}); jobs left:\n{}",
+                    "machine {} did not finish booting in 180 s; state {:?} ({}); jobs left:\n{}\n{}",
                     machine.name,
                     super::stdout(&state).trim(),
                     String::from_utf8_lossy(&state.stderr).trim(),
-                    super::stdout(&jobs)
+                    super::stdout(&jobs),
+                    machine.diagnosis()
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        wait_until(
-            Duration::from_secs(60),
-            &format!("docker.service in {}", machine.name),
-            || machine.unit_property("docker.service", "ActiveState") == "active",
-        );
+        machine.wait_active("docker.service", Duration::from_secs(60));
         // The repo's unit files, installed as the package installs them.
         let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
         let repo_units = match install {
@@ -189,14 +204,81 @@ impl<'a> Machine<'a> {
             &machine.exec(&["systemctl", "daemon-reload"]),
             "daemon-reload",
         );
-        let failed = machine.exec(&["systemctl", "--failed", "--no-legend", "--plain"]);
-        assert_eq!(
-            super::stdout(&failed).trim(),
-            "",
-            "units failed to start in {}",
-            machine.name
+        // Its systemd keeps to the machine's own cgroups (see `own_cgroups`).
+        let cgroup = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap_or_default();
+        for line in cgroup.lines() {
+            assert!(
+                line.split(['/', ':']).any(|part| part == machine.name),
+                "{}'s systemd is in cgroup {line:?}, not in the machine's own",
+                machine.name
+            );
+        }
+        let failed = machine.failed_units();
+        assert!(
+            failed.is_empty(),
+            "units failed to start in {}: {failed:?}\n{}",
+            machine.name,
+            machine.diagnosis()
         );
         machine
+    }
+
+    /// Waits until `unit` is active; panics with its status and journal if it is not
+    /// by `limit`.
+    pub fn wait_active(&self, unit: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.unit_property(unit, "ActiveState") != "active" {
+            if Instant::now() > deadline {
+                panic!(
+                    "{unit} not active in {} after {limit:?}\n{}{}",
+                    self.name,
+                    self.unit_report(unit),
+                    self.diagnosis()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The units systemd lists as failed.
+    pub fn failed_units(&self) -> Vec<String> {
+        let out = self.exec(&["systemctl", "--failed", "--no-legend", "--plain"]);
+        super::stdout(&out)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Everything a failed boot needs read: nspawn's output, then `systemctl status`
+    /// and this boot's journal of every failed unit, as the machine itself sees them.
+    pub fn diagnosis(&self) -> String {
+        let mut report = format!(
+            "==== {}: nspawn's output\n{}",
+            self.name,
+            self.host.log("machine")
+        );
+        for unit in self.failed_units() {
+            report += &self.unit_report(&unit);
+        }
+        report
+    }
+
+    /// `systemctl status` and this boot's journal of one unit.
+    pub fn unit_report(&self, unit: &str) -> String {
+        let text = |out: Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        format!(
+            "==== {}: systemctl status {unit}\n{}==== {}: journalctl -u {unit} -b\n{}",
+            self.name,
+            text(self.exec(&["systemctl", "status", "--no-pager", "-l", unit])),
+            self.name,
+            text(self.exec(&["journalctl", "-u", unit, "-b", "--no-pager"])),
+        )
     }
 
     /// Runs a command inside the machine (all its namespaces, its root and cwd).
@@ -261,6 +343,156 @@ impl<'a> Machine<'a> {
             .trim()
             .to_string()
     }
+}
+
+/// A machine-id of the machine's own, fixed by its name (which names the lab's pid,
+/// the lab and the host): Docker and Consul read it, and two labs of one test process
+/// boot machines at once.
+fn machine_id(name: &str) -> String {
+    let hex: String = name
+        .trim_start_matches(super::PREFIX)
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hex = format!("{hex:0>32}");
+    hex[hex.len() - 32..].to_string()
+}
+
+/// One cgroup hierarchy, from the machine's side: the cgroup it gets (`dir`, made
+/// below this process's own cgroup there), the cgroup its systemd sees as the root
+/// (`root`), and where the hierarchy is mounted (`mount`).
+struct MachineCgroup {
+    dir: PathBuf,
+    root: PathBuf,
+    mount: PathBuf,
+}
+
+/// Creates the machine's own cgroup in every hierarchy.
+///
+/// Why: `--bind=/sys/fs/cgroup` shows the machine the host's whole tree, while its
+/// systemd (in a cgroup namespace) takes its own cgroup for the root of it. So every
+/// machine's systemd managed the same /system.slice/UNIT cgroups: one machine removed
+/// a unit's cgroup just as another attached a process to it, and that unit failed
+/// with 219/CGROUP ("units failed to start": systemd-tmpfiles-setup, sysusers,
+/// modules-load, whichever was starting, only when two machines booted at once).
+/// Now nspawn starts in a cgroup of the machine's own, and the namespace's root is
+/// bound over each hierarchy, so the paths systemd sees and the tree it writes are
+/// the machine's alone. nspawn moves its payload into `payload` in the hierarchy
+/// that tracks units only (name=systemd, and cgroup2), so that is the root there.
+fn own_cgroups(name: &str) -> Vec<MachineCgroup> {
+    let mut cgroups = Vec::new();
+    for h in hierarchies() {
+        let dir = h.mount.join(h.own.trim_start_matches('/')).join(name);
+        let root = if h.tracks_units {
+            dir.join("payload")
+        } else {
+            dir.clone()
+        };
+        std::fs::create_dir_all(&root)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", root.display()));
+        // A new cpuset has no CPUs or memory nodes, and takes no process until it has.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = dir.parent().unwrap().join(file);
+            if let Ok(value) = std::fs::read_to_string(&parent) {
+                for d in [&dir, &root] {
+                    std::fs::write(d.join(file), value.trim())
+                        .unwrap_or_else(|e| panic!("write {}/{file}: {e}", d.display()));
+                }
+            }
+        }
+        cgroups.push(MachineCgroup {
+            dir,
+            root,
+            mount: h.mount,
+        });
+    }
+    cgroups
+}
+
+/// Removes the cgroups of the machines whose names start with `prefix` (a stopped
+/// lab's): a cgroup goes only once it is empty, so a running machine keeps its own.
+pub fn remove_cgroups(prefix: &str) {
+    fn remove(dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                remove(&path)?;
+            }
+        }
+        std::fs::remove_dir(dir)
+    }
+    for h in hierarchies() {
+        let own = h.mount.join(h.own.trim_start_matches('/'));
+        let Ok(entries) = std::fs::read_dir(&own) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_name().to_string_lossy().starts_with(prefix) {
+                continue;
+            }
+            // The machine's last processes may still be exiting after nspawn did.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = remove(&entry.path()) {
+                if Instant::now() > deadline {
+                    eprintln!("remove cgroup {}: {e}", entry.path().display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A cgroup hierarchy this process is in.
+struct Hierarchy {
+    mount: PathBuf,
+    /// This process's cgroup in it, from /proc/self/cgroup.
+    own: String,
+    /// name=systemd or cgroup2: where systemd keeps track of units.
+    tracks_units: bool,
+}
+
+/// The hierarchies mounted under /sys/fs/cgroup (at their roots) that this process is
+/// in, matched to /proc/self/cgroup by their controllers.
+fn hierarchies() -> Vec<Hierarchy> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounts: Vec<(PathBuf, String, Vec<String>)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split_whitespace().collect();
+            let right: Vec<&str> = right.split_whitespace().collect();
+            let (root, point) = (*left.get(3)?, *left.get(4)?);
+            let fstype = *right.first()?;
+            let options = right.get(2)?.split(',').map(str::to_string).collect();
+            (root == "/"
+                && point.starts_with("/sys/fs/cgroup")
+                && matches!(fstype, "cgroup" | "cgroup2"))
+            .then(|| (PathBuf::from(point), fstype.to_string(), options))
+        })
+        .collect();
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    own.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let (mount, _, _) = mounts.iter().find(|(_, fstype, options)| {
+                if controllers.is_empty() {
+                    fstype == "cgroup2"
+                } else {
+                    fstype == "cgroup"
+                        && controllers
+                            .split(',')
+                            .all(|c| options.iter().any(|o| o == c))
+                }
+            })?;
+            Some(Hierarchy {
+                mount: mount.clone(),
+                own: path.to_string(),
+                tracks_units: controllers.is_empty() || controllers == "name=systemd",
+            })
+        })
+        .collect()
 }
 
 /// Whether machines can boot here; under CI=true a missing tool fails instead.

@@ -1000,6 +1000,7 @@ fn teardown_lab(name: &str, dir: &Path) -> Vec<String> {
             }
         }
     }
+    machine::remove_cgroups(&format!("{name}-"));
     errors.extend(unmount_below(dir));
     if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
         for ns in entries
@@ -1052,7 +1053,12 @@ fn stop_pidfile(pidfile: &Path) -> Result<(), String> {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
-        std::thread::sleep(Duration::from_millis(200));
+        // Dying takes a while for a process with many threads or I/O in flight (dockerd,
+        // nspawn's machine) on a loaded host: wait for it rather than a fixed 200 ms.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if process_alive(pid) {
             return Err(format!(
                 "pid {pid} from {} survived SIGKILL",
