@@ -63,6 +63,40 @@ fn journal(m: &Machine) -> String {
     ]))
 }
 
+/// The Consul agent runs as arpanet-consul with CAP_NET_BIND_SERVICE alone, and the
+/// config holding the gossip key is that user's, 0600.
+fn assert_agent_is_unprivileged(m: &Machine) {
+    let uid = stdout(&m.exec(&["id", "-u", "arpanet-consul"]))
+        .trim()
+        .to_string();
+    assert!(!uid.is_empty(), "no arpanet-consul user");
+    let status = || {
+        stdout(&m.exec(&[
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = consul ] && grep -E '^(Uid|CapEff|CapBnd):' $p/status; done",
+        ]))
+    };
+    wait_until(Duration::from_secs(60), "the consul process", || {
+        status().contains("Uid:")
+    });
+    let status = status();
+    let line = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // Real, effective, saved and filesystem UIDs.
+    assert_eq!(line("Uid:"), vec![uid.as_str(); 4], "{status}");
+    // 0x400: CAP_NET_BIND_SERVICE, and nothing else, even in the bounding set.
+    assert_eq!(line("CapEff:"), ["0000000000000400"], "{status}");
+    assert_eq!(line("CapBnd:"), ["0000000000000400"], "{status}");
+    let config = m.exec(&["stat", "-c", "%a %U", "/var/lib/arpanet/consul/config.json"]);
+    assert_eq!(stdout(&config).trim(), "600 arpanet-consul");
+}
+
 fn active(m: &Machine, unit: &str) -> bool {
     m.unit_property(unit, "ActiveState") == "active"
 }
@@ -220,6 +254,7 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
     wait_active(&m, "arpanetd.service");
     wait_active(&m, "arpanet-consul.service");
     assert_success(&m.exec(&["ip", "link", "show", "arpanet0"]), "arpanet0");
+    assert_agent_is_unprivileged(&m);
     wait_until(Duration::from_secs(30), "bip in daemon.json", || {
         m.read_file("/etc/docker/daemon.json").contains("\"bip\"")
     });

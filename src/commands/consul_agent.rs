@@ -17,9 +17,11 @@ pub struct ConsulAgent {}
 
 pub const MISSING_CONSUL: &str = "Consul is not installed: arpanet runs HashiCorp's Consul agent; install the `consul` package from HashiCorp's apt or rpm repository (https://developer.hashicorp.com/consul/install), or set consul.binary";
 
-/// Where the agent wrapper records the last problem it recognised, for `arpanet status`.
+/// Where the agent wrapper records the last problem it recognised, for `arpanet status`:
+/// in a directory of the agent's own (arpanet-consul.service's RuntimeDirectory), as
+/// the agent may run as an unprivileged user.
 pub fn problem_path(config: &Config) -> std::path::PathBuf {
-    config.paths.run_dir.join("consul-problem")
+    config.paths.run_dir.join("consul/problem")
 }
 
 /// How much a recognised problem says; a vaguer one never hides a more precise one.
@@ -153,7 +155,9 @@ impl ConsulAgent {
             {
                 eprintln!("arpanet: {problem}");
                 recorded = Some(precision);
-                let _ = std::fs::create_dir_all(&config.paths.run_dir);
+                if let Some(dir) = problem_file.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
                 let _ = std::fs::write(&problem_file, format!("{problem}\n"));
             }
         };

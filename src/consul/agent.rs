@@ -20,6 +20,10 @@ pub struct HostFacts {
     pub gossip_key: String,
 }
 
+/// The unprivileged user arpanet-consul.service runs the agent as (the packages
+/// create it, /usr/lib/sysusers.d/arpanet.conf).
+pub const AGENT_USER: &str = "arpanet-consul";
+
 pub fn config_path(config: &Config) -> PathBuf {
     config.paths.state_dir.join("consul/config.json")
 }
@@ -121,6 +125,35 @@ pub fn write(path: &Path, rendered: &Value) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Hands the rendered config (it holds the gossip key) to the agent's user, readable
+/// by it alone, when that user exists. Where it does not (the agent runs as root, as
+/// in the namespace lab), nothing changes. Returns whether anything changed.
+pub fn give_to_agent_user(path: &Path) -> anyhow::Result<bool> {
+    give_to(path, AGENT_USER)
+}
+
+fn give_to(path: &Path, name: &str) -> anyhow::Result<bool> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(user) =
+        nix::unistd::User::from_name(name).with_context(|| format!("look up user {name}"))?
+    else {
+        return Ok(false);
+    };
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let mut changed = false;
+    if (meta.uid(), meta.gid()) != (user.uid.as_raw(), user.gid.as_raw()) {
+        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .with_context(|| format!("chown {} to {name}", path.display()))?;
+        changed = true;
+    }
+    if meta.mode() & 0o7777 != 0o600 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +234,28 @@ mod tests {
         let v = render(&config("boot", ""), &facts(false));
         assert_eq!(v["bootstrap_expect"], 3);
         assert_eq!(v["retry_join"], json!([]));
+    }
+
+    #[test]
+    fn the_config_goes_to_the_agent_user_only_when_it_exists() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = || std::fs::metadata(&path).unwrap().mode() & 0o7777;
+        assert!(!give_to(&path, "arpanet-no-such-user").unwrap());
+        assert_eq!(mode(), 0o644, "no user, no change");
+        // This test's own user stands in for the agent's: chown to oneself is allowed.
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        assert!(give_to(&path, &me.name).unwrap());
+        assert_eq!(mode(), 0o600);
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), me.uid.as_raw());
+        assert!(
+            !give_to(&path, &me.name).unwrap(),
+            "a second pass changes nothing"
+        );
     }
 }

@@ -41,6 +41,8 @@ pub async fn reconcile(
     let path = agent::config_path(config);
     let existed = path.exists();
     let changed = agent::write(&path, &agent::render(config, &facts))?;
+    // arpanet-consul.service runs the agent as its own user, which must read it.
+    agent::give_to_agent_user(&path)?;
     if changed {
         changes.push(format!("wrote {}", path.display()));
     }

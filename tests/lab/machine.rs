@@ -195,10 +195,17 @@ impl<'a> Machine<'a> {
         };
         for unit in repo_units {
             let text = std::fs::read_to_string(unit.path()).unwrap();
-            machine.write_file(
-                &format!("/etc/systemd/system/{}", unit.file_name().to_string_lossy()),
-                &text,
-            );
+            let name = unit.file_name().to_string_lossy().into_owned();
+            if name == "arpanet.sysusers" {
+                // The Consul agent's user, created as the packages' scripts create it.
+                machine.write_file("/usr/lib/sysusers.d/arpanet.conf", &text);
+                super::assert_success(
+                    &machine.exec(&["systemd-sysusers", "/usr/lib/sysusers.d/arpanet.conf"]),
+                    "systemd-sysusers",
+                );
+            } else {
+                machine.write_file(&format!("/etc/systemd/system/{name}"), &text);
+            }
         }
         super::assert_success(
             &machine.exec(&["systemctl", "daemon-reload"]),
