@@ -524,6 +524,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         ));
     };
     let id = inspect.id.clone().unwrap_or_default();
+    super::image_id(&id).map_err(|e| unavailable(anyhow!("Docker answered an odd ID: {e}")))?;
     let mut tags: Vec<String> = inspect.repo_tags.clone().unwrap_or_default();
     let existing = s
         .records()
@@ -533,9 +534,25 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         .find(|r| r.id == id);
     let path = s.tarball(&id);
     // Pushed before (here or elsewhere): the torrent stays as it is, since the holders
-    // seed that one; only new tags are published, and a holder seeds again.
+    // seed that one; only new tags are published, and a holder seeds again. Unless this
+    // node's tarball lacks some of the image's tags here (it was made before a tag was
+    // added, or before tarballs carried tags): pulls apply only the tags a tarball
+    // carries, so it is exported again, with a torrent of its own.
     let holds = path.exists();
-    let record = match existing {
+    let stale = if existing.is_some() && holds {
+        let p = path.clone();
+        let carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
+            .await
+            .map_err(|e| unavailable(e.into()))?
+            .unwrap_or_default();
+        tags.iter().any(|t| !carries(&carried, t))
+    } else {
+        false
+    };
+    if stale && let Some(old) = &existing {
+        forget(s, old, false).await;
+    }
+    let record = match existing.filter(|_| !stale) {
         Some(mut record) => {
             for t in record.tags.drain(..) {
                 if !tags.contains(&t) {
