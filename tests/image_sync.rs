@@ -280,13 +280,26 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     declare_and_wait(h2, "remote", remote);
     assert_eq!(h2.image_id(remote).as_deref(), Some(remote_id.as_str()));
 
+    // A tag added on the pushing node after the push: pushed again, the tarball is made
+    // again to carry it, and node 1 (which has the image, under the old tag only) gets
+    // the new tag from the swarm.
+    let big2 = "arpanet-test/big:2";
+    assert_success(&h0.docker(&["tag", big, big2]), "docker tag");
+    assert_success(&h0.arpanet(&["image", "push", big2]), "push again");
+    assert_eq!(h1.image_id(big2), None);
+    let pull = h1.arpanet(&["image", "pull", big2]);
+    assert_success(&pull, "pull of the new tag on node 1");
+    assert_eq!(h1.image_id(big2).as_deref(), Some(id.as_str()));
+
     // A poisoned tag: `big`'s genuine record rewritten to say it is also `nginx:1`, as
     // if it were the public image. Node 1 has `big` (Docker and tarball); node 2 has it
     // no more (removed, and its sync service started afresh). containers.d on both asks
     // the swarm for nginx:1 before any registry: the swarm refuses, since `big`'s own
     // tarball does not carry the tag, no node tags anything nginx:1 and node 2 loads
     // nothing.
-    let mut claimed = genuine.clone();
+    let mut claimed: serde_json::Value =
+        serde_json::from_slice(&h0.consul(&["kv", "get", &genuine_key]).stdout)
+            .expect("the record in KV");
     claimed["tags"]
         .as_array_mut()
         .unwrap()

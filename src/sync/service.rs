@@ -431,6 +431,25 @@ impl SyncState {
         let torrent = base64::engine::general_purpose::STANDARD
             .decode(&record.torrent)
             .context("the image's torrent in Consul is not base64")?;
+        // A torrent of an earlier push of the image (the tarball made again, with more
+        // tags) would share the file with this one: dropped, the file kept.
+        let name = tarball_name(&record.id);
+        let stale: Vec<librqbit::api::TorrentIdOrHash> = self.session.with_torrents(|ts| {
+            ts.filter(|(_, t)| {
+                t.name().as_deref() == Some(name.as_str())
+                    && t.info_hash().as_string() != record.info_hash
+            })
+            .map(|(id, _)| id.into())
+            .collect()
+        });
+        for id in stale {
+            if let Err(e) = self.session.delete(id, false).await {
+                warn!(
+                    "image sync: drop an earlier torrent of {}: {e:#}",
+                    short(&record.id)
+                );
+            }
+        }
         let added = self
             .session
             .add_torrent(
@@ -781,18 +800,24 @@ async fn pull(
 ) -> anyhow::Result<()> {
     let engine = Engine::connect(&s.docker_socket).await?;
     let path = s.tarball(&record.id);
-    if engine.image_id(&record.id).await?.is_some() {
+    let in_docker = engine.image_id(&record.id).await?.is_some();
+    if in_docker {
         // Docker has it (pushed or pulled here before, or from a registry). Its tags
-        // come from the tarball here, if there is a whole one.
-        let mut carried = Vec::new();
-        if path.exists() {
-            seed_if_whole(s, record).await?;
+        // come from the record's tarball: the one here when it is whole.
+        if path.exists() && seed_if_whole(s, record).await? {
             let p = path.clone();
-            carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
+            let carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
                 .await?
                 .unwrap_or_default();
+            return tag(&engine, record, &carried, wanted).await;
         }
-        return tag(&engine, record, &carried, wanted).await;
+        if wanted.is_none() {
+            // Asked for by ID, which Docker has: nothing to fetch, no tag to learn.
+            return Ok(());
+        }
+        // Asked for by a tag Docker lacks: only the record's tarball can say whether
+        // the image carries it (a tarball from an earlier push, missing a tag added
+        // since, is only fetched where it differs).
     }
     let started = Instant::now();
     download(s, transfer, record, start_at).await?;
@@ -821,10 +846,12 @@ async fn pull(
     }
     let checked = started.elapsed();
     s.update(transfer, |t| t.state = TransferState::Loading);
-    engine
-        .load(&path)
-        .await
-        .map_err(|e| disk_error_any(e, &s.images_dir))?;
+    if !in_docker {
+        engine
+            .load(&path)
+            .await
+            .map_err(|e| disk_error_any(e, &s.images_dir))?;
+    }
     if engine.image_id(&record.id).await?.is_none() {
         bail!(
             "docker load finished but Docker has no image {}",
@@ -844,7 +871,8 @@ async fn pull(
 }
 
 /// Seeds the tarball on disk once librqbit's check finds it whole, and says so in KV.
-async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<()> {
+/// Returns whether the tarball is whole.
+async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<bool> {
     let torrent = s.add(record, Vec::new()).await?;
     while matches!(
         torrent.stats().state,
@@ -852,10 +880,11 @@ async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<()
     ) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if torrent.stats().finished {
+    let whole = torrent.stats().finished;
+    if whole {
         s.announce(&record.id, true).await?;
     }
-    Ok(())
+    Ok(whole)
 }
 
 /// Tags the image with those of the record's tags that its tarball carries (`carried`,
