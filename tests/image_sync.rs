@@ -103,6 +103,69 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     );
     assert_eq!(h2.image_id(big), None, "a bad request starts nothing");
 
+    // Poisoned image records, put straight into Consul KV as any KV writer could: the
+    // genuine record of `big` with IDs that are paths (absolute, relative, `/x/y`), and
+    // a swarm entry saying node 0 holds each. A file stands where two of them point
+    // (in the lab's directory, not the machine's /x); nothing reads, seeds, lists or
+    // deletes it, and each record is warned about once, by key and field.
+    let genuine_key = format!("arpanet/sync/images/{}", id.trim_start_matches("sha256:"));
+    let genuine: serde_json::Value =
+        serde_json::from_slice(&h0.consul(&["kv", "get", &genuine_key]).stdout)
+            .expect("the pushed record in KV");
+    let victim = h2.dir.join("victim.tar");
+    std::fs::write(&victim, b"not an image").unwrap();
+    let poisons = [
+        (
+            "poison-abs",
+            format!("sha256:{}", h2.dir.join("victim").display()),
+        ),
+        ("poison-rel", "sha256:../../victim".to_string()),
+        ("poison-x", "sha256:/x/y".to_string()),
+    ];
+    for (name, poison_id) in &poisons {
+        let mut record = genuine.clone();
+        record["id"] = poison_id.as_str().into();
+        record["tags"] = serde_json::json!([format!("arpanet-test/{name}:1")]);
+        put_kv(h1, &format!("arpanet/sync/images/{name}"), &record);
+        put_kv(
+            h1,
+            &format!("arpanet/sync/peers/{name}/{a0}"),
+            &serde_json::json!({"peer": format!("{}:7101", h0.address.overlay_ip()), "complete": true}),
+        );
+    }
+    for _ in 0..2 {
+        let ls = json(&h2.arpanet(&["image", "ls", "--json"]), "image ls");
+        for (_, poison_id) in &poisons {
+            assert!(
+                !ls.as_array().unwrap().iter().any(|i| i["id"] == *poison_id),
+                "{ls}"
+            );
+        }
+    }
+    for (name, _) in &poisons {
+        let tag = format!("arpanet-test/{name}:1");
+        let pull = h2.arpanet(&["image", "pull", &tag]);
+        assert!(!pull.status.success(), "pulled {tag}");
+        assert!(
+            stderr(&pull).contains(&format!("no image `{tag}` in the cluster")),
+            "{}",
+            stderr(&pull)
+        );
+        assert_eq!(h2.image_id(&tag), None);
+    }
+    // The relay to the sync service forwards no `..` either (`%2F` decodes to `/`).
+    let text = post_sync(h2, "seeds/..%2F..%2F..%2Fvictim", "");
+    assert!(text.ends_with("\n400"), "{text}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not an image");
+    assert!(!Path::new("/x/y.tar").exists());
+    let log = h2.log("sync");
+    for (name, poison_id) in &poisons {
+        let warning = format!(
+            "image record arpanet/sync/images/{name} in Consul KV ignored: id: `{poison_id}` is not an image ID"
+        );
+        assert_eq!(log.matches(&warning).count(), 1, "{warning}\n{log}");
+    }
+
     // A corrupt seeder: flip a byte in node 1's copy and take node 0's service away, so
     // node 2 can only get that piece from node 1. The pull fails clearly and loads nothing.
     let bad_copy = tarball(h1, &id);
@@ -217,11 +280,71 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     declare_and_wait(h2, "remote", remote);
     assert_eq!(h2.image_id(remote).as_deref(), Some(remote_id.as_str()));
 
+    // A tag added on the pushing node after the push: pushed again, the tarball is made
+    // again to carry it, and node 1 (which has the image, under the old tag only) gets
+    // the new tag from the swarm.
+    let big2 = "arpanet-test/big:2";
+    assert_success(&h0.docker(&["tag", big, big2]), "docker tag");
+    assert_success(&h0.arpanet(&["image", "push", big2]), "push again");
+    assert_eq!(h1.image_id(big2), None);
+    let pull = h1.arpanet(&["image", "pull", big2]);
+    assert_success(&pull, "pull of the new tag on node 1");
+    assert_eq!(h1.image_id(big2).as_deref(), Some(id.as_str()));
+
+    // A poisoned tag: `big`'s genuine record rewritten to say it is also `nginx:1`, as
+    // if it were the public image. Node 1 has `big` (Docker and tarball); node 2 has it
+    // no more (removed, and its sync service started afresh). containers.d on both asks
+    // the swarm for nginx:1 before any registry: the swarm refuses, since `big`'s own
+    // tarball does not carry the tag, no node tags anything nginx:1 and node 2 loads
+    // nothing.
+    let mut claimed: serde_json::Value =
+        serde_json::from_slice(&h0.consul(&["kv", "get", &genuine_key]).stdout)
+            .expect("the record in KV");
+    claimed["tags"]
+        .as_array_mut()
+        .unwrap()
+        .push("nginx:1".into());
+    put_kv(h1, &genuine_key, &claimed);
+    h2.kill("sync");
+    assert_success(&h2.docker(&["rmi", big]), "docker rmi on node 2");
+    std::fs::remove_file(tarball(h2, &id)).unwrap();
+    h2.start_sync();
+    for h in [h1, h2] {
+        declare(h, "poisoned", "nginx:1");
+    }
+    let refused = "tags it `nginx:1`, but the image's own tarball does not; the tag is not applied";
+    for h in [h1, h2] {
+        wait_until(
+            Duration::from_secs(90),
+            &format!("node {} to refuse the poisoned tag", h.address),
+            || h.log("sync").contains(refused),
+        );
+    }
+    for h in &hosts {
+        assert_eq!(h.image_id("nginx:1"), None, "nginx:1 on node {}", h.address);
+    }
+    assert_eq!(h2.image_id(big), None, "nothing loaded on node 2");
+    assert_eq!(h1.image_id(big).as_deref(), Some(id.as_str()));
+    for h in [h1, h2] {
+        std::fs::remove_file(h.dir.join("containers.d/poisoned.toml")).unwrap();
+    }
+
     lab.teardown().expect("teardown");
+}
+
+/// `consul kv put KEY JSON` on `h`, straight into KV as any KV writer could.
+fn put_kv(h: &Host, key: &str, value: &serde_json::Value) {
+    let out = h.consul(&["kv", "put", key, &value.to_string()]);
+    assert_success(&out, &format!("consul kv put {key}"));
 }
 
 /// POSTs `body` as a pull request to `h`'s API; the response body, a newline, the status.
 fn post_pull(h: &Host, body: &str) -> String {
+    post_sync(h, "pulls", body)
+}
+
+/// POSTs `body` to `/v1/sync/PATH` on `h`'s API socket; the body, a newline, the status.
+fn post_sync(h: &Host, path: &str, body: &str) -> String {
     let socket = h.dir.join("run/api.sock");
     stdout(&h.exec(&[
         "curl",
@@ -232,12 +355,12 @@ fn post_pull(h: &Host, body: &str) -> String {
         socket.to_str().unwrap(),
         "--data-binary",
         body,
-        "http://arpanetd/v1/sync/pulls",
+        &format!("http://arpanetd/v1/sync/{path}"),
     ]))
 }
 
-/// A containers.d file on `h` declaring `name` from `image`; waits until it runs.
-fn declare_and_wait(h: &Host, name: &str, image: &str) {
+/// A containers.d file on `h` declaring `name` from `image`.
+fn declare(h: &Host, name: &str, image: &str) {
     std::fs::create_dir_all(h.dir.join("containers.d")).unwrap();
     std::fs::write(
         h.dir.join(format!("containers.d/{name}.toml")),
@@ -246,6 +369,11 @@ fn declare_and_wait(h: &Host, name: &str, image: &str) {
         ),
     )
     .unwrap();
+}
+
+/// [`declare`], then waits until the container runs.
+fn declare_and_wait(h: &Host, name: &str, image: &str) {
+    declare(h, name, image);
     wait_until(Duration::from_secs(60), &format!("{name} running"), || {
         stdout(&h.docker(&["inspect", "-f", "{{.State.Running}}", name])).trim() == "true"
     });

@@ -272,6 +272,41 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         &format!(r#"{{"name":"web","image":"{TEST_IMAGE}","replicas":1}}"#),
     );
     assert_eq!(code, 409, "{body}");
+    // Names in paths reach no other KV key: `..%2F` is `../` once decoded, which was
+    // enough to delete service `web` through the templates' endpoint. Over the socket
+    // and over the overlay (from inside node 1's namespace), a 400 naming the segment.
+    let (code, body) = raw_request(h0, "DELETE", "/v1/templates/..%2Fservices%2Fweb", "");
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "path segment {name}: `../services/web` is not a template name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)"
+    );
+    let overlay = h1.exec(&[
+        "curl",
+        "-s",
+        "-X",
+        "DELETE",
+        "-w",
+        "\n%{http_code}",
+        &format!(
+            "http://{}:7100/v1/templates/..%2Fservices%2Fweb",
+            h0.address.overlay_ip()
+        ),
+    ]);
+    assert!(stdout(&overlay).ends_with("\n400"), "{}", stdout(&overlay));
+    for (method, path) in [
+        ("PUT", "/v1/templates/..%2Fservices%2Fweb"),
+        ("DELETE", "/v1/services/..%2Fservices%2Fweb"),
+        ("DELETE", "/v1/containers/..%2F..%2Fservices%2Fweb"),
+        ("POST", "/v1/nodes/..%2F0.2/drain"),
+        ("DELETE", "/v1/sync/..%2F..%2Fservices%2Fweb"),
+    ] {
+        let (code, body) = raw_request(h0, method, path, "{}");
+        assert_eq!(code, 400, "{method} {path}: {body}");
+    }
+    let (code, body) = raw_request(h0, "GET", "/v1/services/web", "");
+    assert_eq!(code, 200, "service web is still there: {body}");
+    assert_eq!(body["replicas"], 6);
     // A container can route to the overlay API but is turned away (the firewall, and
     // behind it the API's own check): only nodes may use it.
     let from_container = h0.docker(&[

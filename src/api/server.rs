@@ -30,7 +30,7 @@ use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::store::{self, parse_json};
-use crate::placement::{Node, ServiceDef, ServiceName};
+use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;
@@ -447,19 +447,38 @@ async fn list_images(State(s): State<Shared>, Query(q): Params) -> ApiResult {
     ok(&listing)
 }
 
+/// A name from the request path (axum has percent-decoded it, so `..%2Fx` is `../x`),
+/// checked by the one validator of its kind before it reaches a KV key, a file or
+/// another node's URL. A bad one is a 400 naming the segment.
+fn in_path<T>(
+    segment: &str,
+    value: &str,
+    parse: impl FnOnce(String) -> Result<T, String>,
+) -> Result<T, ApiError> {
+    parse(value.to_string())
+        .map_err(|e| ApiError::bad_request(format!("path segment {{{segment}}}: {e}")))
+}
+
 /// A container ID, ID prefix or name as Docker allows them; anything else could not
 /// name a container, and must not reach another node's URL.
 fn container_ref(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c));
+    in_path("id", id, |s| ContainerName::check(&s))
+}
+
+fn node_in_path(node: &str) -> Result<NodeAddress, ApiError> {
+    in_path("node", node, |s| s.parse().map_err(|e| format!("{e}")))
+}
+
+/// What follows `/v1/sync/`, which goes into another URL: path segments of letters,
+/// digits, `_`, `.` and `-` (`pulls/3`, `seeds/HEX`), never `..` or an empty one.
+fn sync_path(rest: &str) -> Result<(), ApiError> {
+    let ok = rest.split('/').all(|seg| ContainerName::check(seg).is_ok());
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "id: `{id}` is not a container ID or name"
+            "path `/v1/sync/{}`: segments are letters, digits, `_`, `.` and `-`",
+            rest.escape_debug()
         )))
     }
 }
@@ -502,8 +521,17 @@ async fn remove_container(
     s.route(&id, "remove", Method::DELETE, &q).await
 }
 
+/// A service name from a request body's `name`.
 fn service_name(name: &str) -> Result<ServiceName, ApiError> {
     ServiceName::try_from(name.to_string()).map_err(|e| ApiError::bad_request(format!("name: {e}")))
+}
+
+fn service_in_path(name: &str) -> Result<ServiceName, ApiError> {
+    in_path("name", name, ServiceName::try_from)
+}
+
+fn template_in_path(name: &str) -> Result<TemplateName, ApiError> {
+    in_path("name", name, TemplateName::try_from)
 }
 
 async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, ApiError> {
@@ -549,7 +577,7 @@ async fn list_services(State(s): State<Shared>) -> ApiResult {
 }
 
 async fn get_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let name = service_name(&name)?;
+    let name = service_in_path(&name)?;
     ok(&load_service(&s, &name).await?)
 }
 
@@ -640,7 +668,7 @@ async fn scale_service(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let name = service_name(&name)?;
+    let name = service_in_path(&name)?;
     let req: Scale = parse_json(&body).map_err(ApiError::bad_request)?;
     let replicas = replicas(req.replicas)?;
     let mut def = load_service(&s, &name).await?;
@@ -657,7 +685,7 @@ async fn scale_service(
 }
 
 async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let name = service_name(&name)?;
+    let name = service_in_path(&name)?;
     let def = load_service(&s, &name).await?;
     s.consul
         .kv_delete(&store::service_key(&name), false)
@@ -687,11 +715,11 @@ async fn list_templates(State(s): State<Shared>) -> ApiResult {
 }
 
 async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
-    let name = service_name(&name)?;
+    let name = template_in_path(&name)?;
     let spec: ContainerSpec = parse_json(&body).map_err(ApiError::bad_request)?;
     s.consul
         .kv_put(
-            &store::template_key(name.as_str()),
+            &store::template_key(&name),
             serde_json::to_vec(&spec).expect("serializable"),
         )
         .await
@@ -703,6 +731,7 @@ async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: B
 }
 
 async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let name = template_in_path(&name)?;
     let key = store::template_key(&name);
     if s.consul
         .kv_get(&key)
@@ -716,7 +745,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
         .kv_delete(&key, false)
         .await
         .map_err(ApiError::backend)?;
-    ok(&serde_json::json!({ "removed": name }))
+    ok(&serde_json::json!({ "removed": name.as_str() }))
 }
 
 async fn list_nodes(State(s): State<Shared>) -> ApiResult {
@@ -741,9 +770,7 @@ async fn node_action(
     State(s): State<Shared>,
     Path((node, action)): Path<(String, String)>,
 ) -> ApiResult {
-    let address: NodeAddress = node.parse().map_err(|e| {
-        ApiError::bad_request(format!("node: `{node}` is not an arpanet address: {e}"))
-    })?;
+    let address = node_in_path(&node)?;
     let key = store::drained_key(address);
     let drained = match action.as_str() {
         "drain" => {
@@ -785,6 +812,7 @@ async fn relay_sync(
     method: Method,
     body: Bytes,
 ) -> ApiResult {
+    sync_path(&rest)?;
     let target = match q.get("node") {
         Some(node) => Some(node.parse::<NodeAddress>().map_err(|e| {
             ApiError::bad_request(format!("node: `{node}` is not an arpanet address: {e}"))
@@ -923,8 +951,73 @@ mod tests {
     fn container_references_are_docker_names_or_ids() {
         assert!(container_ref("web_0.2_1").is_ok());
         assert!(container_ref("3f2a9c").is_ok());
-        for bad in ["", "a/b", "a?local=true", "a b", "../x"] {
-            assert!(container_ref(bad).is_err(), "{bad}");
+        assert!(container_ref(&"a".repeat(128)).is_ok());
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "a/b",
+            "a?local=true",
+            "a b",
+            "../x",
+            "..",
+            ".",
+            "-x",
+            "a\n",
+            "a%2Fb",
+            &long,
+        ] {
+            let ApiError(status, message) = container_ref(bad).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(message.starts_with("path segment {id}: `"), "{message}");
+        }
+    }
+
+    #[test]
+    fn names_in_paths_are_checked_by_their_kind() {
+        // `..%2Fservices%2Fweb`, as axum hands it over.
+        let attack = "../services/web";
+        let ApiError(status, message) = template_in_path(attack).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            message,
+            "path segment {name}: `../services/web` is not a template name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)"
+        );
+        assert!(template_in_path("web").is_ok());
+        assert!(service_in_path("web-2").is_ok());
+        let long = "a".repeat(64);
+        for bad in ["", "..", "a/b", "Web", "-a", "a-", "a.b", "a\0", &long] {
+            assert!(template_in_path(bad).is_err(), "{bad}");
+            let ApiError(_, m) = service_in_path(bad).unwrap_err();
+            assert!(m.starts_with("path segment {name}: `"), "{m}");
+        }
+        assert!(service_in_path(&"a".repeat(63)).is_ok());
+        assert_eq!(node_in_path("0.2").unwrap().to_string(), "0.2");
+        for bad in ["", "..", "0.2/x", "0.2/../x", "256.1", "0.0"] {
+            let ApiError(_, m) = node_in_path(bad).unwrap_err();
+            assert!(m.starts_with("path segment {node}: "), "{m}");
+        }
+    }
+
+    #[test]
+    fn the_sync_relay_forwards_plain_paths_only() {
+        for good in [
+            "pulls",
+            "pulls/3",
+            "images",
+            &format!("seeds/{}", "ab".repeat(32)),
+        ] {
+            assert!(sync_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../services/web",
+            "pulls/..",
+            "pulls//3",
+            "pulls/3?node=0.2",
+            "a%2Fb",
+            "pulls/\n",
+        ] {
+            assert!(sync_path(bad).is_err(), "{bad}");
         }
     }
 

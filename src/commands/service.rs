@@ -9,7 +9,7 @@ use crate::addressing::NodeAddress;
 use crate::api::client::ApiClient;
 use crate::api::{CreateService, Listing, Scale, ServiceRow};
 use crate::config::{Config, Role};
-use crate::placement::{Constraints, ServiceDef};
+use crate::placement::{Constraints, ServiceDef, ServiceName};
 
 /// Cluster services: N instances of a container, placed evenly across the nodes and
 /// re-placed when a node fails.
@@ -133,6 +133,8 @@ impl Service {
                 );
             }
             Verb::Scale { name, replicas } => {
+                // Checked here too: a name goes into the request's path.
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
                 let def: ServiceDef = api
                     .put(
                         &format!("/v1/services/{name}/replicas"),
@@ -144,6 +146,7 @@ impl Service {
                 println!("service {} scaled to {}", def.name, def.replicas);
             }
             Verb::Rm { name } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
                 let def: ServiceDef = api.delete(&format!("/v1/services/{name}")).await?;
                 println!("service {} removed", def.name);
             }

@@ -8,6 +8,7 @@ use crate::api::Listing;
 use crate::api::client::ApiClient;
 use crate::config::Config;
 use crate::config::containers::ContainerSpec;
+use crate::placement::TemplateName;
 
 /// Templates: container specs stored in the cluster, for `service create --template`.
 #[derive(Debug, Args)]
@@ -43,7 +44,9 @@ impl Template {
         match &self.verb {
             Verb::Add { file } => {
                 for c in crate::config::containers::load_file(file)? {
-                    let name = c.spec.name.as_str().to_string();
+                    // Checked here too: a name goes into the request's path.
+                    let name = TemplateName::try_from(c.spec.name.as_str().to_string())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                     let _: TemplateRow = api.put(&format!("/v1/templates/{name}"), &c.spec).await?;
                     println!("template {name} stored");
                 }
@@ -55,6 +58,7 @@ impl Template {
                 })?;
             }
             Verb::Rm { name } => {
+                let name = TemplateName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
                 let _: serde_json::Value = api.delete(&format!("/v1/templates/{name}")).await?;
                 println!("template {name} removed");
             }

@@ -60,18 +60,31 @@ impl ContainerName {
     }
 }
 
+impl ContainerName {
+    /// Docker's rule, which also fits container IDs and ID prefixes, capped at 128
+    /// characters: nothing that could step out of a URL path segment (`..`, `/`, `?`).
+    pub fn check(s: &str) -> Result<(), String> {
+        let mut bytes = s.bytes();
+        let first_ok = bytes.next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if first_ok
+            && s.len() <= 128
+            && bytes.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{}` is not a container name: letters, digits, `_`, `.` or `-`, starting with a letter or digit, at most 128 characters",
+                s.escape_debug()
+            ))
+        }
+    }
+}
+
 impl TryFrom<String> for ContainerName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let mut bytes = s.bytes();
-        let first_ok = bytes.next().is_some_and(|c| c.is_ascii_alphanumeric());
-        if first_ok && bytes.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c)) {
-            Ok(Self(s))
-        } else {
-            Err(format!(
-                "`{s}` is not a container name: letters, digits, `_`, `.` or `-`, starting with a letter or digit"
-            ))
-        }
+        Self::check(&s)?;
+        Ok(Self(s))
     }
 }
 

@@ -8,6 +8,34 @@ use anyhow::{anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// The URL path of a KV key: each segment percent-encoded, so `?`, `#`, `%` and spaces
+/// stay part of the key. A key with a `.` or `..` segment or a control character is
+/// refused: no name that made it into one could be meant, and HTTP stacks clean
+/// `..` away, which would read or write another key.
+pub fn kv_path(key: &str) -> anyhow::Result<String> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let key = key.trim_start_matches('/');
+    if key.chars().any(char::is_control) {
+        bail!("KV key `{}`: holds a control character", key.escape_debug());
+    }
+    let mut path = String::from("/v1/kv/");
+    for (i, segment) in key.split('/').enumerate() {
+        if segment == "." || segment == ".." {
+            bail!("KV key `{key}`: a `{segment}` segment");
+        }
+        if i > 0 {
+            path.push('/');
+        }
+        path.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    Ok(path)
+}
+
 pub struct Consul {
     addr: SocketAddr,
     http: reqwest::Client,
@@ -300,7 +328,7 @@ impl Consul {
     }
 
     pub async fn kv_get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let path = format!("/v1/kv/{}?raw", key.trim_start_matches('/'));
+        let path = format!("{}?raw", kv_path(key)?);
         let resp = self.send(|| self.http.get(self.url(&path))).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
@@ -311,7 +339,7 @@ impl Consul {
 
     /// Keys under `prefix` (all of them, not only one level).
     pub async fn kv_keys(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let path = format!("/v1/kv/{}?keys", prefix.trim_start_matches('/'));
+        let path = format!("{}?keys", kv_path(prefix)?);
         let resp = self.send(|| self.http.get(self.url(&path))).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
@@ -321,7 +349,7 @@ impl Consul {
     }
 
     pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
-        let path = format!("/v1/kv/{}", key.trim_start_matches('/'));
+        let path = kv_path(key)?;
         let resp = self
             .send(|| self.http.put(self.url(&path)).body(value.clone()))
             .await?;
@@ -334,7 +362,7 @@ impl Consul {
 
     /// Stores `value` only if `key` does not exist yet; returns whether it was stored.
     pub async fn kv_put_new(&self, key: &str, value: Vec<u8>) -> anyhow::Result<bool> {
-        let path = format!("/v1/kv/{}?cas=0", key.trim_start_matches('/'));
+        let path = format!("{}?cas=0", kv_path(key)?);
         let resp = self
             .send(|| self.http.put(self.url(&path)).body(value.clone()))
             .await?;
@@ -357,7 +385,7 @@ impl Consul {
             #[serde(rename = "Value")]
             value: Option<String>,
         }
-        let mut path = format!("/v1/kv/{}?recurse", prefix.trim_start_matches('/'));
+        let mut path = format!("{}?recurse", kv_path(prefix)?);
         if let Some(i) = index {
             path.push_str(&format!("&index={i}&wait={}s", wait.as_secs().max(1)));
         }
@@ -386,7 +414,7 @@ impl Consul {
     }
 
     pub async fn kv_delete(&self, key: &str, recurse: bool) -> anyhow::Result<()> {
-        let mut path = format!("/v1/kv/{}", key.trim_start_matches('/'));
+        let mut path = kv_path(key)?;
         if recurse {
             path.push_str("?recurse");
         }
@@ -465,4 +493,35 @@ fn consul_index(resp: &reqwest::Response) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_are_encoded_and_traversal_refused() {
+        assert_eq!(
+            kv_path("arpanet/cluster/services/web").unwrap(),
+            "/v1/kv/arpanet/cluster/services/web"
+        );
+        assert_eq!(kv_path("/a/b/").unwrap(), "/v1/kv/a/b/");
+        assert_eq!(kv_path("").unwrap(), "/v1/kv/");
+        assert_eq!(
+            kv_path("a/x?raw#y z%").unwrap(),
+            "/v1/kv/a/x%3Fraw%23y%20z%25"
+        );
+        assert_eq!(kv_path("a/..x/b.c").unwrap(), "/v1/kv/a/..x/b.c");
+        for bad in [
+            "arpanet/cluster/templates/../services/web",
+            "a/..",
+            "./a",
+            "a/./b",
+            "a\nb",
+            "a\0",
+        ] {
+            let e = kv_path(bad).unwrap_err().to_string();
+            assert!(e.starts_with("KV key `"), "{bad}: {e}");
+        }
+    }
 }

@@ -221,12 +221,14 @@ impl Engine {
         }
     }
 
-    /// `docker save` of one image, as a stream of tarball bytes.
+    /// `docker save NAME...` of one image under the names given (its tags, which the
+    /// tarball's manifest then lists as RepoTags; an ID gives none), as a stream of
+    /// tarball bytes.
     pub fn export_image(
         &self,
-        image: &str,
+        names: &[&str],
     ) -> impl futures::Stream<Item = Result<bytes::Bytes, bollard::errors::Error>> + use<> {
-        self.docker.export_image(image)
+        self.docker.export_images(names)
     }
 
     /// `docker load` of a `docker save` tarball.

@@ -70,22 +70,65 @@ impl ServiceName {
     }
 }
 
+/// Lowercase letters, digits and inner `-`, at most 63 characters: a DNS label, and
+/// nothing that could step out of a KV key, a file name or a URL path segment.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 impl TryFrom<String> for ServiceName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-');
-        if ok {
+        if is_dns_label(&s) {
             Ok(Self(s))
         } else {
             Err(format!(
-                "`{s}` is not a service name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)"
+                "`{}` is not a service name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)",
+                s.escape_debug()
             ))
         }
+    }
+}
+
+/// A template's name: the rule of service names, which it usually becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TemplateName(String);
+
+impl TemplateName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TemplateName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if is_dns_label(&s) {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "`{}` is not a template name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)",
+                s.escape_debug()
+            ))
+        }
+    }
+}
+
+impl From<TemplateName> for String {
+    fn from(n: TemplateName) -> String {
+        n.0
+    }
+}
+
+impl std::fmt::Display for TemplateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

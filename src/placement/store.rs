@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 
-use super::{ServiceDef, ServiceName};
+use super::{ServiceDef, ServiceName, TemplateName};
 use crate::addressing::NodeAddress;
 use crate::config::containers::ContainerSpec;
 use crate::consul::client::Consul;
@@ -32,7 +32,7 @@ pub fn service_key(name: &ServiceName) -> String {
     format!("{SERVICES}{name}")
 }
 
-pub fn template_key(name: &str) -> String {
+pub fn template_key(name: &TemplateName) -> String {
     format!("{TEMPLATES}{name}")
 }
 
@@ -54,8 +54,11 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
                 Err(e) => state.broken.push((name.to_string(), e)),
             }
         } else if let Some(name) = key.strip_prefix(TEMPLATES) {
-            // A broken template only matters when a service is created from it.
-            if let Ok(spec) = parse_json::<ContainerSpec>(value) {
+            // A broken template only matters when a service is created from it; a key
+            // no API call could have written (`..`, `/`) names none.
+            if TemplateName::try_from(name.to_string()).is_ok()
+                && let Ok(spec) = parse_json::<ContainerSpec>(value)
+            {
                 state.templates.push((name.to_string(), spec));
             }
         } else if let Some(node) = key.strip_prefix(DRAINED)
@@ -108,8 +111,13 @@ mod tests {
                 format!("{TEMPLATES}t"),
                 br#"{"name":"t","image":"busybox:1"}"#.to_vec(),
             ),
+            (
+                format!("{TEMPLATES}../services/x"),
+                br#"{"name":"t","image":"busybox:1"}"#.to_vec(),
+            ),
             (format!("{DRAINED}0.3"), Vec::new()),
         ]);
+        assert_eq!(state.templates.len(), 1);
         assert_eq!(state.services.len(), 1);
         assert_eq!(state.services[0].replicas, 2);
         assert_eq!(state.templates[0].0, "t");

@@ -44,6 +44,109 @@ impl ImageRecord {
     pub fn hex(&self) -> &str {
         id_hex(&self.id)
     }
+
+    /// Whether the record can be believed at all: anyone who can write KV can write one,
+    /// and its ID becomes a file name, a KV key and a peer's URL. The ID must be an image
+    /// ID, and the torrent must be one file named after it (`HEX.tar`, `size` bytes, in
+    /// pieces of `piece_length`) whose info hash is the record's.
+    pub fn check(&self) -> Result<(), RecordError> {
+        let bad = |field: &'static str, why: String| RecordError { field, why };
+        image_id(&self.id).map_err(|why| bad("id", why))?;
+        if !is_lower_hex(&self.info_hash, 40) {
+            return Err(bad(
+                "info_hash",
+                format!("`{}` is not 40 lowercase hex digits", self.info_hash),
+            ));
+        }
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.torrent)
+            .map_err(|e| bad("torrent", format!("not base64: {e}")))?;
+        let meta = librqbit::torrent_from_bytes(&bytes)
+            .map_err(|e| bad("torrent", format!("not a torrent: {e}")))?;
+        let info = &meta.info.data;
+        let name = info
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n.as_ref()).into_owned())
+            .unwrap_or_default();
+        let want = tarball_name(&self.id);
+        if name != want || info.files.is_some() {
+            return Err(bad(
+                "torrent",
+                format!("names `{name}`, not the one file `{want}`"),
+            ));
+        }
+        if info.length != Some(self.size) || info.piece_length != self.piece_length {
+            return Err(bad(
+                "torrent",
+                format!(
+                    "holds {:?} bytes in pieces of {}, not the record's {} in pieces of {}",
+                    info.length, info.piece_length, self.size, self.piece_length
+                ),
+            ));
+        }
+        let hash = meta.info_hash.as_string();
+        if hash != self.info_hash {
+            return Err(bad(
+                "info_hash",
+                format!("the torrent's info hash is {hash}, not {}", self.info_hash),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an image record read from Consul is not believed: the field and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {why}")]
+pub struct RecordError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// An image ID as Docker writes it, `sha256:` and 64 lowercase hex digits; returns the
+/// hex. Nothing else may become a tarball's file name or a KV key.
+pub fn image_id(id: &str) -> Result<&str, String> {
+    match id.strip_prefix("sha256:") {
+        Some(hex) if is_lower_hex(hex, 64) => Ok(hex),
+        _ => Err(format!(
+            "`{}` is not an image ID (`sha256:` and 64 lowercase hex digits)",
+            id.escape_debug()
+        )),
+    }
+}
+
+/// The image records among the entries of a read of [`KV_IMAGES`]: those that parse,
+/// sit under the key their ID names and pass [`ImageRecord::check`]. The others come
+/// back as `(key, why)`, for the caller to warn about; they never become a path.
+pub fn parse_records(entries: &[(String, Vec<u8>)]) -> (Vec<ImageRecord>, Vec<(String, String)>) {
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    for (key, value) in entries {
+        let record: ImageRecord = match crate::placement::store::parse_json(value) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push((key.clone(), e));
+                continue;
+            }
+        };
+        if let Err(e) = record.check() {
+            bad.push((key.clone(), e.to_string()));
+        } else if *key != image_key(&record.id) {
+            bad.push((
+                key.clone(),
+                format!("id: `{}` belongs under another key", record.id),
+            ));
+        } else {
+            records.push(record);
+        }
+    }
+    (records, bad)
 }
 
 pub fn id_hex(id: &str) -> &str {
@@ -157,6 +260,12 @@ pub fn parse_peers(entries: &[(String, Vec<u8>)]) -> Vec<(String, SwarmPeer)> {
             let (hex, node) = rest.split_once('/')?;
             let node: NodeAddress = node.parse().ok()?;
             let entry: PeerEntry = serde_json::from_slice(value).ok()?;
+            // A node trades images at its own overlay address only: an entry naming
+            // any other peer would send pulls (and their bytes) wherever a KV writer says.
+            if !is_lower_hex(hex, 64) || entry.peer.ip() != std::net::IpAddr::V4(node.overlay_ip())
+            {
+                return None;
+            }
             Some((
                 hex.to_string(),
                 SwarmPeer {
@@ -421,25 +530,159 @@ mod tests {
 
     #[test]
     fn peers_parse_from_kv_and_odd_entries_are_skipped() {
-        let entry = |complete| {
+        let entry = |ip: &str, complete| {
             serde_json::to_vec(&PeerEntry {
-                peer: "10.255.0.2:7101".parse().unwrap(),
+                peer: format!("{ip}:7101").parse().unwrap(),
                 complete,
             })
             .unwrap()
         };
+        let hex = "ab".repeat(32);
         let entries = vec![
-            (format!("{KV_PEERS}abc/0.2"), entry(true)),
-            (format!("{KV_PEERS}abc/0.3"), entry(false)),
-            (format!("{KV_PEERS}abc/bad"), entry(true)),
-            (format!("{KV_PEERS}abc/0.4"), b"nonsense".to_vec()),
+            (format!("{KV_PEERS}{hex}/0.2"), entry("10.255.0.2", true)),
+            (format!("{KV_PEERS}{hex}/0.3"), entry("10.255.0.3", false)),
+            (format!("{KV_PEERS}{hex}/bad"), entry("10.255.0.2", true)),
+            (format!("{KV_PEERS}{hex}/0.4"), b"nonsense".to_vec()),
+            (format!("{KV_PEERS}abc/0.2"), entry("10.255.0.2", true)),
+            (format!("{KV_PEERS}../x/0.2"), entry("10.255.0.2", true)),
         ];
         let peers = parse_peers(&entries);
         assert_eq!(peers.len(), 2);
-        assert_eq!(peers[0].0, "abc");
+        assert_eq!(peers[0].0, hex);
         assert_eq!(peers[0].1.node.to_string(), "0.2");
         assert_eq!(peers[0].1.peer.to_string(), "10.255.0.2:7101");
         assert!(peers[0].1.complete);
         assert!(!peers[1].1.complete);
+        // Node 0.3 saying its peer is 0.2's address, or one off the overlay: not believed.
+        let claims_other = vec![(
+            format!("{KV_PEERS}{hex}/0.3"),
+            serde_json::to_vec(&PeerEntry {
+                peer: "10.255.0.2:7101".parse().unwrap(),
+                complete: true,
+            })
+            .unwrap(),
+        )];
+        assert!(parse_peers(&claims_other).is_empty());
+        let elsewhere = vec![(
+            format!("{KV_PEERS}{hex}/0.2"),
+            serde_json::to_vec(&PeerEntry {
+                peer: "192.0.2.1:7101".parse().unwrap(),
+                complete: true,
+            })
+            .unwrap(),
+        )];
+        assert!(parse_peers(&elsewhere).is_empty());
+    }
+
+    #[test]
+    fn image_ids_are_sha256_and_64_lowercase_hex_digits() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(image_id(&format!("sha256:{hex}")), Ok(hex.as_str()));
+        let bad = [
+            String::new(),
+            "sha256:".into(),
+            hex.clone(),
+            format!("sha256:{}", &hex[..63]),
+            format!("sha256:{hex}0"),
+            format!("sha256:{}", hex.to_ascii_uppercase()),
+            format!("sha512:{hex}"),
+            format!("sha256:{}/..", &hex[..61]),
+            "sha256:/x/y".into(),
+            "sha256:../../x".into(),
+            format!("sha256:{}\n", &hex[..62]),
+            format!("sha256:{hex}\0"),
+        ];
+        for id in bad {
+            let e = image_id(&id).unwrap_err();
+            assert!(e.contains("is not an image ID"), "{id}: {e}");
+        }
+    }
+
+    /// A single-file torrent as bencode, and a record that matches it.
+    fn torrent_record(name: &str, size: u64) -> ImageRecord {
+        use base64::Engine as _;
+        let hex = "ab".repeat(32);
+        let info = format!(
+            "d6:lengthi{size}e4:name{}:{name}12:piece lengthi262144e6:pieces20:{}e",
+            name.len(),
+            "x".repeat(20)
+        );
+        let bytes = format!("d4:info{info}e").into_bytes();
+        let meta = librqbit::torrent_from_bytes(&bytes).unwrap();
+        ImageRecord {
+            id: format!("sha256:{hex}"),
+            tags: vec!["web:1".into()],
+            size: 1000,
+            piece_length: 262144,
+            info_hash: meta.info_hash.as_string(),
+            torrent: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            pushed_by: "0.1".into(),
+        }
+    }
+
+    #[test]
+    fn a_record_is_believed_only_when_its_torrent_is_the_tarball_its_id_names() {
+        let hex = "ab".repeat(32);
+        let good = torrent_record(&format!("{hex}.tar"), 1000);
+        good.check().unwrap();
+
+        let field = |r: &ImageRecord| r.check().unwrap_err().field;
+        let mut r = good.clone();
+        r.id = "sha256:/x/y".into();
+        assert_eq!(field(&r), "id");
+        let r = torrent_record("other.tar", 1000);
+        assert_eq!(field(&r), "torrent");
+        let r = torrent_record("../../etc/passwd", 1000);
+        assert_eq!(field(&r), "torrent");
+        let r = torrent_record(&format!("{hex}.tar"), 999);
+        assert_eq!(field(&r), "torrent");
+        let mut r = good.clone();
+        r.info_hash = "0".repeat(40);
+        assert_eq!(field(&r), "info_hash");
+        let mut r = good.clone();
+        r.info_hash = good.info_hash.to_ascii_uppercase();
+        assert_eq!(field(&r), "info_hash");
+        let mut r = good.clone();
+        r.torrent = "not base64!".into();
+        assert_eq!(field(&r), "torrent");
+        let mut r = good.clone();
+        r.torrent = "aGVsbG8=".into();
+        assert_eq!(field(&r), "torrent");
+    }
+
+    #[test]
+    fn records_read_from_kv_are_checked_and_bad_ones_named_by_key() {
+        let hex = "ab".repeat(32);
+        let good = torrent_record(&format!("{hex}.tar"), 1000);
+        let mut poisoned = good.clone();
+        poisoned.id = "sha256:/x/y".into();
+        let json = |r: &ImageRecord| serde_json::to_vec(r).unwrap();
+        let entries = vec![
+            (format!("{KV_IMAGES}{hex}"), json(&good)),
+            (format!("{KV_IMAGES}x"), json(&poisoned)),
+            (format!("{KV_IMAGES}{}", "cd".repeat(32)), json(&good)),
+            (format!("{KV_IMAGES}junk"), b"{".to_vec()),
+        ];
+        let (records, bad) = parse_records(&entries);
+        assert_eq!(records, vec![good]);
+        let keys: Vec<&str> = bad.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                format!("{KV_IMAGES}x"),
+                format!("{KV_IMAGES}{}", "cd".repeat(32)),
+                format!("{KV_IMAGES}junk")
+            ]
+        );
+        assert!(
+            bad[0].1.starts_with("id: `sha256:/x/y` is not an image ID"),
+            "{}",
+            bad[0].1
+        );
+        assert!(
+            bad[1].1.contains("belongs under another key"),
+            "{}",
+            bad[1].1
+        );
     }
 }

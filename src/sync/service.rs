@@ -40,7 +40,8 @@ use tracing::{info, warn};
 use super::short_id as short;
 use super::{
     ClusterImage, ImageRecord, ImageRequest, KV_IMAGES, KV_PEERS, PeerEntry, SwarmPeer, Transfer,
-    TransferState, image_key, parse_peers, peer_key, resolve, tarball_name,
+    TransferState, image_key, normal_tag, parse_peers, parse_records, peer_key, resolve,
+    tarball_name,
 };
 use crate::addressing::NodeAddress;
 use crate::api::server::{ApiError, json_response};
@@ -93,6 +94,9 @@ struct SyncState {
     /// images and swarms from Consul many times a second. An async lock: announces
     /// that arrive during a read wait for it rather than each reading too.
     tracker_view: tokio::sync::Mutex<Option<Arc<TrackerView>>>,
+    /// Bad image records already warned about (key and reason), so the tracker's many
+    /// reads warn once.
+    warned: Mutex<BTreeSet<(String, String)>>,
 }
 
 /// The cluster's swarms as the tracker answers from them.
@@ -159,6 +163,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             .expect("a plain HTTP client always builds"),
         tracker,
         tracker_view: tokio::sync::Mutex::new(None),
+        warned: Mutex::new(BTreeSet::new()),
     });
     let app = router(state.clone());
     let tracker_app = Router::new()
@@ -330,22 +335,22 @@ async fn status(State(s): State<Shared>) -> SyncResult {
 }
 
 impl SyncState {
+    /// The image records in KV that can be believed (see [`parse_records`]); each bad
+    /// one is warned about once, naming its key and field.
     async fn records(&self) -> anyhow::Result<Vec<ImageRecord>> {
         let (entries, _) = self
             .consul
             .kv_list(KV_IMAGES, None, Duration::ZERO)
             .await
             .context("read the cluster's images from Consul")?;
-        Ok(entries
-            .iter()
-            .filter_map(|(key, value)| match serde_json::from_slice(value) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    warn!("{key} in Consul does not parse ({e}); ignored");
-                    None
-                }
-            })
-            .collect())
+        let (records, bad) = parse_records(&entries);
+        let mut warned = self.warned.lock().unwrap();
+        for (key, why) in bad {
+            if warned.insert((key.clone(), why.clone())) {
+                warn!("image record {key} in Consul KV ignored: {why}");
+            }
+        }
+        Ok(records)
     }
 
     /// Every image's swarm, keeping the nodes Consul lists as healthy (and this one).
@@ -426,6 +431,25 @@ impl SyncState {
         let torrent = base64::engine::general_purpose::STANDARD
             .decode(&record.torrent)
             .context("the image's torrent in Consul is not base64")?;
+        // A torrent of an earlier push of the image (the tarball made again, with more
+        // tags) would share the file with this one: dropped, the file kept.
+        let name = tarball_name(&record.id);
+        let stale: Vec<librqbit::api::TorrentIdOrHash> = self.session.with_torrents(|ts| {
+            ts.filter(|(_, t)| {
+                t.name().as_deref() == Some(name.as_str())
+                    && t.info_hash().as_string() != record.info_hash
+            })
+            .map(|(id, _)| id.into())
+            .collect()
+        });
+        for id in stale {
+            if let Err(e) = self.session.delete(id, false).await {
+                warn!(
+                    "image sync: drop an earlier torrent of {}: {e:#}",
+                    short(&record.id)
+                );
+            }
+        }
         let added = self
             .session
             .add_torrent(
@@ -519,6 +543,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         ));
     };
     let id = inspect.id.clone().unwrap_or_default();
+    super::image_id(&id).map_err(|e| unavailable(anyhow!("Docker answered an odd ID: {e}")))?;
     let mut tags: Vec<String> = inspect.repo_tags.clone().unwrap_or_default();
     let existing = s
         .records()
@@ -528,9 +553,25 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         .find(|r| r.id == id);
     let path = s.tarball(&id);
     // Pushed before (here or elsewhere): the torrent stays as it is, since the holders
-    // seed that one; only new tags are published, and a holder seeds again.
+    // seed that one; only new tags are published, and a holder seeds again. Unless this
+    // node's tarball lacks some of the image's tags here (it was made before a tag was
+    // added, or before tarballs carried tags): pulls apply only the tags a tarball
+    // carries, so it is exported again, with a torrent of its own.
     let holds = path.exists();
-    let record = match existing {
+    let stale = if existing.is_some() && holds {
+        let p = path.clone();
+        let carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
+            .await
+            .map_err(|e| unavailable(e.into()))?
+            .unwrap_or_default();
+        tags.iter().any(|t| !carries(&carried, t))
+    } else {
+        false
+    };
+    if stale && let Some(old) = &existing {
+        forget(s, old, false).await;
+    }
+    let record = match existing.filter(|_| !stale) {
         Some(mut record) => {
             for t in record.tags.drain(..) {
                 if !tags.contains(&t) {
@@ -547,7 +588,13 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
             info!("image sync: exporting {image} ({})", short(&id));
             std::fs::create_dir_all(&s.images_dir).map_err(|e| unavailable(e.into()))?;
             let part = path.with_extension("tar.part");
-            if let Err(e) = export(&engine, &id, &part).await {
+            // Under its tags, so the tarball's manifest carries them (see `tag`).
+            let names: Vec<&str> = if tags.is_empty() {
+                vec![id.as_str()]
+            } else {
+                tags.iter().map(String::as_str).collect()
+            };
+            if let Err(e) = export(&engine, &names, &part).await {
                 let _ = std::fs::remove_file(&part);
                 return Err(disk_error(e, &s.images_dir));
             }
@@ -598,13 +645,13 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
     Ok(record)
 }
 
-/// `docker save` of one image into `path`.
-async fn export(engine: &Engine, id: &str, path: &FsPath) -> anyhow::Result<()> {
+/// `docker save NAMES...` of one image into `path`.
+async fn export(engine: &Engine, names: &[&str], path: &FsPath) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::fs::File::create(path)
         .await
         .with_context(|| format!("create {}", path.display()))?;
-    let mut stream = engine.export_image(id);
+    let mut stream = engine.export_image(names);
     while let Some(chunk) = stream
         .try_next()
         .await
@@ -669,6 +716,8 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let record = resolve(&records, &req.image)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?
         .clone();
+    // Found by its tag (resolve tries tags first): the image must carry that tag itself.
+    let wanted = Some(normal_tag(&req.image)).filter(|t| record.tags.contains(t));
     let path = s.tarball(&record.id);
     // Blocks on disk, not the length: a pull that stopped leaves a sparse file.
     let have = std::fs::metadata(&path)
@@ -712,7 +761,7 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
     let state = s.clone();
     tokio::spawn(async move {
         let _busy = busy;
-        let result = pull(&state, id, &record, req.start_at).await;
+        let result = pull(&state, id, &record, wanted.as_deref(), req.start_at).await;
         let mut transfers = state.transfers.lock().unwrap();
         let t = transfers.get_mut(&id).expect("transfers are kept");
         match result {
@@ -740,20 +789,35 @@ impl SyncState {
     }
 }
 
+/// Pulls `record`'s image; `wanted` is the tag the request named it by, which the
+/// image's own tarball must carry.
 async fn pull(
     s: &Shared,
     transfer: u64,
     record: &ImageRecord,
+    wanted: Option<&str>,
     start_at: Option<f64>,
 ) -> anyhow::Result<()> {
     let engine = Engine::connect(&s.docker_socket).await?;
     let path = s.tarball(&record.id);
-    if engine.image_id(&record.id).await?.is_some() {
-        // Docker has it (pushed or pulled here before, or from a registry).
-        if path.exists() {
-            seed_if_whole(s, record).await?;
+    let in_docker = engine.image_id(&record.id).await?.is_some();
+    if in_docker {
+        // Docker has it (pushed or pulled here before, or from a registry). Its tags
+        // come from the record's tarball: the one here when it is whole.
+        if path.exists() && seed_if_whole(s, record).await? {
+            let p = path.clone();
+            let carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
+                .await?
+                .unwrap_or_default();
+            return tag(&engine, record, &carried, wanted).await;
         }
-        return tag(&engine, record).await;
+        if wanted.is_none() {
+            // Asked for by ID, which Docker has: nothing to fetch, no tag to learn.
+            return Ok(());
+        }
+        // Asked for by a tag Docker lacks: only the record's tarball can say whether
+        // the image carries it (a tarball from an earlier push, missing a tag added
+        // since, is only fetched where it differs).
     }
     let started = Instant::now();
     download(s, transfer, record, start_at).await?;
@@ -762,27 +826,39 @@ async fn pull(
     let (check_path, id) = (path.clone(), record.id.clone());
     let verified =
         tokio::task::spawn_blocking(move || super::tarball::verify(&check_path, &id)).await?;
-    if let Err(e) = verified {
-        // Never loaded, and not kept: the next pull fetches it again.
+    let carried = match verified {
+        Ok(tags) => tags,
+        Err(e) => {
+            // Never loaded, and not kept: the next pull fetches it again.
+            forget(s, record, true).await;
+            bail!(
+                "the downloaded image does not match {}: {e:#}; nothing was loaded",
+                short(&record.id)
+            );
+        }
+    };
+    if let Some(w) = wanted
+        && !carries(&carried, w)
+    {
+        // The image is intact but is not `w`: a KV writer's claim. Not loaded, not kept.
         forget(s, record, true).await;
-        bail!(
-            "the downloaded image does not match {}: {e:#}; nothing was loaded",
-            short(&record.id)
-        );
+        bail!("{}; nothing was loaded", not_carried(record, w));
     }
     let checked = started.elapsed();
     s.update(transfer, |t| t.state = TransferState::Loading);
-    engine
-        .load(&path)
-        .await
-        .map_err(|e| disk_error_any(e, &s.images_dir))?;
+    if !in_docker {
+        engine
+            .load(&path)
+            .await
+            .map_err(|e| disk_error_any(e, &s.images_dir))?;
+    }
     if engine.image_id(&record.id).await?.is_none() {
         bail!(
             "docker load finished but Docker has no image {}",
             short(&record.id)
         );
     }
-    tag(&engine, record).await?;
+    tag(&engine, record, &carried, wanted).await?;
     s.announce(&record.id, true).await?;
     info!(
         "image sync: {} downloaded in {:.1} s, checked in {:.1} s, loaded in {:.1} s",
@@ -795,7 +871,8 @@ async fn pull(
 }
 
 /// Seeds the tarball on disk once librqbit's check finds it whole, and says so in KV.
-async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<()> {
+/// Returns whether the tarball is whole.
+async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<bool> {
     let torrent = s.add(record, Vec::new()).await?;
     while matches!(
         torrent.stats().state,
@@ -803,17 +880,45 @@ async fn seed_if_whole(s: &SyncState, record: &ImageRecord) -> anyhow::Result<()
     ) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if torrent.stats().finished {
+    let whole = torrent.stats().finished;
+    if whole {
         s.announce(&record.id, true).await?;
+    }
+    Ok(whole)
+}
+
+/// Tags the image with those of the record's tags that its tarball carries (`carried`,
+/// its manifest's RepoTags); the others are a KV writer's word alone, and a tag like
+/// `nginx:1` would make every node run whatever it names in place of the registry's.
+/// `wanted`, the tag asked for, must be carried or already be the image's in Docker.
+async fn tag(
+    engine: &Engine,
+    record: &ImageRecord,
+    carried: &[String],
+    wanted: Option<&str>,
+) -> anyhow::Result<()> {
+    for t in record.tags.iter().filter(|t| carries(carried, t)) {
+        engine.tag(&record.id, t).await?;
+    }
+    if let Some(w) = wanted
+        && !carries(carried, w)
+        && engine.image_id(w).await?.as_deref() != Some(record.id.as_str())
+    {
+        bail!("{}", not_carried(record, w));
     }
     Ok(())
 }
 
-async fn tag(engine: &Engine, record: &ImageRecord) -> anyhow::Result<()> {
-    for t in &record.tags {
-        engine.tag(&record.id, t).await?;
-    }
-    Ok(())
+fn carries(carried: &[String], tag: &str) -> bool {
+    let tag = normal_tag(tag);
+    carried.iter().any(|c| normal_tag(c) == tag)
+}
+
+fn not_carried(record: &ImageRecord, tag: &str) -> String {
+    format!(
+        "the cluster's record of {} tags it `{tag}`, but the image's own tarball does not; the tag is not applied",
+        short(&record.id)
+    )
 }
 
 fn disk_error_any(e: anyhow::Error, dir: &FsPath) -> anyhow::Error {

@@ -3,6 +3,12 @@
 //! are the image the record names: the config's SHA-256 is the image ID, and each layer
 //! hashes to the diff ID that config lists. Works for the legacy layout (Docker 20.10:
 //! `ID.json`, `X/layer.tar`) and the OCI one (Docker 25+: `blobs/sha256/...`).
+//!
+//! The manifest's RepoTags are the tags the pushing node's Docker gave the image. They
+//! are not covered by the image ID, but the torrent's piece hashes tie them to the
+//! bytes the holders have, and holders are nodes (a peer is a node's overlay address),
+//! so they are what a pulled image may be tagged as. A record's tags in KV are only an
+//! index: anyone who can write KV can write them.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,7 +24,12 @@ struct ManifestEntry {
     config: String,
     #[serde(rename = "Layers")]
     layers: Vec<String>,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
 }
+
+/// At most this much of manifest.json and the config is kept in memory.
+const SMALL: usize = 4 << 20;
 
 #[derive(Deserialize)]
 struct ImageConfig {
@@ -31,8 +42,9 @@ struct RootFs {
 }
 
 /// Reads the tarball once, hashing every member, then checks the chain
-/// ID -> config -> layers. Returns a one-line reason when anything differs.
-pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<()> {
+/// ID -> config -> layers. Returns the manifest's RepoTags, or a one-line reason when
+/// anything differs.
+pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<Vec<String>> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut digests: HashMap<String, String> = HashMap::new();
@@ -59,24 +71,21 @@ pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<()> {
             }
             hasher.update(&buf[..n]);
             // manifest.json and configs are small; layers are only hashed.
-            if keep.len() < (4 << 20) {
+            if keep.len() < SMALL {
                 keep.extend_from_slice(&buf[..n]);
             }
         }
         let digest = hex(&hasher.finalize());
         digests.insert(name.clone(), digest);
-        if keep.len() < (4 << 20) {
+        if keep.len() < SMALL {
             small.insert(name, keep);
         }
     }
     let manifest = small
         .get("manifest.json")
         .ok_or_else(|| anyhow!("no manifest.json: not a `docker save` tarball"))?;
-    let manifest: Vec<ManifestEntry> =
-        serde_json::from_slice(manifest).context("manifest.json does not parse")?;
-    let [entry] = manifest.as_slice() else {
-        bail!("manifest.json lists {} images, not one", manifest.len());
-    };
+    let manifest = one_image(manifest)?;
+    let entry = &manifest;
     let want = crate::sync::id_hex(image_id);
     let config_digest = digests
         .get(&entry.config)
@@ -109,7 +118,36 @@ pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(entry.repo_tags.clone().unwrap_or_default())
+}
+
+fn one_image(manifest: &[u8]) -> anyhow::Result<ManifestEntry> {
+    let mut manifest: Vec<ManifestEntry> =
+        serde_json::from_slice(manifest).context("manifest.json does not parse")?;
+    if manifest.len() != 1 {
+        bail!("manifest.json lists {} images, not one", manifest.len());
+    }
+    Ok(manifest.pop().expect("one"))
+}
+
+/// The RepoTags of a tarball's manifest, skipping over the layers (for a tarball already
+/// checked, whose image Docker has). An unfinished tarball has no manifest yet: an error.
+pub fn repo_tags(path: &Path) -> anyhow::Result<Vec<String>> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut archive = tar::Archive::new(file);
+    for entry in archive.entries_with_seek().context("read the tarball")? {
+        let entry = entry.context("read the tarball")?;
+        if entry.path().context("a member's name")?.as_os_str() != "manifest.json" {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(SMALL as u64)
+            .read_to_end(&mut bytes)
+            .context("read manifest.json")?;
+        return Ok(one_image(&bytes)?.repo_tags.unwrap_or_default());
+    }
+    bail!("no manifest.json in {}", path.display())
 }
 
 fn short(hex: &str) -> &str {
@@ -126,11 +164,16 @@ mod tests {
 
     /// A tarball in the legacy layout with one layer; returns (path, image ID).
     fn tarball(dir: &Path, layer: &[u8]) -> (std::path::PathBuf, String) {
+        tagged_tarball(dir, layer, "null")
+    }
+
+    /// The same, its manifest's RepoTags `tags` (JSON).
+    fn tagged_tarball(dir: &Path, layer: &[u8], tags: &str) -> (std::path::PathBuf, String) {
         let diff = hex(&Sha256::digest(layer));
         let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["sha256:{diff}"]}}}}"#);
         let id = hex(&Sha256::digest(config.as_bytes()));
         let manifest =
-            format!(r#"[{{"Config":"{id}.json","RepoTags":null,"Layers":["l1/layer.tar"]}}]"#);
+            format!(r#"[{{"Config":"{id}.json","RepoTags":{tags},"Layers":["l1/layer.tar"]}}]"#);
         let path = dir.join("image.tar");
         let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
         for (name, data) in [
@@ -154,7 +197,20 @@ mod tests {
     fn an_intact_image_passes() {
         let dir = tempfile::tempdir().unwrap();
         let (path, id) = tarball(dir.path(), b"layer bytes");
-        verify(&path, &id).unwrap();
+        assert!(verify(&path, &id).unwrap().is_empty());
+        assert!(repo_tags(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_tags_a_tarball_carries_are_its_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, id) = tagged_tarball(dir.path(), b"layer", r#"["web:1","web:latest"]"#);
+        assert_eq!(verify(&path, &id).unwrap(), ["web:1", "web:latest"]);
+        assert_eq!(repo_tags(&path).unwrap(), ["web:1", "web:latest"]);
+        // A tarball cut off before its manifest names no tag.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..1024]).unwrap();
+        assert!(repo_tags(&path).is_err());
     }
 
     #[test]
