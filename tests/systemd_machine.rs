@@ -238,6 +238,39 @@ fn consul_runs_as_a_unit_and_answers_dns_for_containers_and_the_host() {
     lab.teardown().expect("teardown");
 }
 
+/// A machine outlives a SIGKILLed nspawn (teardown's last resort); teardown ends it.
+#[test]
+fn teardown_ends_a_machine_whose_nspawn_was_killed() {
+    if !lab::available() || !machine::available() {
+        return;
+    }
+    let base = machine::base_tree();
+    let lab = Lab::builder(1).start();
+    let m = Machine::boot(&lab.hosts[0], &base);
+    let leader = m.leader;
+    let nspawn = std::fs::read_to_string(lab.hosts[0].dir.join("machine.pid.spawned")).unwrap();
+    assert_success(
+        &std::process::Command::new("kill")
+            .args(["-KILL", nspawn.trim()])
+            .output()
+            .unwrap(),
+        "kill nspawn",
+    );
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|s| !s.starts_with('Z'))
+        })
+    };
+    drop(m);
+    lab.teardown().expect("teardown");
+    assert!(
+        !alive(leader),
+        "teardown left the machine's systemd running"
+    );
+}
+
 /// The boot flake's reproducer (issue 13): machines booted as the tests boot them,
 /// LAB_BOOT_AT_ONCE (2) at a time, LAB_BOOT_ROUNDS (10) times; every boot must come up
 /// with no failed unit. Ignored: `cargo test --test systemd_machine -- --ignored

@@ -416,9 +416,20 @@ fn own_cgroups(name: &str) -> Vec<MachineCgroup> {
     cgroups
 }
 
-/// Removes the cgroups of the machines whose names start with `prefix` (a stopped
-/// lab's): a cgroup goes only once it is empty, so a running machine keeps its own.
+/// Ends what is left of the machines whose names start with `prefix` (a stopped lab's)
+/// and removes their cgroups. A machine outlives an nspawn that had to be SIGKILLed
+/// (its systemd is PID 1 of a namespace of its own), and would run on for good, so
+/// whatever is still in a machine's cgroups is killed; a cgroup goes once it is empty.
 pub fn remove_cgroups(prefix: &str) {
+    fn pids(dir: &Path, found: &mut Vec<String>) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        found.extend(procs.split_whitespace().map(str::to_string));
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                pids(&entry.path(), found);
+            }
+        }
+    }
     fn remove(dir: &Path) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -437,14 +448,22 @@ pub fn remove_cgroups(prefix: &str) {
             if !entry.file_name().to_string_lossy().starts_with(prefix) {
                 continue;
             }
-            // The machine's last processes may still be exiting after nspawn did.
+            // Killed processes take a moment to leave their cgroups.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while let Err(e) = remove(&entry.path()) {
-                if Instant::now() > deadline {
-                    eprintln!("remove cgroup {}: {e}", entry.path().display());
-                    break;
+            loop {
+                let mut left = Vec::new();
+                pids(&entry.path(), &mut left);
+                if !left.is_empty() {
+                    let _ = Command::new("kill").arg("-KILL").args(&left).output();
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                match remove(&entry.path()) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        eprintln!("remove cgroup {}: {e}", entry.path().display());
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
             }
         }
     }
