@@ -415,27 +415,14 @@ impl Daemon {
         };
         let catalog = self.catalog.as_ref().map(|c| c.peers.as_slice());
         let peers = peers::desired(&self.config, catalog, &cache, &hello);
-        let status = admission::Status {
-            admitted: peers
-                .iter()
-                .map(|p| admission::AdmittedPeer {
-                    address: p.address,
-                    underlay_ip: p.underlay_ip,
-                    by: match catalog {
-                        Some(c) if c.contains(p) => "catalog",
-                        None if cache.contains(p) => "cache",
-                        _ => "hello",
-                    }
-                    .to_string(),
-                })
-                .collect(),
+        let refused = self.catalog.as_ref().map(|c| c.refused.clone());
+        let status = admission::Status::new(
+            &peers,
+            catalog,
+            &cache,
             turned_away,
-            refused_claims: self
-                .catalog
-                .as_ref()
-                .map(|c| c.refused.clone())
-                .unwrap_or_default(),
-        };
+            refused.unwrap_or_default(),
+        );
         let path = admission::status_path(&self.config);
         if admission::load_status(&path).as_ref() != Some(&status)
             && let Err(e) = serde_json::to_string_pretty(&status)

@@ -350,6 +350,36 @@ pub struct Status {
     pub refused_claims: Vec<crate::consul::node::RefusedClaim>,
 }
 
+impl Status {
+    /// `peers` are the ones programmed; each is put down to the catalog when it names
+    /// the peer so, to the cache when the catalog has not answered, else to a hello.
+    pub fn new(
+        peers: &[Peer],
+        catalog: Option<&[Peer]>,
+        cache: &[Peer],
+        turned_away: Vec<RejectedHello>,
+        refused_claims: Vec<crate::consul::node::RefusedClaim>,
+    ) -> Self {
+        let by = |p: &Peer| match catalog {
+            Some(c) if c.contains(p) => "catalog",
+            None if cache.contains(p) => "cache",
+            _ => "hello",
+        };
+        Status {
+            admitted: peers
+                .iter()
+                .map(|p| AdmittedPeer {
+                    address: p.address,
+                    underlay_ip: p.underlay_ip,
+                    by: by(p).to_string(),
+                })
+                .collect(),
+            turned_away,
+            refused_claims,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AdmittedPeer {
     pub address: NodeAddress,
@@ -464,6 +494,41 @@ mod tests {
         assert_eq!(
             Hello::open(&b0, &KEY, UL, 1_000_000, me()),
             Err(Rejected::Address)
+        );
+    }
+
+    #[test]
+    fn status_says_how_each_peer_was_admitted() {
+        let p = |a: &str, last| Peer {
+            address: a.parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(192, 168, 8, last),
+        };
+        let by = |s: Status| -> Vec<String> { s.admitted.into_iter().map(|a| a.by).collect() };
+        let peers = [p("0.2", 2), p("0.5", 5)];
+        assert_eq!(
+            by(Status::new(
+                &peers,
+                Some(&[p("0.2", 2)]),
+                &[],
+                vec![],
+                vec![]
+            )),
+            ["catalog", "hello"]
+        );
+        assert_eq!(
+            by(Status::new(&peers, None, &[p("0.2", 2)], vec![], vec![])),
+            ["cache", "hello"]
+        );
+        // Once the catalog answers, the cache says nothing.
+        assert_eq!(
+            by(Status::new(
+                &peers,
+                Some(&[]),
+                &[p("0.2", 2)],
+                vec![],
+                vec![]
+            )),
+            ["hello", "hello"]
         );
     }
 
