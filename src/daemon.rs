@@ -349,6 +349,9 @@ impl Daemon {
     /// Keeps the hello task running with what it should say: (re)started when the
     /// secret, the underlay address or the join list changed.
     async fn ensure_hello(&mut self, report: &mut PassReport) {
+        if self.lone_without_secret() {
+            return;
+        }
         let speaker = match self.speaker().await {
             Ok(s) => s,
             Err(e) => {
@@ -392,7 +395,16 @@ impl Daemon {
         report
     }
 
+    /// A host with no join peers and no secret file (a lone host, Consul off) has
+    /// nobody to greet and could admit nobody: it runs without hellos, and says nothing.
+    fn lone_without_secret(&self) -> bool {
+        self.config.node.join.is_empty() && !self.config.cluster.secret_file.exists()
+    }
+
     async fn admit_once(&mut self) -> anyhow::Result<()> {
+        if self.config.node.join.is_empty() {
+            return Ok(());
+        }
         let speaker = self.speaker().await?;
         let socket = speaker.bind().await.map_err(|e| {
             anyhow::anyhow!(
