@@ -33,6 +33,9 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     let m1 = Machine::boot(h1, &base);
     m0.write_file("/etc/arpanet/arpanet.toml", &config(h0, h1));
     m1.write_file("/etc/arpanet/arpanet.toml", &config(h1, h0));
+    // One cluster secret on both: a join peer is programmed once its hello proves it.
+    assert_success(&m0.exec(&["arpanet", "secret"]), "arpanet secret");
+    m1.write_file("/etc/arpanet/secret", &m0.read_file("/etc/arpanet/secret"));
     m0.write_file(
         "/etc/docker/daemon.json",
         "{\n  \"log-driver\": \"local\"\n}\n",
@@ -85,8 +88,15 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     assert!(stdout(&m0.exec(&["resolvectl", "dns", "arpanet0"])).contains("10.253.0.1"));
     assert!(stdout(&m0.exec(&["resolvectl", "domain", "arpanet0"])).contains("~consul"));
 
-    // The Docker API answers other hosts on the overlay, and not on the underlay.
-    once(&m1);
+    // The Docker API answers other hosts on the overlay, and not on the underlay. m0's
+    // arpanetd runs as its unit, so it answers the hello of m1's pass and admits m1.
+    assert_success(
+        &m0.exec(&["systemctl", "start", "arpanetd.service"]),
+        "systemctl start arpanetd",
+    );
+    let admitted = once(&m1);
+    let fdb = format!("network: add fdb 02:61:72:70:00:01 dst {}", h0.underlay_ip);
+    assert!(admitted.contains(&fdb), "{admitted:?}");
     let remote = m1.exec(&[
         "docker",
         "-H",
@@ -107,6 +117,10 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     );
 
     // Uninstall puts the user's daemon.json back and restarts Docker without the drop-in.
+    assert_success(
+        &m0.exec(&["systemctl", "stop", "arpanetd.service"]),
+        "systemctl stop arpanetd",
+    );
     assert_success(
         &m0.exec(&["arpanet", "uninstall-network"]),
         "arpanet uninstall-network",
