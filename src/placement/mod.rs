@@ -81,17 +81,22 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `s` itself when it is a DNS label, else the one error for a `kind` name.
+fn dns_label(kind: &str, s: String) -> Result<String, String> {
+    if is_dns_label(&s) {
+        Ok(s)
+    } else {
+        Err(format!(
+            "`{}` is not a {kind} name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)",
+            s.escape_debug()
+        ))
+    }
+}
+
 impl TryFrom<String> for ServiceName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if is_dns_label(&s) {
-            Ok(Self(s))
-        } else {
-            Err(format!(
-                "`{}` is not a service name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)",
-                s.escape_debug()
-            ))
-        }
+        dns_label("service", s).map(Self)
     }
 }
 
@@ -109,14 +114,7 @@ impl TemplateName {
 impl TryFrom<String> for TemplateName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if is_dns_label(&s) {
-            Ok(Self(s))
-        } else {
-            Err(format!(
-                "`{}` is not a template name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)",
-                s.escape_debug()
-            ))
-        }
+        dns_label("template", s).map(Self)
     }
 }
 
