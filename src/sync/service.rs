@@ -58,6 +58,13 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// How long the tracker answers from what it last read from Consul.
 const TRACKER_VIEW_AGE: Duration = Duration::from_secs(1);
 
+/// How often a pull whose tarball passed every piece check but not the image check
+/// fetches the pieces a fresh check of the disk finds bad. librqbit (9.1) gives a stream's
+/// next piece to another peer while the piece's hash is being checked, then writes that
+/// peer's chunks although the piece is done: a bad seeder's bytes land in a verified
+/// piece. Repairs fetch without a stream, so that cannot happen there.
+const REPAIR_ROUNDS: u32 = 2;
+
 /// The units systemd runs this as; `arpanet boot|server|client` enables the socket.
 pub const SOCKET_UNIT: &str = "arpanet-sync.socket";
 pub const SERVICE_UNIT: &str = "arpanet-sync.service";
@@ -820,21 +827,37 @@ async fn pull(
         // since, is only fetched where it differs).
     }
     let started = Instant::now();
-    download(s, transfer, record, start_at).await?;
-    let downloaded = started.elapsed();
-    s.update(transfer, |t| t.state = TransferState::Verifying);
-    let (check_path, id) = (path.clone(), record.id.clone());
-    let verified =
-        tokio::task::spawn_blocking(move || super::tarball::verify(&check_path, &id)).await?;
-    let carried = match verified {
-        Ok(tags) => tags,
-        Err(e) => {
-            // Never loaded, and not kept: the next pull fetches it again.
-            forget(s, record, true).await;
-            bail!(
-                "the downloaded image does not match {}: {e:#}; nothing was loaded",
-                short(&record.id)
-            );
+    let mut repairs = 0;
+    let (carried, downloaded) = loop {
+        let fetched = download(s, transfer, record, start_at, repairs > 0).await?;
+        let downloaded = started.elapsed();
+        // Out of the session before it is checked and loaded: librqbit writes a chunk
+        // that arrives for a piece it verified meanwhile (see `REPAIR_ROUNDS`), so the
+        // file must have no writer while it is read.
+        forget(s, record, false).await;
+        s.update(transfer, |t| t.state = TransferState::Verifying);
+        let (check_path, id) = (path.clone(), record.id.clone());
+        let verified =
+            tokio::task::spawn_blocking(move || super::tarball::verify(&check_path, &id)).await?;
+        match verified {
+            Ok(tags) => break (tags, downloaded),
+            // Bytes written after their piece was verified: the torrent's check of the
+            // disk finds those pieces, and they are fetched again.
+            Err(e) if fetched && repairs < REPAIR_ROUNDS => {
+                repairs += 1;
+                warn!(
+                    "image sync: the download of {} does not match the image ({e:#}); checking its pieces again",
+                    short(&record.id)
+                );
+            }
+            Err(e) => {
+                // Never loaded, and not kept: the next pull fetches it again.
+                forget(s, record, true).await;
+                bail!(
+                    "the downloaded image does not match {}: {e:#}; nothing was loaded",
+                    short(&record.id)
+                );
+            }
         }
     };
     if let Some(w) = wanted
@@ -859,6 +882,8 @@ async fn pull(
         );
     }
     tag(&engine, record, &carried, wanted).await?;
+    // Seeded again, from the checked file.
+    s.add(record, Vec::new()).await?;
     s.announce(&record.id, true).await?;
     info!(
         "image sync: {} downloaded in {:.1} s, checked in {:.1} s, loaded in {:.1} s",
@@ -946,12 +971,15 @@ async fn forget(s: &SyncState, record: &ImageRecord, delete: bool) {
 }
 
 /// Fetches the tarball from the image's swarm, reporting progress into the transfer.
+/// `repair`: a later round of the same pull, after the image check failed: it fetches
+/// what the check of the disk finds bad, unsteered. Returns whether anything was fetched.
 async fn download(
     s: &Shared,
     transfer: u64,
     record: &ImageRecord,
     start_at: Option<f64>,
-) -> anyhow::Result<()> {
+    repair: bool,
+) -> anyhow::Result<bool> {
     let swarm: Vec<SwarmPeer> = s
         .swarms()
         .await?
@@ -983,18 +1011,32 @@ async fn download(
     ) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let on_disk = torrent.stats().progress_bytes;
-    s.update(transfer, |t| t.resumed_bytes = on_disk);
+    let checked = torrent.stats();
+    let on_disk = checked.progress_bytes;
+    let needed = on_disk < checked.total_bytes;
+    // What earlier rounds of this pull fetched counts too; what it resumed from is the
+    // first round's.
+    let mut fetched_before = 0;
+    s.update(transfer, |t| {
+        if !repair {
+            t.resumed_bytes = on_disk;
+        }
+        fetched_before = t.fetched_bytes;
+    });
     if matches!(torrent.stats().state, TorrentStatsState::Paused) {
         s.session
             .unpause(&torrent)
             .await
             .context("start the image's torrent")?;
     }
-    let _rotation = AbortOnDrop(tokio::spawn(fetch_from(
-        torrent.clone(),
-        start_offset(record, s.me, start_at),
-    )));
+    // No steering in a repair: a stream is what lets a verified piece be fetched
+    // again (see `REPAIR_ROUNDS`).
+    let _rotation = (!repair).then(|| {
+        AbortOnDrop(tokio::spawn(fetch_from(
+            torrent.clone(),
+            start_offset(record, s.me, start_at),
+        )))
+    });
     let mut last_progress = (0u64, Instant::now());
     loop {
         let stats = torrent.stats();
@@ -1036,12 +1078,14 @@ async fn download(
                 .unwrap_or(0);
             // From peers, in this pull: a resumed pull fetches only what it lacked.
             if let Some(l) = live {
-                t.fetched_bytes = t.fetched_bytes.max(l.snapshot.fetched_bytes);
+                t.fetched_bytes = t
+                    .fetched_bytes
+                    .max(fetched_before + l.snapshot.fetched_bytes);
             }
             t.eta_secs = (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64);
         });
         if stats.finished {
-            return Ok(());
+            return Ok(needed);
         }
         if stats.progress_bytes != last_progress.0 {
             last_progress = (stats.progress_bytes, Instant::now());
