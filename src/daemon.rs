@@ -11,20 +11,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::containers as containers_cfg;
 use crate::config::{Config, ConsulMode, ServiceMode};
-use crate::consul::node::CatalogPeers;
+use crate::consul::node::Catalog;
 use crate::consul::{self, client::Consul};
-use crate::containers;
-use crate::containers::registration;
-use crate::docker;
 use crate::docker::engine::Engine;
-use crate::network::admission::{self, Speaker};
+use crate::network::admission;
 use crate::network::netlink::Netlink;
-use crate::network::{Peer, peers, reconcile};
+use crate::network::peers;
+use crate::outcome::{Failure, Outcome};
+use crate::pass::{self, Inputs, Reconciler, Snapshot};
 use crate::placement;
 use crate::plan::NodePlan;
-use crate::systemd::{Systemd, resolved};
+use crate::systemd::Systemd;
 
 /// arpanetd: the arpanet node daemon (run by systemd as arpanetd.service).
 #[derive(Debug, clap::Parser)]
@@ -53,29 +51,54 @@ pub struct Daemon {
     systemd: Option<Systemd>,
     consul: Consul,
     /// Healthy nodes as Consul's catalog last listed them; `None` until it answers.
-    catalog: Option<CatalogPeers>,
+    catalog: Option<Catalog>,
     /// Nodes admitted by hello, and hellos turned away (shared with the hello task).
     admissions: admission::Shared,
-    /// The running hello task and what it was started with.
-    hello: Option<(Speaker, tokio::task::JoinHandle<()>)>,
     /// Signalled by the hello task when it admits a node.
     admitted_tx: tokio::sync::mpsc::Sender<()>,
     admitted_rx: Option<tokio::sync::mpsc::Receiver<()>>,
-    /// The previous pass's errors: a failure is logged when it starts and when it ends,
-    /// not on every pass while it lasts.
-    last_errors: Vec<String>,
-    /// When images were last pulled for `update.pull`; a registry is not asked every pass.
-    last_pull: std::cell::Cell<Option<std::time::Instant>>,
+    /// In the order they run; a running daemon puts the hello service first.
+    reconcilers: Vec<Box<dyn Reconciler>>,
+    /// The previous pass's failures: a failure is logged when it starts, when its
+    /// reason changes and when it ends, not on every pass while it lasts.
+    last_errors: Vec<Failure>,
 }
 
-/// How often arpanetd asks registries whether a tag names a newer image.
-const PULL_INTERVAL: Duration = Duration::from_secs(300);
-
-/// What one convergence pass did, for logs and `arpanetd --once`.
+/// What `arpanetd --once` prints: one line per change and per failure.
 #[derive(Debug, Default, Serialize)]
 pub struct PassReport {
     pub changes: Vec<String>,
     pub errors: Vec<String>,
+}
+
+impl From<&Outcome> for PassReport {
+    fn from(o: &Outcome) -> Self {
+        Self {
+            changes: o.changes.clone(),
+            errors: o.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+/// The reconcilers of a pass, in order: the overlay first (everything else travels on
+/// it), then the engines, then what runs on them.
+fn reconcilers(netlink: &Netlink) -> Vec<Box<dyn Reconciler>> {
+    vec![
+        Box::new(pass::overlay::Overlay {
+            netlink: netlink.clone(),
+        }),
+        Box::new(pass::docker::DockerConfig),
+        Box::new(pass::consul::ConsulAgent {
+            netlink: netlink.clone(),
+        }),
+        Box::new(pass::consul::NodeRegistration),
+        Box::new(pass::containers::DeclaredContainers::default()),
+        Box::new(pass::containers::ClusterServices),
+        Box::new(pass::containers::ServiceRegistrations),
+        Box::new(pass::dns::Resolved {
+            netlink: netlink.clone(),
+        }),
+    ]
 }
 
 impl Daemon {
@@ -89,16 +112,15 @@ impl Daemon {
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
+            reconcilers: reconcilers(&netlink),
             netlink,
             systemd: None,
             consul,
             catalog: None,
             admissions: admission::Shared::default(),
-            hello: None,
             admitted_tx,
             admitted_rx: Some(admitted_rx),
             last_errors: Vec::new(),
-            last_pull: std::cell::Cell::new(None),
         })
     }
 
@@ -117,85 +139,47 @@ impl Daemon {
         Ok(())
     }
 
-    /// Brings the host to the config once. Every subsystem runs even if another failed.
-    pub async fn converge(&mut self) -> PassReport {
-        let mut report = PassReport::default();
-        // Once `run` has taken the receiver this is a running daemon, which keeps a hello
-        // task; `--once` does one exchange instead (`converge_once`).
-        if self.admitted_rx.is_none() {
-            self.ensure_hello(&mut report).await;
+    fn inputs(&self) -> Inputs {
+        let (admitted, turned_away) = {
+            let mut a = self.admissions.lock().expect("admissions");
+            (a.current(admission::unix_now()), a.rejected())
+        };
+        Inputs {
+            catalog: self.catalog.clone(),
+            // Without a catalog watch (`--once`) the pass reads the catalog itself.
+            read_catalog: self.admitted_rx.is_some(),
+            admitted,
+            turned_away,
         }
-        let network = self.converge_network(&mut report).await;
-        match docker::reconcile(&self.config, self.systemd.as_ref()).await {
-            Ok(changes) => {
-                let restarted = changes.iter().any(|c| c.starts_with("restarted"));
-                report
-                    .changes
-                    .extend(changes.into_iter().map(|c| format!("docker: {c}")));
-                // Docker puts its NAT rules first again when it starts.
-                if restarted {
-                    self.converge_network(&mut report).await;
-                }
-            }
-            Err(e) => report.errors.push(format!("docker: {e:#}")),
-        }
-        if self.config.consul.mode != ConsulMode::Disabled {
-            match consul::reconcile(&self.config, &self.netlink, self.systemd.as_ref()).await {
-                Ok(changes) => {
-                    // Register only once the agent that was just (re)started listens and
-                    // its cluster has a leader; other passes never wait.
-                    if changes.iter().any(|c| c.contains(consul::UNIT)) {
-                        let limit = Duration::from_secs(30);
-                        let up = self.consul.wait_until_up(limit).await;
-                        if let Err(e) = match up {
-                            Ok(()) => self.consul.wait_for_leader(limit).await,
-                            Err(e) => Err(e),
-                        } {
-                            report.errors.push(format!("consul: {e:#}"));
-                        }
-                    }
-                    report
-                        .changes
-                        .extend(changes.into_iter().map(|c| format!("consul: {c}")));
-                }
-                Err(e) => report.errors.push(format!("consul: {e:#}")),
-            }
-            if let Some(underlay_ip) = network.underlay_ip {
-                match consul::ensure_registered(&self.consul, &self.config, underlay_ip).await {
-                    Ok(true) => report.changes.push(format!(
-                        "consul: registered node {}",
-                        self.config.node.address
-                    )),
-                    Ok(false) => {}
-                    Err(e) => report
-                        .errors
-                        .push(format!("consul: register this node: {e:#}")),
-                }
-            }
-        }
-        self.converge_containers(&mut report).await;
-        if self.config.consul.mode != ConsulMode::Disabled {
-            self.converge_cluster_services(&mut report).await;
-        }
-        if let Some(changes) = self.sync_registrations(&mut report).await {
-            report.changes.extend(changes);
-        }
-        if let (Some(systemd), Some(index)) = (&self.systemd, network.device_index)
-            && resolved::available(systemd.connection()).await
-        {
-            let dns = self.config.node.address.consul_ip();
-            match resolved::ensure_consul_domain(systemd.connection(), index, dns).await {
-                Ok(true) => report
-                    .changes
-                    .push(format!("resolved: ~consul via {dns} on the overlay")),
-                Ok(false) => {}
-                Err(e) => report.errors.push(format!("resolved: {e:#}")),
-            }
-        }
-        for c in &report.changes {
+    }
+
+    /// Runs the reconcilers named `only` (all when empty) over a fresh snapshot.
+    async fn pass(&mut self, only: &[&str]) -> Outcome {
+        let inputs = self.inputs();
+        let mut snap = Snapshot::read(
+            &self.config,
+            self.systemd.as_ref(),
+            &self.consul,
+            &self.netlink,
+            inputs,
+        )
+        .await;
+        pass::run(&mut self.reconcilers, &mut snap, only).await
+    }
+
+    /// Brings the host to the config once. Every reconciler runs even if another failed.
+    pub async fn converge(&mut self) -> Outcome {
+        let outcome = self.pass(&[]).await;
+        self.log(&outcome);
+        outcome
+    }
+
+    /// Logs a pass's changes, and each failure when it starts, changes or ends.
+    fn log(&mut self, outcome: &Outcome) {
+        for c in &outcome.changes {
             info!("{c}");
         }
-        for e in report
+        for e in outcome
             .errors
             .iter()
             .filter(|e| !self.last_errors.contains(e))
@@ -205,207 +189,38 @@ impl Daemon {
         for e in self
             .last_errors
             .iter()
-            .filter(|e| !report.errors.contains(e))
+            .filter(|e| !outcome.errors.iter().any(|now| now.what == e.what))
         {
             info!("no longer failing: {e}");
         }
-        self.last_errors = report.errors.clone();
-        report
-    }
-
-    /// Whether this pass pulls images (and marks that it did).
-    fn pull_due(&self) -> bool {
-        let now = std::time::Instant::now();
-        let due = self
-            .last_pull
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= PULL_INTERVAL);
-        if due {
-            self.last_pull.set(Some(now));
-        }
-        due
-    }
-
-    /// Running containers as Consul services. `None` when there is nothing to sync with.
-    async fn sync_registrations(&self, report: &mut PassReport) -> Option<Vec<String>> {
-        if self.config.consul.mode == ConsulMode::Disabled {
-            return None;
-        }
-        let engine = Engine::connect(&self.config.docker.socket).await.ok()?;
-        let result = async {
-            let running = engine.running().await?;
-            let node = self.config.node_name();
-            let address = self.config.node.address.to_string();
-            registration::sync(&self.consul, &node, &address, &running).await
-        }
-        .await;
-        match result {
-            Ok(changes) => Some(
-                changes
-                    .into_iter()
-                    .map(|c| format!("services: {c}"))
-                    .collect(),
-            ),
-            Err(e) => {
-                report.errors.push(format!("services: {e:#}"));
-                None
-            }
-        }
-    }
-
-    /// containers.d against the local engine. With nothing declared and no engine there
-    /// is nothing to do (a host that runs the overlay only), which is not an error.
-    async fn converge_containers(&self, report: &mut PassReport) {
-        let dir = &self.config.paths.containers_dir;
-        let engine = match Engine::connect(&self.config.docker.socket).await {
-            Ok(engine) => engine,
-            Err(e) => {
-                let declared = containers_cfg::load_dir(dir);
-                if !declared.containers.is_empty() || !declared.diagnostics.is_empty() {
-                    report.errors.push(format!("containers: {e:#}"));
-                }
-                return;
-            }
-        };
-        let swarm = crate::sync::service::socket_path(&self.config);
-        match containers::reconcile(
-            &engine,
-            dir,
-            true,
-            self.pull_due(),
-            Some(&swarm),
-            &|_, _, _| {},
-        )
-        .await
-        {
-            Ok(pass) => {
-                report.errors.extend(
-                    pass.diagnostics
-                        .into_iter()
-                        .map(|d| format!("containers: {d}")),
-                );
-                report.changes.extend(
-                    pass.report
-                        .done
-                        .into_iter()
-                        .map(|c| format!("containers: {c}")),
-                );
-                report.errors.extend(
-                    pass.report
-                        .errors
-                        .into_iter()
-                        .map(|e| format!("containers: {e}")),
-                );
-            }
-            Err(e) => report.errors.push(format!("containers: {e:#}")),
-        }
-    }
-
-    /// This node's share of the cluster services (placement). Without Consul or
-    /// Docker nothing changes: running instances are never stopped for an outage.
-    async fn converge_cluster_services(&self, report: &mut PassReport) {
-        let engine = match Engine::connect(&self.config.docker.socket).await {
-            Ok(engine) => engine,
-            Err(e) => {
-                report.errors.push(format!("cluster services: {e:#}"));
-                return;
-            }
-        };
-        let me = placement::reconcile::me(&self.config.node);
-        let swarm = crate::sync::service::socket_path(&self.config);
-        match placement::reconcile::reconcile(&engine, &self.consul, me, true, Some(&swarm)).await {
-            Ok(pass) => {
-                let errors = pass.diagnostics.into_iter().chain(pass.report.errors);
-                report
-                    .errors
-                    .extend(errors.map(|e| format!("cluster services: {e}")));
-                report.changes.extend(
-                    pass.report
-                        .done
-                        .into_iter()
-                        .map(|c| format!("cluster services: {c}")),
-                );
-            }
-            Err(e) => report.errors.push(format!("cluster services: {e:#}")),
-        }
-    }
-
-    /// What this node's hellos say, from the config, the secret and the underlay.
-    async fn speaker(&self) -> anyhow::Result<Speaker> {
-        let secret = crate::consul::secret::read(&self.config.cluster.secret_file)?;
-        let underlay = self.netlink.underlay(&self.config.node.underlay).await?;
-        Ok(Speaker {
-            me: self.config.node.address,
-            underlay_ip: underlay.ip,
-            port: self.config.overlay.hello_port,
-            key: crate::consul::secret::derive_key(&secret, crate::consul::secret::ADMISSION_LABEL),
-            join: reconcile::join_peers(&self.config)
-                .iter()
-                .map(|p| p.underlay_ip)
-                .collect(),
-        })
-    }
-
-    /// Keeps the hello task running with what it should say: (re)started when the
-    /// secret, the underlay address or the join list changed.
-    async fn ensure_hello(&mut self, report: &mut PassReport) {
-        if self.lone_without_secret() {
-            return;
-        }
-        let speaker = match self.speaker().await {
-            Ok(s) => s,
-            Err(e) => {
-                report.errors.push(format!("admission: {e:#}"));
-                return;
-            }
-        };
-        if let Some((running, task)) = &self.hello
-            && *running == speaker
-            && !task.is_finished()
-        {
-            return;
-        }
-        if let Some((_, task)) = self.hello.take() {
-            task.abort();
-        }
-        match speaker.bind().await {
-            Ok(socket) => {
-                let task = tokio::spawn(speaker.clone().serve(
-                    socket,
-                    self.admissions.clone(),
-                    self.admitted_tx.clone(),
-                ));
-                self.hello = Some((speaker, task));
-            }
-            Err(e) => report.errors.push(format!(
-                "admission: bind UDP {}:{}: {e}",
-                speaker.underlay_ip, speaker.port
-            )),
-        }
+        self.last_errors = outcome.errors.iter().cloned().collect();
     }
 
     /// `arpanetd --once`: one round of hellos with the join peers, so that a single pass
     /// admits them the way a running daemon would, then one pass.
     pub async fn converge_once(&mut self) -> PassReport {
         let failed = self.admit_once().await.err();
-        let mut report = self.converge().await;
+        let outcome = self.converge().await;
+        let mut report = PassReport::from(&outcome);
         if let Some(e) = failed {
             report.errors.insert(0, format!("{e:#}"));
         }
         report
     }
 
-    /// A host with no join peers and no secret file (a lone host, Consul off) has
-    /// nobody to greet and could admit nobody: it runs without hellos, and says nothing.
-    fn lone_without_secret(&self) -> bool {
-        self.config.node.join.is_empty() && !self.config.cluster.secret_file.exists()
-    }
-
     async fn admit_once(&mut self) -> anyhow::Result<()> {
         if self.config.node.join.is_empty() {
             return Ok(());
         }
-        let speaker = self.speaker().await?;
+        let snap = Snapshot::read(
+            &self.config,
+            self.systemd.as_ref(),
+            &self.consul,
+            &self.netlink,
+            Inputs::default(),
+        )
+        .await;
+        let speaker = pass::hello::speaker(&snap)?;
         let socket = speaker.bind().await.map_err(|e| {
             anyhow::anyhow!(
                 "admission: bind UDP {}:{}: {e}",
@@ -419,47 +234,6 @@ impl Daemon {
         Ok(())
     }
 
-    async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {
-        let cache = peers::load_cache(&peers::cache_path(&self.config));
-        let (hello, turned_away) = {
-            let mut a = self.admissions.lock().expect("admissions");
-            (a.current(admission::unix_now()), a.rejected())
-        };
-        let catalog = self.catalog.as_ref().map(|c| c.peers.as_slice());
-        let peers = peers::desired(&self.config, catalog, &cache, &hello);
-        let refused = self.catalog.as_ref().map(|c| c.refused.clone());
-        let status = admission::Status::new(
-            &peers,
-            catalog,
-            &cache,
-            turned_away,
-            refused.unwrap_or_default(),
-        );
-        let path = admission::status_path(&self.config);
-        if admission::load_status(&path).as_ref() != Some(&status)
-            && let Err(e) = serde_json::to_string_pretty(&status)
-                .map_err(anyhow::Error::from)
-                .and_then(|t| crate::files::write_atomically(&path, &t))
-        {
-            report.errors.push(format!("admission: {e:#}"));
-        }
-        match reconcile::reconcile(&self.netlink, &self.config, &peers).await {
-            Ok(r) => {
-                report
-                    .changes
-                    .extend(r.changes.iter().map(|c| format!("network: {c}")));
-                report
-                    .errors
-                    .extend(r.errors.iter().map(|e| format!("network: {e}")));
-                r
-            }
-            Err(e) => {
-                report.errors.push(format!("network: {e:#}"));
-                reconcile::Report::default()
-            }
-        }
-    }
-
     pub async fn run(mut self) -> anyhow::Result<()> {
         self.log_plan();
         let mut hangup = signal(SignalKind::hangup())?;
@@ -468,6 +242,14 @@ impl Daemon {
         let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
         let mut admitted_rx = self.admitted_rx.take().expect("run once");
+        // A running daemon keeps a hello task; `--once` does one exchange instead.
+        self.reconcilers.insert(
+            0,
+            Box::new(pass::hello::Hello::new(
+                self.admissions.clone(),
+                self.admitted_tx.clone(),
+            )),
+        );
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
@@ -521,10 +303,10 @@ impl Daemon {
                     self.converge().await;
                 }
                 Ok(()) = catalog_rx.changed() => {
-                    let catalog: Option<CatalogPeers> = catalog_rx.borrow_and_update().clone();
+                    let catalog: Option<Catalog> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
-                        info!(peers = catalog.peers.len(), "Consul's catalog of nodes changed");
-                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), &catalog.peers) {
+                        info!(peers = catalog.nodes.len(), "Consul's catalog of nodes changed");
+                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), &catalog.peers()) {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
@@ -532,11 +314,12 @@ impl Daemon {
                     self.converge().await;
                 }
                 Some(()) = events_rx.recv() => {
-                    let mut report = PassReport::default();
-                    for c in self.sync_registrations(&mut report).await.unwrap_or_default() {
+                    // A container started or stopped: only its registration follows.
+                    let outcome = self.pass(&["services"]).await;
+                    for c in &outcome.changes {
                         info!("{c}");
                     }
-                    for e in report.errors {
+                    for e in outcome.errors.iter() {
                         warn!("{e}");
                     }
                 }
@@ -599,7 +382,7 @@ impl Daemon {
 /// Follows the healthy `arpanet` instances with blocking queries and publishes them
 /// as peers whenever they change. Errors (an agent still starting) are logged once
 /// per outage and retried.
-async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<CatalogPeers>>) {
+async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
     let mut index = None;
     let mut failing = false;
     loop {
@@ -618,12 +401,12 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<CatalogPeers>>) 
                 } else {
                     new_index
                 });
-                let previous: Vec<Peer> = tx
+                let previous = tx
                     .borrow()
                     .as_ref()
-                    .map(|c| c.peers.clone())
+                    .map(|c| c.nodes.clone())
                     .unwrap_or_default();
-                let view = consul::node::peers_from(&entries, &previous);
+                let view = consul::node::catalog_from(&entries, &previous);
                 tx.send_if_modified(|current| {
                     let changed = current.as_ref() != Some(&view);
                     if changed {

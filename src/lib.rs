@@ -15,6 +15,8 @@ pub mod docker;
 pub mod files;
 pub mod logging;
 pub mod network;
+pub mod outcome;
+pub mod pass;
 pub mod placement;
 pub mod plan;
 pub mod sync;

@@ -49,7 +49,7 @@ impl NodePlan {
             consul_ip: a.consul_ip(),
             container_subnet: a.container_subnet(),
             bridge_ip: a.bridge_ip(),
-            docker_api: format!("tcp://{}:{}", a.docker_api_ip(), config.docker.api_port),
+            docker_api: docker_api(config),
             consul_dns: format!("{}:{}", a.bridge_ip(), config.consul.dns_port),
             overlay: OverlayPlan {
                 device: config.overlay.device.as_str().to_string(),
@@ -61,4 +61,13 @@ impl NodePlan {
             join: config.node.join.clone(),
         }
     }
+}
+
+/// Where other nodes reach this node's Docker API (also published in its catalog entry).
+pub fn docker_api(config: &Config) -> String {
+    format!(
+        "tcp://{}:{}",
+        config.node.address.docker_api_ip(),
+        config.docker.api_port
+    )
 }

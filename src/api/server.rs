@@ -153,13 +153,9 @@ impl ApiState {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>, ApiError> {
-        let mut nodes = healthy_nodes(&self.consul)
+        healthy_nodes(&self.consul, &self.me)
             .await
-            .map_err(|e| ApiError::backend(e.context("list the cluster's nodes")))?;
-        if !nodes.iter().any(|n| n.address == self.me.address) {
-            nodes.push(self.me.clone());
-        }
-        Ok(nodes)
+            .map_err(|e| ApiError::backend(e.context("list the cluster's nodes")))
     }
 
     /// Sends a request to another node's API; an unreachable node is an `Err`.

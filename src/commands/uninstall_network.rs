@@ -4,9 +4,10 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::config::{Config, ServiceMode};
-use crate::docker;
 use crate::network::netlink::{Netlink, require_root};
-use crate::network::reconcile;
+use crate::pass::docker::DockerConfig;
+use crate::pass::overlay::Overlay;
+use crate::pass::{self, Reconciler, Snapshot};
 use crate::systemd::Systemd;
 
 /// Undo arpanet's host changes: overlay device, firewall rules, daemon.json keys.
@@ -17,8 +18,8 @@ impl UninstallNetwork {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         require_root()?;
         let config = Config::load(config_path)?;
-        let nl = Netlink::connect()?;
-        let mut errors = reconcile::uninstall(&nl, &config).await;
+        let netlink = Netlink::connect()?;
+        let mut errors = Vec::new();
         let systemd = match config.docker.mode {
             ServiceMode::Systemd => match Systemd::connect().await {
                 Ok(s) => Some(s),
@@ -29,7 +30,12 @@ impl UninstallNetwork {
             },
             _ => None,
         };
-        errors.extend(docker::uninstall(&config, systemd.as_ref()).await);
+        // The reconcilers that changed the host, undone in reverse order.
+        let mut reconcilers: Vec<Box<dyn Reconciler>> =
+            vec![Box::new(Overlay { netlink }), Box::new(DockerConfig)];
+        let snap = Snapshot::unread(&config, systemd.as_ref());
+        let outcome = pass::uninstall(&mut reconcilers, &snap).await;
+        errors.extend(outcome.errors.iter().map(|e| e.to_string()));
         if config.docker.mode == ServiceMode::Config {
             println!(
                 "{}: arpanet's keys removed; restart dockerd to apply",

@@ -34,9 +34,13 @@ impl Up {
         };
         let dir = &config.paths.containers_dir;
         let swarm = crate::sync::service::socket_path(&config);
-        let pass =
-            containers::reconcile(&engine, dir, !self.dry_run, true, Some(&swarm), &progress)
-                .await?;
+        let images = engine.local_images().await?;
+        let opts = containers::converge::Options {
+            apply: !self.dry_run,
+            swarm: Some(&swarm),
+            progress: &progress,
+        };
+        let pass = containers::converge::converge_files(&engine, &images, dir, true, &opts).await?;
         bar.finish_and_clear();
         let failed = pass.report.errors.len() + pass.diagnostics.len();
         if self.json {
@@ -48,7 +52,7 @@ impl Up {
             let lines = if self.dry_run {
                 pass.actions.iter().map(|a| a.to_string()).collect()
             } else {
-                pass.report.done.clone()
+                pass.report.changes.clone()
             };
             if lines.is_empty() {
                 println!("nothing to do");

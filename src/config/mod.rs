@@ -361,10 +361,10 @@ impl Default for OverlayConfig {
 
 impl OverlayConfig {
     /// The overlay MTU given the underlay's.
-    pub fn effective_mtu(&self, underlay_mtu: u16) -> u16 {
+    pub fn effective_mtu(&self, underlay_mtu: u32) -> u32 {
         match self.mtu {
-            Mtu::Auto => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
-            Mtu::Fixed(m) => m,
+            Mtu::Auto => underlay_mtu.saturating_sub(u32::from(VXLAN_OVERHEAD)),
+            Mtu::Fixed(m) => u32::from(m),
         }
     }
 }

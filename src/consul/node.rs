@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use super::client::{HealthEntry, ServiceRegistration};
 use crate::addressing::NodeAddress;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::network::{Peer, vtep_mac};
 
 pub const SERVICE: &str = "arpanet";
@@ -21,10 +21,7 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
         ("arpanet_address", a.to_string()),
         ("underlay_ip", underlay_ip.to_string()),
         ("vtep_mac", vtep_mac(a).to_string()),
-        (
-            "docker_api",
-            format!("tcp://{}:{}", a.docker_api_ip(), config.docker.api_port),
-        ),
+        ("docker_api", crate::plan::docker_api(config)),
         ("role", config.node.role.to_string()),
     ]
     .into_iter()
@@ -58,11 +55,46 @@ pub struct RefusedClaim {
     pub reason: String,
 }
 
-/// The catalog's `arpanet` entries as the overlay believes them.
+/// A node of the cluster as the catalog's believed `arpanet` entry describes it: the
+/// one parse of the catalog, which both the overlay (its peers) and placement (its
+/// nodes) read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogNode {
+    pub address: NodeAddress,
+    pub underlay_ip: Ipv4Addr,
+    pub role: Role,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CatalogNode {
+    pub fn peer(&self) -> Peer {
+        Peer {
+            address: self.address,
+            underlay_ip: self.underlay_ip,
+        }
+    }
+}
+
+/// The catalog's `arpanet` entries as far as they can be believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CatalogPeers {
-    pub peers: Vec<Peer>,
+pub struct Catalog {
+    /// One per node, sorted by address.
+    pub nodes: Vec<CatalogNode>,
     pub refused: Vec<RefusedClaim>,
+}
+
+impl Catalog {
+    pub fn peers(&self) -> Vec<Peer> {
+        self.nodes.iter().map(CatalogNode::peer).collect()
+    }
+}
+
+/// The healthy `arpanet` instances, read once (no blocking query).
+pub async fn read_catalog(consul: &super::client::Consul) -> anyhow::Result<Catalog> {
+    let (entries, _) = consul
+        .healthy_instances(SERVICE, None, std::time::Duration::ZERO)
+        .await?;
+    Ok(catalog_from(&entries, &[]))
 }
 
 fn claim(e: &HealthEntry) -> (Option<NodeAddress>, Option<Ipv4Addr>) {
@@ -116,39 +148,54 @@ pub fn believed(entries: &[HealthEntry]) -> (Vec<&HealthEntry>, Vec<RefusedClaim
     (ok, refused)
 }
 
-/// Peers from the catalog. Entries that cannot be believed are refused (and named);
-/// when believed entries disagree on a node's underlay IP, the node keeps the entry it
-/// had in `previous` (or gets none): a conflicting claim changes nothing.
-pub fn peers_from(entries: &[HealthEntry], previous: &[Peer]) -> CatalogPeers {
+fn role_of(e: &HealthEntry) -> Role {
+    match e.service.meta.get("role").map(String::as_str) {
+        Some("boot") => Role::Boot,
+        Some("server") => Role::Server,
+        _ => Role::Client,
+    }
+}
+
+fn labels_of(e: &HealthEntry) -> BTreeMap<String, String> {
+    e.service
+        .meta
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(LABEL_PREFIX)?.to_string(), v.clone())))
+        .collect()
+}
+
+/// The catalog's nodes. Entries that cannot be believed are refused (and named); when
+/// believed entries disagree on a node's underlay IP, the node keeps what it was in
+/// `previous` (or is left out): a conflicting claim changes nothing.
+pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalog {
     let (ok, mut refused) = believed(entries);
-    let mut by_address: BTreeMap<NodeAddress, Vec<(Ipv4Addr, &str)>> = BTreeMap::new();
+    let mut by_address: BTreeMap<NodeAddress, Vec<(Ipv4Addr, &HealthEntry)>> = BTreeMap::new();
     for e in ok {
         if let (Some(address), Some(ip)) = claim(e) {
-            by_address
-                .entry(address)
-                .or_default()
-                .push((ip, e.node.node.as_str()));
+            by_address.entry(address).or_default().push((ip, e));
         }
     }
-    let mut peers = Vec::new();
+    let mut nodes = Vec::new();
     for (address, mut claims) in by_address {
-        claims.sort();
+        claims.sort_by(|a, b| (a.0, &a.1.node.node).cmp(&(b.0, &b.1.node.node)));
         claims.dedup_by_key(|(ip, _)| *ip);
-        if let [(underlay_ip, _)] = claims[..] {
-            peers.push(Peer {
+        if let [(underlay_ip, e)] = claims[..] {
+            nodes.push(CatalogNode {
                 address,
                 underlay_ip,
+                role: role_of(e),
+                labels: labels_of(e),
             });
             continue;
         }
-        let kept = previous.iter().find(|p| p.address == address);
+        let kept = previous.iter().find(|n| n.address == address);
         let all: Vec<String> = claims
             .iter()
-            .map(|(ip, node)| format!("{ip} (node {node})"))
+            .map(|(ip, e)| format!("{ip} (node {})", e.node.node))
             .collect();
-        for (ip, node) in &claims {
+        for (ip, e) in &claims {
             refused.push(RefusedClaim {
-                node: node.to_string(),
+                node: e.node.node.clone(),
                 claims: format!("{address} at {ip}"),
                 reason: format!(
                     "conflicting claims for {address}: {}; {}",
@@ -160,10 +207,9 @@ pub fn peers_from(entries: &[HealthEntry], previous: &[Peer]) -> CatalogPeers {
                 ),
             });
         }
-        peers.extend(kept.copied());
+        nodes.extend(kept.cloned());
     }
-    peers.sort();
-    CatalogPeers { peers, refused }
+    Catalog { nodes, refused }
 }
 
 /// A catalog entry of the `arpanet` service, for tests of what is read from it, on a
@@ -225,7 +271,7 @@ mod tests {
 
     #[test]
     fn catalog_entries_become_peers() {
-        let got = peers_from(
+        let got = catalog_from(
             &[
                 entry(
                     "a",
@@ -241,7 +287,7 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(got.peers, [p("0.2", 121)]);
+        assert_eq!(got.peers(), [p("0.2", 121)]);
         assert_eq!(got.refused.len(), 1);
         assert_eq!(got.refused[0].node, "b");
     }
@@ -258,8 +304,8 @@ mod tests {
             "b",
             &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
         );
-        let got = peers_from(&[real, forged], &[]);
-        assert_eq!(got.peers, [p("0.2", 121)]);
+        let got = catalog_from(&[real, forged], &[]);
+        assert_eq!(got.peers(), [p("0.2", 121)]);
         assert_eq!(
             got.refused,
             [RefusedClaim {
@@ -282,8 +328,9 @@ mod tests {
             &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.66")],
         );
         let both = [real.clone(), twin];
-        let got = peers_from(&both, &[p("0.2", 121)]);
-        assert_eq!(got.peers, [p("0.2", 121)], "the node stays where it was");
+        let seen = catalog_from(std::slice::from_ref(&real), &[]).nodes;
+        let got = catalog_from(&both, &seen);
+        assert_eq!(got.peers(), [p("0.2", 121)], "the node stays where it was");
         assert_eq!(got.refused.len(), 2);
         assert!(
             got.refused[0].reason.contains("conflicting claims for 0.2")
@@ -291,10 +338,14 @@ mod tests {
             "{:?}",
             got.refused
         );
-        assert_eq!(peers_from(&both, &[]).peers, [], "never seen: it stays out");
+        assert_eq!(
+            catalog_from(&both, &[]).peers(),
+            [],
+            "never seen: it stays out"
+        );
         // The same claim twice (two instances on one node) is no conflict.
         assert_eq!(
-            peers_from(&[real.clone(), real], &[]).peers,
+            catalog_from(&[real.clone(), real], &[]).peers(),
             [p("0.2", 121)]
         );
     }

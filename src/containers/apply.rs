@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use bollard::models::{
     ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use serde::Serialize;
 
 use super::{Action, Desired, EAGER_SUFFIX, LABEL_FILE, LABEL_HASH, LABEL_IMAGE_ID, LABEL_NAME};
 use crate::config::containers::{NetworkMode, Protocol, RestartPolicy as Restart, Volume};
 use crate::docker::engine::Container;
 use crate::docker::engine::Engine;
+use crate::outcome::Outcome;
 
 /// Seconds a replaced or removed container gets to exit after SIGTERM.
 const STOP_GRACE_SECS: i32 = 10;
@@ -142,13 +142,6 @@ pub fn body(d: &Desired) -> ContainerCreateBody {
     }
 }
 
-/// What applying a plan did.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub done: Vec<String>,
-    pub errors: Vec<String>,
-}
-
 /// Applies every action; one that fails is reported and the others still run. Then
 /// removes the images that only the replaced or removed containers used. `progress`
 /// hears of each action (its index and the total) before it starts.
@@ -158,14 +151,14 @@ pub async fn apply(
     desired: &[Desired],
     actual: &[Container],
     progress: &(dyn Fn(usize, usize, &Action) + Sync),
-) -> Report {
-    let mut report = Report::default();
+) -> Outcome {
+    let mut report = Outcome::default();
     let mut released = Vec::new();
     for (i, action) in actions.iter().enumerate() {
         progress(i, actions.len(), action);
         match run(engine, action, desired).await {
             Ok(()) => {
-                report.done.push(action.to_string());
+                report.change(action.to_string());
                 let old = match action {
                     Action::Replace { old, .. } => Some(old),
                     Action::Remove { id, .. } => Some(id),
@@ -181,19 +174,19 @@ pub async fn apply(
                     released.push(image.clone());
                 }
             }
-            Err(e) => report.errors.push(format!("{action}: {e:#}")),
+            Err(e) => report.fail(action.to_string(), format!("{e:#}")),
         }
     }
     released.sort();
     released.dedup();
     for image in released {
         match engine.remove_image_if_unused(&image).await {
-            Ok(true) => report.done.push(format!(
+            Ok(true) => report.change(format!(
                 "remove image {} (no longer used)",
                 crate::docker::engine::short(image.trim_start_matches("sha256:"))
             )),
             Ok(false) => {}
-            Err(e) => report.errors.push(format!("{e:#}")),
+            Err(e) => report.fail_with(&e),
         }
     }
     report

@@ -1,11 +1,12 @@
 //! Declarative containers (containers.d, dockerup's job): what the files declare,
-//! compared with the containers arpanet created, as a plan of actions. Pure; the
-//! engine work is in [`apply`].
+//! compared with the containers arpanet created, as a plan of actions. This module is
+//! pure; the engine work is in [`converge`] (a pass) and [`apply`] (its actions).
 //!
 //! arpanet knows its own containers by labels: it never touches one without
 //! `arpanet.managed=true`, and never removes one whose file failed to parse.
 
 pub mod apply;
+pub mod converge;
 pub mod registration;
 
 use std::fmt;
@@ -99,6 +100,13 @@ pub fn desired(loaded: &ContainersDir) -> Vec<Desired> {
             image_id: None,
         })
         .collect()
+}
+
+/// Each spec's image as this host has it (`None`: not here yet).
+pub fn resolve_images(desired: &mut [Desired], images: &crate::docker::images::LocalImages) {
+    for d in desired {
+        d.image_id = images.id(d.spec.image.as_str()).map(str::to_string);
+    }
 }
 
 /// Names (without directory) of the files that failed to parse.
@@ -255,85 +263,6 @@ pub fn plan(
     }
     actions.extend(removals);
     actions
-}
-
-fn as_lines<S: serde::Serializer>(actions: &[Action], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(actions.iter().map(|a| a.to_string()))
-}
-
-/// One pass over containers.d: what the files declare, planned against what runs.
-/// With `apply`, carries it out. Broken files come back as diagnostics; their
-/// containers are left alone and every other file is applied.
-/// With `pull`, images whose spec says `update.pull` are pulled first, so a newer image
-/// published under the tag replaces the containers; a failed pull is reported and the
-/// local image is used.
-/// A missing image from the cluster's nodes first; when they have none, the ID stays
-/// `None` and apply pulls from a registry.
-pub async fn fetch_from_swarm(
-    engine: &crate::docker::engine::Engine,
-    swarm: Option<&std::path::Path>,
-    image: &str,
-    errors: &mut Vec<String>,
-) -> anyhow::Result<Option<String>> {
-    let Some(socket) = swarm else {
-        return Ok(None);
-    };
-    match crate::sync::client::fetch_from_swarm(socket, image).await {
-        Ok(true) => engine.image_id(image).await,
-        Ok(false) => Ok(None),
-        Err(e) => {
-            errors.push(format!("{image}: {e:#}; trying a registry"));
-            Ok(None)
-        }
-    }
-}
-
-pub async fn reconcile(
-    engine: &crate::docker::engine::Engine,
-    dir: &std::path::Path,
-    apply: bool,
-    pull: bool,
-    swarm: Option<&std::path::Path>,
-    progress: &(dyn Fn(usize, usize, &Action) + Sync),
-) -> anyhow::Result<Pass> {
-    let loaded = crate::config::containers::load_dir(dir);
-    let mut desired = desired(&loaded);
-    let mut pull_errors = Vec::new();
-    for d in &mut desired {
-        let image = d.spec.image.as_str().to_string();
-        if pull
-            && apply
-            && d.spec.update.pull
-            && let Err(e) = engine.pull(&image).await
-        {
-            pull_errors.push(format!("{}: {e:#}; using the local image", d.name));
-        }
-        d.image_id = engine.image_id(&image).await?;
-        if apply && d.image_id.is_none() {
-            d.image_id = fetch_from_swarm(engine, swarm, &image, &mut pull_errors).await?;
-        }
-    }
-    let actual = engine.containers_with_label(LABEL_MANAGED, "true").await?;
-    let actions = plan(Scope::Files, &desired, &actual, &broken(&loaded));
-    let mut report = if apply {
-        apply::apply(engine, &actions, &desired, &actual, progress).await
-    } else {
-        apply::Report::default()
-    };
-    report.errors.extend(pull_errors);
-    Ok(Pass {
-        diagnostics: loaded.diagnostics.iter().map(|d| d.to_string()).collect(),
-        actions,
-        report,
-    })
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Pass {
-    pub diagnostics: Vec<String>,
-    #[serde(serialize_with = "as_lines")]
-    pub actions: Vec<Action>,
-    pub report: apply::Report,
 }
 
 #[cfg(test)]

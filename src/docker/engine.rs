@@ -278,6 +278,13 @@ impl Engine {
             })
     }
 
+    /// Every local image by the references that name it: one listing for a whole pass.
+    pub async fn local_images(&self) -> anyhow::Result<super::images::LocalImages> {
+        Ok(super::images::LocalImages::from_summaries(
+            &self.images().await?,
+        ))
+    }
+
     pub async fn images(&self) -> anyhow::Result<Vec<bollard::models::ImageSummary>> {
         self.docker
             .list_images(None::<bollard::query_parameters::ListImagesOptions>)

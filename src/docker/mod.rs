@@ -4,6 +4,7 @@
 pub mod daemon_json;
 pub mod dropin;
 pub mod engine;
+pub mod images;
 
 use std::path::Path;
 

@@ -37,12 +37,12 @@ pub const DOCKER_BRIDGE: &str = "docker0";
 
 /// Everything the rules are made from: this host, its ports, and the admitted peers.
 #[derive(Debug, Clone)]
-pub struct Plan<'a> {
+pub struct Plan {
     pub address: NodeAddress,
     /// The overlay device.
-    pub device: &'a str,
+    pub device: String,
     /// The underlay interface, where VXLAN and hellos come in.
-    pub underlay: &'a str,
+    pub underlay: String,
     pub vxlan_port: u16,
     pub hello_port: u16,
     pub dns_port: u16,
@@ -51,10 +51,10 @@ pub struct Plan<'a> {
     pub tcp_ports: Vec<u16>,
     /// arpanet's own UDP listeners besides DNS (serf), likewise.
     pub udp_ports: Vec<u16>,
-    pub peers: &'a [Peer],
+    pub peers: Vec<Peer>,
 }
 
-impl Plan<'_> {
+impl Plan {
     /// Consul's default RPC and serf ports, which arpanet does not change.
     pub const CONSUL_TCP: [u16; 3] = [8300, 8301, 8302];
     pub const CONSUL_UDP: [u16; 2] = [8301, 8302];
@@ -73,7 +73,7 @@ fn ports(list: impl IntoIterator<Item = u16>) -> String {
 pub fn desired_rules(plan: &Plan) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let a = plan.address;
     let subnet: Ipv4Network = a.container_subnet();
-    let (dev, ul, br) = (plan.device, plan.underlay, DOCKER_BRIDGE);
+    let (dev, ul, br) = (plan.device.as_str(), plan.underlay.as_str(), DOCKER_BRIDGE);
     let vx = plan.vxlan_port;
     let mut admitted = Vec::new();
     for p in plan.peers.iter().filter(|p| p.address != a) {
@@ -353,14 +353,14 @@ mod tests {
     fn rules(peers: &[Peer]) -> Vec<(&'static str, &'static str, Vec<String>)> {
         desired_rules(&Plan {
             address: "0.1".parse().unwrap(),
-            device: "arpanet0",
-            underlay: "eth1",
+            device: "arpanet0".into(),
+            underlay: "eth1".into(),
             vxlan_port: 4789,
             hello_port: 7102,
             dns_port: 53,
             tcp_ports: vec![2375, 7100, 7101, 8500, 8300, 8301, 8302],
             udp_ports: vec![8301, 8302],
-            peers,
+            peers: peers.to_vec(),
         })
     }
 

@@ -26,7 +26,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::addressing::{NodeAddress, PLANE_PREFIX};
-use crate::config::{Config, Mtu};
+use crate::config::Config;
 
 /// Marks the routes arpanet owns, so it never touches anyone else's.
 pub const ROUTE_PROTOCOL: u8 = 97;
@@ -175,12 +175,7 @@ impl DesiredState {
     /// which is skipped.
     pub fn new(config: &Config, underlay: &UnderlayLink, peers: &[Peer]) -> Self {
         let me = config.node.address;
-        let mtu = match config.overlay.mtu {
-            Mtu::Auto => underlay
-                .mtu
-                .saturating_sub(u32::from(crate::config::VXLAN_OVERHEAD)),
-            Mtu::Fixed(m) => u32::from(m),
-        };
+        let mtu = config.overlay.effective_mtu(underlay.mtu);
         let device = DeviceSpec {
             name: config.overlay.device.as_str().to_string(),
             vni: config.overlay.vni.0,

@@ -27,6 +27,7 @@ use crate::config::Underlay;
 
 const ENODEV: i32 = 19;
 
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }

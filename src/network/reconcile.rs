@@ -1,23 +1,9 @@
 //! One pass of the overlay reconcile loop, and its inverse.
 
-use anyhow::Context;
-use serde::Serialize;
-
 use super::netlink::Netlink;
-use super::{Change, DesiredState, Peer, firewall, plan};
+use super::{Change, DesiredState, Peer, UnderlayLink, firewall, plan};
 use crate::config::Config;
-
-/// What a pass did. An empty `changes` means the host already matched the plan.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    /// The overlay device's interface index once it exists.
-    pub device_index: Option<u32>,
-    /// This host's address on the underlay, as found.
-    pub underlay_ip: Option<std::net::Ipv4Addr>,
-    pub changes: Vec<String>,
-    /// Entries that failed; the rest were still applied and the next pass retries.
-    pub errors: Vec<String>,
-}
+use crate::outcome::Outcome;
 
 /// The peers a node names in its own config: whom it sends its hello to. They are
 /// programmed only once admitted, like any other node.
@@ -33,50 +19,69 @@ pub fn join_peers(config: &Config) -> Vec<Peer> {
         .collect()
 }
 
-pub async fn reconcile(nl: &Netlink, config: &Config, peers: &[Peer]) -> anyhow::Result<Report> {
-    let underlay = nl.underlay(&config.node.underlay).await?;
-    let observed = nl.observe(config.overlay.device.as_str()).await?;
-    let desired = DesiredState::new(config, &underlay, peers);
-    let mut index = observed.device.as_ref().map(|d| d.index);
-    let mut report = Report {
-        underlay_ip: Some(underlay.ip),
-        ..Report::default()
+/// Brings the device, its entries and the firewall to `peers` (the admitted ones).
+/// Entries that fail are reported and the rest still applied; without the device
+/// nothing else can be, so a failure to create it ends the pass.
+pub async fn reconcile(
+    nl: &Netlink,
+    config: &Config,
+    underlay: &UnderlayLink,
+    peers: &[Peer],
+) -> Outcome {
+    let mut report = Outcome::default();
+    let observed = match nl.observe(config.overlay.device.as_str()).await {
+        Ok(o) => o,
+        Err(e) => {
+            report.fail_with(&e);
+            return report;
+        }
     };
+    let desired = DesiredState::new(config, underlay, peers);
+    let mut index = observed.device.as_ref().map(|d| d.index);
     for change in plan(&desired, &observed) {
         match nl.apply(&desired.device, &change, &mut index).await {
-            Ok(()) => report.changes.push(change.to_string()),
-            // Nothing else can be applied without the device.
+            Ok(()) => report.change(change.to_string()),
             Err(e) if matches!(change, Change::CreateDevice | Change::RecreateDevice { .. }) => {
-                return Err(e).with_context(|| format!("{} {}", change, desired.device.name));
+                report.fail(
+                    format!("{change} {}", desired.device.name),
+                    format!("{e:#}"),
+                );
+                return report;
             }
-            Err(e) => report.errors.push(format!("{change}: {e:#}")),
+            Err(e) => report.fail(change.to_string(), format!("{e:#}")),
         }
     }
-    report.device_index = index;
-    match firewall::ensure_ip_forward() {
-        Ok(true) => report.changes.push("enable IP forwarding".into()),
-        Ok(false) => {}
-        Err(e) => report.errors.push(format!("{e:#}")),
+    // iptables runs processes and waits for them: off the async runtime.
+    let plan = firewall_plan(config, &desired.device.name, &underlay.name, peers);
+    let firewall = tokio::task::spawn_blocking(move || {
+        let forward = firewall::ensure_ip_forward();
+        (forward, firewall::ensure(&plan))
+    })
+    .await;
+    match firewall {
+        Ok((forward, rules)) => {
+            match forward {
+                Ok(true) => report.change("enable IP forwarding"),
+                Ok(false) => {}
+                Err(e) => report.fail("IP forwarding", format!("{e:#}")),
+            }
+            match rules {
+                Ok(changes) => report.changes.extend(changes),
+                Err(e) => report.fail("firewall", format!("{e:#}")),
+            }
+        }
+        Err(e) => report.fail("firewall", e),
     }
-    match firewall::ensure(&firewall_plan(
-        config,
-        &desired.device.name,
-        &underlay.name,
-        peers,
-    )) {
-        Ok(changes) => report.changes.extend(changes),
-        Err(e) => report.errors.push(format!("{e:#}")),
-    }
-    Ok(report)
+    report
 }
 
 /// What the firewall needs to know of this node: its ports from the config.
-pub fn firewall_plan<'a>(
+pub fn firewall_plan(
     config: &Config,
-    device: &'a str,
-    underlay: &'a str,
-    peers: &'a [Peer],
-) -> firewall::Plan<'a> {
+    device: &str,
+    underlay: &str,
+    peers: &[Peer],
+) -> firewall::Plan {
     let mut tcp_ports = vec![
         config.docker.api_port,
         config.api.port,
@@ -86,24 +91,34 @@ pub fn firewall_plan<'a>(
     tcp_ports.extend(firewall::Plan::CONSUL_TCP);
     firewall::Plan {
         address: config.node.address,
-        device,
-        underlay,
+        device: device.to_string(),
+        underlay: underlay.to_string(),
         vxlan_port: config.overlay.port,
         hello_port: config.overlay.hello_port,
         dns_port: config.consul.dns_port,
         tcp_ports,
         udp_ports: firewall::Plan::CONSUL_UDP.to_vec(),
-        peers,
+        peers: peers.to_vec(),
     }
 }
 
 /// Removes the device (and with it every address, neighbour, FDB entry and route on
 /// it) and the firewall rules. Goes on past failures and returns them all.
-pub async fn uninstall(nl: &Netlink, config: &Config) -> Vec<String> {
-    let mut errors = Vec::new();
-    if let Err(e) = nl.delete_link(config.overlay.device.as_str()).await {
-        errors.push(format!("{e:#}"));
+pub async fn uninstall(nl: &Netlink, config: &Config) -> Outcome {
+    let mut report = Outcome::default();
+    let device = config.overlay.device.as_str();
+    match nl.delete_link(device).await {
+        Ok(true) => report.change(format!("removed {device}")),
+        Ok(false) => {}
+        Err(e) => report.fail(format!("remove {device}"), format!("{e:#}")),
     }
-    errors.extend(firewall::remove());
-    errors
+    match tokio::task::spawn_blocking(firewall::remove).await {
+        Ok(errors) => {
+            for e in errors {
+                report.fail("firewall", e);
+            }
+        }
+        Err(e) => report.fail("firewall", e),
+    }
+    report
 }

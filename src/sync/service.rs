@@ -48,7 +48,6 @@ use crate::api::server::{ApiError, json_response};
 use crate::config::Config;
 use crate::consul::client::Consul;
 use crate::docker::engine::Engine;
-use crate::placement::reconcile::healthy_nodes;
 
 /// How often a torrent asks the loopback tracker (that is, Consul) for its swarm.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -367,9 +366,10 @@ impl SyncState {
             .kv_list(KV_PEERS, None, Duration::ZERO)
             .await
             .context("read the image swarms from Consul")?;
-        let healthy: BTreeSet<NodeAddress> = healthy_nodes(&self.consul)
+        let healthy: BTreeSet<NodeAddress> = crate::consul::node::read_catalog(&self.consul)
             .await
             .context("list the cluster's nodes")?
+            .nodes
             .into_iter()
             .map(|n| n.address)
             .chain([self.me])
