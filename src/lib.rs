@@ -1,7 +1,9 @@
 //! arpanet: one cluster out of a set of Docker hosts.
 //!
 //! Data flows one way: [`config`] (what the operator wrote) -> [`plan`] (what this
-//! node should look like) -> reconcilers that compare it with the real system.
+//! node should look like) -> one [`pass::Snapshot`] per pass (the plan and every
+//! runtime input: catalog, KV, local images) -> the [`pass`] reconcilers, which compare
+//! it with the real system and report an [`outcome::Outcome`].
 //! [`addressing`] is the seed design every plane's address comes from.
 
 pub mod addressing;

@@ -97,3 +97,106 @@ fn absorb(pass: &mut Outcome, name: &str, outcome: Outcome) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A reconciler that writes down when it ran, and does what it is told.
+    struct Step {
+        name: &'static str,
+        log: Arc<Mutex<Vec<&'static str>>>,
+        restarts: Option<Restarted>,
+        fails: bool,
+        rerun_after_docker: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Reconciler for Step {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        async fn converge(&mut self, _: &Snapshot<'_>) -> Outcome {
+            self.log.lock().unwrap().push(self.name);
+            let mut o = Outcome::default();
+            o.change("did it");
+            if self.fails {
+                o.fail("thing", "broke");
+            }
+            o.restarted = self.restarts.take();
+            o
+        }
+        async fn uninstall(&mut self, _: &Snapshot<'_>) -> Outcome {
+            self.log.lock().unwrap().push(self.name);
+            Outcome::default()
+        }
+        fn rerun_after(&self, restarted: Restarted) -> bool {
+            self.rerun_after_docker && restarted == Restarted::Docker
+        }
+    }
+
+    fn steps(log: &Arc<Mutex<Vec<&'static str>>>) -> Vec<Box<dyn Reconciler>> {
+        let step = |name, restarts, fails, rerun_after_docker| -> Box<dyn Reconciler> {
+            Box::new(Step {
+                name,
+                log: log.clone(),
+                restarts,
+                fails,
+                rerun_after_docker,
+            })
+        };
+        vec![
+            step("network", None, false, true),
+            step("docker", Some(Restarted::Docker), true, false),
+            step("containers", None, false, false),
+        ]
+    }
+
+    fn config() -> crate::config::Config {
+        crate::config::Config::parse(
+            std::path::Path::new("t"),
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[docker]\nsocket = \"/nonexistent/docker.sock\"\n",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_reconciler_runs_in_order_and_a_restart_reruns_what_it_disturbed() {
+        let log = Arc::default();
+        let mut reconcilers = steps(&log);
+        let config = config();
+        let mut snap = Snapshot::unread(&config, None);
+        let pass = run(&mut reconcilers, &mut snap, &[]).await;
+        // docker failed and restarted; containers still ran; network ran again.
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["network", "docker", "network", "containers"]
+        );
+        assert_eq!(
+            pass.changes,
+            [
+                "network: did it",
+                "docker: did it",
+                "network: did it",
+                "containers: did it"
+            ]
+        );
+        assert_eq!(pass.errors.to_string(), "docker: thing: broke");
+        // The restart made the snapshot read Docker again (there is none here).
+        assert!(snap.docker.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_the_named_reconcilers_run_and_uninstall_goes_backwards() {
+        let log = Arc::default();
+        let mut reconcilers = steps(&log);
+        let config = config();
+        let mut snap = Snapshot::unread(&config, None);
+        run(&mut reconcilers, &mut snap, &["containers"]).await;
+        assert_eq!(*log.lock().unwrap(), ["containers"]);
+        log.lock().unwrap().clear();
+        uninstall(&mut reconcilers, &snap).await;
+        assert_eq!(*log.lock().unwrap(), ["containers", "docker", "network"]);
+    }
+}
