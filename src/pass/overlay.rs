@@ -98,26 +98,30 @@ mod tests {
         // Before the catalog answers: the cache, and a newcomer by hello.
         snap.cached_peers = vec![peer("0.1", 1)];
         snap.admitted = vec![peer("0.5", 5)];
-        let peers = snap.peers();
-        assert_eq!(peers, [peer("0.1", 1), peer("0.5", 5)]);
-        let by: Vec<_> = status(&snap, &peers)
-            .admitted
-            .into_iter()
-            .map(|a| a.by)
-            .collect();
-        assert_eq!(by, ["cache", "hello"]);
+        // Each programmed peer, and what admitted it.
+        let admitted = |snap: &Snapshot<'_>| -> Vec<(Peer, String)> {
+            let peers = snap.peers();
+            let by = status(snap, &peers).admitted.into_iter().map(|a| a.by);
+            peers.iter().copied().zip(by).collect()
+        };
+        assert_eq!(
+            admitted(&snap),
+            [
+                (peer("0.1", 1), "cache".into()),
+                (peer("0.5", 5), "hello".into())
+            ]
+        );
         // Once it answers, the catalog replaces the cache; this node is never a peer.
         snap.catalog = Some(Catalog {
             nodes: vec![node(peer("0.2", 2)), node(peer("0.3", 3))],
             refused: vec![],
         });
-        let peers = snap.peers();
-        assert_eq!(peers, [peer("0.2", 2), peer("0.5", 5)]);
-        let by: Vec<_> = status(&snap, &peers)
-            .admitted
-            .into_iter()
-            .map(|a| a.by)
-            .collect();
-        assert_eq!(by, ["catalog", "hello"]);
+        assert_eq!(
+            admitted(&snap),
+            [
+                (peer("0.2", 2), "catalog".into()),
+                (peer("0.5", 5), "hello".into())
+            ]
+        );
     }
 }
