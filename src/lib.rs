@@ -19,3 +19,4 @@ pub mod placement;
 pub mod plan;
 pub mod sync;
 pub mod systemd;
+pub mod wire;
