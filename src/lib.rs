@@ -19,4 +19,3 @@ pub mod placement;
 pub mod plan;
 pub mod sync;
 pub mod systemd;
-pub mod wire;

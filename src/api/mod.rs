@@ -4,8 +4,8 @@
 //! node that owns the container, and services are desired state in Consul KV that
 //! every node places the same way.
 //!
-//! The bodies that carry a service or a container spec are `crate::wire`'s versioned
-//! types; the rows here are listings only the CLI reads.
+//! The bodies that carry a service or a container spec are the versioned types of
+//! `placement::wire`; the rows here are listings only the CLI reads.
 
 pub mod client;
 pub mod server;
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::ConstraintsV1;
+use crate::placement::wire::ConstraintsV1;
 
 /// A container as `arpanet ps` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

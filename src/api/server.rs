@@ -27,10 +27,10 @@ use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::store;
-use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
-use crate::wire::{
+use crate::placement::wire::{
     self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, ScaleV1, ServiceDefV1, TemplateRowV1,
 };
+use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;

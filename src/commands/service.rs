@@ -9,8 +9,10 @@ use crate::addressing::NodeAddress;
 use crate::api::client::ApiClient;
 use crate::api::{Listing, ServiceRow};
 use crate::config::{Config, Role};
+use crate::placement::wire::{
+    ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1,
+};
 use crate::placement::{Constraints, ServiceName};
-use crate::wire::{ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1};
 
 /// Cluster services: N instances of a container, placed evenly across the nodes and
 /// re-placed when a node fails.

@@ -7,7 +7,7 @@ use crate::api::Listing;
 use crate::api::client::ApiClient;
 use crate::config::Config;
 use crate::placement::TemplateName;
-use crate::wire::{ContainerSpecV1, TemplateRowV1};
+use crate::placement::wire::{ContainerSpecV1, TemplateRowV1};
 
 /// Templates: container specs stored in the cluster, for `service create --template`.
 #[derive(Debug, Args)]

@@ -21,7 +21,7 @@ pub struct ContainersFile {
 
 /// One `[[container]]`. Its `Serialize` is only for `containers::spec_hash`, the label
 /// that tells a running container's spec; KV records and API bodies carry
-/// `crate::wire::ContainerSpecV1`, so an edit here changes no record.
+/// `placement::wire::ContainerSpecV1`, so an edit here changes no record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {

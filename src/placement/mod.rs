@@ -9,6 +9,7 @@
 
 pub mod reconcile;
 pub mod store;
+pub mod wire;
 
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ use crate::config::Role;
 use crate::config::containers::{ContainerName, ContainerSpec, ServiceSpec};
 
 /// A cluster service: what to run and how many. In KV and the API it is
-/// [`crate::wire::ServiceDefV1`].
+/// [`wire::ServiceDefV1`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDef {
     pub name: ServiceName,

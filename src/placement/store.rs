@@ -5,7 +5,7 @@
 //! - `arpanet/cluster/templates/NAME`: a container spec (`wire::ContainerSpecV1`)
 //! - `arpanet/cluster/drained/ADDRESS`: present while the node is drained
 //!
-//! The records' format, and how one of another release reads, is `crate::wire`'s.
+//! The records' format, and how one of another release reads, is [`super::wire`]'s.
 
 use anyhow::Context;
 
@@ -62,7 +62,7 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
             // A broken template only matters when a service is created from it; a key
             // no API call could have written (`..`, `/`) names none.
             if TemplateName::try_from(name.to_string()).is_ok() {
-                match crate::wire::records::template_from_json(value) {
+                match super::wire::records::template_from_json(value) {
                     Ok(spec) => state.templates.push((name.to_string(), spec)),
                     Err(e) => state
                         .broken_templates
@@ -79,19 +79,7 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
     state
 }
 
-/// JSON with the path of the field that is wrong, for API errors and KV entries alike.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
-}
+pub use super::wire::parse_json;
 
 pub async fn load(consul: &Consul) -> anyhow::Result<ClusterState> {
     let (entries, _) = consul

@@ -86,22 +86,29 @@ fn take_version(value: &mut serde_json::Value) -> Result<u64, WireError> {
 /// A record or body of version 1 (the only one so far) from JSON, with the path of the
 /// field that is wrong.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    let value: serde_json::Value =
-        crate::placement::store::parse_json(bytes).map_err(WireError::Json)?;
+    let value: serde_json::Value = parse_json(bytes).map_err(WireError::Json)?;
     decode_value(value)
+}
+
+/// JSON with the path of the field that is wrong, for API errors and KV entries alike.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(path_and_message)
+}
+
+fn path_and_message<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." || path.is_empty() {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    }
 }
 
 pub fn decode_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, WireError> {
     take_version(&mut value)?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        WireError::Json(if path == "." || path.is_empty() {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        })
-    })
+    serde_path_to_error::deserialize(value).map_err(|e| WireError::Json(path_and_message(e)))
 }
 
 /// A record as written: version 1, so without `v` (see the module's notes).
