@@ -418,6 +418,49 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     });
     assert_success(&h0.arpanet(&["service", "rm", "cache"]), "service rm cache");
 
+    // Records as the release before versions wrote them, put straight into KV, run
+    // as they did; one of a newer release is skipped with one error naming its key and
+    // version, and the rest keep running.
+    let legacy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kv/service-image-v0.json"),
+    )
+    .unwrap()
+    .replace("busybox:1.36", TEST_IMAGE);
+    assert_success(
+        &h1.consul(&["kv", "put", "arpanet/cluster/services/api", &legacy]),
+        "kv put a record of the release before versions",
+    );
+    wait_until(Duration::from_secs(60), "two api instances", || {
+        running(h0, "api").is_some_and(|c| c.values().sum::<usize>() == 2)
+    });
+    let newer = format!(
+        r#"{{"v":2,"name":"next","replicas":1,"spec":{{"name":"next","image":"{TEST_IMAGE}"}},"surge":1}}"#
+    );
+    assert_success(
+        &h1.consul(&["kv", "put", "arpanet/cluster/services/next", &newer]),
+        "kv put a record of a newer release",
+    );
+    let said = "cluster services: service next in Consul KV is unreadable: arpanet/cluster/services/next: record version 2 is newer than this arpanet reads (up to 1)";
+    wait_until(Duration::from_secs(30), "the newer record reported", || {
+        h0.log("arpanetd").contains(said)
+    });
+    let ls = json(&h0.arpanet(&["service", "ls", "--json"]), "service ls");
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "web"], "{ls}");
+    assert_eq!(running(h0, "web").as_ref(), Some(&even));
+    assert!(running(h0, "next").is_some_and(|c| c.is_empty()));
+    assert_success(&h0.arpanet(&["service", "rm", "api"]), "service rm api");
+    assert_success(
+        &h0.consul(&["kv", "delete", "arpanet/cluster/services/next"]),
+        "kv delete next",
+    );
+
     // Scale down to one, then remove.
     assert_success(&h2.arpanet(&["service", "scale", "web", "1"]), "scale 1");
     wait_until(

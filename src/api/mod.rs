@@ -3,6 +3,9 @@
 //! request: listings fan out to every healthy node, container operations go to the
 //! node that owns the container, and services are desired state in Consul KV that
 //! every node places the same way.
+//!
+//! The bodies that carry a service or a container spec are the versioned types of
+//! `placement::wire`; the rows here are listings only the CLI reads.
 
 pub mod client;
 pub mod server;
@@ -11,8 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::containers::ContainerSpec;
-use crate::placement::Constraints;
+use crate::placement::wire::ConstraintsV1;
 
 /// A container as `arpanet ps` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +45,7 @@ pub struct ServiceRow {
     pub replicas: u32,
     /// Instances running cluster-wide (on the nodes that answered).
     pub running: u32,
-    pub constraints: Constraints,
+    pub constraints: ConstraintsV1,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,31 +69,6 @@ pub struct Listing<T> {
 pub struct Unreachable {
     pub node: String,
     pub error: String,
-}
-
-/// `POST /v1/services`. Exactly one of `image`, `template` and `spec` says what runs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateService {
-    pub name: String,
-    pub image: Option<String>,
-    pub template: Option<String>,
-    pub spec: Option<ContainerSpec>,
-    /// With `image`: the command to run.
-    pub command: Option<Vec<String>>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Signed so that a negative count gets its own clear error.
-    pub replicas: i64,
-    #[serde(default)]
-    pub constraints: Constraints,
-}
-
-/// `PUT /v1/services/NAME/replicas`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scale {
-    pub replicas: i64,
 }
 
 /// What a container operation did, and where.

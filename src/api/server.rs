@@ -18,10 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{
-    ContainerRow, CreateService, Done, ErrorBody, ImageRow, Listing, NodeRow, Scale, ServiceRow,
-    Unreachable,
-};
+use super::{ContainerRow, Done, ErrorBody, ImageRow, Listing, NodeRow, ServiceRow, Unreachable};
 use crate::addressing::NodeAddress;
 use crate::config::Config;
 use crate::config::containers::{ContainerName, ContainerSpec};
@@ -29,7 +26,10 @@ use crate::consul::client::Consul;
 use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
 use crate::placement::reconcile::healthy_nodes;
-use crate::placement::store::{self, parse_json};
+use crate::placement::store;
+use crate::placement::wire::{
+    self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, ScaleV1, ServiceDefV1, TemplateRowV1,
+};
 use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
@@ -537,7 +537,7 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
         .await
         .map_err(ApiError::backend)?
         .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
-    parse_json(&bytes).map_err(|e| {
+    ServiceDef::from_json(&bytes).map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("service `{name}` in Consul KV is unreadable: {e}"),
@@ -563,7 +563,7 @@ async fn list_services(State(s): State<Shared>) -> ApiResult {
                 .iter()
                 .filter(|c| c.state == "running" && c.service.as_deref() == Some(d.name.as_str()))
                 .count() as u32,
-            constraints: d.constraints.clone(),
+            constraints: ConstraintsV1::from(&d.constraints),
         })
         .collect();
     ok(&Listing {
@@ -574,7 +574,12 @@ async fn list_services(State(s): State<Shared>) -> ApiResult {
 
 async fn get_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let name = service_in_path(&name)?;
-    ok(&load_service(&s, &name).await?)
+    ok(&ServiceDefV1::from(&load_service(&s, &name).await?))
+}
+
+/// A request body of the API: version, then each field, checked.
+fn body_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    wire::decode(body).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn replicas(n: i64) -> Result<u32, ApiError> {
@@ -587,7 +592,7 @@ fn replicas(n: i64) -> Result<u32, ApiError> {
 }
 
 async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
-    let req: CreateService = parse_json(&body).map_err(ApiError::bad_request)?;
+    let req: CreateServiceV1 = body_of(&body)?;
     let name = service_name(&req.name)?;
     let replicas = replicas(req.replicas)?;
     let sources = [
@@ -607,25 +612,31 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
             "command": req.command,
             "env": req.env,
         });
-        parse_json(&serde_json::to_vec(&raw).expect("serializable"))
-            .map_err(ApiError::bad_request)?
+        wire::decode_value::<ContainerSpecV1>(raw)
+            .and_then(ContainerSpec::try_from)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
     } else if let Some(template) = &req.template {
         let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+        let unprocessable = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
+        if let Some((_, why)) = state.broken_templates.iter().find(|(t, _)| t == template) {
+            return Err(unprocessable(format!(
+                "template: template `{template}` in Consul KV is unreadable: {why}"
+            )));
+        }
         state
             .templates
             .into_iter()
             .find(|(t, _)| t == template)
             .map(|(_, spec)| spec)
             .ok_or_else(|| {
-                ApiError(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "template: no template named `{template}` (`arpanet template ls` lists them)"
-                    ),
-                )
+                unprocessable(format!(
+                    "template: no template named `{template}` (`arpanet template ls` lists them)"
+                ))
             })?
     } else {
-        req.spec.clone().expect("counted above")
+        let spec = req.spec.clone().expect("counted above");
+        ContainerSpec::try_from(spec)
+            .map_err(|e| ApiError::bad_request(e.within("spec").to_string()))?
     };
     spec.name =
         ContainerName::try_from(name.to_string()).expect("a service name is a container name");
@@ -639,14 +650,11 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
         name: name.clone(),
         spec,
         replicas,
-        constraints: req.constraints.clone(),
+        constraints: req.constraints.clone().into(),
     };
     let stored = s
         .consul
-        .kv_put_new(
-            &store::service_key(&name),
-            serde_json::to_vec(&def).expect("serializable"),
-        )
+        .kv_put_new(&store::service_key(&name), def.to_json())
         .await
         .map_err(ApiError::backend)?;
     if !stored {
@@ -656,7 +664,10 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
         ));
     }
     info!(service = %name, replicas, "service created through the cluster API");
-    Ok(json_response(StatusCode::CREATED, &def))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &ServiceDefV1::from(&def),
+    ))
 }
 
 async fn scale_service(
@@ -665,19 +676,16 @@ async fn scale_service(
     body: Bytes,
 ) -> ApiResult {
     let name = service_in_path(&name)?;
-    let req: Scale = parse_json(&body).map_err(ApiError::bad_request)?;
+    let req: ScaleV1 = body_of(&body)?;
     let replicas = replicas(req.replicas)?;
     let mut def = load_service(&s, &name).await?;
     def.replicas = replicas;
     s.consul
-        .kv_put(
-            &store::service_key(&name),
-            serde_json::to_vec(&def).expect("serializable"),
-        )
+        .kv_put(&store::service_key(&name), def.to_json())
         .await
         .map_err(ApiError::backend)?;
     info!(service = %name, replicas, "service scaled through the cluster API");
-    ok(&def)
+    ok(&ServiceDefV1::from(&def))
 }
 
 async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
@@ -688,21 +696,18 @@ async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> Ap
         .await
         .map_err(ApiError::backend)?;
     info!(service = %name, "service removed through the cluster API");
-    ok(&def)
-}
-
-#[derive(Serialize)]
-struct TemplateRow {
-    name: String,
-    spec: ContainerSpec,
+    ok(&ServiceDefV1::from(&def))
 }
 
 async fn list_templates(State(s): State<Shared>) -> ApiResult {
     let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
-    let items: Vec<TemplateRow> = state
+    let items: Vec<TemplateRowV1> = state
         .templates
-        .into_iter()
-        .map(|(name, spec)| TemplateRow { name, spec })
+        .iter()
+        .map(|(name, spec)| TemplateRowV1 {
+            name: name.clone(),
+            spec: ContainerSpecV1::from(spec),
+        })
         .collect();
     ok(&Listing {
         items,
@@ -712,17 +717,18 @@ async fn list_templates(State(s): State<Shared>) -> ApiResult {
 
 async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let name = template_in_path(&name)?;
-    let spec: ContainerSpec = parse_json(&body).map_err(ApiError::bad_request)?;
+    let spec = body_of::<ContainerSpecV1>(&body)?;
+    let spec = ContainerSpec::try_from(spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     s.consul
         .kv_put(
             &store::template_key(&name),
-            serde_json::to_vec(&spec).expect("serializable"),
+            wire::records::template_to_json(&spec),
         )
         .await
         .map_err(ApiError::backend)?;
-    ok(&TemplateRow {
+    ok(&TemplateRowV1 {
         name: name.to_string(),
-        spec,
+        spec: ContainerSpecV1::from(&spec),
     })
 }
 

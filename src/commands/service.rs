@@ -7,9 +7,12 @@ use clap::{Args, Subcommand};
 use super::table;
 use crate::addressing::NodeAddress;
 use crate::api::client::ApiClient;
-use crate::api::{CreateService, Listing, Scale, ServiceRow};
+use crate::api::{Listing, ServiceRow};
 use crate::config::{Config, Role};
-use crate::placement::{Constraints, ServiceDef, ServiceName};
+use crate::placement::wire::{
+    ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1,
+};
+use crate::placement::{Constraints, ServiceName};
 
 /// Cluster services: N instances of a container, placed evenly across the nodes and
 /// re-placed when a node fails.
@@ -99,19 +102,19 @@ impl Service {
         let api = ApiClient::from_config(&config);
         match &self.verb {
             Verb::Create(c) => {
-                let mut req = CreateService {
+                let mut req = CreateServiceV1 {
                     name: c.name.clone(),
                     image: c.image.clone(),
                     template: c.template.clone(),
                     replicas: c.replicas,
-                    constraints: Constraints {
+                    constraints: ConstraintsV1::from(&Constraints {
                         roles: c.role.clone(),
                         nodes: c.nodes.clone(),
                         labels: c.label.iter().cloned().collect(),
-                    },
+                    }),
                     env: c.env.iter().cloned().collect::<BTreeMap<_, _>>(),
                     command: (!c.command.is_empty()).then(|| c.command.clone()),
-                    ..CreateService::default()
+                    ..CreateServiceV1::default()
                 };
                 if let Some(file) = &c.file {
                     let declared = crate::config::containers::load_file(file)?;
@@ -122,9 +125,10 @@ impl Service {
                             declared.len()
                         );
                     };
-                    req.spec = Some(one.spec.clone());
+                    req.spec = Some(ContainerSpecV1::from(&one.spec));
                 }
-                let def: ServiceDef = api.post("/v1/services", Some(&req)).await?;
+                let Record(def): Record<ServiceDefV1> =
+                    api.post("/v1/services", Some(&req)).await?;
                 println!(
                     "service {} created: {} instance(s) of {}",
                     def.name,
@@ -135,10 +139,10 @@ impl Service {
             Verb::Scale { name, replicas } => {
                 // Checked here too: a name goes into the request's path.
                 let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
-                let def: ServiceDef = api
+                let Record(def): Record<ServiceDefV1> = api
                     .put(
                         &format!("/v1/services/{name}/replicas"),
-                        &Scale {
+                        &ScaleV1 {
                             replicas: *replicas,
                         },
                     )
@@ -147,7 +151,8 @@ impl Service {
             }
             Verb::Rm { name } => {
                 let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
-                let def: ServiceDef = api.delete(&format!("/v1/services/{name}")).await?;
+                let Record(def): Record<ServiceDefV1> =
+                    api.delete(&format!("/v1/services/{name}")).await?;
                 println!("service {} removed", def.name);
             }
             Verb::Ls { json } => {

@@ -1,14 +1,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 
 use super::table;
 use crate::api::Listing;
 use crate::api::client::ApiClient;
 use crate::config::Config;
-use crate::config::containers::ContainerSpec;
 use crate::placement::TemplateName;
+use crate::placement::wire::{ContainerSpecV1, TemplateRowV1};
 
 /// Templates: container specs stored in the cluster, for `service create --template`.
 #[derive(Debug, Args)]
@@ -31,12 +30,6 @@ pub enum Verb {
     Rm { name: String },
 }
 
-#[derive(Debug, serde::Serialize, Deserialize)]
-struct TemplateRow {
-    name: String,
-    spec: ContainerSpec,
-}
-
 impl Template {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
@@ -47,12 +40,13 @@ impl Template {
                     // Checked here too: a name goes into the request's path.
                     let name = TemplateName::try_from(c.spec.name.as_str().to_string())
                         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                    let _: TemplateRow = api.put(&format!("/v1/templates/{name}"), &c.spec).await?;
+                    let spec = ContainerSpecV1::from(&c.spec);
+                    let _: TemplateRowV1 = api.put(&format!("/v1/templates/{name}"), &spec).await?;
                     println!("template {name} stored");
                 }
             }
             Verb::Ls { json } => {
-                let listing: Listing<TemplateRow> = api.get("/v1/templates").await?;
+                let listing: Listing<TemplateRowV1> = api.get("/v1/templates").await?;
                 table::emit(*json, &listing.items, &["NAME", "IMAGE"], |t| {
                     vec![t.name.clone(), t.spec.image.as_str().to_string()]
                 })?;

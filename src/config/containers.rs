@@ -19,6 +19,9 @@ pub struct ContainersFile {
     pub container: Vec<ContainerSpec>,
 }
 
+/// One `[[container]]`. Its `Serialize` is only for `containers::spec_hash`, the label
+/// that tells a running container's spec; KV records and API bodies carry
+/// `placement::wire::ContainerSpecV1`, so an edit here changes no record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
@@ -269,6 +272,19 @@ impl TryFrom<RawVolume> for Volume {
     type Error = String;
     fn try_from(raw: RawVolume) -> Result<Self, String> {
         let read_only = raw.mode == VolumeMode::Ro;
+        Volume::from_parts(raw.host, raw.container, raw.from, read_only)
+    }
+}
+
+impl Volume {
+    /// The one rule for a volume, whichever format (this file's, a KV record's) names
+    /// its parts.
+    pub fn from_parts(
+        host: Option<PathBuf>,
+        container: Option<PathBuf>,
+        from: Option<String>,
+        read_only: bool,
+    ) -> Result<Self, String> {
         let absolute = |p: &Path, key: &str| {
             if p.is_absolute() {
                 Ok(())
@@ -279,7 +295,7 @@ impl TryFrom<RawVolume> for Volume {
                 ))
             }
         };
-        match (raw.host, raw.container, raw.from) {
+        match (host, container, from) {
             (None, None, Some(from)) => Ok(Volume::From { container: from, read_only }),
             (host, Some(container), None) => {
                 absolute(&container, "container")?;
@@ -375,7 +391,7 @@ pub enum CheckKind {
 #[serde(deny_unknown_fields)]
 struct RawCheck {
     #[serde(rename = "type")]
-    kind: RawCheckKind,
+    kind: CheckType,
     path: Option<String>,
     #[serde(default = "default_interval", with = "super::duration_text")]
     interval: Duration,
@@ -383,41 +399,58 @@ struct RawCheck {
     timeout: Duration,
 }
 
-#[derive(Deserialize)]
+/// A check's `type`, before its `path` makes it a [`CheckKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum RawCheckKind {
+pub enum CheckType {
     Http,
     Tcp,
 }
 
 fn default_interval() -> Duration {
-    Duration::from_secs(10)
+    CheckSpec::DEFAULT_INTERVAL
 }
 fn default_timeout() -> Duration {
-    Duration::from_secs(2)
+    CheckSpec::DEFAULT_TIMEOUT
 }
 
 impl TryFrom<RawCheck> for CheckSpec {
     type Error = String;
     fn try_from(raw: RawCheck) -> Result<Self, String> {
-        let kind = match (raw.kind, raw.path) {
-            (RawCheckKind::Http, path) => {
+        CheckSpec::from_parts(raw.kind, raw.path, raw.interval, raw.timeout)
+    }
+}
+
+impl CheckSpec {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The one rule for a check, whichever format (this file's, a KV record's) names
+    /// its parts.
+    pub fn from_parts(
+        kind: CheckType,
+        path: Option<String>,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let kind = match (kind, path) {
+            (CheckType::Http, path) => {
                 let path = path.unwrap_or_else(|| "/".into());
                 if !path.starts_with('/') {
                     return Err(format!("check `path` must start with `/`, not `{path}`"));
                 }
                 CheckKind::Http { path }
             }
-            (RawCheckKind::Tcp, None) => CheckKind::Tcp,
-            (RawCheckKind::Tcp, Some(_)) => return Err("a tcp check takes no `path`".into()),
+            (CheckType::Tcp, None) => CheckKind::Tcp,
+            (CheckType::Tcp, Some(_)) => return Err("a tcp check takes no `path`".into()),
         };
-        if raw.timeout > raw.interval {
+        if timeout > interval {
             return Err("check `timeout` must not be longer than its `interval`".into());
         }
         Ok(Self {
             kind,
-            interval: raw.interval,
-            timeout: raw.timeout,
+            interval,
+            timeout,
         })
     }
 }

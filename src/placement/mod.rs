@@ -9,6 +9,7 @@
 
 pub mod reconcile;
 pub mod store;
+pub mod wire;
 
 use std::collections::BTreeMap;
 
@@ -19,22 +20,20 @@ use crate::addressing::NodeAddress;
 use crate::config::Role;
 use crate::config::containers::{ContainerName, ContainerSpec, ServiceSpec};
 
-/// A cluster service as stored in KV: what to run and how many.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A cluster service: what to run and how many. In KV and the API it is
+/// [`wire::ServiceDefV1`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDef {
     pub name: ServiceName,
-    /// The container every instance runs (containers.d's format; its `name` is the
-    /// service's, instances get their own).
+    /// The container every instance runs (its `name` is the service's, instances get
+    /// their own).
     pub spec: ContainerSpec,
     pub replicas: u32,
-    #[serde(default)]
     pub constraints: Constraints,
 }
 
 /// Where a service may run. Empty lists allow every node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Constraints {
     /// `server` also admits the boot node (it is a server).
     pub roles: Vec<Role>,

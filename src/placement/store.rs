@@ -1,9 +1,11 @@
 //! Cluster desired state in Consul KV, under one prefix so one blocking query sees
 //! every change:
 //!
-//! - `arpanet/cluster/services/NAME`: a [`ServiceDef`] as JSON
-//! - `arpanet/cluster/templates/NAME`: a container spec as JSON
+//! - `arpanet/cluster/services/NAME`: a service (`wire::ServiceDefV1`)
+//! - `arpanet/cluster/templates/NAME`: a container spec (`wire::ContainerSpecV1`)
 //! - `arpanet/cluster/drained/ADDRESS`: present while the node is drained
+//!
+//! The records' format, and how one of another release reads, is [`super::wire`]'s.
 
 use anyhow::Context;
 
@@ -24,8 +26,11 @@ pub struct ClusterState {
     pub services: Vec<ServiceDef>,
     pub templates: Vec<(String, ContainerSpec)>,
     pub drained: Vec<NodeAddress>,
-    /// Service names whose entry is unreadable, with why.
+    /// Service names whose entry is unreadable, with why (naming the key).
     pub broken: Vec<(String, String)>,
+    /// Template names whose entry is unreadable, with why (naming the key): a service
+    /// made from one says so rather than that no such template exists.
+    pub broken_templates: Vec<(String, String)>,
 }
 
 pub fn service_key(name: &ServiceName) -> String {
@@ -45,21 +50,24 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
     let mut state = ClusterState::default();
     for (key, value) in entries {
         if let Some(name) = key.strip_prefix(SERVICES) {
-            match parse_json::<ServiceDef>(value) {
+            match ServiceDef::from_json(value) {
                 Ok(def) if def.name.as_str() == name => state.services.push(def),
                 Ok(def) => state.broken.push((
                     name.to_string(),
-                    format!("its name field says `{}`", def.name),
+                    format!("{key}: its name field says `{}`", def.name),
                 )),
-                Err(e) => state.broken.push((name.to_string(), e)),
+                Err(e) => state.broken.push((name.to_string(), format!("{key}: {e}"))),
             }
         } else if let Some(name) = key.strip_prefix(TEMPLATES) {
             // A broken template only matters when a service is created from it; a key
             // no API call could have written (`..`, `/`) names none.
-            if TemplateName::try_from(name.to_string()).is_ok()
-                && let Ok(spec) = parse_json::<ContainerSpec>(value)
-            {
-                state.templates.push((name.to_string(), spec));
+            if TemplateName::try_from(name.to_string()).is_ok() {
+                match super::wire::records::template_from_json(value) {
+                    Ok(spec) => state.templates.push((name.to_string(), spec)),
+                    Err(e) => state
+                        .broken_templates
+                        .push((name.to_string(), format!("{key}: {e}"))),
+                }
             }
         } else if let Some(node) = key.strip_prefix(DRAINED)
             && let Ok(node) = node.parse()
@@ -71,19 +79,7 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
     state
 }
 
-/// JSON with the path of the field that is wrong, for API errors and KV entries alike.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
-}
+pub use super::wire::parse_json;
 
 pub async fn load(consul: &Consul) -> anyhow::Result<ClusterState> {
     let (entries, _) = consul
@@ -116,6 +112,14 @@ mod tests {
                 br#"{"name":"t","image":"busybox:1"}"#.to_vec(),
             ),
             (format!("{DRAINED}0.3"), Vec::new()),
+            (
+                format!("{SERVICES}next"),
+                br#"{"v":2,"name":"next","replicas":1,"spec":{"name":"next","image":"busybox:1"},"surge":1}"#.to_vec(),
+            ),
+            (
+                format!("{TEMPLATES}next"),
+                br#"{"v":2,"name":"next","image":"busybox:1"}"#.to_vec(),
+            ),
         ]);
         assert_eq!(state.templates.len(), 1);
         assert_eq!(state.services.len(), 1);
@@ -123,20 +127,36 @@ mod tests {
         assert_eq!(state.templates[0].0, "t");
         assert_eq!(state.drained, ["0.3".parse::<NodeAddress>().unwrap()]);
         let broken: Vec<_> = state.broken.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(broken, ["bad", "other"]);
+        // A record of a newer release is skipped like any unreadable one (its
+        // instances stay), with one error naming its key and version.
+        assert_eq!(broken, ["bad", "other", "next"]);
+        assert_eq!(
+            state.broken[2].1,
+            "arpanet/cluster/services/next: record version 2 is newer than this arpanet reads (up to 1); upgrade this node"
+        );
+        assert_eq!(state.broken_templates.len(), 1);
+        assert!(
+            state.broken_templates[0]
+                .1
+                .starts_with("arpanet/cluster/templates/next: record version 2 is newer"),
+            "{:?}",
+            state.broken_templates
+        );
     }
 
     #[test]
     fn json_errors_name_the_field() {
-        let e = parse_json::<ServiceDef>(
+        let e = ServiceDef::from_json(
             br#"{"name":"web","replicas":-1,"spec":{"name":"web","image":"busybox:1"}}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("replicas: "), "{e}");
-        let e = parse_json::<ServiceDef>(
+        let e = ServiceDef::from_json(
             br#"{"name":"web","replicas":1,"spec":{"name":"web","image":"busybox"}}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("spec.image: ") && e.contains("no tag"), "{e}");
     }
 }
