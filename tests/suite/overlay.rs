@@ -1,12 +1,11 @@
 //! The VXLAN overlay between lab hosts, programmed by arpanetd over netlink.
 //! Every packet here stays inside the lab's namespaces.
 
-mod lab;
-
+use crate::lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn ping(from: &Host, to: Ipv4Addr) -> bool {
     from.exec(&["ping", "-c", "1", "-W", "2", &to.to_string()])
@@ -38,9 +37,7 @@ fn first_inet(text: &str) -> Ipv4Addr {
 
 #[test]
 fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(3).start();
     // A key of the user's, which arpanet must keep when it adds its own.
     std::fs::write(
@@ -210,9 +207,7 @@ fn once_changes(host: &Host) -> Vec<String> {
 
 #[test]
 fn reconcile_is_idempotent_heals_and_removes_peers() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(3).start();
     lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];

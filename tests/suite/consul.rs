@@ -1,11 +1,9 @@
 //! Real Consul agents, run and configured by arpanet, on lab hosts whose only path to
 //! each other's agents is the overlay (Consul binds the 10.253 plane).
 
-mod lab;
-
 use std::time::{Duration, Instant};
 
-use lab::{Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
 
@@ -72,9 +70,7 @@ fn stop(host: &Host) {
 
 #[test]
 fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(5).start();
     // h0 boots, h1 and h2 are servers, h3 is a client; h4 joins later.
     let servers = [0, 1, 2];
@@ -255,4 +251,4 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
 }
 
 // A node with the wrong secret is turned away before it reaches Consul at all: it is
-// never admitted to the overlay (tests/admission.rs attacks that with a real stranger).
+// never admitted to the overlay (admission.rs attacks that with a real stranger).
