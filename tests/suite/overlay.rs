@@ -19,10 +19,21 @@ fn status_json(host: &Host) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
 
+/// Whether `host` has `expected` peers, each with every overlay entry ("ok") and
+/// admitted by its firewall. Status reads netlink only, and a pass programs the
+/// entries before it rewrites ARPANET-ADMITTED: a ping sent in between is dropped
+/// (seen when tests ran at once and passes were slow).
 fn peers_ok(host: &Host, expected: usize) -> bool {
     let s = status_json(host);
     let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    peers.len() == expected && peers.iter().all(|p| p["state"] == "ok")
+    let admitted = stdout(&host.exec(&["iptables", "-S", "ARPANET-ADMITTED"]));
+    peers.len() == expected
+        && peers.iter().all(|p| {
+            p["state"] == "ok"
+                && p["underlay_ip"]
+                    .as_str()
+                    .is_some_and(|ip| admitted.contains(&format!("-s {ip}/32 ")))
+        })
 }
 
 /// The first IPv4 address `ip -4 -o addr show eth0` prints.
