@@ -41,13 +41,14 @@ fn has_leader(host: &Host) -> bool {
     !s["consul"]["leader"].is_null()
 }
 
-/// Whether `host` has every overlay entry for the node at `address` ("a.b").
+/// Whether `host` has every overlay entry for the node at `address` ("a.b"), and its
+/// firewall admits it ([`Host::admits`]): a ping follows.
 fn peer_ok(host: &Host, address: &str) -> bool {
-    status(host)["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["address"] == address && p["state"] == "ok")
+    status(host)["peers"].as_array().unwrap().iter().any(|p| {
+        p["address"] == address
+            && p["state"] == "ok"
+            && p["underlay_ip"].as_str().is_some_and(|ip| host.admits(ip))
+    })
 }
 
 fn peer_absent(host: &Host, address: &str) -> bool {

@@ -20,19 +20,13 @@ fn status_json(host: &Host) -> serde_json::Value {
 }
 
 /// Whether `host` has `expected` peers, each with every overlay entry ("ok") and
-/// admitted by its firewall. Status reads netlink only, and a pass programs the
-/// entries before it rewrites ARPANET-ADMITTED: a ping sent in between is dropped
-/// (seen when tests ran at once and passes were slow).
+/// admitted by its firewall ([`Host::admits`]).
 fn peers_ok(host: &Host, expected: usize) -> bool {
     let s = status_json(host);
     let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    let admitted = stdout(&host.exec(&["iptables", "-S", "ARPANET-ADMITTED"]));
     peers.len() == expected
         && peers.iter().all(|p| {
-            p["state"] == "ok"
-                && p["underlay_ip"]
-                    .as_str()
-                    .is_some_and(|ip| admitted.contains(&format!("-s {ip}/32 ")))
+            p["state"] == "ok" && p["underlay_ip"].as_str().is_some_and(|ip| host.admits(ip))
         })
 }
 

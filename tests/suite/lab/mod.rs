@@ -521,6 +521,15 @@ impl Host {
         self.exec(&full)
     }
 
+    /// Whether this host's firewall lets VXLAN in from the peer at `underlay_ip`. `arpanet
+    /// status` reads netlink only, and a pass programs a peer's entries before it
+    /// rewrites ARPANET-ADMITTED: traffic sent in between is dropped, which tests that
+    /// run at once (slow passes) met.
+    pub fn admits(&self, underlay_ip: &str) -> bool {
+        let out = self.exec(&["iptables", "-S", "ARPANET-ADMITTED"]);
+        stdout(&out).contains(&format!("-s {underlay_ip}/32 "))
+    }
+
     /// Names of the members this host's agent sees as alive.
     pub fn consul_alive_members(&self) -> Vec<String> {
         let out = self.consul(&["members"]);
