@@ -7,7 +7,7 @@ run:
 
 # Everything: installs the real components the tests use, then lint and all tests
 # (benchmarks are compiled and linted here, and run by the bench-* targets); it ends
-# with how long each test binary took (scripts/cargo-test-timed).
+# with how long each test topic took and PASSED or FAILED (scripts/cargo-test-timed).
 test: deps lint packages
 	scripts/cargo-test-timed
 
@@ -21,7 +21,7 @@ packages:
 # the .deb installed, boot/server/client), with each machine's `arpanet status` and a
 # way into a shell; Enter removes it. Root.
 demo: deps packages
-	cargo test --test packaging -- --ignored --nocapture --exact demo
+	cargo test --test suite -- --ignored --nocapture --exact packaging::demo
 
 deps:
 	scripts/install-test-deps

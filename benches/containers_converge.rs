@@ -2,7 +2,8 @@
 //! with nothing changed, on a lab host's real dockerd. `make bench-containers`.
 //! Prints figures; asserts nothing about speed.
 
-#[path = "../tests/lab/mod.rs"]
+#[path = "../tests/suite/lab/mod.rs"]
+#[macro_use]
 mod lab;
 
 use std::time::{Duration, Instant};
@@ -18,9 +19,7 @@ fn timed(host: &lab::Host, args: &[&str]) -> Duration {
 }
 
 fn main() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
     for file in 0..5 {

@@ -9,7 +9,8 @@
 //! change the setup; METHODS (default `registry,docket,arpanet`) picks what runs. Every host's underlay link is shaped both ways with tc (tbf), so
 //! each node can send and receive B; the source node is one of N + 1 hosts.
 
-#[path = "../tests/lab/mod.rs"]
+#[path = "../tests/suite/lab/mod.rs"]
+#[macro_use]
 mod lab;
 
 use std::path::Path;
@@ -29,9 +30,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     for tool in ["docker-registry", "opentracker", "ctorrent", "tc"] {
         assert!(
             lab::which(tool).is_some(),

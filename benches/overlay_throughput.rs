@@ -1,7 +1,8 @@
 //! Overlay TCP throughput as a ratio of the underlay's, between two lab hosts.
 //! `make bench-overlay` (root; iperf3). Prints figures; asserts nothing about speed.
 
-#[path = "../tests/lab/mod.rs"]
+#[path = "../tests/suite/lab/mod.rs"]
+#[macro_use]
 mod lab;
 
 use lab::{Lab, assert_success, wait_until};
@@ -17,9 +18,7 @@ fn iperf(client: &lab::Host, target: &str, seconds: u32) -> f64 {
 }
 
 fn main() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let seconds = std::env::var("SECONDS_PER_RUN")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -5,12 +5,11 @@
 //! writer registers claims for another node's address. Every packet stays inside the
 //! lab's namespaces.
 
-mod lab;
-
+use crate::lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
 /// The attacker's VTEP, as in the issue: MAC 02:61:72:70:c8:c8, 10.25x.200.200.
@@ -136,9 +135,7 @@ fn in_container(host: &Host, extra: &[&str], script: &str) -> String {
 
 #[test]
 fn nothing_that_is_not_a_node_reaches_a_node() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(4).start();
     lab.write_arpanet_config(0, "boot", &[1, 2], CONSUL);
     lab.write_arpanet_config(1, "server", &[0, 2], CONSUL);

@@ -1,12 +1,11 @@
 //! The VXLAN overlay between lab hosts, programmed by arpanetd over netlink.
 //! Every packet here stays inside the lab's namespaces.
 
-mod lab;
-
+use crate::lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Dockerd, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn ping(from: &Host, to: Ipv4Addr) -> bool {
     from.exec(&["ping", "-c", "1", "-W", "2", &to.to_string()])
@@ -20,10 +19,15 @@ fn status_json(host: &Host) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
 
+/// Whether `host` has `expected` peers, each with every overlay entry ("ok") and
+/// admitted by its firewall ([`Host::admits`]).
 fn peers_ok(host: &Host, expected: usize) -> bool {
     let s = status_json(host);
     let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    peers.len() == expected && peers.iter().all(|p| p["state"] == "ok")
+    peers.len() == expected
+        && peers.iter().all(|p| {
+            p["state"] == "ok" && p["underlay_ip"].as_str().is_some_and(|ip| host.admits(ip))
+        })
 }
 
 /// The first IPv4 address `ip -4 -o addr show eth0` prints.
@@ -38,9 +42,7 @@ fn first_inet(text: &str) -> Ipv4Addr {
 
 #[test]
 fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(3).start();
     // A key of the user's, which arpanet must keep when it adds its own.
     std::fs::write(
@@ -210,9 +212,7 @@ fn once_changes(host: &Host) -> Vec<String> {
 
 #[test]
 fn reconcile_is_idempotent_heals_and_removes_peers() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(3).start();
     lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];

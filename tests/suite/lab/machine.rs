@@ -26,6 +26,18 @@ pub fn base_tree() -> PathBuf {
     PathBuf::from(BASE_TREE)
 }
 
+/// The machine tests take turns: together they would boot six machines, each with a
+/// dockerd, on a CI host of two cores. This serializes them in one process (`cargo
+/// test`); under nextest, where each test is a process of its own, the `machines` test
+/// group of .config/nextest.toml does.
+static MACHINES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    MACHINES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How arpanet gets into a machine.
 pub enum Install<'p> {
     /// The freshly built binaries bound at /usr/bin and the repo's unit files.

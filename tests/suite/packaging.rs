@@ -2,13 +2,13 @@
 //! installed, set up with boot/server/client, upgraded and purged. The packages come
 //! from `scripts/build-packages` (`make packages`, which `make test` runs first).
 
-mod lab;
-
+use crate::fixture;
+use crate::lab;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lab::machine::{self, Install, Machine};
-use lab::{Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::machine::{self, Install, Machine};
+use crate::lab::{Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 /// The package of each revision (`-1`, and `-2` for the upgrade).
 fn packages() -> Option<(PathBuf, PathBuf)> {
@@ -33,16 +33,6 @@ fn packages() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
-}
-
-/// The machine tests take turns: together they would boot four machines, each with a
-/// dockerd, on a CI host of two cores.
-static MACHINES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    MACHINES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn name(p: &std::path::Path) -> String {
@@ -185,11 +175,9 @@ fn the_rpm_carries_the_same_files_config_and_scripts() {
 
 #[test]
 fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
-    if !lab::available() || !machine::available() {
-        return;
-    }
+    require_lab!(machines);
     let Some((v1, v2)) = packages() else { return };
-    let _turn = take_turn();
+    let _turn = machine::take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(1).start();
     let h0 = &lab.hosts[0];
@@ -454,11 +442,9 @@ fn demo() {
 
 #[test]
 fn three_machines_form_a_cluster_from_the_package() {
-    if !lab::available() || !machine::available() {
-        return;
-    }
+    require_lab!(machines);
     let Some((v1, _)) = packages() else { return };
-    let _turn = take_turn();
+    let _turn = machine::take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(3).start();
     let pkgs = [v1.clone()];
@@ -551,9 +537,7 @@ fn three_machines_form_a_cluster_from_the_package() {
     // `systemctl reload arpanetd` applies a changed containers.d file.
     machines[1].write_file(
         "/etc/arpanet/containers.d/hello.toml",
-        &format!(
-            "[[container]]\nname = \"hello\"\nimage = \"{TEST_IMAGE}\"\ncommand = [\"sleep\", \"1d\"]\n"
-        ),
+        &fixture("containers.d/hello.toml"),
     );
     assert_success(
         &machines[1].exec(&["systemctl", "reload", "arpanetd.service"]),

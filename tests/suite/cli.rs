@@ -1,5 +1,6 @@
 //! The `arpanet` binary as a user runs it.
 
+use crate::fixture;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -70,11 +71,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn unknown_key_is_refused_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(
-        dir.path(),
-        "a.toml",
-        "[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_iface = \"eth0\"\n",
-    );
+    let cfg = write(dir.path(), "a.toml", &fixture("config/unknown-key.toml"));
     for verb in ["info", "check"] {
         let out = arpanet(&["--config", cfg.to_str().unwrap(), verb]);
         assert!(!out.status.success());
@@ -96,7 +93,7 @@ fn out_of_range_address_is_refused_with_file_line_and_key() {
     let cfg = write(
         dir.path(),
         "a.toml",
-        "[node]\naddress = \"0.300\"\nrole = \"boot\"\n",
+        &fixture("config/address-out-of-range.toml"),
     );
     let out = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
     assert!(!out.status.success());
@@ -123,24 +120,16 @@ fn check_reports_every_broken_containers_file() {
             cd
         ),
     );
-    write(
-        &cd,
-        "good.toml",
-        "[[container]]\nname = \"a\"\nimage = \"busybox:1.36\"\n",
-    );
+    write(&cd, "good.toml", &fixture("containers.d/good.toml"));
     let ok = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("1 container(s) ok"));
 
-    write(
-        &cd,
-        "bad1.toml",
-        "[[container]]\nname = \"b\"\nimage = \"busybox\"\n",
-    );
+    write(&cd, "bad1.toml", &fixture("containers.d/no-tag.toml"));
     write(
         &cd,
         "bad2.toml",
-        "[[container]]\nname = \"c\"\nimage = \"busybox:1\"\nports = [{ container = 99999 }]\n",
+        &fixture("containers.d/port-out-of-range.toml"),
     );
     let out = arpanet(&["--config", cfg.to_str().unwrap(), "check"]);
     assert!(!out.status.success());
@@ -185,7 +174,7 @@ fn a_missing_consul_binary_says_where_to_get_it() {
     let cfg = write(
         dir.path(),
         "a.toml",
-        "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[consul]\nmode = \"config\"\nbinary = \"/nonexistent/consul\"\n",
+        &fixture("config/consul-binary-missing.toml"),
     );
     let out = arpanet(&["--config", cfg.to_str().unwrap(), "consul-agent"]);
     assert!(!out.status.success());
@@ -202,7 +191,7 @@ fn an_unreachable_consul_is_one_clear_line() {
     let cfg = write(
         dir.path(),
         "a.toml",
-        "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[consul]\nhttp_addr = \"127.0.0.1:1\"\n",
+        &fixture("config/consul-unreachable.toml"),
     );
     for args in [&["members"][..], &["kv", "get", "some/key"][..]] {
         let mut full = vec!["--config", cfg.to_str().unwrap()];

@@ -1,11 +1,10 @@
 //! containers.d applied to a real dockerd (a lab host's), by `arpanet up` and arpanetd.
 
-mod lab;
-
+use crate::fixture;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn spec(name: &str, mode: &str) -> String {
     format!(
@@ -42,9 +41,7 @@ fn up(host: &Host, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
     std::fs::write(dir.join("a.toml"), spec("web1", "1") + &spec("web2", "1")).unwrap();
@@ -109,7 +106,7 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
     // A syntax error names file, line and column, and nothing it declared is removed.
     std::fs::write(
         dir.join("b.toml"),
-        "[[container]]\nname = \"db\"\nimage = \n",
+        fixture("containers.d/syntax-error.toml"),
     )
     .unwrap();
     let broken = up(host, &[]);
@@ -202,9 +199,7 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
 
 #[test]
 fn a_new_image_under_the_same_tag_replaces_its_containers() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let (lab, _, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
     let tag = "arpanet-test/app:1";
@@ -275,9 +270,7 @@ fn a_new_image_under_the_same_tag_replaces_its_containers() {
 
 #[test]
 fn a_changed_file_is_applied_at_once_not_at_the_next_resync() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let (lab, cfg, dir) = Lab::containers_host();
     let host = &lab.hosts[0];
     // A resync an hour away: only the file watch can explain a prompt change.

@@ -1,10 +1,10 @@
 //! arpanetd under a real systemd (systemd-nspawn machines in lab namespaces):
 //! Docker reconfigured and restarted over D-Bus, resolved told about `~consul`.
 
-mod lab;
-
-use lab::machine::{self, Machine};
-use lab::{Host, Lab, assert_success, stdout};
+use crate::fixture;
+use crate::lab;
+use crate::lab::machine::{self, Machine};
+use crate::lab::{Host, Lab, assert_success, stdout};
 
 fn config(me: &Host, peer: &Host) -> String {
     format!(
@@ -23,9 +23,8 @@ fn once(m: &Machine) -> Vec<String> {
 
 #[test]
 fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
-    if !lab::available() || !machine::available() {
-        return;
-    }
+    require_lab!(machines);
+    let _turn = machine::take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(2).start();
     let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
@@ -150,15 +149,14 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
 
 #[test]
 fn consul_runs_as_a_unit_and_answers_dns_for_containers_and_the_host() {
-    if !lab::available() || !machine::available() {
-        return;
-    }
+    require_lab!(machines);
+    let _turn = machine::take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(1).start();
     let m0 = Machine::boot(&lab.hosts[0], &base);
     m0.write_file(
         "/etc/arpanet/arpanet.toml",
-        "[node]\naddress = \"0.1\"\nrole = \"boot\"\nunderlay_interface = \"eth1\"\n[cluster]\nname = \"apples\"\nexpect = 1\n",
+        &fixture("config/machine-boot-alone.toml"),
     );
     assert_success(&m0.exec(&["arpanet", "secret"]), "arpanet secret");
 
@@ -255,9 +253,8 @@ fn consul_runs_as_a_unit_and_answers_dns_for_containers_and_the_host() {
 /// A machine outlives a SIGKILLed nspawn (teardown's last resort); teardown ends it.
 #[test]
 fn teardown_ends_a_machine_whose_nspawn_was_killed() {
-    if !lab::available() || !machine::available() {
-        return;
-    }
+    require_lab!(machines);
+    let _turn = machine::take_turn();
     let base = machine::base_tree();
     let lab = Lab::builder(1).start();
     let m = Machine::boot(&lab.hosts[0], &base);
@@ -287,8 +284,8 @@ fn teardown_ends_a_machine_whose_nspawn_was_killed() {
 
 /// The boot flake's reproducer (issue 13): machines booted as the tests boot them,
 /// LAB_BOOT_AT_ONCE (2) at a time, LAB_BOOT_ROUNDS (10) times; every boot must come up
-/// with no failed unit. Ignored: `cargo test --test systemd_machine -- --ignored
-/// machines_boot_cleanly_again_and_again`.
+/// with no failed unit. Ignored: `cargo test --test suite -- --ignored --exact
+/// systemd_machine::machines_boot_cleanly_again_and_again`.
 #[test]
 #[ignore = "slow: the boot loop for the machine-boot flake"]
 fn machines_boot_cleanly_again_and_again() {

@@ -1,11 +1,11 @@
 //! Running containers registered in Consul by arpanetd (registrator's job), and
 //! containers on different lab hosts finding and calling each other by name.
 
-mod lab;
-
+use crate::fixture;
+use crate::lab;
 use std::time::{Duration, Instant};
 
-use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn catalog_services(host: &Host) -> String {
     stdout(&host.consul(&["catalog", "services"]))
@@ -19,9 +19,7 @@ fn has_leader(host: &Host) -> bool {
 
 #[test]
 fn containers_are_registered_and_found_across_hosts_by_name() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(2).start();
     let consul = "[consul]\nmode = \"config\"\n";
     lab.write_arpanet_config(0, "boot", &[1], consul);
@@ -124,13 +122,11 @@ fn containers_are_registered_and_found_across_hosts_by_name() {
     // A containers.d service with an HTTP check: registered with the check, which passes.
     let dir = h0.dir.join("containers.d");
     std::fs::create_dir_all(&dir).unwrap();
-    let api = format!(
-        "[[container]]\nname = \"api\"\nimage = \"{TEST_IMAGE}\"\n\
-         command = [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n\
-         ports = [{{ container = 8080 }}]\nupdate = {{ pull = false }}\n\
-         service = {{ name = \"api\", tags = [\"v1\"], check = {{ type = \"http\", path = \"/cgi-bin/whoami\", interval = \"1s\", timeout = \"1s\" }} }}\n"
-    );
-    std::fs::write(dir.join("api.toml"), api).unwrap();
+    std::fs::write(
+        dir.join("api.toml"),
+        fixture("containers.d/api-with-http-check.toml"),
+    )
+    .unwrap();
     wait_until(
         Duration::from_secs(30),
         "api registered with a passing check",

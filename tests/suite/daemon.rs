@@ -1,19 +1,17 @@
 //! arpanetd as a process: a bad config on reload is reported and changes nothing.
 //! It runs inside a lab host, never in this machine's own namespace.
 
-mod lab;
-
+use crate::fixture;
+use crate::lab;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use lab::{Lab, wait_until};
+use crate::lab::{Lab, wait_until};
 
 #[test]
 fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(2).start();
     lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
     let host = &lab.hosts[0];
@@ -98,7 +96,7 @@ fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
 fn a_broken_config_at_start_fails_with_its_position_before_touching_anything() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("arpanet.toml");
-    std::fs::write(&cfg, "[node]\naddress = \"1.2.3\"\n").unwrap();
+    std::fs::write(&cfg, fixture("config/address-not-arpanet.toml")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arpanetd"))
         .arg("--config")
         .arg(&cfg)

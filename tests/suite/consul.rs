@@ -1,11 +1,9 @@
 //! Real Consul agents, run and configured by arpanet, on lab hosts whose only path to
 //! each other's agents is the overlay (Consul binds the 10.253 plane).
 
-mod lab;
-
 use std::time::{Duration, Instant};
 
-use lab::{Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
 
@@ -43,13 +41,14 @@ fn has_leader(host: &Host) -> bool {
     !s["consul"]["leader"].is_null()
 }
 
-/// Whether `host` has every overlay entry for the node at `address` ("a.b").
+/// Whether `host` has every overlay entry for the node at `address` ("a.b"), and its
+/// firewall admits it ([`Host::admits`]): a ping follows.
 fn peer_ok(host: &Host, address: &str) -> bool {
-    status(host)["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["address"] == address && p["state"] == "ok")
+    status(host)["peers"].as_array().unwrap().iter().any(|p| {
+        p["address"] == address
+            && p["state"] == "ok"
+            && p["underlay_ip"].as_str().is_some_and(|ip| host.admits(ip))
+    })
 }
 
 fn peer_absent(host: &Host, address: &str) -> bool {
@@ -72,9 +71,7 @@ fn stop(host: &Host) {
 
 #[test]
 fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(5).start();
     // h0 boots, h1 and h2 are servers, h3 is a client; h4 joins later.
     let servers = [0, 1, 2];
@@ -255,4 +252,4 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
 }
 
 // A node with the wrong secret is turned away before it reaches Consul at all: it is
-// never admitted to the overlay (tests/admission.rs attacks that with a real stranger).
+// never admitted to the overlay (admission.rs attacks that with a real stranger).

@@ -1,17 +1,13 @@
 //! The lab itself: namespaced hosts with real dockerd and Consul, torn down always.
 
-mod lab;
-
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use lab::{Lab, TEST_IMAGE, assert_success, stdout};
+use crate::lab::{Lab, TEST_IMAGE, assert_success, stdout};
 
 #[test]
 fn three_hosts_run_containers_and_form_one_consul_cluster() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::builder(3).docker().consul(3).start();
 
     for host in &lab.hosts {
@@ -77,9 +73,7 @@ fn three_hosts_run_containers_and_form_one_consul_cluster() {
 
 #[test]
 fn lab_is_torn_down_even_when_the_test_panics() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::panic::catch_unwind(move || {
         let lab = Lab::builder(1).docker().consul(1).start();

@@ -1,12 +1,11 @@
 //! Cluster services on three lab hosts with real dockerd and Consul: placed evenly
 //! with no master, listed and operated from any node, re-placed when a node fails.
 
-mod lab;
-
+use crate::fixture;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
     assert_success(out, what);
@@ -101,9 +100,7 @@ fn start_node(h: &Host) {
 
 #[test]
 fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::three_nodes();
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
@@ -373,11 +370,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
 
     // A template stored from a containers.d-style file makes a service of its own.
     let template = h0.dir.join("db.toml");
-    std::fs::write(
-        &template,
-        format!("[[container]]\nname = \"db\"\nimage = \"{TEST_IMAGE}\"\ncommand = [\"sleep\", \"1d\"]\n"),
-    )
-    .unwrap();
+    std::fs::write(&template, fixture("containers.d/db.toml")).unwrap();
     assert_success(
         &h0.arpanet(&["template", "add", template.to_str().unwrap()]),
         "template add",

@@ -7,7 +7,7 @@
 //! so the same code cleans up after a panicking test (Drop) and after a test process
 //! that was killed outright (the sweep every new lab runs first).
 
-#![allow(dead_code)] // each test binary uses a different part of the lab
+#![allow(dead_code, unused_macros)] // each bench uses a different part of the lab
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
@@ -71,6 +71,22 @@ pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("randomness for a lab secret");
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The opener of every lab test: returns from the test (a skip, said on stderr) when
+/// the lab cannot run here, and fails it under CI=true (see [`available`]).
+/// `require_lab!(machines)` needs systemd-nspawn machines too.
+macro_rules! require_lab {
+    () => {
+        if !$crate::lab::available() {
+            return;
+        }
+    };
+    (machines) => {
+        if !$crate::lab::available() || !$crate::lab::machine::available() {
+            return;
+        }
+    };
 }
 
 /// Returns whether lab tests can run here; panics under CI=true when they cannot.
@@ -503,6 +519,15 @@ impl Host {
         full.push("-http-addr=127.0.0.1:8500");
         full.extend_from_slice(rest);
         self.exec(&full)
+    }
+
+    /// Whether this host's firewall lets VXLAN in from the peer at `underlay_ip`. `arpanet
+    /// status` reads netlink only, and a pass programs a peer's entries before it
+    /// rewrites ARPANET-ADMITTED: traffic sent in between is dropped, which tests that
+    /// run at once (slow passes) met.
+    pub fn admits(&self, underlay_ip: &str) -> bool {
+        let out = self.exec(&["iptables", "-S", "ARPANET-ADMITTED"]);
+        stdout(&out).contains(&format!("-s {underlay_ip}/32 "))
     }
 
     /// Names of the members this host's agent sees as alive.

@@ -1,15 +1,14 @@
 //! Image sync on three lab hosts with real dockerd, Consul and arpanetd: images pushed
 //! on one node and pulled peer-to-peer (librqbit) on the others, over the overlay.
 //! Each host runs the sync service as arpanet-sync.service would (`arpanetd --sync`);
-//! socket activation itself is tested on systemd machines (tests/packaging.rs).
+//! socket activation itself is tested on systemd machines (packaging.rs).
 
-mod lab;
-
+use crate::lab;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use lab::{Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
 
 fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
     assert_success(out, what);
@@ -46,9 +45,7 @@ fn holders(h: &Host, id: &str) -> Vec<String> {
 
 #[test]
 fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::three_nodes();
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
@@ -424,9 +421,7 @@ fn fallocate(path: &Path, bytes: u64) {
 
 #[test]
 fn a_full_disk_is_one_line_and_a_peer_dying_mid_pull_is_replaced() {
-    if !lab::available() {
-        return;
-    }
+    require_lab!();
     let lab = Lab::three_nodes();
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
