@@ -19,7 +19,7 @@ pub fn join_peers(config: &Config) -> Vec<Peer> {
         .collect()
 }
 
-/// Brings the device, its entries and the firewall to `peers` (the admitted ones).
+/// Brings the firewall, the device and its entries to `peers` (the admitted ones).
 /// Entries that fail are reported and the rest still applied; without the device
 /// nothing else can be, so a failure to create it ends the pass.
 pub async fn reconcile(
@@ -29,6 +29,35 @@ pub async fn reconcile(
     peers: &[Peer],
 ) -> Outcome {
     let mut report = Outcome::default();
+    // The firewall first: a peer's entries never exist before its rules admit it, so
+    // a peer the device reaches (what `arpanet status` calls ok) is one whose traffic
+    // gets in, and a peer that goes is shut out before its entries are removed.
+    // iptables runs processes and waits for them: off the async runtime.
+    let rules = firewall_plan(
+        config,
+        config.overlay.device.as_str(),
+        &underlay.name,
+        peers,
+    );
+    let firewall = tokio::task::spawn_blocking(move || {
+        let forward = firewall::ensure_ip_forward();
+        (forward, firewall::ensure(&rules))
+    })
+    .await;
+    match firewall {
+        Ok((forward, rules)) => {
+            match forward {
+                Ok(true) => report.change("enable IP forwarding"),
+                Ok(false) => {}
+                Err(e) => report.fail("IP forwarding", format!("{e:#}")),
+            }
+            match rules {
+                Ok(changes) => report.changes.extend(changes),
+                Err(e) => report.fail("firewall", format!("{e:#}")),
+            }
+        }
+        Err(e) => report.fail("firewall", e),
+    }
     let observed = match nl.observe(config.overlay.device.as_str()).await {
         Ok(o) => o,
         Err(e) => {
@@ -50,27 +79,6 @@ pub async fn reconcile(
             }
             Err(e) => report.fail(change.to_string(), format!("{e:#}")),
         }
-    }
-    // iptables runs processes and waits for them: off the async runtime.
-    let plan = firewall_plan(config, &desired.device.name, &underlay.name, peers);
-    let firewall = tokio::task::spawn_blocking(move || {
-        let forward = firewall::ensure_ip_forward();
-        (forward, firewall::ensure(&plan))
-    })
-    .await;
-    match firewall {
-        Ok((forward, rules)) => {
-            match forward {
-                Ok(true) => report.change("enable IP forwarding"),
-                Ok(false) => {}
-                Err(e) => report.fail("IP forwarding", format!("{e:#}")),
-            }
-            match rules {
-                Ok(changes) => report.changes.extend(changes),
-                Err(e) => report.fail("firewall", format!("{e:#}")),
-            }
-        }
-        Err(e) => report.fail("firewall", e),
     }
     report
 }
