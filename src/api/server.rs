@@ -539,7 +539,7 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
         .consul
         .kv_get(&store::service_key(name))
         .await
-        .map_err(ApiError::backend)?
+        .map_err(|e| ApiError::backend(e.into()))?
         .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
     parse_json(&bytes).map_err(|e| {
         ApiError(
@@ -652,7 +652,7 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
             serde_json::to_vec(&def).expect("serializable"),
         )
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     if !stored {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -679,7 +679,7 @@ async fn scale_service(
             serde_json::to_vec(&def).expect("serializable"),
         )
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     info!(service = %name, replicas, "service scaled through the cluster API");
     ok(&def)
 }
@@ -690,7 +690,7 @@ async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> Ap
     s.consul
         .kv_delete(&store::service_key(&name), false)
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     info!(service = %name, "service removed through the cluster API");
     ok(&def)
 }
@@ -723,7 +723,7 @@ async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: B
             serde_json::to_vec(&spec).expect("serializable"),
         )
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     ok(&TemplateRow {
         name: name.to_string(),
         spec,
@@ -736,7 +736,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     if s.consul
         .kv_get(&key)
         .await
-        .map_err(ApiError::backend)?
+        .map_err(|e| ApiError::backend(e.into()))?
         .is_none()
     {
         return Err(ApiError::not_found(format!("no template `{name}`")));
@@ -744,7 +744,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     s.consul
         .kv_delete(&key, false)
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     ok(&serde_json::json!({ "removed": name.as_str() }))
 }
 
@@ -783,14 +783,14 @@ async fn node_action(
             s.consul
                 .kv_put(&key, Vec::new())
                 .await
-                .map_err(ApiError::backend)?;
+                .map_err(|e| ApiError::backend(e.into()))?;
             true
         }
         "undrain" => {
             s.consul
                 .kv_delete(&key, false)
                 .await
-                .map_err(ApiError::backend)?;
+                .map_err(|e| ApiError::backend(e.into()))?;
             false
         }
         other => {
