@@ -127,7 +127,7 @@ pub fn path_segment(what: &'static str, name: &str) -> Result<String, ConsulErro
 
 /// How a request may be repeated after an attempt fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Repeat {
+enum Repeat {
     /// Reads and plain writes (a whole value, a registration, a delete): sending one
     /// twice leaves Consul as sending it once.
     Safe,
@@ -138,7 +138,7 @@ pub enum Repeat {
 
 /// What a failed attempt says about its effect on Consul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
+enum Effect {
     /// It never reached Consul's state: no connection, or refused for want of a leader.
     NotApplied,
     /// It may have been applied: the answer was lost, or the leader lost leadership
@@ -147,7 +147,7 @@ pub enum Effect {
 }
 
 /// The retry policy: whether an attempt that failed with `effect` may be sent again.
-pub fn may_resend(repeat: Repeat, effect: Effect) -> bool {
+fn may_resend(repeat: Repeat, effect: Effect) -> bool {
     match (repeat, effect) {
         (_, Effect::NotApplied) => true,
         (Repeat::Safe, Effect::Unknown) => true,
@@ -157,7 +157,7 @@ pub fn may_resend(repeat: Repeat, effect: Effect) -> bool {
 
 /// A 5xx answer that means "no leader right now", which a moment later succeeds, and
 /// what it says about the request's effect; `None` for any other answer.
-pub fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
+fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
     if !status.is_server_error() {
         return None;
     }
@@ -181,7 +181,7 @@ pub fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
 
 /// What reading a key back says about a create (`cas=0`) whose outcome was unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+enum Settled {
     /// The key holds what the create wrote: it took effect.
     Stored,
     /// The key holds something else: another writer created it first.
@@ -190,7 +190,7 @@ pub enum Settled {
     Absent,
 }
 
-pub fn settle_create(read_back: Option<&[u8]>, written: &[u8]) -> Settled {
+fn settle_create(read_back: Option<&[u8]>, written: &[u8]) -> Settled {
     match read_back {
         Some(v) if v == written => Settled::Stored,
         Some(_) => Settled::Taken,

@@ -17,12 +17,12 @@ use super::client::ConsulError;
 /// not a change; the next query waits this long first (Consul's docs: no hot loop).
 pub const NO_PROGRESS_PAUSE: Duration = Duration::from_secs(1);
 
-/// Pauses between failed queries: 1 s doubling to 8 s, each with up to as much again
-/// of jitter.
+/// Pauses between failed queries: 1 s doubling to 3 s, each with up to as much again
+/// of jitter (the old fixed pause was 2 s; an agent that comes back is followed soon).
 fn error_backoff() -> ExponentialBuilder {
     ExponentialBuilder::new()
         .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(8))
+        .with_max_delay(Duration::from_secs(3))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
@@ -53,7 +53,7 @@ pub struct Answer<T> {
 }
 
 /// The index to pass next, from the one passed and the one answered.
-pub fn next_index(sent: Option<u64>, answered: u64) -> u64 {
+fn next_index(sent: Option<u64>, answered: u64) -> u64 {
     if answered < 1 {
         1
     } else if sent.is_some_and(|s| answered < s) {
@@ -66,7 +66,7 @@ pub fn next_index(sent: Option<u64>, answered: u64) -> u64 {
 
 /// Whether to pause before the next query: the answer came back early (well before
 /// `wait`) with the same index as was passed, which would otherwise loop hot.
-pub fn no_progress(sent: Option<u64>, answered: u64, took: Duration, wait: Duration) -> bool {
+fn no_progress(sent: Option<u64>, answered: u64, took: Duration, wait: Duration) -> bool {
     sent.is_some_and(|s| s > 0 && s == answered) && took < wait / 2
 }
 
