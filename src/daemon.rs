@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConsulMode, ServiceMode};
 use crate::consul::node::Catalog;
+use crate::consul::watch::{Answer, BlockingQuery};
 use crate::consul::{self, client::Consul};
 use crate::docker::engine::Engine;
 use crate::network::admission;
@@ -383,24 +384,18 @@ impl Daemon {
 /// as peers whenever they change. Errors (an agent still starting) are logged once
 /// per outage and retried.
 async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
-    let mut index = None;
+    let mut query = BlockingQuery::new(Duration::from_secs(30));
     let mut failing = false;
     loop {
-        match consul
-            .healthy_instances(consul::node::SERVICE, index, Duration::from_secs(30))
-            .await
-        {
-            Ok((entries, new_index)) => {
+        let answer = query
+            .next(|index, wait| consul.healthy_instances(consul::node::SERVICE, index, wait))
+            .await;
+        match answer {
+            Ok(Answer { value: entries, .. }) => {
                 if failing {
                     info!("Consul's catalog answers again");
                     failing = false;
                 }
-                // An index that goes backwards means Consul's state was reset.
-                index = Some(if index.is_some_and(|i| new_index < i) {
-                    0
-                } else {
-                    new_index
-                });
                 let previous = tx
                     .borrow()
                     .as_ref()
@@ -427,11 +422,9 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
             }
             Err(e) => {
                 if !failing {
-                    warn!("cannot follow Consul's catalog: {e:#}; retrying");
+                    warn!("cannot follow Consul's catalog: {e}; retrying");
                     failing = true;
                 }
-                index = None;
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
         if tx.is_closed() {
@@ -443,28 +436,14 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
 /// Follows the cluster's desired state in KV (services, templates, drains) with blocking
 /// queries and signals each change, so a new service is placed at once.
 async fn watch_cluster_state(consul: Consul, tx: tokio::sync::mpsc::Sender<()>) {
-    let mut index = None;
+    let mut query = BlockingQuery::new(Duration::from_secs(30));
     loop {
-        match consul
-            .kv_list(placement::store::PREFIX, index, Duration::from_secs(30))
+        // The catalog watcher reports Consul outages; this one only retries.
+        if let Ok(Answer { changed: true, .. }) = query
+            .next(|index, wait| consul.kv_list(placement::store::PREFIX, index, wait))
             .await
         {
-            Ok((_, new_index)) => {
-                if index.is_some_and(|i| i != new_index) {
-                    let _ = tx.try_send(());
-                }
-                // An index that goes backwards means Consul's state was reset.
-                index = Some(if index.is_some_and(|i| new_index < i) {
-                    0
-                } else {
-                    new_index
-                });
-            }
-            Err(_) => {
-                // The catalog watcher reports Consul outages; this one only retries.
-                index = None;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
+            let _ = tx.try_send(());
         }
         if tx.is_closed() {
             return;

@@ -535,7 +535,7 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
         .consul
         .kv_get(&store::service_key(name))
         .await
-        .map_err(ApiError::backend)?
+        .map_err(|e| ApiError::backend(e.into()))?
         .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
     ServiceDef::from_json(&bytes).map_err(|e| {
         ApiError(
@@ -656,7 +656,7 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
         .consul
         .kv_put_new(&store::service_key(&name), def.to_json())
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     if !stored {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -683,7 +683,7 @@ async fn scale_service(
     s.consul
         .kv_put(&store::service_key(&name), def.to_json())
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     info!(service = %name, replicas, "service scaled through the cluster API");
     ok(&ServiceDefV1::from(&def))
 }
@@ -694,7 +694,7 @@ async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> Ap
     s.consul
         .kv_delete(&store::service_key(&name), false)
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     info!(service = %name, "service removed through the cluster API");
     ok(&ServiceDefV1::from(&def))
 }
@@ -725,7 +725,7 @@ async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: B
             wire::records::template_to_json(&spec),
         )
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     ok(&TemplateRowV1 {
         name: name.to_string(),
         spec: ContainerSpecV1::from(&spec),
@@ -738,7 +738,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     if s.consul
         .kv_get(&key)
         .await
-        .map_err(ApiError::backend)?
+        .map_err(|e| ApiError::backend(e.into()))?
         .is_none()
     {
         return Err(ApiError::not_found(format!("no template `{name}`")));
@@ -746,7 +746,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     s.consul
         .kv_delete(&key, false)
         .await
-        .map_err(ApiError::backend)?;
+        .map_err(|e| ApiError::backend(e.into()))?;
     ok(&serde_json::json!({ "removed": name.as_str() }))
 }
 
@@ -785,14 +785,14 @@ async fn node_action(
             s.consul
                 .kv_put(&key, Vec::new())
                 .await
-                .map_err(ApiError::backend)?;
+                .map_err(|e| ApiError::backend(e.into()))?;
             true
         }
         "undrain" => {
             s.consul
                 .kv_delete(&key, false)
                 .await
-                .map_err(ApiError::backend)?;
+                .map_err(|e| ApiError::backend(e.into()))?;
             false
         }
         other => {

@@ -1,41 +1,229 @@
 //! A thin typed client for the parts of Consul's HTTP API arpanet uses.
+//!
+//! Every request says how it may be repeated ([`Repeat`]): reads and plain writes are
+//! retried while Consul cannot be reached or has no leader; a check-and-set write is
+//! re-sent only when the failed attempt surely did not take effect, and one whose
+//! outcome is unknown is settled by reading the key back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// What can go wrong talking to Consul. Each message names the agent's address and
+/// carries Consul's own words where it gave any.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("KV key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: String },
+    /// A service name or ID that cannot be one URL path segment.
+    #[error("{what} `{name}`: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error(
+        "cannot reach Consul at {addr}: {reason} (is the agent running? `arpanet status` tells)"
+    )]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error(
+        "cannot reach Consul at {addr}: no answer in time (is the agent running? `arpanet status` tells)"
+    )]
+    Timeout { addr: SocketAddr },
+    /// The cluster had no leader through every retry (an election, or too few servers).
+    #[error("Consul at {addr} answered {code}: {body}")]
+    NoLeader {
+        addr: SocketAddr,
+        code: StatusCode,
+        body: String,
+    },
+    #[error("Consul at {addr} answered {code}: {body}")]
+    Status {
+        addr: SocketAddr,
+        code: StatusCode,
+        body: String,
+    },
+    #[error("unexpected answer from Consul at {addr} for {what}: {reason}")]
+    Decode {
+        addr: SocketAddr,
+        what: String,
+        reason: String,
+    },
+    #[error("Consul at {addr} did not store {key}")]
+    NotStored { addr: SocketAddr, key: String },
+    /// A check-and-set write may or may not have taken effect, and reading the key
+    /// back did not tell: writing again blindly could undo or misreport it.
+    #[error(
+        "Consul at {addr} may or may not have stored {key} ({cause}); read it back before writing again"
+    )]
+    UnknownOutcome {
+        addr: SocketAddr,
+        key: String,
+        cause: String,
+    },
+    #[error("the Consul agent at {addr} did not answer within {limit:?} of starting")]
+    NotUp { addr: SocketAddr, limit: Duration },
+    #[error("no Consul leader within {limit:?} of starting the agent at {addr}")]
+    NoLeaderInTime { addr: SocketAddr, limit: Duration },
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, `/` included.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// The URL path of a KV key: each segment percent-encoded, so `?`, `#`, `%` and spaces
 /// stay part of the key. A key with a `.` or `..` segment or a control character is
 /// refused: no name that made it into one could be meant, and HTTP stacks clean
 /// `..` away, which would read or write another key.
-pub fn kv_path(key: &str) -> anyhow::Result<String> {
-    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-    const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
+pub fn kv_path(key: &str) -> Result<String, ConsulError> {
     let key = key.trim_start_matches('/');
+    let invalid = |reason: String| ConsulError::InvalidKey {
+        key: key.escape_debug().to_string(),
+        reason,
+    };
     if key.chars().any(char::is_control) {
-        bail!("KV key `{}`: holds a control character", key.escape_debug());
+        return Err(invalid("holds a control character".into()));
     }
     let mut path = String::from("/v1/kv/");
     for (i, segment) in key.split('/').enumerate() {
         if segment == "." || segment == ".." {
-            bail!("KV key `{key}`: a `{segment}` segment");
+            return Err(invalid(format!("a `{segment}` segment")));
         }
         if i > 0 {
             path.push('/');
         }
-        path.extend(utf8_percent_encode(segment, SEGMENT));
+        path.extend(percent_encoding::utf8_percent_encode(segment, SEGMENT));
     }
     Ok(path)
 }
 
+/// A service name or ID as one URL path segment (a `/` in it is encoded too). Empty,
+/// `.`, `..` and control characters are refused, as in [`kv_path`].
+pub fn path_segment(what: &'static str, name: &str) -> Result<String, ConsulError> {
+    let invalid = |reason| ConsulError::InvalidName {
+        what,
+        name: name.escape_debug().to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("is a `.` or `..` path segment"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("holds a control character"));
+    }
+    Ok(percent_encoding::utf8_percent_encode(name, SEGMENT).to_string())
+}
+
+/// How a request may be repeated after an attempt fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads and plain writes (a whole value, a registration, a delete): sending one
+    /// twice leaves Consul as sending it once.
+    Safe,
+    /// Check-and-set writes: a second copy of one that took effect fails its check,
+    /// so it is re-sent only when the first surely did not take effect.
+    IfNotApplied,
+}
+
+/// What a failed attempt says about its effect on Consul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// It never reached Consul's state: no connection, or refused for want of a leader.
+    NotApplied,
+    /// It may have been applied: the answer was lost, or the leader lost leadership
+    /// while committing it.
+    Unknown,
+}
+
+/// The retry policy: whether an attempt that failed with `effect` may be sent again.
+fn may_resend(repeat: Repeat, effect: Effect) -> bool {
+    match (repeat, effect) {
+        (_, Effect::NotApplied) => true,
+        (Repeat::Safe, Effect::Unknown) => true,
+        (Repeat::IfNotApplied, Effect::Unknown) => false,
+    }
+}
+
+/// A 5xx answer that means "no leader right now", which a moment later succeeds, and
+/// what it says about the request's effect; `None` for any other answer.
+fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
+    if !status.is_server_error() {
+        return None;
+    }
+    // Refused before anything was proposed to Raft (checked first: these often come
+    // wrapped as "rpc error making call: ...").
+    const NOT_APPLIED: [&str; 3] = [
+        "No cluster leader",
+        "No known Consul servers",
+        "failed to get conn",
+    ];
+    // The request was forwarded, or proposed, and then the answer or the leader was lost.
+    const UNKNOWN: [&str; 2] = ["leadership lost", "rpc error"];
+    if NOT_APPLIED.iter().any(|m| body.contains(m)) {
+        Some(Effect::NotApplied)
+    } else if UNKNOWN.iter().any(|m| body.contains(m)) {
+        Some(Effect::Unknown)
+    } else {
+        None
+    }
+}
+
+/// What reading a key back says about a create (`cas=0`) whose outcome was unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The key holds what the create wrote: it took effect.
+    Stored,
+    /// The key holds something else: another writer created it first.
+    Taken,
+    /// No such key: the create did not take effect and may be sent again.
+    Absent,
+}
+
+fn settle_create(read_back: Option<&[u8]>, written: &[u8]) -> Settled {
+    match read_back {
+        Some(v) if v == written => Settled::Stored,
+        Some(_) => Settled::Taken,
+        None => Settled::Absent,
+    }
+}
+
+/// A failed attempt: the error for the caller, and what it says about the effect.
+struct Failed {
+    error: ConsulError,
+    effect: Effect,
+}
+
+impl From<ConsulError> for Failed {
+    fn from(error: ConsulError) -> Self {
+        Failed {
+            error,
+            effect: Effect::NotApplied,
+        }
+    }
+}
+
+/// The first line of an answer's body, for an error message.
+fn first_line(body: &str) -> String {
+    let line = body.trim().lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        "no detail".to_string()
+    } else {
+        line.to_string()
+    }
+}
+
+#[derive(Clone)]
 pub struct Consul {
     addr: SocketAddr,
     http: reqwest::Client,
@@ -141,18 +329,13 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// many times with doubling pauses from FIRST_PAUSE: about 12 s in all.
 const ELECTION_ATTEMPTS: u32 = 7;
 
-/// Consul's answers that mean "no leader right now", which a moment later succeed.
-fn during_election(status: reqwest::StatusCode, body: &str) -> bool {
-    status.is_server_error()
-        && [
-            "No cluster leader",
-            "rpc error",
-            "failed to get conn",
-            "No known Consul servers",
-            "leadership lost",
-        ]
-        .iter()
-        .any(|m| body.contains(m))
+/// Doubling pauses from FIRST_PAUSE, for `attempts` tries in all.
+fn doubling(attempts: u32) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST_PAUSE)
+        .with_factor(2.0)
+        .without_max_delay()
+        .with_max_times(attempts.saturating_sub(1) as usize)
 }
 
 impl Consul {
@@ -187,105 +370,147 @@ impl Consul {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Sends a request; while the cluster has no leader, tries again with backoff.
-    /// Every request arpanet sends is idempotent, so repeating one is safe.
-    async fn send(
-        &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> anyhow::Result<reqwest::Response> {
-        let mut pause = FIRST_PAUSE;
-        for _ in 1..self.election_attempts {
-            let resp = self.send_once(&build).await?;
-            if !resp.status().is_server_error() {
-                return Ok(resp);
-            }
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            if !during_election(status, &body) {
-                let first = body
-                    .trim()
-                    .lines()
-                    .next()
-                    .unwrap_or("no detail")
-                    .to_string();
-                bail!("Consul at {} answered {status}: {first}", self.addr);
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+    /// A transport error, and whether the request can have reached Consul.
+    fn transport(&self, e: reqwest::Error) -> Failed {
+        let addr = self.addr;
+        if e.is_connect() {
+            return Failed {
+                error: ConsulError::Unreachable {
+                    addr,
+                    reason: "connection refused".into(),
+                },
+                effect: Effect::NotApplied,
+            };
         }
-        self.send_once(&build).await
+        let error = if e.is_timeout() {
+            ConsulError::Timeout { addr }
+        } else {
+            ConsulError::Unreachable {
+                addr,
+                reason: e.without_url().to_string(),
+            }
+        };
+        Failed {
+            error,
+            effect: Effect::Unknown,
+        }
     }
 
-    /// Sends a request, retrying only when Consul could not be reached at all.
+    /// Sends a request. Connection failures and "no leader" answers are retried with
+    /// backoff as far as `repeat` allows; any other 5xx answer is an error. A 2xx or
+    /// 4xx answer is returned for the caller to read.
+    async fn send(
+        &self,
+        repeat: Repeat,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failed> {
+        let attempt = || async {
+            let resp = self.send_once(&build).await?;
+            let code = resp.status();
+            if !code.is_server_error() {
+                return Ok(resp);
+            }
+            let body = first_line(&resp.text().await.unwrap_or_default());
+            let addr = self.addr;
+            Err(match during_election(code, &body) {
+                Some(effect) => Failed {
+                    error: ConsulError::NoLeader { addr, code, body },
+                    effect,
+                },
+                // A server error may come after the write was applied.
+                None => Failed {
+                    error: ConsulError::Status { addr, code, body },
+                    effect: Effect::Unknown,
+                },
+            })
+        };
+        attempt
+            .retry(doubling(self.election_attempts))
+            .sleep(tokio::time::sleep)
+            .when(|f: &Failed| {
+                matches!(f.error, ConsulError::NoLeader { .. }) && may_resend(repeat, f.effect)
+            })
+            .await
+    }
+
+    /// Sends a request, retrying only when Consul could not be reached at all (the
+    /// request was not sent, so this is safe for every request).
     async fn send_once(
         &self,
         build: &impl Fn() -> reqwest::RequestBuilder,
-    ) -> anyhow::Result<reqwest::Response> {
-        let mut pause = FIRST_PAUSE;
-        let mut attempt = 1;
-        loop {
-            match build().send().await {
-                Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() && attempt < ATTEMPTS => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    let reason = if e.is_connect() {
-                        "connection refused".to_string()
-                    } else if e.is_timeout() {
-                        "no answer in time".to_string()
-                    } else {
-                        e.without_url().to_string()
-                    };
-                    bail!(
-                        "cannot reach Consul at {}: {reason} (is the agent running? `arpanet status` tells)",
-                        self.addr
-                    )
-                }
-            }
-        }
+    ) -> Result<reqwest::Response, Failed> {
+        (|| build().send())
+            .retry(doubling(ATTEMPTS))
+            .sleep(tokio::time::sleep)
+            .when(reqwest::Error::is_connect)
+            .await
+            .map_err(|e| self.transport(e))
     }
 
     /// Turns a non-2xx answer into one line with Consul's own words.
-    async fn check(&self, resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-        let status = resp.status();
-        if status.is_success() {
+    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, ConsulError> {
+        let code = resp.status();
+        if code.is_success() {
             return Ok(resp);
         }
-        let body = resp.text().await.unwrap_or_default();
-        let body = body.trim().lines().next().unwrap_or("").to_string();
-        bail!(
-            "Consul at {} answered {}: {}",
-            self.addr,
-            status,
-            if body.is_empty() { "no detail" } else { &body }
-        )
-    }
-
-    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self.send(|| self.http.get(self.url(path))).await?;
-        let resp = self.check(resp).await?;
-        resp.json().await.map_err(|e| {
-            anyhow!(
-                "unexpected answer from Consul at {} for {path}: {e}",
-                self.addr
-            )
+        let body = first_line(&resp.text().await.unwrap_or_default());
+        Err(ConsulError::Status {
+            addr: self.addr,
+            code,
+            body,
         })
     }
 
+    /// A safe request whose answer must be 2xx.
+    async fn request(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ConsulError> {
+        let resp = self.send(Repeat::Safe, build).await.map_err(|f| f.error)?;
+        self.check(resp).await
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<T, ConsulError> {
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e).error)?;
+        serde_json::from_slice(&bytes).map_err(|e| ConsulError::Decode {
+            addr: self.addr,
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ConsulError> {
+        let resp = self.request(|| self.http.get(self.url(path))).await?;
+        self.decode(resp, path).await
+    }
+
+    /// A GET whose 404 means "nothing there".
+    async fn get_optional(&self, path: &str) -> Result<Option<reqwest::Response>, ConsulError> {
+        let resp = self
+            .send(Repeat::Safe, || self.http.get(self.url(path)))
+            .await
+            .map_err(|f| f.error)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        self.check(resp).await.map(Some)
+    }
+
     /// Waits until the local agent answers at all (it was just started).
-    pub async fn wait_until_up(&self, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_until_up(&self, limit: Duration) -> Result<(), ConsulError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.http.get(self.url("/v1/agent/self")).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 _ if tokio::time::Instant::now() >= deadline => {
-                    bail!(
-                        "the Consul agent at {} did not answer within {limit:?} of starting",
-                        self.addr
-                    )
+                    return Err(ConsulError::NotUp {
+                        addr: self.addr,
+                        limit,
+                    });
                 }
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
@@ -293,91 +518,157 @@ impl Consul {
     }
 
     /// Waits until the cluster has a leader (an agent that was just started has none).
-    pub async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_for_leader(&self, limit: Duration) -> Result<(), ConsulError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok(Some(_)) = self.leader().await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "no Consul leader within {limit:?} of starting the agent at {}",
-                    self.addr
-                );
+                return Err(ConsulError::NoLeaderInTime {
+                    addr: self.addr,
+                    limit,
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
-    pub async fn members(&self) -> anyhow::Result<Vec<Member>> {
+    pub async fn members(&self) -> Result<Vec<Member>, ConsulError> {
         self.get_json("/v1/agent/members").await
     }
 
     /// The Raft leader's address, or `None` while there is none.
-    pub async fn leader(&self) -> anyhow::Result<Option<String>> {
+    pub async fn leader(&self) -> Result<Option<String>, ConsulError> {
         let leader: String = self.get_json("/v1/status/leader").await?;
         Ok(Some(leader).filter(|l| !l.is_empty()))
     }
 
-    pub async fn raft_peers(&self) -> anyhow::Result<Vec<String>> {
+    pub async fn raft_peers(&self) -> Result<Vec<String>, ConsulError> {
         self.get_json("/v1/status/peers").await
     }
 
-    pub async fn agent_self(&self) -> anyhow::Result<serde_json::Value> {
+    pub async fn agent_self(&self) -> Result<serde_json::Value, ConsulError> {
         self.get_json("/v1/agent/self").await
     }
 
-    pub async fn kv_get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let path = format!("{}?raw", kv_path(key)?);
-        let resp = self.send(|| self.http.get(self.url(&path))).await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+    pub async fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, ConsulError> {
+        self.kv_get_at(key, "raw").await
+    }
+
+    /// `kv_get` with `query` (`raw`, or `raw&consistent`).
+    async fn kv_get_at(&self, key: &str, query: &str) -> Result<Option<Vec<u8>>, ConsulError> {
+        let path = format!("{}?{query}", kv_path(key)?);
+        match self.get_optional(&path).await? {
+            None => Ok(None),
+            Some(resp) => Ok(Some(
+                resp.bytes()
+                    .await
+                    .map_err(|e| self.transport(e).error)?
+                    .to_vec(),
+            )),
         }
-        let resp = self.check(resp).await?;
-        Ok(Some(resp.bytes().await?.to_vec()))
     }
 
     /// Keys under `prefix` (all of them, not only one level).
-    pub async fn kv_keys(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+    pub async fn kv_keys(&self, prefix: &str) -> Result<Vec<String>, ConsulError> {
         let path = format!("{}?keys", kv_path(prefix)?);
-        let resp = self.send(|| self.http.get(self.url(&path))).await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
+        match self.get_optional(&path).await? {
+            None => Ok(Vec::new()),
+            Some(resp) => self.decode(resp, &path).await,
         }
-        let resp = self.check(resp).await?;
-        Ok(resp.json().await?)
     }
 
-    pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
+    pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), ConsulError> {
         let path = kv_path(key)?;
         let resp = self
-            .send(|| self.http.put(self.url(&path)).body(value.clone()))
+            .request(|| self.http.put(self.url(&path)).body(value.clone()))
             .await?;
-        let resp = self.check(resp).await?;
-        if resp.text().await?.trim() != "true" {
-            bail!("Consul at {} did not store {key}", self.addr);
+        if self.answer_text(resp).await? != "true" {
+            return Err(ConsulError::NotStored {
+                addr: self.addr,
+                key: key.to_string(),
+            });
         }
         Ok(())
     }
 
+    async fn answer_text(&self, resp: reqwest::Response) -> Result<String, ConsulError> {
+        let text = resp.text().await.map_err(|e| self.transport(e).error)?;
+        Ok(text.trim().to_string())
+    }
+
     /// Stores `value` only if `key` does not exist yet; returns whether it was stored.
-    pub async fn kv_put_new(&self, key: &str, value: Vec<u8>) -> anyhow::Result<bool> {
+    ///
+    /// A create whose outcome is unknown (its answer lost, or the leader lost while
+    /// committing it) is not re-sent blindly, which would find the key it created and
+    /// answer "exists": the key is read back from the leader and settles it.
+    pub async fn kv_put_new(&self, key: &str, value: Vec<u8>) -> Result<bool, ConsulError> {
+        let cause = match self.kv_create(key, &value).await {
+            Ok(stored) => return Ok(stored),
+            Err(Failed {
+                error,
+                effect: Effect::Unknown,
+            }) => error,
+            Err(f) => return Err(f.error),
+        };
+        let unknown = |cause: &ConsulError| ConsulError::UnknownOutcome {
+            addr: self.addr,
+            key: key.to_string(),
+            cause: cause.to_string(),
+        };
+        // `consistent` makes the leader confirm it still leads first, so a write the
+        // old leader was committing is settled one way or the other.
+        let read_back = self
+            .kv_get_at(key, "raw&consistent")
+            .await
+            .map_err(|_| unknown(&cause))?;
+        match settle_create(read_back.as_deref(), &value) {
+            Settled::Stored => Ok(true),
+            Settled::Taken => Ok(false),
+            Settled::Absent => match self.kv_create(key, &value).await {
+                Ok(stored) => Ok(stored),
+                Err(f) if f.effect == Effect::Unknown => Err(unknown(&f.error)),
+                Err(f) => Err(f.error),
+            },
+        }
+    }
+
+    /// One `cas=0` write, re-sent only while it surely did not take effect.
+    async fn kv_create(&self, key: &str, value: &[u8]) -> Result<bool, Failed> {
         let path = format!("{}?cas=0", kv_path(key)?);
         let resp = self
-            .send(|| self.http.put(self.url(&path)).body(value.clone()))
+            .send(Repeat::IfNotApplied, || {
+                self.http.put(self.url(&path)).body(value.to_vec())
+            })
             .await?;
-        let resp = self.check(resp).await?;
-        Ok(resp.text().await?.trim() == "true")
+        let code = resp.status();
+        let resp = self.check(resp).await.map_err(|error| Failed {
+            error,
+            // A 4xx answer refused the write; nothing else gets here but 2xx.
+            effect: if code.is_client_error() {
+                Effect::NotApplied
+            } else {
+                Effect::Unknown
+            },
+        })?;
+        let text = resp.text().await.map_err(|e| Failed {
+            // The answer was lost after Consul began sending it.
+            effect: Effect::Unknown,
+            ..self.transport(e)
+        })?;
+        Ok(text.trim() == "true")
     }
 
     /// Every key and value under `prefix`. With `index`, blocks until something under
-    /// it changes or `wait` passes; returns the index to pass next time.
+    /// it changes or `wait` passes; returns the index to pass next time. Follow it
+    /// with [`super::watch::BlockingQuery`].
     pub async fn kv_list(
         &self,
         prefix: &str,
         index: Option<u64>,
         wait: Duration,
-    ) -> anyhow::Result<(Vec<(String, Vec<u8>)>, u64)> {
+    ) -> Result<(Vec<(String, Vec<u8>)>, u64), ConsulError> {
         #[derive(Deserialize)]
         struct Entry {
             #[serde(rename = "Key")]
@@ -385,20 +676,17 @@ impl Consul {
             #[serde(rename = "Value")]
             value: Option<String>,
         }
-        let mut path = format!("{}?recurse", kv_path(prefix)?);
-        if let Some(i) = index {
-            path.push_str(&format!("&index={i}&wait={}s", wait.as_secs().max(1)));
-        }
-        let resp = self.send(|| self.http.get(self.url(&path))).await?;
+        let path = format!("{}?recurse{}", kv_path(prefix)?, blocking(index, wait));
+        let resp = self
+            .send(Repeat::Safe, || self.http.get(self.url(&path)))
+            .await
+            .map_err(|f| f.error)?;
         let new_index = consul_index(&resp);
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        if resp.status() == StatusCode::NOT_FOUND {
             return Ok((Vec::new(), new_index));
         }
         let resp = self.check(resp).await?;
-        let entries: Vec<Entry> = resp
-            .json()
-            .await
-            .map_err(|e| anyhow!("unexpected KV answer from Consul: {e}"))?;
+        let entries: Vec<Entry> = self.decode(resp, "a KV listing").await?;
         use base64::Engine as _;
         let entries = entries
             .into_iter()
@@ -413,24 +701,25 @@ impl Consul {
         Ok((entries, new_index))
     }
 
-    pub async fn kv_delete(&self, key: &str, recurse: bool) -> anyhow::Result<()> {
+    pub async fn kv_delete(&self, key: &str, recurse: bool) -> Result<(), ConsulError> {
         let mut path = kv_path(key)?;
         if recurse {
             path.push_str("?recurse");
         }
-        let resp = self.send(|| self.http.delete(self.url(&path))).await?;
-        self.check(resp).await?;
+        self.request(|| self.http.delete(self.url(&path))).await?;
         Ok(())
     }
 
-    pub async fn agent_services(&self) -> anyhow::Result<BTreeMap<String, AgentService>> {
+    pub async fn agent_services(&self) -> Result<BTreeMap<String, AgentService>, ConsulError> {
         self.get_json("/v1/agent/services").await
     }
 
-    pub async fn deregister_service(&self, id: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/agent/service/deregister/{id}");
-        let resp = self.send(|| self.http.put(self.url(&path))).await?;
-        self.check(resp).await?;
+    pub async fn deregister_service(&self, id: &str) -> Result<(), ConsulError> {
+        let path = format!(
+            "/v1/agent/service/deregister/{}",
+            path_segment("service ID", id)?
+        );
+        self.request(|| self.http.put(self.url(&path))).await?;
         Ok(())
     }
 
@@ -439,51 +728,56 @@ impl Consul {
     pub async fn catalog_service_meta(
         &self,
         service: &str,
-    ) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    ) -> Result<Vec<BTreeMap<String, String>>, ConsulError> {
         #[derive(Deserialize)]
         struct Entry {
             #[serde(rename = "ServiceMeta", default)]
             meta: BTreeMap<String, String>,
         }
-        let entries: Vec<Entry> = self
-            .get_json(&format!("/v1/catalog/service/{service}"))
-            .await?;
+        let path = format!(
+            "/v1/catalog/service/{}",
+            path_segment("service name", service)?
+        );
+        let entries: Vec<Entry> = self.get_json(&path).await?;
         Ok(entries.into_iter().map(|e| e.meta).collect())
     }
 
-    pub async fn register_service(&self, reg: &ServiceRegistration) -> anyhow::Result<()> {
-        let resp = self
-            .send(|| {
-                self.http
-                    .put(self.url("/v1/agent/service/register"))
-                    .json(reg)
-            })
-            .await?;
-        self.check(resp).await?;
+    pub async fn register_service(&self, reg: &ServiceRegistration) -> Result<(), ConsulError> {
+        self.request(|| {
+            self.http
+                .put(self.url("/v1/agent/service/register"))
+                .json(reg)
+        })
+        .await?;
         Ok(())
     }
 
     /// Instances of `service` whose checks pass (a failed node's fail with it).
     /// With `index`, blocks until the result changes or `wait` passes; returns the
-    /// new index to pass next time.
+    /// new index to pass next time. Follow it with [`super::watch::BlockingQuery`].
     pub async fn healthy_instances(
         &self,
         service: &str,
         index: Option<u64>,
         wait: Duration,
-    ) -> anyhow::Result<(Vec<HealthEntry>, u64)> {
-        let mut path = format!("/v1/health/service/{service}?passing");
-        if let Some(i) = index {
-            path.push_str(&format!("&index={i}&wait={}s", wait.as_secs().max(1)));
-        }
-        let resp = self.send(|| self.http.get(self.url(&path))).await?;
-        let resp = self.check(resp).await?;
+    ) -> Result<(Vec<HealthEntry>, u64), ConsulError> {
+        let path = format!(
+            "/v1/health/service/{}?passing{}",
+            path_segment("service name", service)?,
+            blocking(index, wait)
+        );
+        let resp = self.request(|| self.http.get(self.url(&path))).await?;
         let new_index = consul_index(&resp);
-        let entries = resp
-            .json()
-            .await
-            .map_err(|e| anyhow!("unexpected health answer from Consul: {e}"))?;
+        let entries = self.decode(resp, "a health listing").await?;
         Ok((entries, new_index))
+    }
+}
+
+/// The query parameters of a blocking query (none without an index).
+fn blocking(index: Option<u64>, wait: Duration) -> String {
+    match index {
+        Some(i) => format!("&index={i}&wait={}s", wait.as_secs().max(1)),
+        None => String::new(),
     }
 }
 
@@ -523,5 +817,65 @@ mod tests {
             let e = kv_path(bad).unwrap_err().to_string();
             assert!(e.starts_with("KV key `"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn names_and_ids_are_one_encoded_segment() {
+        assert_eq!(path_segment("service ID", "web-1").unwrap(), "web-1");
+        assert_eq!(
+            path_segment("service ID", "a/b?c#d e%").unwrap(),
+            "a%2Fb%3Fc%23d%20e%25"
+        );
+        for bad in ["", ".", "..", "a\nb"] {
+            let e = path_segment("service ID", bad).unwrap_err().to_string();
+            assert!(e.starts_with("service ID `"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_safe_requests_are_resent_when_the_outcome_is_unknown() {
+        for repeat in [Repeat::Safe, Repeat::IfNotApplied] {
+            assert!(may_resend(repeat, Effect::NotApplied), "{repeat:?}");
+        }
+        assert!(may_resend(Repeat::Safe, Effect::Unknown));
+        assert!(!may_resend(Repeat::IfNotApplied, Effect::Unknown));
+    }
+
+    #[test]
+    fn election_answers_say_whether_the_write_can_have_landed() {
+        let e500 = StatusCode::INTERNAL_SERVER_ERROR;
+        for (body, effect) in [
+            ("No cluster leader", Some(Effect::NotApplied)),
+            (
+                "rpc error making call: No cluster leader",
+                Some(Effect::NotApplied),
+            ),
+            ("No known Consul servers", Some(Effect::NotApplied)),
+            (
+                "rpc error making call: failed to get conn: dial tcp: connection refused",
+                Some(Effect::NotApplied),
+            ),
+            (
+                "leadership lost while committing log",
+                Some(Effect::Unknown),
+            ),
+            ("rpc error making call: EOF", Some(Effect::Unknown)),
+            ("Invalid request", None),
+        ] {
+            assert_eq!(during_election(e500, body), effect, "{body}");
+        }
+        // Only a server error is an election's.
+        assert_eq!(
+            during_election(StatusCode::BAD_REQUEST, "No cluster leader"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_create_of_unknown_outcome_is_settled_by_what_the_key_holds() {
+        assert_eq!(settle_create(Some(b"mine"), b"mine"), Settled::Stored);
+        assert_eq!(settle_create(Some(b"theirs"), b"mine"), Settled::Taken);
+        assert_eq!(settle_create(Some(b""), b"mine"), Settled::Taken);
+        assert_eq!(settle_create(None, b"mine"), Settled::Absent);
     }
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod client;
 pub mod node;
 pub mod secret;
+pub mod watch;
 
 use std::net::Ipv4Addr;
 

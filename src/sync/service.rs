@@ -640,7 +640,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
             serde_json::to_vec(&record).expect("serializable"),
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| unavailable(e.into()))?;
     if path.exists() {
         s.announce(&id, true).await.map_err(unavailable)?;
     }

@@ -253,3 +253,335 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
 
 // A node with the wrong secret is turned away before it reaches Consul at all: it is
 // never admitted to the overlay (admission.rs attacks that with a real stranger).
+
+/// The client against one real Consul agent (`consul agent -dev` on loopback), through
+/// a loopback proxy that forwards every request to it and, when told, loses the
+/// answer to the next `cas=0` create after Consul has applied it (or before it
+/// arrives). Consul itself is never imitated: every write lands in the real agent.
+mod client_against_a_dev_agent {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use arpanet::consul::client::{Consul, ConsulError};
+    use arpanet::consul::watch::BlockingQuery;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::lab;
+
+    struct DevAgent {
+        child: std::process::Child,
+        http: SocketAddr,
+    }
+
+    impl Drop for DevAgent {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A dev agent on loopback ports of its own, or `None` (skipped) without consul.
+    async fn dev_agent() -> Option<DevAgent> {
+        let Some(consul) = lab::which("consul") else {
+            let msg = "this test needs `consul` on PATH";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}; CI=true, so this fails instead of skipping");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        };
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let port = |flag: &str, p: u16| format!("-{flag}={p}");
+        let child = std::process::Command::new(consul)
+            .args(["agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"])
+            .args(["-node=arpanet-client-test", "-disable-host-node-id"])
+            .arg("-hcl=disable_update_check = true")
+            .arg(port("http-port", http.port()))
+            .arg(port("server-port", free_port()))
+            .arg(port("serf-lan-port", free_port()))
+            .arg(port("serf-wan-port", free_port()))
+            .args(["-dns-port=-1", "-grpc-port=-1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start consul agent -dev");
+        let agent = DevAgent { child, http };
+        let c = Consul::new(http);
+        c.wait_until_up(Duration::from_secs(20)).await.unwrap();
+        c.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+        Some(agent)
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fault {
+        /// Forward the create, then close the connection without its answer.
+        LoseAnswer,
+        /// Forward the create, then answer what a leader that lost leadership while
+        /// committing it answers.
+        LeadershipLost,
+        /// Close the connection before forwarding the create.
+        LoseRequest,
+        /// Lose the create's answer and every answer after it.
+        LoseEverything,
+    }
+
+    #[derive(Default)]
+    struct ProxyState {
+        fault: Option<Fault>,
+        lose_all: bool,
+        /// The request lines Consul received.
+        forwarded: Vec<String>,
+    }
+
+    struct Proxy {
+        addr: SocketAddr,
+        state: Arc<Mutex<ProxyState>>,
+    }
+
+    impl Proxy {
+        async fn start(upstream: SocketAddr) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let state = Arc::new(Mutex::new(ProxyState::default()));
+            let shared = state.clone();
+            tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(relay(conn, upstream, shared.clone()));
+                }
+            });
+            Proxy { addr, state }
+        }
+
+        fn arm(&self, fault: Fault) {
+            self.state.lock().unwrap().fault = Some(fault);
+        }
+
+        fn creates_forwarded(&self, key: &str) -> usize {
+            let put = format!("PUT /v1/kv/{key}?cas=0 ");
+            let state = self.state.lock().unwrap();
+            state
+                .forwarded
+                .iter()
+                .filter(|l| l.starts_with(&put))
+                .count()
+        }
+    }
+
+    /// Reads one HTTP/1.1 request (head and Content-Length body).
+    async fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < length {
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Some((head, body))
+    }
+
+    /// One request per connection, each sent to Consul on a fresh connection; every
+    /// answer says `Connection: close`, so the client never reuses a connection.
+    async fn relay(mut conn: TcpStream, upstream: SocketAddr, state: Arc<Mutex<ProxyState>>) {
+        let Some((head, body)) = read_request(&mut conn).await else {
+            return;
+        };
+        let request_line = head.lines().next().unwrap_or("").to_string();
+        let is_create = request_line.starts_with("PUT ") && request_line.contains("?cas=0 ");
+        let fault = {
+            let mut s = state.lock().unwrap();
+            if s.lose_all {
+                return;
+            }
+            if is_create { s.fault.take() } else { None }
+        };
+        if fault == Some(Fault::LoseRequest) {
+            return;
+        }
+        let mut forwarded_head: String = head
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        forwarded_head.push_str("Connection: close\r\n\r\n");
+        let mut up = TcpStream::connect(upstream).await.unwrap();
+        up.write_all(forwarded_head.as_bytes()).await.unwrap();
+        up.write_all(&body).await.unwrap();
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer).await.unwrap();
+        state.lock().unwrap().forwarded.push(request_line);
+        match fault {
+            Some(Fault::LoseAnswer) => return,
+            Some(Fault::LoseEverything) => {
+                state.lock().unwrap().lose_all = true;
+                return;
+            }
+            Some(Fault::LeadershipLost) => {
+                let body = "rpc error making call: leadership lost while committing log";
+                answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes();
+            }
+            _ => {}
+        }
+        // Say `Connection: close` whatever Consul said.
+        let status_end = answer.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        let mut out = answer[..status_end].to_vec();
+        out.extend_from_slice(b"Connection: close\r\n");
+        out.extend_from_slice(&answer[status_end..]);
+        let _ = conn.write_all(&out).await;
+        let _ = conn.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_answer_is_lost_is_settled_by_reading_back_not_by_sending_it_again() {
+        let Some(agent) = dev_agent().await else {
+            return;
+        };
+        let direct = Consul::new(agent.http);
+        let proxy = Proxy::start(agent.http).await;
+        let client = Consul::new(proxy.addr);
+
+        // The answer lost after Consul stored it: the create took effect.
+        proxy.arm(Fault::LoseAnswer);
+        assert!(client.kv_put_new("t/lost", b"mine".to_vec()).await.unwrap());
+        assert_eq!(
+            proxy.creates_forwarded("t/lost"),
+            1,
+            "the create was sent again"
+        );
+        assert_eq!(direct.kv_get("t/lost").await.unwrap().unwrap(), b"mine");
+        // A second create of the same key is refused as before.
+        assert!(
+            !client
+                .kv_put_new("t/lost", b"again".to_vec())
+                .await
+                .unwrap()
+        );
+
+        // The leader lost leadership while committing it (Consul's 500): the old
+        // client retried the create, which then answered "exists".
+        proxy.arm(Fault::LeadershipLost);
+        assert!(
+            client
+                .kv_put_new("t/leader", b"mine".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            proxy.creates_forwarded("t/leader"),
+            1,
+            "the create was sent again"
+        );
+
+        // Someone else created it first: still "exists", whatever the lost answer.
+        direct.kv_put("t/taken", b"theirs".to_vec()).await.unwrap();
+        proxy.arm(Fault::LoseAnswer);
+        assert!(
+            !client
+                .kv_put_new("t/taken", b"mine".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(direct.kv_get("t/taken").await.unwrap().unwrap(), b"theirs");
+
+        // Lost on the way: the key is absent, so the create is sent once more.
+        proxy.arm(Fault::LoseRequest);
+        assert!(
+            client
+                .kv_put_new("t/never", b"mine".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(proxy.creates_forwarded("t/never"), 1);
+        assert_eq!(direct.kv_get("t/never").await.unwrap().unwrap(), b"mine");
+
+        // Nothing answers any more: the caller is told the outcome is unknown.
+        proxy.arm(Fault::LoseEverything);
+        let e = client
+            .kv_put_new("t/unknown", b"mine".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ConsulError::UnknownOutcome { .. }), "{e}");
+        assert!(e.to_string().contains("t/unknown"), "{e}");
+        // It did land; only the answers were lost.
+        assert_eq!(direct.kv_get("t/unknown").await.unwrap().unwrap(), b"mine");
+    }
+
+    #[tokio::test]
+    async fn a_blocking_query_blocks_until_a_change_and_tells_it() {
+        let Some(agent) = dev_agent().await else {
+            return;
+        };
+        let consul = Consul::new(agent.http);
+        consul.kv_put("w/a", b"1".to_vec()).await.unwrap();
+        let mut query = BlockingQuery::new(Duration::from_secs(1));
+        let list = |index, wait| consul.kv_list("w/", index, wait);
+
+        let first = query.next(list).await.unwrap();
+        assert!(!first.changed);
+        assert_eq!(first.value.len(), 1);
+        // Nothing changes: each query waits out its second on Consul's side.
+        let started = Instant::now();
+        for _ in 0..2 {
+            assert!(!query.next(list).await.unwrap().changed);
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(1800),
+            "queries without a change returned after {:?}",
+            started.elapsed()
+        );
+        // A write while a query blocks ends it, and the change is told.
+        let writer = Consul::new(agent.http);
+        let write = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            writer.kv_put("w/b", b"2".to_vec()).await.unwrap();
+        });
+        let started = Instant::now();
+        let mut query = BlockingQuery::new(Duration::from_secs(20));
+        query.next(list).await.unwrap();
+        let answer = query.next(list).await.unwrap();
+        write.await.unwrap();
+        assert!(answer.changed);
+        assert_eq!(answer.value.len(), 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
