@@ -23,8 +23,9 @@ impl Failure {
         }
     }
 
-    /// A failure of the whole step (no one thing to name), from an error chain.
-    pub fn of(error: &anyhow::Error) -> Self {
+    /// A failure of the whole step (no one thing to name), from an error (with its
+    /// chain, for anyhow's).
+    pub fn of(error: &(impl fmt::Display + ?Sized)) -> Self {
         Self::new("", format!("{error:#}"))
     }
 }
@@ -49,7 +50,7 @@ impl ErrorList {
     }
 
     /// Records a failed step: `what` names it, the error chain says why.
-    pub fn add(&mut self, what: impl Into<String>, error: &anyhow::Error) {
+    pub fn add(&mut self, what: impl Into<String>, error: &(impl fmt::Display + ?Sized)) {
         self.push(Failure::new(what, format!("{error:#}")));
     }
 
@@ -132,7 +133,7 @@ impl Outcome {
     }
 
     /// A failed step with nothing more specific to name than the step.
-    pub fn fail_with(&mut self, error: &anyhow::Error) {
+    pub fn fail_with(&mut self, error: &(impl fmt::Display + ?Sized)) {
         self.errors.push(Failure::of(error));
     }
 

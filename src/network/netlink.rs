@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context, anyhow, bail};
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::AddressFamily;
@@ -27,6 +26,39 @@ use crate::config::Underlay;
 
 const ENODEV: i32 = 19;
 
+/// What the netlink layer fails with: the kernel refused a request, or something
+/// the config names is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error(transparent)]
+    Kernel(#[from] rtnetlink::Error),
+    /// A link, address or route the config or the plan relies on is not there.
+    #[error("{0}")]
+    Missing(String),
+    #[error("this needs root (it changes network devices)")]
+    NotRoot,
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// Names a failed request.
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+fn missing(what: impl Into<String>) -> NetlinkError {
+    NetlinkError::Missing(what.into())
+}
+
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
@@ -34,14 +66,13 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens a netlink socket in the current network namespace (needs a tokio runtime).
-    pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("open a netlink socket")?;
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
 
-    pub async fn link_by_name(&self, name: &str) -> anyhow::Result<Option<LinkMessage>> {
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
         match self
             .handle
             .link()
@@ -53,11 +84,11 @@ impl Netlink {
         {
             Ok(link) => Ok(link),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("look up link {name}")),
+            Err(e) => Err(req(format!("look up link {name}"))(e)),
         }
     }
 
-    async fn link_by_index(&self, index: u32) -> anyhow::Result<LinkMessage> {
+    async fn link_by_index(&self, index: u32) -> Result<LinkMessage> {
         self.handle
             .link()
             .get()
@@ -65,11 +96,11 @@ impl Netlink {
             .execute()
             .try_next()
             .await
-            .with_context(|| format!("look up link {index}"))?
-            .ok_or_else(|| anyhow!("no link with index {index}"))
+            .map_err(req(format!("look up link {index}")))?
+            .ok_or_else(|| missing(format!("no link with index {index}")))
     }
 
-    async fn ipv4_addresses(&self, index: Option<u32>) -> anyhow::Result<Vec<(u32, Ipv4Network)>> {
+    async fn ipv4_addresses(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Network)>> {
         let mut request = self.handle.address().get();
         if let Some(index) = index {
             request = request.set_link_index_filter(index);
@@ -78,7 +109,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .context("list addresses")?;
+            .map_err(req("list addresses"))?;
         Ok(messages
             .iter()
             .filter(|m| m.header.family == AddressFamily::Inet)
@@ -96,7 +127,7 @@ impl Netlink {
     }
 
     /// Whether any interface here carries `ip`.
-    pub async fn has_address(&self, ip: Ipv4Addr) -> anyhow::Result<bool> {
+    pub async fn has_address(&self, ip: Ipv4Addr) -> Result<bool> {
         Ok(self
             .ipv4_addresses(None)
             .await?
@@ -105,15 +136,17 @@ impl Netlink {
     }
 
     /// Finds the underlay the way the config says: by name, by address, or by default route.
-    pub async fn underlay(&self, underlay: &Underlay) -> anyhow::Result<UnderlayLink> {
+    pub async fn underlay(&self, underlay: &Underlay) -> Result<UnderlayLink> {
         let (index, ip) = match underlay {
             Underlay::Interface(name) => {
                 let link = self.link_by_name(name).await?.ok_or_else(|| {
-                    anyhow!("underlay interface `{name}` does not exist (node.underlay_interface)")
+                    missing(format!(
+                        "underlay interface `{name}` does not exist (node.underlay_interface)"
+                    ))
                 })?;
                 let index = link.header.index;
                 let ip = self.ipv4_addresses(Some(index)).await?.first().map(|(_, n)| n.ip()).ok_or_else(|| {
-                    anyhow!("underlay interface `{name}` has no IPv4 address (node.underlay_interface)")
+                    missing(format!("underlay interface `{name}` has no IPv4 address (node.underlay_interface)"))
                 })?;
                 (index, ip)
             }
@@ -125,7 +158,9 @@ impl Netlink {
                     .find(|(_, n)| n.ip() == *ip)
                     .map(|(i, _)| i)
                     .ok_or_else(|| {
-                        anyhow!("no interface has the underlay address {ip} (node.underlay_ip)")
+                        missing(format!(
+                            "no interface has the underlay address {ip} (node.underlay_ip)"
+                        ))
                     })?;
                 (index, *ip)
             }
@@ -137,7 +172,7 @@ impl Netlink {
                     .execute()
                     .try_collect()
                     .await
-                    .context("list routes")?;
+                    .map_err(req("list routes"))?;
                 let index = routes
                     .iter()
                     .filter(|r| {
@@ -154,8 +189,8 @@ impl Netlink {
                         })
                     })
                     .ok_or_else(|| {
-                        anyhow!(
-                            "no default route to find the underlay by; set node.underlay_interface"
+                        missing(
+                            "no default route to find the underlay by; set node.underlay_interface",
                         )
                     })?;
                 let ip = self
@@ -163,7 +198,7 @@ impl Netlink {
                     .await?
                     .first()
                     .map(|(_, n)| n.ip())
-                    .ok_or_else(|| anyhow!("the default route's interface has no IPv4 address; set node.underlay_interface"))?;
+                    .ok_or_else(|| missing("the default route's interface has no IPv4 address; set node.underlay_interface"))?;
                 (index, ip)
             }
         };
@@ -177,7 +212,9 @@ impl Netlink {
                 _ => {}
             }
         }
-        anyhow::ensure!(!name.is_empty(), "the underlay link {index} has no name");
+        if name.is_empty() {
+            return Err(missing(format!("the underlay link {index} has no name")));
+        }
         Ok(UnderlayLink {
             index,
             name,
@@ -187,7 +224,7 @@ impl Netlink {
     }
 
     /// Reads the device and every entry arpanet owns on it.
-    pub async fn observe(&self, device: &str) -> anyhow::Result<ObservedState> {
+    pub async fn observe(&self, device: &str) -> Result<ObservedState> {
         let Some(link) = self.link_by_name(device).await? else {
             return Ok(ObservedState::default());
         };
@@ -211,7 +248,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .context("list FDB entries")?;
+            .map_err(req("list FDB entries"))?;
         // Only permanent entries are arpanet's; with learning off there are no others.
         for m in fdb.iter().filter(|m| m.header.ifindex == index) {
             if let (Some(mac), Some(dst)) = (neighbour_mac(m), neighbour_ip(m))
@@ -229,7 +266,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .context("list neighbours")?;
+            .map_err(req("list neighbours"))?;
         // Only permanent entries are ours; the kernel's own (failed lookups) are not.
         for m in neighbours
             .iter()
@@ -247,7 +284,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .context("list routes")?;
+            .map_err(req("list routes"))?;
         for r in routes
             .iter()
             .filter(|r| r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL))
@@ -282,8 +319,8 @@ impl Netlink {
         spec: &DeviceSpec,
         change: &Change,
         index: &mut Option<u32>,
-    ) -> anyhow::Result<()> {
-        let dev = || index.ok_or_else(|| anyhow!("device {} does not exist", spec.name));
+    ) -> Result<()> {
+        let dev = || index.ok_or_else(|| missing(format!("device {} does not exist", spec.name)));
         match change {
             Change::CreateDevice | Change::RecreateDevice { .. } => {
                 if let Some(old) = self.link_by_name(&spec.name).await? {
@@ -292,7 +329,7 @@ impl Netlink {
                         .del(old.header.index)
                         .execute()
                         .await
-                        .context("delete the old device")?;
+                        .map_err(req("delete the old device"))?;
                 }
                 let msg = LinkVxlan::new(&spec.name, spec.vni)
                     .dev(spec.underlay_index)
@@ -309,11 +346,10 @@ impl Netlink {
                     .add(msg)
                     .execute()
                     .await
-                    .context("create the VXLAN device")?;
-                let link = self
-                    .link_by_name(&spec.name)
-                    .await?
-                    .ok_or_else(|| anyhow!("device {} vanished after creation", spec.name))?;
+                    .map_err(req("create the VXLAN device"))?;
+                let link = self.link_by_name(&spec.name).await?.ok_or_else(|| {
+                    missing(format!("device {} vanished after creation", spec.name))
+                })?;
                 *index = Some(link.header.index);
             }
             Change::SetMtu { mtu } => {
@@ -408,7 +444,7 @@ impl Netlink {
 
     /// Deletes a link by name; the kernel removes its addresses, neighbours, FDB and routes.
     /// Returns whether there was one.
-    pub async fn delete_link(&self, name: &str) -> anyhow::Result<bool> {
+    pub async fn delete_link(&self, name: &str) -> Result<bool> {
         match self.link_by_name(name).await? {
             Some(link) => {
                 self.handle
@@ -416,7 +452,7 @@ impl Netlink {
                     .del(link.header.index)
                     .execute()
                     .await
-                    .with_context(|| format!("delete {name}"))?;
+                    .map_err(req(format!("delete {name}")))?;
                 Ok(true)
             }
             None => Ok(false),
@@ -518,14 +554,14 @@ fn route_message(index: u32, r: &RouteEntry) -> RouteMessage {
 }
 
 /// Refuses to run where netlink changes would hit the wrong host by surprise.
-pub fn require_root() -> anyhow::Result<()> {
+pub fn require_root() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(1)
         != 0
     {
-        bail!("this needs root (it changes network devices)");
+        return Err(NetlinkError::NotRoot);
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::systemd::Systemd;
 pub struct Unavailable(pub String);
 
 impl Unavailable {
-    fn of(e: &anyhow::Error) -> Self {
+    fn of(e: &(impl std::fmt::Display + ?Sized)) -> Self {
         Self(format!("{e:#}"))
     }
 }
