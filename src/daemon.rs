@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sd_notify::NotifyState;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -22,8 +21,10 @@ use crate::docker::engine::Engine;
 use crate::network::admission::{self, Speaker};
 use crate::network::netlink::Netlink;
 use crate::network::{Peer, peers, reconcile};
+use crate::paths;
 use crate::placement;
 use crate::plan::NodePlan;
+use crate::sd::{self, NotifyState};
 use crate::systemd::{Systemd, resolved};
 
 /// arpanetd: the arpanet node daemon (run by systemd as arpanetd.service).
@@ -41,9 +42,6 @@ pub struct Opts {
     #[arg(long)]
     pub sync: bool,
 }
-
-/// The unit systemd runs arpanetd as.
-pub const UNIT: &str = "arpanetd.service";
 
 pub struct Daemon {
     config_path: PathBuf,
@@ -144,7 +142,7 @@ impl Daemon {
                 Ok(changes) => {
                     // Register only once the agent that was just (re)started listens and
                     // its cluster has a leader; other passes never wait.
-                    if changes.iter().any(|c| c.contains(consul::UNIT)) {
+                    if changes.iter().any(|c| c.contains(paths::CONSUL_UNIT)) {
                         let limit = Duration::from_secs(30);
                         let up = self.consul.wait_until_up(limit).await;
                         if let Err(e) = match up {
@@ -267,7 +265,7 @@ impl Daemon {
                 return;
             }
         };
-        let swarm = crate::sync::service::socket_path(&self.config);
+        let swarm = paths::sync_socket(&self.config.paths);
         match containers::reconcile(
             &engine,
             dir,
@@ -312,7 +310,7 @@ impl Daemon {
             }
         };
         let me = placement::reconcile::me(&self.config.node);
-        let swarm = crate::sync::service::socket_path(&self.config);
+        let swarm = paths::sync_socket(&self.config.paths);
         match placement::reconcile::reconcile(&engine, &self.consul, me, true, Some(&swarm)).await {
             Ok(pass) => {
                 let errors = pass.diagnostics.into_iter().chain(pass.report.errors);
@@ -420,7 +418,7 @@ impl Daemon {
     }
 
     async fn converge_network(&mut self, report: &mut PassReport) -> reconcile::Report {
-        let cache = peers::load_cache(&peers::cache_path(&self.config));
+        let cache = peers::load_cache(&paths::peers_cache(&self.config.paths));
         let (hello, turned_away) = {
             let mut a = self.admissions.lock().expect("admissions");
             (a.current(admission::unix_now()), a.rejected())
@@ -435,7 +433,7 @@ impl Daemon {
             turned_away,
             refused.unwrap_or_default(),
         );
-        let path = admission::status_path(&self.config);
+        let path = paths::admission_status(&self.config.paths);
         if admission::load_status(&path).as_ref() != Some(&status)
             && let Err(e) = serde_json::to_string_pretty(&status)
                 .map_err(anyhow::Error::from)
@@ -465,7 +463,6 @@ impl Daemon {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
         let mut admitted_rx = self.admitted_rx.take().expect("run once");
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
@@ -492,20 +489,10 @@ impl Daemon {
         // Ready before the first pass: that pass may ask systemd to start units that
         // are ordered after arpanetd (arpanet-consul.service), whose jobs would wait
         // for this one's start job. A bad arpanet.toml has failed the start already.
-        notify(&[NotifyState::Ready, NotifyState::Status("converging")]);
-        // The watchdog is fed by its own task: one pass can legitimately take longer
-        // than WatchdogSec (a Docker restart, stopping containers with a grace period).
-        if let Some(interval) = watchdog {
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                loop {
-                    tick.tick().await;
-                    notify(&[NotifyState::Watchdog]);
-                }
-            });
-        }
+        sd::notify(&[NotifyState::Ready, NotifyState::Status("converging")]);
+        sd::spawn_watchdog();
         self.converge().await;
-        notify(&[NotifyState::Status("running")]);
+        sd::notify(&[NotifyState::Status("running")]);
         info!("arpanetd ready");
         let mut resync = tokio::time::interval(self.config.overlay.resync);
         resync.reset();
@@ -524,7 +511,7 @@ impl Daemon {
                     let catalog: Option<CatalogPeers> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
                         info!(peers = catalog.peers.len(), "Consul's catalog of nodes changed");
-                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), &catalog.peers) {
+                        if let Err(e) = peers::save_cache(&paths::peers_cache(&self.config.paths), &catalog.peers) {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
@@ -557,7 +544,7 @@ impl Daemon {
                 _ = interrupt.recv() => break,
             }
         }
-        notify(&[NotifyState::Stopping]);
+        sd::notify(&[NotifyState::Stopping]);
         info!("arpanetd stopping; the overlay stays up (arpanet uninstall-network removes it)");
         Ok(())
     }
@@ -737,18 +724,5 @@ async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sen
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// Half the interval systemd asked for, so one late tick never kills us.
-fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
-}
-
-pub fn notify(state: &[NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
-    if let Err(e) = sd_notify::notify(false, state) {
-        warn!("cannot notify systemd: {e}");
     }
 }

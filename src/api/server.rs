@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,18 +19,19 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{
-    ContainerRow, CreateService, Done, ErrorBody, ImageRow, Listing, NodeRow, Scale, ServiceRow,
-    Unreachable,
+    ContainerRow, CreateService, Done, ImageRow, Listing, NodeRow, Scale, ServiceRow, Unreachable,
 };
 use crate::addressing::NodeAddress;
 use crate::config::Config;
 use crate::config::containers::{ContainerName, ContainerSpec};
 use crate::consul::client::Consul;
+use crate::consul::node::{Node, healthy_nodes};
 use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
-use crate::placement::reconcile::healthy_nodes;
-use crate::placement::store::{self, parse_json};
-use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
+use crate::http::{ApiError, Json, error_text, json_bytes, json_response, parse_json};
+use crate::placement::store;
+use crate::placement::{ServiceDef, ServiceName, TemplateName};
+use crate::{http, paths};
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;
@@ -62,47 +63,14 @@ impl ApiState {
                 .timeout(Duration::from_secs(STOP_GRACE_SECS as u64 + 20))
                 .build()
                 .expect("a plain HTTP client always builds"),
-            sync_socket: crate::sync::service::socket_path(config),
-            sync: reqwest::Client::builder()
-                .unix_socket(crate::sync::service::socket_path(config))
-                // A push exports and hashes the whole image before it answers.
-                .timeout(Duration::from_secs(3600))
-                .build()
-                .expect("a unix-socket HTTP client always builds"),
+            sync_socket: paths::sync_socket(&config.paths),
+            // A push exports and hashes the whole image before it answers.
+            sync: http::unix_client(
+                &paths::sync_socket(&config.paths),
+                Duration::from_secs(3600),
+            ),
         }
     }
-}
-
-/// An error as the API returns it: `{"error": "..."}` and a status that fits.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
-
-impl ApiError {
-    fn bad_request(m: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn not_found(m: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, m.into())
-    }
-    /// Docker or Consul could not do what was asked.
-    fn backend(e: anyhow::Error) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        json_response(self.0, &ErrorBody { error: self.1 })
-    }
-}
-
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(body).expect("serializable"),
-    )
-        .into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -171,12 +139,12 @@ impl ApiState {
     ) -> Result<(StatusCode, Bytes), String> {
         let url = format!("http://{}:{}{path}", node.overlay_ip(), self.port);
         let resp = self.peers.request(method, &url).send().await.map_err(|e| {
-            if e.is_connect() {
-                "connection refused (is arpanetd running there?)".to_string()
-            } else if e.is_timeout() {
-                "no answer in time".to_string()
+            let connect = e.is_connect();
+            let why = http::request_error(e);
+            if connect {
+                format!("{why} (is arpanetd running there?)")
             } else {
-                e.without_url().to_string()
+                why
             }
         })?;
         let status = resp.status();
@@ -383,17 +351,6 @@ enum Answer<T> {
     There(Result<(StatusCode, Bytes), String>),
 }
 
-fn json_bytes(status: StatusCode, body: Bytes) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// Another node's error answer as one line.
-fn error_text(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| format!("answered {status}"))
-}
-
 impl ApiState {
     /// This node's containers, as `ps` lists them.
     async fn containers_here(&self) -> Result<Vec<ContainerRow>, ApiError> {
@@ -590,8 +547,7 @@ fn replicas(n: i64) -> Result<u32, ApiError> {
     })
 }
 
-async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
-    let req: CreateService = parse_json(&body).map_err(ApiError::bad_request)?;
+async fn create_service(State(s): State<Shared>, Json(req): Json<CreateService>) -> ApiResult {
     let name = service_name(&req.name)?;
     let replicas = replicas(req.replicas)?;
     let sources = [
@@ -666,10 +622,9 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
 async fn scale_service(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    body: Bytes,
+    Json(req): Json<Scale>,
 ) -> ApiResult {
     let name = service_in_path(&name)?;
-    let req: Scale = parse_json(&body).map_err(ApiError::bad_request)?;
     let replicas = replicas(req.replicas)?;
     let mut def = load_service(&s, &name).await?;
     def.replicas = replicas;
@@ -714,9 +669,12 @@ async fn list_templates(State(s): State<Shared>) -> ApiResult {
     })
 }
 
-async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn put_template(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Json(spec): Json<ContainerSpec>,
+) -> ApiResult {
     let name = template_in_path(&name)?;
-    let spec: ContainerSpec = parse_json(&body).map_err(ApiError::bad_request)?;
     s.consul
         .kv_put(
             &store::template_key(&name),
@@ -845,7 +803,7 @@ async fn relay_sync(
         .body(body)
         .send()
         .await
-        .map_err(|e| ApiError(fail, format!("{unreachable}: {}", e.without_url())))?;
+        .map_err(|e| ApiError(fail, format!("{unreachable}: {}", http::request_error(e))))?;
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     Ok(json_bytes(status, body))
@@ -856,11 +814,11 @@ async fn relay_sync(
 pub fn spawn(config: &Config) {
     let state: Shared = Arc::new(ApiState::new(config));
     let app = router(state);
-    let socket = api_socket(config);
+    let socket = paths::api_socket(&config.paths);
     let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));
     let unix_app = app.clone();
     tokio::spawn(async move {
-        match bind_unix(&socket) {
+        match http::bind_unix(&socket) {
             Ok(listener) => {
                 info!("cluster API on {}", socket.display());
                 if let Err(e) = axum::serve(listener, unix_app).await {
@@ -920,27 +878,6 @@ fn is_node_plane(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     };
     v4.is_some_and(|v4| v4.octets()[..2] == [10, 255])
-}
-
-pub fn api_socket(config: &Config) -> PathBuf {
-    config.paths.run_dir.join("api.sock")
-}
-
-/// A unix socket for root only (0600), replacing one an earlier run left: the API's
-/// socket changes what runs on every node, the sync service's moves images.
-pub(crate) fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
-    use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    // A socket left by an earlier run refuses the bind.
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restrict {}", path.display()))?;
-    Ok(listener)
 }
 
 #[cfg(test)]

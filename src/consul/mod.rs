@@ -13,9 +13,8 @@ use anyhow::anyhow;
 
 use crate::config::{Config, ConsulMode};
 use crate::network::netlink::Netlink;
+use crate::paths::{self, CONSUL_UNIT as UNIT};
 use crate::systemd::Systemd;
-
-pub const UNIT: &str = "arpanet-consul.service";
 
 /// Renders the agent's config; under systemd, (re)starts the agent's unit when the
 /// config changed or the unit is not running. Returns a line per change.
@@ -38,7 +37,7 @@ pub async fn reconcile(
         bridge_ip_present: netlink.has_address(a.bridge_ip()).await?,
         gossip_key: key,
     };
-    let path = agent::config_path(config);
+    let path = paths::consul_config(&config.paths);
     let existed = path.exists();
     let changed = agent::write(&path, &agent::render(config, &facts))?;
     // arpanet-consul.service runs the agent as its own user, which must read it.

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::client::{HealthEntry, ServiceRegistration};
+use super::client::{Consul, HealthEntry, ServiceRegistration};
 use crate::addressing::NodeAddress;
-use crate::config::Config;
+use crate::config::{Config, Role};
+use crate::network::admission::RefusedClaim;
 use crate::network::{Peer, vtep_mac};
 
 pub const SERVICE: &str = "arpanet";
@@ -46,16 +47,6 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
         meta,
         check: None,
     }
-}
-
-/// An `arpanet` catalog entry that is not believed, and why (shown by `arpanet status`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RefusedClaim {
-    /// The Consul node the entry is registered on.
-    pub node: String,
-    /// What it claims, as `a.b at UNDERLAY_IP` (or the raw meta when that is unusable).
-    pub claims: String,
-    pub reason: String,
 }
 
 /// The catalog's `arpanet` entries as the overlay believes them.
@@ -164,6 +155,54 @@ pub fn peers_from(entries: &[HealthEntry], previous: &[Peer]) -> CatalogPeers {
     }
     peers.sort();
     CatalogPeers { peers, refused }
+}
+
+/// A node as its catalog entry describes it: what placement needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Node {
+    pub address: NodeAddress,
+    pub role: Role,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Healthy nodes in the catalog (the `arpanet` service's passing instances), as far as
+/// their claims can be believed (the overlay's rule: [`believed`]).
+pub fn nodes_from(entries: &[HealthEntry]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = believed(entries)
+        .0
+        .into_iter()
+        .filter_map(|e| {
+            let meta = &e.service.meta;
+            let address = meta.get("arpanet_address")?.parse().ok()?;
+            let role = match meta.get("role").map(String::as_str) {
+                Some("boot") => Role::Boot,
+                Some("server") => Role::Server,
+                _ => Role::Client,
+            };
+            let labels = meta
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = k.strip_prefix(LABEL_PREFIX)?;
+                    Some((key.to_string(), v.clone()))
+                })
+                .collect();
+            Some(Node {
+                address,
+                role,
+                labels,
+            })
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup_by_key(|n| n.address);
+    nodes
+}
+
+pub async fn healthy_nodes(consul: &Consul) -> anyhow::Result<Vec<Node>> {
+    let (entries, _) = consul
+        .healthy_instances(SERVICE, None, std::time::Duration::ZERO)
+        .await?;
+    Ok(nodes_from(&entries))
 }
 
 /// A catalog entry of the `arpanet` service, for tests of what is read from it, on a
@@ -297,5 +336,29 @@ mod tests {
             peers_from(&[real.clone(), real], &[]).peers,
             [p("0.2", 121)]
         );
+    }
+
+    #[test]
+    fn catalog_entries_become_nodes_with_role_and_labels() {
+        let entry = |meta: &[(&str, &str)]| {
+            let mut meta = meta.to_vec();
+            meta.push(("underlay_ip", "192.168.8.1"));
+            entry("n", &meta)
+        };
+        let nodes = nodes_from(&[
+            entry(&[
+                ("arpanet_address", "0.3"),
+                ("role", "server"),
+                ("label_zone", "a"),
+            ]),
+            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
+            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
+            entry(&[("role", "client")]),
+        ]);
+        let addresses: Vec<String> = nodes.iter().map(|n| n.address.to_string()).collect();
+        assert_eq!(addresses, ["0.1", "0.3"]);
+        assert_eq!(nodes[1].role, Role::Server);
+        assert_eq!(nodes[1].labels["zone"], "a");
+        assert!(nodes[0].labels.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::addressing::NodeAddress;
 use crate::config::Role;
 use crate::config::containers::{ContainerName, ContainerSpec, ServiceSpec};
+use crate::consul::node::Node;
 
 /// A cluster service as stored in KV: what to run and how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,14 +141,6 @@ impl std::fmt::Display for ServiceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A node that can take instances.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Node {
-    pub address: NodeAddress,
-    pub role: Role,
-    pub labels: BTreeMap<String, String>,
 }
 
 /// Rendezvous score of `node` for `service`: every node computes the same ranking.

@@ -1,53 +1,11 @@
 //! This node's share of the cluster services, carried out by the same plan and apply
 //! as containers.d (in the cluster scope, so neither removes the other's containers).
 
-use std::time::Duration;
-
-use super::{Node, instances_for, store};
-use crate::config::Role;
-use crate::consul::client::{Consul, HealthEntry};
+use super::{instances_for, store};
+use crate::consul::client::Consul;
+use crate::consul::node::{Node, healthy_nodes};
 use crate::containers::{self, Desired, Pass, Scope, apply};
 use crate::docker::engine::Engine;
-
-/// Healthy nodes in the catalog (the `arpanet` service's passing instances), as far as
-/// their claims can be believed (the overlay's rule: `consul::node::believed`).
-pub fn nodes_from(entries: &[HealthEntry]) -> Vec<Node> {
-    let mut nodes: Vec<Node> = crate::consul::node::believed(entries)
-        .0
-        .into_iter()
-        .filter_map(|e| {
-            let meta = &e.service.meta;
-            let address = meta.get("arpanet_address")?.parse().ok()?;
-            let role = match meta.get("role").map(String::as_str) {
-                Some("boot") => Role::Boot,
-                Some("server") => Role::Server,
-                _ => Role::Client,
-            };
-            let labels = meta
-                .iter()
-                .filter_map(|(k, v)| {
-                    let key = k.strip_prefix(crate::consul::node::LABEL_PREFIX)?;
-                    Some((key.to_string(), v.clone()))
-                })
-                .collect();
-            Some(Node {
-                address,
-                role,
-                labels,
-            })
-        })
-        .collect();
-    nodes.sort();
-    nodes.dedup_by_key(|n| n.address);
-    nodes
-}
-
-pub async fn healthy_nodes(consul: &Consul) -> anyhow::Result<Vec<Node>> {
-    let (entries, _) = consul
-        .healthy_instances(crate::consul::node::SERVICE, None, Duration::ZERO)
-        .await?;
-    Ok(nodes_from(&entries))
-}
 
 /// One pass: what this node should run of each service, against what it runs.
 /// Fails (and changes nothing) when Consul cannot be read, so an outage never stops
@@ -117,34 +75,5 @@ pub fn me(node: &crate::config::NodeConfig) -> Node {
         address: node.address,
         role: node.role,
         labels: node.labels.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn catalog_entries_become_nodes_with_role_and_labels() {
-        let entry = |meta: &[(&str, &str)]| {
-            let mut meta = meta.to_vec();
-            meta.push(("underlay_ip", "192.168.8.1"));
-            crate::consul::node::entry("n", &meta)
-        };
-        let nodes = nodes_from(&[
-            entry(&[
-                ("arpanet_address", "0.3"),
-                ("role", "server"),
-                ("label_zone", "a"),
-            ]),
-            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
-            entry(&[("arpanet_address", "0.1"), ("role", "boot")]),
-            entry(&[("role", "client")]),
-        ]);
-        let addresses: Vec<String> = nodes.iter().map(|n| n.address.to_string()).collect();
-        assert_eq!(addresses, ["0.1", "0.3"]);
-        assert_eq!(nodes[1].role, Role::Server);
-        assert_eq!(nodes[1].labels["zone"], "a");
-        assert!(nodes[0].labels.is_empty());
     }
 }

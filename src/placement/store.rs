@@ -11,6 +11,7 @@ use super::{ServiceDef, ServiceName, TemplateName};
 use crate::addressing::NodeAddress;
 use crate::config::containers::ContainerSpec;
 use crate::consul::client::Consul;
+use crate::http::parse_json;
 
 pub const PREFIX: &str = "arpanet/cluster/";
 const SERVICES: &str = "arpanet/cluster/services/";
@@ -69,20 +70,6 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
     }
     state.services.sort_by(|a, b| a.name.cmp(&b.name));
     state
-}
-
-/// JSON with the path of the field that is wrong, for API errors and KV entries alike.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
 }
 
 pub async fn load(consul: &Consul) -> anyhow::Result<ClusterState> {
