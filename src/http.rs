@@ -146,6 +146,15 @@ pub enum BindError {
 /// in the shared directory would leave that window open; the process-wide umask cannot
 /// be changed safely with other threads creating files.)
 pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, BindError> {
+    bind_staged(path, |_| {})
+}
+
+/// [`bind_unix`], calling `staged_hook` with the socket's private path just before the rename
+/// (so a test can see what the socket looked like while nobody else could reach it).
+fn bind_staged(
+    path: &Path,
+    staged_hook: impl FnOnce(&Path),
+) -> Result<tokio::net::UnixListener, BindError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -178,6 +187,7 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, BindError> {
                 source,
             },
         )?;
+        staged_hook(&staged);
         std::fs::rename(&staged, path).map_err(|source| BindError::Rename {
             from: staged.clone(),
             to: path.to_path_buf(),
@@ -203,7 +213,18 @@ mod tests {
         std::fs::write(&path, "stale").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
 
-        let listener = bind_unix(&path).unwrap();
+        // Until it is 0600 it is in a directory only root may enter; the old one still
+        // answers at the path meanwhile.
+        let listener = bind_staged(&path, |staged| {
+            let private = std::fs::metadata(staged.parent().unwrap()).unwrap();
+            assert_eq!(private.permissions().mode() & 0o7777, 0o700);
+            assert_eq!(staged.parent().unwrap().parent(), path.parent());
+            let socket = std::fs::symlink_metadata(staged).unwrap();
+            assert!(socket.file_type().is_socket());
+            assert_eq!(socket.permissions().mode() & 0o7777, 0o600);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "stale");
+        })
+        .unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);

@@ -3,6 +3,11 @@
 //! Data flows one way: [`config`] (what the operator wrote) -> [`plan`] (what this
 //! node should look like) -> reconcilers that compare it with the real system.
 //! [`addressing`] is the seed design every plane's address comes from.
+//!
+//! Imports point down only, in this order (a module uses those before it):
+//! `addressing`, `files`, `human`, `http`, `sd`, `logging`; `config`, `plan`, `paths`;
+//! `systemd`, `docker`, `network`; `consul`; `sync`; `containers`; `placement`; `api`;
+//! `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
 pub mod addressing;
 pub mod api;

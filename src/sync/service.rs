@@ -1143,13 +1143,21 @@ async fn wake_holders(s: &SyncState, record: &ImageRecord, swarm: &[SwarmPeer]) 
         );
         match s.http.post(&url).send().await {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => warn!(
-                "image sync: node {} will not seed {}: {}",
+            Ok(r) => {
+                let status = r.status();
+                let body = r.bytes().await.unwrap_or_default();
+                warn!(
+                    "image sync: node {} will not seed {}: {}",
+                    p.node,
+                    short(&record.id),
+                    crate::http::error_text(status, &body)
+                )
+            }
+            Err(e) => warn!(
+                "image sync: cannot ask node {} to seed: {}",
                 p.node,
-                short(&record.id),
-                r.text().await.unwrap_or_default()
+                crate::http::request_error(e)
             ),
-            Err(e) => warn!("image sync: cannot ask node {} to seed: {e}", p.node),
         }
     });
     futures::future::join_all(asks).await;
