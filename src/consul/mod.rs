@@ -13,7 +13,7 @@ use anyhow::anyhow;
 
 use crate::config::{Config, ConsulMode};
 use crate::network::netlink::Netlink;
-use crate::paths::{self, CONSUL_UNIT as UNIT};
+use crate::paths::{self, CONSUL_UNIT};
 use crate::systemd::Systemd;
 
 /// Renders the agent's config; under systemd, (re)starts the agent's unit when the
@@ -50,11 +50,11 @@ pub async fn reconcile(
             let systemd = systemd
                 .ok_or_else(|| anyhow!("consul.mode = \"systemd\" needs systemd's D-Bus API"))?;
             if changed {
-                systemd.restart(UNIT).await?;
-                changes.push(format!("restarted {UNIT}"));
-            } else if systemd.active_state(UNIT).await? != "active" {
-                systemd.start(UNIT).await?;
-                changes.push(format!("started {UNIT}"));
+                systemd.restart(CONSUL_UNIT).await?;
+                changes.push(format!("restarted {CONSUL_UNIT}"));
+            } else if systemd.active_state(CONSUL_UNIT).await? != "active" {
+                systemd.start(CONSUL_UNIT).await?;
+                changes.push(format!("started {CONSUL_UNIT}"));
             }
         }
         ConsulMode::Config if changed && existed => {
