@@ -28,6 +28,7 @@ deps:
 
 lint:
 	cargo fmt --check
+	scripts/check-module-cycles
 	cargo clippy --all-targets -- -D warnings
 
 # Pure-logic tests only: no root, no dockerd, no Consul.

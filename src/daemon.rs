@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sd_notify::NotifyState;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -21,8 +20,10 @@ use crate::network::netlink::Netlink;
 use crate::network::peers;
 use crate::outcome::{Failure, Outcome};
 use crate::pass::{self, Inputs, Reconciler, Snapshot};
+use crate::paths;
 use crate::placement;
 use crate::plan::NodePlan;
+use crate::sd::{self, NotifyState};
 use crate::systemd::Systemd;
 
 /// arpanetd: the arpanet node daemon (run by systemd as arpanetd.service).
@@ -40,9 +41,6 @@ pub struct Opts {
     #[arg(long)]
     pub sync: bool,
 }
-
-/// The unit systemd runs arpanetd as.
-pub const UNIT: &str = "arpanetd.service";
 
 pub struct Daemon {
     config_path: PathBuf,
@@ -240,7 +238,6 @@ impl Daemon {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let watchdog = watchdog_interval();
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
         let mut admitted_rx = self.admitted_rx.take().expect("run once");
         // A running daemon keeps a hello task; `--once` does one exchange instead.
@@ -275,20 +272,12 @@ impl Daemon {
         // Ready before the first pass: that pass may ask systemd to start units that
         // are ordered after arpanetd (arpanet-consul.service), whose jobs would wait
         // for this one's start job. A bad arpanet.toml has failed the start already.
-        notify(&[NotifyState::Ready, NotifyState::Status("converging")]);
+        sd::notify(&[NotifyState::Ready, NotifyState::Status("converging")]);
         // The watchdog is fed by its own task: one pass can legitimately take longer
         // than WatchdogSec (a Docker restart, stopping containers with a grace period).
-        if let Some(interval) = watchdog {
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                loop {
-                    tick.tick().await;
-                    notify(&[NotifyState::Watchdog]);
-                }
-            });
-        }
+        sd::spawn_watchdog();
         self.converge().await;
-        notify(&[NotifyState::Status("running")]);
+        sd::notify(&[NotifyState::Status("running")]);
         info!("arpanetd ready");
         let mut resync = tokio::time::interval(self.config.overlay.resync);
         resync.reset();
@@ -307,7 +296,7 @@ impl Daemon {
                     let catalog: Option<Catalog> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
                         info!(peers = catalog.nodes.len(), "Consul's catalog of nodes changed");
-                        if let Err(e) = peers::save_cache(&peers::cache_path(&self.config), &catalog.peers()) {
+                        if let Err(e) = peers::save_cache(&paths::peers_cache(&self.config.paths), &catalog.peers()) {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
@@ -341,7 +330,7 @@ impl Daemon {
                 _ = interrupt.recv() => break,
             }
         }
-        notify(&[NotifyState::Stopping]);
+        sd::notify(&[NotifyState::Stopping]);
         info!("arpanetd stopping; the overlay stays up (arpanet uninstall-network removes it)");
         Ok(())
     }
@@ -499,18 +488,5 @@ async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sen
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// Half the interval systemd asked for, so one late tick never kills us.
-fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
-}
-
-pub fn notify(state: &[NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
-    if let Err(e) = sd_notify::notify(false, state) {
-        warn!("cannot notify systemd: {e}");
     }
 }

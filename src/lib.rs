@@ -5,6 +5,11 @@
 //! runtime input: catalog, KV, local images) -> the [`pass`] reconcilers, which compare
 //! it with the real system and report an [`outcome::Outcome`].
 //! [`addressing`] is the seed design every plane's address comes from.
+//!
+//! Imports point down only, in this order (a module uses those before it):
+//! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`; `config`,
+//! `plan`, `paths`; `systemd`, `docker`, `network`; `consul`; `sync`; `containers`;
+//! `placement`; `api`; `pass`; `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
 pub mod addressing;
 pub mod api;
@@ -15,11 +20,15 @@ pub mod containers;
 pub mod daemon;
 pub mod docker;
 pub mod files;
+pub mod http;
+pub mod human;
 pub mod logging;
 pub mod network;
 pub mod outcome;
 pub mod pass;
+pub mod paths;
 pub mod placement;
 pub mod plan;
+pub mod sd;
 pub mod sync;
 pub mod systemd;

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::ErrorBody;
+use crate::http::{self, ErrorBody};
 
 pub struct ApiClient {
     http: reqwest::Client,
@@ -21,19 +21,14 @@ impl ApiClient {
 
     /// For requests that do long work before they answer (an image push).
     pub fn with_timeout(socket: &Path, timeout: std::time::Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .unix_socket(socket)
-            .timeout(timeout)
-            .build()
-            .expect("a unix-socket HTTP client always builds");
         Self {
-            http,
+            http: http::unix_client(socket, timeout),
             socket: socket.to_path_buf(),
         }
     }
 
     pub fn from_config(config: &crate::config::Config) -> Self {
-        Self::new(&super::server::api_socket(config))
+        Self::new(&crate::paths::api_socket(&config.paths))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -71,20 +66,20 @@ impl ApiClient {
             req = req.json(body);
         }
         let resp = req.send().await.map_err(|e| {
-            let why = if e.is_connect() {
-                "cannot connect".to_string()
-            } else if e.is_timeout() {
-                "no answer in time".to_string()
-            } else {
-                e.without_url().to_string()
-            };
             anyhow!(
-                "cannot reach arpanetd at {}: {why} (is arpanetd running? are you root?)",
-                self.socket.display()
+                "cannot reach arpanetd at {}: {} (is arpanetd running? are you root?)",
+                self.socket.display(),
+                http::request_error(e)
             )
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            anyhow!(
+                "arpanetd at {} broke off its answer: {}",
+                self.socket.display(),
+                http::request_error(e)
+            )
+        })?;
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => bail!("{}", e.error),

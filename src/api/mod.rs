@@ -78,9 +78,3 @@ pub struct Done {
     pub id: String,
     pub action: String,
 }
-
-/// Every error the API returns: `{"error": "..."}` with a fitting status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,19 +18,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{ContainerRow, Done, ErrorBody, ImageRow, Listing, NodeRow, ServiceRow, Unreachable};
+use super::{ContainerRow, Done, ImageRow, Listing, NodeRow, ServiceRow, Unreachable};
 use crate::addressing::NodeAddress;
 use crate::config::Config;
 use crate::config::containers::{ContainerName, ContainerSpec};
 use crate::consul::client::Consul;
+use crate::consul::node::Node;
 use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
+use crate::http::{ApiError, Json, error_text, json_bytes, json_response};
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::store;
 use crate::placement::wire::{
-    self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, ScaleV1, ServiceDefV1, TemplateRowV1,
+    self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1,
+    TemplateRowV1,
 };
-use crate::placement::{Node, ServiceDef, ServiceName, TemplateName};
+use crate::placement::{ServiceDef, ServiceName, TemplateName};
+use crate::{http, paths};
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;
@@ -62,47 +66,14 @@ impl ApiState {
                 .timeout(Duration::from_secs(STOP_GRACE_SECS as u64 + 20))
                 .build()
                 .expect("a plain HTTP client always builds"),
-            sync_socket: crate::sync::service::socket_path(config),
-            sync: reqwest::Client::builder()
-                .unix_socket(crate::sync::service::socket_path(config))
-                // A push exports and hashes the whole image before it answers.
-                .timeout(Duration::from_secs(3600))
-                .build()
-                .expect("a unix-socket HTTP client always builds"),
+            sync_socket: paths::sync_socket(&config.paths),
+            // A push exports and hashes the whole image before it answers.
+            sync: http::unix_client(
+                &paths::sync_socket(&config.paths),
+                Duration::from_secs(3600),
+            ),
         }
     }
-}
-
-/// An error as the API returns it: `{"error": "..."}` and a status that fits.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
-
-impl ApiError {
-    fn bad_request(m: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn not_found(m: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, m.into())
-    }
-    /// Docker or Consul could not do what was asked.
-    fn backend(e: anyhow::Error) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        json_response(self.0, &ErrorBody { error: self.1 })
-    }
-}
-
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(body).expect("serializable"),
-    )
-        .into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -167,12 +138,12 @@ impl ApiState {
     ) -> Result<(StatusCode, Bytes), String> {
         let url = format!("http://{}:{}{path}", node.overlay_ip(), self.port);
         let resp = self.peers.request(method, &url).send().await.map_err(|e| {
-            if e.is_connect() {
-                "connection refused (is arpanetd running there?)".to_string()
-            } else if e.is_timeout() {
-                "no answer in time".to_string()
+            let connect = e.is_connect();
+            let why = http::request_error(e);
+            if connect {
+                format!("{why} (is arpanetd running there?)")
             } else {
-                e.without_url().to_string()
+                why
             }
         })?;
         let status = resp.status();
@@ -379,17 +350,6 @@ enum Answer<T> {
     There(Result<(StatusCode, Bytes), String>),
 }
 
-fn json_bytes(status: StatusCode, body: Bytes) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// Another node's error answer as one line.
-fn error_text(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| format!("answered {status}"))
-}
-
 impl ApiState {
     /// This node's containers, as `ps` lists them.
     async fn containers_here(&self) -> Result<Vec<ContainerRow>, ApiError> {
@@ -535,7 +495,7 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
         .consul
         .kv_get(&store::service_key(name))
         .await
-        .map_err(|e| ApiError::backend(e.into()))?
+        .map_err(ApiError::backend)?
         .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
     ServiceDef::from_json(&bytes).map_err(|e| {
         ApiError(
@@ -578,10 +538,6 @@ async fn get_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiRe
 }
 
 /// A request body of the API: version, then each field, checked.
-fn body_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    wire::decode(body).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
 fn replicas(n: i64) -> Result<u32, ApiError> {
     u32::try_from(n).map_err(|_| {
         ApiError::bad_request(format!(
@@ -591,8 +547,11 @@ fn replicas(n: i64) -> Result<u32, ApiError> {
     })
 }
 
-async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
-    let req: CreateServiceV1 = body_of(&body)?;
+/// Bodies are wire records: their version is checked before any field.
+async fn create_service(
+    State(s): State<Shared>,
+    Json(Record(req)): Json<Record<CreateServiceV1>>,
+) -> ApiResult {
     let name = service_name(&req.name)?;
     let replicas = replicas(req.replicas)?;
     let sources = [
@@ -656,7 +615,7 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
         .consul
         .kv_put_new(&store::service_key(&name), def.to_json())
         .await
-        .map_err(|e| ApiError::backend(e.into()))?;
+        .map_err(ApiError::backend)?;
     if !stored {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -673,17 +632,16 @@ async fn create_service(State(s): State<Shared>, body: Bytes) -> ApiResult {
 async fn scale_service(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    body: Bytes,
+    Json(Record(req)): Json<Record<ScaleV1>>,
 ) -> ApiResult {
     let name = service_in_path(&name)?;
-    let req: ScaleV1 = body_of(&body)?;
     let replicas = replicas(req.replicas)?;
     let mut def = load_service(&s, &name).await?;
     def.replicas = replicas;
     s.consul
         .kv_put(&store::service_key(&name), def.to_json())
         .await
-        .map_err(|e| ApiError::backend(e.into()))?;
+        .map_err(ApiError::backend)?;
     info!(service = %name, replicas, "service scaled through the cluster API");
     ok(&ServiceDefV1::from(&def))
 }
@@ -694,7 +652,7 @@ async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> Ap
     s.consul
         .kv_delete(&store::service_key(&name), false)
         .await
-        .map_err(|e| ApiError::backend(e.into()))?;
+        .map_err(ApiError::backend)?;
     info!(service = %name, "service removed through the cluster API");
     ok(&ServiceDefV1::from(&def))
 }
@@ -715,9 +673,12 @@ async fn list_templates(State(s): State<Shared>) -> ApiResult {
     })
 }
 
-async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn put_template(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Json(Record(spec)): Json<Record<ContainerSpecV1>>,
+) -> ApiResult {
     let name = template_in_path(&name)?;
-    let spec = body_of::<ContainerSpecV1>(&body)?;
     let spec = ContainerSpec::try_from(spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     s.consul
         .kv_put(
@@ -725,7 +686,7 @@ async fn put_template(State(s): State<Shared>, Path(name): Path<String>, body: B
             wire::records::template_to_json(&spec),
         )
         .await
-        .map_err(|e| ApiError::backend(e.into()))?;
+        .map_err(ApiError::backend)?;
     ok(&TemplateRowV1 {
         name: name.to_string(),
         spec: ContainerSpecV1::from(&spec),
@@ -738,7 +699,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     if s.consul
         .kv_get(&key)
         .await
-        .map_err(|e| ApiError::backend(e.into()))?
+        .map_err(ApiError::backend)?
         .is_none()
     {
         return Err(ApiError::not_found(format!("no template `{name}`")));
@@ -746,7 +707,7 @@ async fn remove_template(State(s): State<Shared>, Path(name): Path<String>) -> A
     s.consul
         .kv_delete(&key, false)
         .await
-        .map_err(|e| ApiError::backend(e.into()))?;
+        .map_err(ApiError::backend)?;
     ok(&serde_json::json!({ "removed": name.as_str() }))
 }
 
@@ -785,14 +746,14 @@ async fn node_action(
             s.consul
                 .kv_put(&key, Vec::new())
                 .await
-                .map_err(|e| ApiError::backend(e.into()))?;
+                .map_err(ApiError::backend)?;
             true
         }
         "undrain" => {
             s.consul
                 .kv_delete(&key, false)
                 .await
-                .map_err(|e| ApiError::backend(e.into()))?;
+                .map_err(ApiError::backend)?;
             false
         }
         other => {
@@ -847,7 +808,7 @@ async fn relay_sync(
         .body(body)
         .send()
         .await
-        .map_err(|e| ApiError(fail, format!("{unreachable}: {}", e.without_url())))?;
+        .map_err(|e| ApiError(fail, format!("{unreachable}: {}", http::request_error(e))))?;
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     Ok(json_bytes(status, body))
@@ -858,11 +819,11 @@ async fn relay_sync(
 pub fn spawn(config: &Config) {
     let state: Shared = Arc::new(ApiState::new(config));
     let app = router(state);
-    let socket = api_socket(config);
+    let socket = paths::api_socket(&config.paths);
     let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));
     let unix_app = app.clone();
     tokio::spawn(async move {
-        match bind_unix(&socket) {
+        match http::bind_unix(&socket) {
             Ok(listener) => {
                 info!("cluster API on {}", socket.display());
                 if let Err(e) = axum::serve(listener, unix_app).await {
@@ -922,27 +883,6 @@ fn is_node_plane(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     };
     v4.is_some_and(|v4| v4.octets()[..2] == [10, 255])
-}
-
-pub fn api_socket(config: &Config) -> PathBuf {
-    config.paths.run_dir.join("api.sock")
-}
-
-/// A unix socket for root only (0600), replacing one an earlier run left: the API's
-/// socket changes what runs on every node, the sync service's moves images.
-pub(crate) fn bind_unix(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
-    use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    // A socket left by an earlier run refuses the bind.
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restrict {}", path.display()))?;
-    Ok(listener)
 }
 
 #[cfg(test)]

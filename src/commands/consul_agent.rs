@@ -8,7 +8,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
-use crate::consul::agent;
 use crate::network::netlink::Netlink;
 
 /// Run the Consul agent with the configuration arpanetd rendered (arpanet-consul.service).
@@ -16,13 +15,6 @@ use crate::network::netlink::Netlink;
 pub struct ConsulAgent {}
 
 pub const MISSING_CONSUL: &str = "Consul is not installed: arpanet runs HashiCorp's Consul agent; install the `consul` package from HashiCorp's apt or rpm repository (https://developer.hashicorp.com/consul/install), or set consul.binary";
-
-/// Where the agent wrapper records the last problem it recognised, for `arpanet status`:
-/// in a directory of the agent's own (arpanet-consul.service's RuntimeDirectory), as
-/// the agent may run as an unprivileged user.
-pub fn problem_path(config: &Config) -> std::path::PathBuf {
-    config.paths.run_dir.join("consul/problem")
-}
 
 /// How much a recognised problem says; a vaguer one never hides a more precise one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -103,7 +95,7 @@ impl ConsulAgent {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
         let binary = find_binary(&config)?;
-        let file = agent::config_path(&config);
+        let file = crate::paths::consul_config(&config.paths);
         wait_for(
             &format!("arpanetd has not written {}", file.display()),
             Duration::from_secs(60),
@@ -119,8 +111,8 @@ impl ConsulAgent {
             async || netlink.has_address(ip).await.unwrap_or(false),
         )
         .await?;
-        std::fs::create_dir_all(agent::data_dir(&config))?;
-        let problem_file = problem_path(&config);
+        std::fs::create_dir_all(crate::paths::consul_data(&config.paths))?;
+        let problem_file = crate::paths::consul_problem(&config.paths);
         let _ = std::fs::remove_file(&problem_file);
 
         let mut child = tokio::process::Command::new(&binary)

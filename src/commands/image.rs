@@ -12,7 +12,7 @@ use super::table;
 use crate::api::client::ApiClient;
 use crate::api::{Listing, NodeRow};
 use crate::config::Config;
-use crate::sync::service::human_bytes;
+use crate::human;
 use crate::sync::short_id as short;
 use crate::sync::{ClusterImage, ImageRequest, Transfer, TransferState};
 
@@ -55,7 +55,7 @@ enum ImageVerb {
 impl Image {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
-        let socket = crate::api::server::api_socket(&config);
+        let socket = crate::paths::api_socket(&config.paths);
         match &self.verb {
             ImageVerb::Push { image, json } => {
                 // Export and hashing take a while for big images; the answer comes after.
@@ -85,7 +85,7 @@ impl Image {
                     println!(
                         "pushed {image} ({}, {}); node {} seeds it",
                         short(&pushed.id),
-                        human_bytes(pushed.size),
+                        human::bytes(pushed.size),
                         config.node.address
                     );
                 }
@@ -107,7 +107,7 @@ impl Image {
                         } else {
                             i.tags.join(",")
                         },
-                        human_bytes(i.size),
+                        human::bytes(i.size),
                         if i.holders.is_empty() {
                             "(none up)".into()
                         } else {
@@ -216,7 +216,7 @@ async fn pull(
                 "node {}: pulled {image} ({}, {}) in {:.1} s",
                 t.node,
                 short(&t.image_id),
-                human_bytes(t.total_bytes),
+                human::bytes(t.total_bytes),
                 took.as_secs_f64()
             ),
             (TransferState::Failed, error) => {

@@ -12,6 +12,7 @@ use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, value};
 use crate::addressing::NodeAddress;
 use crate::config::{Config, JoinPeer, Role};
 use crate::consul::secret;
+use crate::paths;
 
 #[derive(Debug, Args)]
 pub struct Seed {
@@ -127,15 +128,15 @@ impl Seed {
             return Ok(());
         }
         let systemd = crate::systemd::Systemd::connect().await?;
-        systemd.enable(crate::daemon::UNIT).await?;
+        systemd.enable(paths::ARPANETD_UNIT).await?;
         // A running arpanetd re-reads the new config; a stopped one starts with it.
-        if systemd.active_state(crate::daemon::UNIT).await? == "active" {
-            systemd.reload_unit(crate::daemon::UNIT).await?;
+        if systemd.active_state(paths::ARPANETD_UNIT).await? == "active" {
+            systemd.reload_unit(paths::ARPANETD_UNIT).await?;
         } else {
-            systemd.start(crate::daemon::UNIT).await?;
+            systemd.start(paths::ARPANETD_UNIT).await?;
         }
         // Image sync starts on its first request and exits when idle.
-        let sync = crate::sync::service::SOCKET_UNIT;
+        let sync = paths::SYNC_SOCKET_UNIT;
         systemd.enable(sync).await?;
         systemd.start(sync).await?;
         println!(

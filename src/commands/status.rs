@@ -51,7 +51,7 @@ async fn consul_status(config: &Config) -> Option<ConsulStatus> {
         return None;
     }
     let mut s = ConsulStatus {
-        problem: std::fs::read_to_string(super::consul_agent::problem_path(config))
+        problem: std::fs::read_to_string(crate::paths::consul_problem(&config.paths))
             .ok()
             .map(|p| p.trim().to_string()),
         ..ConsulStatus::default()
@@ -164,7 +164,7 @@ impl Status {
         let config = Config::load(config_path)?;
         let nl = Netlink::connect()?;
         let observed = nl.observe(config.overlay.device.as_str()).await?;
-        let admission = admission::load_status(&admission::status_path(&config));
+        let admission = admission::load_status(&crate::paths::admission_status(&config.paths));
         let r = report(&config, &observed, consul_status(&config).await, admission);
         if self.json {
             println!("{}", serde_json::to_string_pretty(&r)?);

@@ -2,16 +2,17 @@
 //! from starting at boot. Containers keep running; `arpanet uninstall-network` then
 //! removes the host's network changes.
 
+use crate::paths;
 use crate::systemd::Systemd;
 
 pub async fn exec() -> anyhow::Result<()> {
     let systemd = Systemd::connect().await?;
     let mut errors = Vec::new();
     for unit in [
-        crate::daemon::UNIT,
-        crate::consul::UNIT,
-        crate::sync::service::SOCKET_UNIT,
-        crate::sync::service::SERVICE_UNIT,
+        paths::ARPANETD_UNIT,
+        paths::CONSUL_UNIT,
+        paths::SYNC_SOCKET_UNIT,
+        paths::SYNC_SERVICE_UNIT,
     ] {
         if let Err(e) = systemd.disable(unit).await {
             errors.push(format!("{e:#}"));

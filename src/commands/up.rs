@@ -33,7 +33,7 @@ impl Up {
             bar.set_message(action.to_string());
         };
         let dir = &config.paths.containers_dir;
-        let swarm = crate::sync::service::socket_path(&config);
+        let swarm = crate::paths::sync_socket(&config.paths);
         let images = engine.local_images().await?;
         let opts = containers::converge::Options {
             apply: !self.dry_run,

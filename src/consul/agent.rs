@@ -2,7 +2,7 @@
 //! re-implements membership, KV, catalog or DNS: it configures Consul and uses it.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -24,14 +24,6 @@ pub struct HostFacts {
 /// create it, /usr/lib/sysusers.d/arpanet.conf).
 pub const AGENT_USER: &str = "arpanet-consul";
 
-pub fn config_path(config: &Config) -> PathBuf {
-    config.paths.state_dir.join("consul/config.json")
-}
-
-pub fn data_dir(config: &Config) -> PathBuf {
-    config.paths.state_dir.join("consul/data")
-}
-
 pub fn render(config: &Config, facts: &HostFacts) -> Value {
     let a = config.node.address;
     let consul_ip = a.consul_ip();
@@ -48,7 +40,7 @@ pub fn render(config: &Config, facts: &HostFacts) -> Value {
     let mut v = json!({
         "datacenter": config.datacenter(),
         "node_name": config.node_name(),
-        "data_dir": data_dir(config),
+        "data_dir": crate::paths::consul_data(&config.paths),
         "bind_addr": consul_ip.to_string(),
         "advertise_addr": consul_ip.to_string(),
         "client_addr": format!("127.0.0.1 {consul_ip}"),

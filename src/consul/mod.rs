@@ -14,9 +14,8 @@ use anyhow::anyhow;
 
 use crate::config::{Config, ConsulMode};
 use crate::network::netlink::Netlink;
+use crate::paths::{self, CONSUL_UNIT};
 use crate::systemd::Systemd;
-
-pub const UNIT: &str = "arpanet-consul.service";
 
 /// Renders the agent's config; under systemd, (re)starts the agent's unit when the
 /// config changed or the unit is not running. Returns a line per change.
@@ -39,7 +38,7 @@ pub async fn reconcile(
         bridge_ip_present: netlink.has_address(a.bridge_ip()).await?,
         gossip_key: key,
     };
-    let path = agent::config_path(config);
+    let path = paths::consul_config(&config.paths);
     let existed = path.exists();
     let changed = agent::write(&path, &agent::render(config, &facts))?;
     // arpanet-consul.service runs the agent as its own user, which must read it.
@@ -52,11 +51,11 @@ pub async fn reconcile(
             let systemd = systemd
                 .ok_or_else(|| anyhow!("consul.mode = \"systemd\" needs systemd's D-Bus API"))?;
             if changed {
-                systemd.restart(UNIT).await?;
-                changes.push(format!("restarted {UNIT}"));
-            } else if systemd.active_state(UNIT).await? != "active" {
-                systemd.start(UNIT).await?;
-                changes.push(format!("started {UNIT}"));
+                systemd.restart(CONSUL_UNIT).await?;
+                changes.push(format!("restarted {CONSUL_UNIT}"));
+            } else if systemd.active_state(CONSUL_UNIT).await? != "active" {
+                systemd.start(CONSUL_UNIT).await?;
+                changes.push(format!("started {CONSUL_UNIT}"));
             }
         }
         ConsulMode::Config if changed && existed => {

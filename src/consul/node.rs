@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::client::{HealthEntry, ServiceRegistration};
+use super::client::{Consul, HealthEntry, ServiceRegistration};
 use crate::addressing::NodeAddress;
 use crate::config::{Config, Role};
+use crate::network::admission::RefusedClaim;
 use crate::network::{Peer, vtep_mac};
 
 pub const SERVICE: &str = "arpanet";
@@ -45,16 +46,6 @@ pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistrati
     }
 }
 
-/// An `arpanet` catalog entry that is not believed, and why (shown by `arpanet status`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RefusedClaim {
-    /// The Consul node the entry is registered on.
-    pub node: String,
-    /// What it claims, as `a.b at UNDERLAY_IP` (or the raw meta when that is unusable).
-    pub claims: String,
-    pub reason: String,
-}
-
 /// A node of the cluster as the catalog's believed `arpanet` entry describes it: the
 /// one parse of the catalog, which both the overlay (its peers) and placement (its
 /// nodes) read.
@@ -90,7 +81,7 @@ impl Catalog {
 }
 
 /// The healthy `arpanet` instances, read once (no blocking query).
-pub async fn read_catalog(consul: &super::client::Consul) -> anyhow::Result<Catalog> {
+pub async fn read_catalog(consul: &Consul) -> anyhow::Result<Catalog> {
     let (entries, _) = consul
         .healthy_instances(SERVICE, None, std::time::Duration::ZERO)
         .await?;
@@ -210,6 +201,24 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
         nodes.extend(kept.cloned());
     }
     Catalog { nodes, refused }
+}
+
+/// A node as placement sees it: where it is in the plan, its role and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Node {
+    pub address: NodeAddress,
+    pub role: Role,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&CatalogNode> for Node {
+    fn from(n: &CatalogNode) -> Self {
+        Node {
+            address: n.address,
+            role: n.role,
+            labels: n.labels.clone(),
+        }
+    }
 }
 
 /// A catalog entry of the `arpanet` service, for tests of what is read from it, on a

@@ -2,7 +2,7 @@
 //! as it is, in its order. The user's own values of arpanet's keys are saved the first
 //! time they are replaced, so uninstall puts them back.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
@@ -103,10 +103,6 @@ pub fn restored(
     out
 }
 
-fn originals_path(config: &Config) -> PathBuf {
-    config.paths.state_dir.join("docker-daemon-json.orig.json")
-}
-
 fn read(path: &Path) -> anyhow::Result<Map<String, Value>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse(path, &text)?),
@@ -129,7 +125,7 @@ pub fn apply(config: &Config) -> anyhow::Result<bool> {
     let Some(new) = merged(&current, &desired(config)) else {
         return Ok(false);
     };
-    let saved = originals_path(config);
+    let saved = crate::paths::docker_daemon_json_originals(&config.paths);
     if !saved.exists() {
         write_atomically(&saved, &originals(&current))?;
     }
@@ -140,7 +136,7 @@ pub fn apply(config: &Config) -> anyhow::Result<bool> {
 /// Takes arpanet's keys out of daemon.json again. Returns whether the file changed.
 pub fn remove(config: &Config) -> anyhow::Result<bool> {
     let path = &config.docker.daemon_json;
-    let saved = originals_path(config);
+    let saved = crate::paths::docker_daemon_json_originals(&config.paths);
     let originals = match std::fs::read_to_string(&saved) {
         Ok(text) => match serde_json::from_str::<Value>(&text) {
             Ok(Value::Object(m)) => m,

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::Context;
 
-pub const UNIT: &str = "docker.service";
 pub const DROPIN: &str = "/etc/systemd/system/docker.service.d/arpanet.conf";
 
 /// `argv` without any form of `-H fd://` (`-H fd://`, `-Hfd://`, `--host=fd://`, `--host fd://`).

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 
 use crate::config::{Config, ServiceMode};
+use crate::paths::DOCKER_UNIT;
 use crate::systemd::Systemd;
 
 /// Brings the engine's configuration to the plan; under systemd, restarts
@@ -36,11 +37,11 @@ pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Re
     let systemd =
         systemd.ok_or_else(|| anyhow!("docker.mode = \"systemd\" needs systemd's D-Bus API"))?;
     let argv = systemd
-        .exec_start(dropin::UNIT)
+        .exec_start(DOCKER_UNIT)
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow!("{} has no ExecStart; is Docker installed?", dropin::UNIT))?;
+        .ok_or_else(|| anyhow!("{} has no ExecStart; is Docker installed?", DOCKER_UNIT))?;
     let dropin_changed = dropin::apply(Path::new(dropin::DROPIN), &dropin::render(&argv))?;
     if dropin_changed {
         systemd.daemon_reload().await?;
@@ -48,10 +49,10 @@ pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Re
     }
     if json_changed || dropin_changed {
         systemd
-            .restart(dropin::UNIT)
+            .restart(DOCKER_UNIT)
             .await
             .context("restart Docker with its new configuration")?;
-        changes.push(format!("restarted {}", dropin::UNIT));
+        changes.push(format!("restarted {}", DOCKER_UNIT));
     }
     Ok(changes)
 }
@@ -81,7 +82,7 @@ pub async fn uninstall(config: &Config, systemd: Option<&Systemd>) -> Vec<String
                     if let Err(e) = s.daemon_reload().await {
                         errors.push(format!("{e:#}"));
                     }
-                    if let Err(e) = s.restart(dropin::UNIT).await {
+                    if let Err(e) = s.restart(DOCKER_UNIT).await {
                         errors.push(format!("{e:#}"));
                     }
                 }

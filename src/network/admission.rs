@@ -339,6 +339,16 @@ impl Speaker {
     }
 }
 
+/// An `arpanet` catalog entry that is not believed, and why (shown by `arpanet status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RefusedClaim {
+    /// The Consul node the entry is registered on.
+    pub node: String,
+    /// What it claims, as `a.b at UNDERLAY_IP` (or the raw meta when that is unusable).
+    pub claims: String,
+    pub reason: String,
+}
+
 /// Where each admitted peer came from, and what was turned away: written by arpanetd
 /// into the state dir, read by `arpanet status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -347,7 +357,7 @@ pub struct Status {
     /// Hellos that did not verify, by source.
     pub turned_away: Vec<RejectedHello>,
     /// Catalog entries not believed (another node's address, conflicting claims).
-    pub refused_claims: Vec<crate::consul::node::RefusedClaim>,
+    pub refused_claims: Vec<RefusedClaim>,
 }
 
 impl Status {
@@ -358,7 +368,7 @@ impl Status {
         catalog: Option<&[Peer]>,
         cache: &[Peer],
         turned_away: Vec<RejectedHello>,
-        refused_claims: Vec<crate::consul::node::RefusedClaim>,
+        refused_claims: Vec<RefusedClaim>,
     ) -> Self {
         let by = |p: &Peer| match catalog {
             Some(c) if c.contains(p) => "catalog",
@@ -386,10 +396,6 @@ pub struct AdmittedPeer {
     pub underlay_ip: Ipv4Addr,
     /// `catalog`, `cache` (the catalog's last answer) or `hello`.
     pub by: String,
-}
-
-pub fn status_path(config: &crate::config::Config) -> std::path::PathBuf {
-    config.paths.state_dir.join("admission.json")
 }
 
 /// The last status arpanetd wrote; none when it never ran (or the file is unreadable).

@@ -2,14 +2,10 @@
 //! answers, its last answer kept in the state dir) and nodes admitted by a signed
 //! hello. Naming a node in the join list admits nobody: it is where hellos go.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Peer;
 use crate::config::Config;
-
-pub fn cache_path(config: &Config) -> PathBuf {
-    config.paths.state_dir.join("peers.json")
-}
 
 /// The last catalog answer; a missing or unreadable cache is empty, never an error
 /// (the catalog will answer again).

@@ -27,7 +27,10 @@ impl Reconciler for ConsulAgent {
             Ok(changes) => {
                 // Register only once the agent that was just (re)started listens and
                 // its cluster has a leader; other passes never wait.
-                if changes.iter().any(|c| c.contains(consul::UNIT)) {
+                if changes
+                    .iter()
+                    .any(|c| c.contains(crate::paths::CONSUL_UNIT))
+                {
                     outcome.restarted = Some(Restarted::Consul);
                     let limit = Duration::from_secs(30);
                     let up = match client.wait_until_up(limit).await {

@@ -77,7 +77,7 @@ impl Reconciler for DeclaredContainers {
                 return outcome;
             }
         };
-        let swarm = crate::sync::service::socket_path(snap.config);
+        let swarm = crate::paths::sync_socket(&snap.config.paths);
         let pull = self.pull_due();
         let opts = Options {
             apply: true,
@@ -117,7 +117,7 @@ impl Reconciler for ClusterServices {
         };
         let me = placement::reconcile::me(&snap.config.node);
         let nodes = placement::reconcile::cluster_nodes(catalog, &me);
-        let swarm = crate::sync::service::socket_path(snap.config);
+        let swarm = crate::paths::sync_socket(&snap.config.paths);
         let opts = Options {
             apply: true,
             swarm: Some(&swarm),

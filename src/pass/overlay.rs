@@ -37,7 +37,7 @@ impl Reconciler for Overlay {
         let mut outcome = Outcome::default();
         let peers = snap.peers();
         let status = status(snap, &peers);
-        let path = admission::status_path(snap.config);
+        let path = crate::paths::admission_status(&snap.config.paths);
         if admission::load_status(&path).as_ref() != Some(&status)
             && let Err(e) = serde_json::to_string_pretty(&status)
                 .map_err(anyhow::Error::from)

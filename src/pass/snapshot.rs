@@ -80,7 +80,7 @@ impl<'a> Snapshot<'a> {
             underlay,
             catalog: inputs.catalog,
             read_catalog: inputs.read_catalog,
-            cached_peers: peers::load_cache(&peers::cache_path(config)),
+            cached_peers: peers::load_cache(&crate::paths::peers_cache(&config.paths)),
             admitted: inputs.admitted,
             turned_away: inputs.turned_away,
             cluster: Err(Unavailable("Consul is not used on this node".into())),

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::addressing::NodeAddress;
 use crate::config::Role;
 use crate::config::containers::{ContainerName, ContainerSpec, ServiceSpec};
+use crate::consul::node::Node;
 
 /// A cluster service: what to run and how many. In KV and the API it is
 /// [`wire::ServiceDefV1`].
@@ -139,14 +140,6 @@ impl std::fmt::Display for ServiceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A node that can take instances.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Node {
-    pub address: NodeAddress,
-    pub role: Role,
-    pub labels: BTreeMap<String, String>,
 }
 
 /// Rendezvous score of `node` for `service`: every node computes the same ranking.

@@ -1,23 +1,13 @@
 //! This node's share of the cluster services, carried out by the same plan and apply
 //! as containers.d (in the cluster scope, so neither removes the other's containers).
 
-use super::{Node, instances_for, store::ClusterState};
+use super::{instances_for, store::ClusterState};
 use crate::consul::client::Consul;
-use crate::consul::node::{Catalog, CatalogNode};
+use crate::consul::node::{Catalog, Node};
 use crate::containers::converge::{Options, Pass, converge_scope};
 use crate::containers::{self, Desired, Scope};
 use crate::docker::engine::Engine;
 use crate::docker::images::LocalImages;
-
-impl From<&CatalogNode> for Node {
-    fn from(n: &CatalogNode) -> Self {
-        Node {
-            address: n.address,
-            role: n.role,
-            labels: n.labels.clone(),
-        }
-    }
-}
 
 /// This node as placement sees it.
 pub fn me(node: &crate::config::NodeConfig) -> Node {
@@ -96,7 +86,7 @@ pub async fn converge(
 mod tests {
     use super::*;
     use crate::config::Role;
-    use crate::consul::node::catalog_from;
+    use crate::consul::node::{CatalogNode, catalog_from};
 
     #[test]
     fn catalog_entries_become_nodes_with_role_and_labels() {

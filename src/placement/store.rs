@@ -79,8 +79,6 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
     state
 }
 
-pub use super::wire::parse_json;
-
 pub async fn load(consul: &Consul) -> anyhow::Result<ClusterState> {
     let (entries, _) = consul
         .kv_list(PREFIX, None, std::time::Duration::ZERO)

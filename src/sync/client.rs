@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use tracing::info;
 
 use super::{ImageRequest, Transfer, TransferState};
+use crate::http;
 
 /// Pulls `image` through the sync service at `socket`. `Ok(false)`: the cluster has no
 /// such image (or no sync service runs here), so a registry is next.
@@ -15,12 +16,8 @@ pub async fn fetch_from_swarm(socket: &Path, image: &str) -> anyhow::Result<bool
     if !socket.exists() {
         return Ok(false);
     }
-    let http = reqwest::Client::builder()
-        .unix_socket(socket)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("a unix-socket HTTP client always builds");
-    let started = http
+    let client = http::unix_client(socket, Duration::from_secs(30));
+    let started = client
         .post("http://sync/v1/pulls")
         .json(&ImageRequest {
             image: image.to_string(),
@@ -28,25 +25,32 @@ pub async fn fetch_from_swarm(socket: &Path, image: &str) -> anyhow::Result<bool
         })
         .send()
         .await
-        .with_context(|| format!("ask the image sync service at {}", socket.display()))?;
-    if started.status() == reqwest::StatusCode::NOT_FOUND {
+        .map_err(|e| unreachable(socket, e))?;
+    let status = started.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(false);
     }
-    if !started.status().is_success() {
-        let body: serde_json::Value = started.json().await.unwrap_or_default();
-        bail!("image sync: {}", body["error"].as_str().unwrap_or("failed"));
+    let body = started.bytes().await.map_err(|e| unreachable(socket, e))?;
+    if !status.is_success() {
+        bail!("image sync: {}", http::error_text(status, &body));
     }
-    let mut transfer: Transfer = started.json().await?;
+    let mut transfer: Transfer =
+        serde_json::from_slice(&body).map_err(|e| anyhow!("image sync: unexpected answer: {e}"))?;
     info!("fetching {image} from the cluster's nodes");
     while !transfer.state.finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        transfer = http
+        let resp = client
             .get(format!("http://sync/v1/pulls/{}", transfer.id))
             .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+            .await
+            .map_err(|e| unreachable(socket, e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| unreachable(socket, e))?;
+        if !status.is_success() {
+            bail!("image sync: {}", http::error_text(status, &body));
+        }
+        transfer = serde_json::from_slice(&body)
+            .map_err(|e| anyhow!("image sync: unexpected answer: {e}"))?;
     }
     match transfer.state {
         TransferState::Done => Ok(true),
@@ -55,4 +59,12 @@ pub async fn fetch_from_swarm(socket: &Path, image: &str) -> anyhow::Result<bool
             transfer.error.unwrap_or_else(|| "failed".into())
         )),
     }
+}
+
+fn unreachable(socket: &Path, e: reqwest::Error) -> anyhow::Error {
+    anyhow!(
+        "ask the image sync service at {}: {}",
+        socket.display(),
+        http::request_error(e)
+    )
 }

@@ -128,7 +128,7 @@ pub fn parse_records(entries: &[(String, Vec<u8>)]) -> (Vec<ImageRecord>, Vec<(S
     let mut records = Vec::new();
     let mut bad = Vec::new();
     for (key, value) in entries {
-        let record: ImageRecord = match crate::placement::store::parse_json(value) {
+        let record: ImageRecord = match crate::http::parse_json(value) {
             Ok(r) => r,
             Err(e) => {
                 bad.push((key.clone(), e));

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -44,10 +43,11 @@ use super::{
     tarball_name,
 };
 use crate::addressing::NodeAddress;
-use crate::api::server::{ApiError, json_response};
 use crate::config::Config;
 use crate::consul::client::Consul;
 use crate::docker::engine::Engine;
+use crate::http::{ApiError, Json, json_response};
+use crate::{paths, sd};
 
 /// How often a torrent asks the loopback tracker (that is, Consul) for its swarm.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -63,19 +63,6 @@ const TRACKER_VIEW_AGE: Duration = Duration::from_secs(1);
 /// peer's chunks although the piece is done: a bad seeder's bytes land in a verified
 /// piece. Repairs fetch without a stream, so that cannot happen there.
 const REPAIR_ROUNDS: u32 = 2;
-
-/// The units systemd runs this as; `arpanet boot|server|client` enables the socket.
-pub const SOCKET_UNIT: &str = "arpanet-sync.socket";
-pub const SERVICE_UNIT: &str = "arpanet-sync.service";
-
-pub fn socket_path(config: &Config) -> PathBuf {
-    config.paths.run_dir.join("sync.sock")
-}
-
-/// Where tarballs live: one file per image, named by ID, the torrent's only file.
-pub fn images_dir(config: &Config) -> PathBuf {
-    config.paths.state_dir.join("images")
-}
 
 struct SyncState {
     me: NodeAddress,
@@ -117,8 +104,8 @@ type Shared = Arc<SyncState>;
 
 /// Runs the service until it has been idle for `sync.idle_timeout`.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let listener = control_listener(&socket_path(config))?;
-    let images_dir = images_dir(config);
+    let listener = control_listener(&paths::sync_socket(&config.paths))?;
+    let images_dir = paths::images_dir(&config.paths);
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("create {}", images_dir.display()))?;
     let peer_addr = SocketAddr::from((config.node.address.overlay_ip(), config.sync.peer_port));
@@ -180,7 +167,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             warn!("image sync: the loopback tracker stopped: {e}");
         }
     });
-    crate::daemon::notify(&[sd_notify::NotifyState::Ready]);
+    sd::notify(&[sd::NotifyState::Ready]);
     let idle = config.sync.idle_timeout;
     tokio::select! {
         r = axum::serve(listener, app) => r.context("serve the sync control socket")?,
@@ -194,15 +181,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
 /// The control socket: systemd's (socket activation) or one bound here (0600).
 fn control_listener(path: &FsPath) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::fd::FromRawFd;
-    if let Some(fd) = sd_notify::listen_fds().context("read LISTEN_FDS")?.next() {
-        // SAFETY: systemd passed this fd to us alone; nothing else in the process owns it.
-        let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-        std_listener.set_nonblocking(true)?;
+    if let Some(listener) = sd::listen_unix().context("take the socket systemd passed")? {
         info!("image sync: control socket from systemd");
-        return Ok(tokio::net::UnixListener::from_std(std_listener)?);
+        return Ok(listener);
     }
-    let listener = crate::api::server::bind_unix(path)?;
+    let listener = crate::http::bind_unix(path)?;
     info!("image sync: control socket {}", path.display());
     Ok(listener)
 }
@@ -249,12 +232,8 @@ impl Drop for Busy {
     }
 }
 
-/// Errors are the cluster API's (`{"error": "..."}`). Docker, Consul or the disk could
-/// not do what was asked: 503, as the API answers.
-fn unavailable(e: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
-}
-
+/// Errors are the cluster API's (`{"error": "..."}`); Docker, Consul or the disk
+/// failing is a 503 ([`ApiError::backend`]), as the API answers.
 type SyncResult = Result<Response, ApiError>;
 
 fn router(state: Shared) -> Router {
@@ -281,9 +260,7 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn image_request(body: &[u8]) -> Result<ImageRequest, ApiError> {
-    let req: ImageRequest = crate::placement::store::parse_json(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+fn image_request(req: ImageRequest) -> Result<ImageRequest, ApiError> {
     if req.start_at.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -502,8 +479,8 @@ async fn announce(
 }
 
 async fn list_images(State(s): State<Shared>) -> SyncResult {
-    let records = s.records().await.map_err(unavailable)?;
-    let swarms = s.swarms().await.map_err(unavailable)?;
+    let records = s.records().await.map_err(ApiError::backend)?;
+    let swarms = s.swarms().await.map_err(ApiError::backend)?;
     let images: Vec<ClusterImage> = records
         .iter()
         .map(|r| ClusterImage {
@@ -520,8 +497,8 @@ async fn list_images(State(s): State<Shared>) -> SyncResult {
     Ok(json_response(StatusCode::OK, &images))
 }
 
-async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
-    let req = image_request(&body)?;
+async fn push(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> SyncResult {
+    let req = image_request(req)?;
     let record = push_image(&s, &req.image).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -541,8 +518,11 @@ async fn push(State(s): State<Shared>, body: Bytes) -> SyncResult {
 async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError> {
     let engine = Engine::connect(&s.docker_socket)
         .await
-        .map_err(unavailable)?;
-    let inspect = engine.inspect_image(image).await.map_err(unavailable)?;
+        .map_err(ApiError::backend)?;
+    let inspect = engine
+        .inspect_image(image)
+        .await
+        .map_err(ApiError::backend)?;
     let Some(inspect) = inspect else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -550,12 +530,13 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         ));
     };
     let id = inspect.id.clone().unwrap_or_default();
-    super::image_id(&id).map_err(|e| unavailable(anyhow!("Docker answered an odd ID: {e}")))?;
+    super::image_id(&id)
+        .map_err(|e| ApiError::backend(anyhow!("Docker answered an odd ID: {e}")))?;
     let mut tags: Vec<String> = inspect.repo_tags.clone().unwrap_or_default();
     let existing = s
         .records()
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::backend)?
         .into_iter()
         .find(|r| r.id == id);
     let path = s.tarball(&id);
@@ -569,7 +550,7 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
         let p = path.clone();
         let carried = tokio::task::spawn_blocking(move || super::tarball::repo_tags(&p))
             .await
-            .map_err(|e| unavailable(e.into()))?
+            .map_err(ApiError::backend)?
             .unwrap_or_default();
         tags.iter().any(|t| !carries(&carried, t))
     } else {
@@ -587,13 +568,15 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
             }
             record.tags = tags;
             if holds {
-                s.add(&record, Vec::new()).await.map_err(unavailable)?;
+                s.add(&record, Vec::new())
+                    .await
+                    .map_err(ApiError::backend)?;
             }
             record
         }
         None => {
             info!("image sync: exporting {image} ({})", short(&id));
-            std::fs::create_dir_all(&s.images_dir).map_err(|e| unavailable(e.into()))?;
+            std::fs::create_dir_all(&s.images_dir).map_err(ApiError::backend)?;
             let part = path.with_extension("tar.part");
             // Under its tags, so the tarball's manifest carries them (see `tag`).
             let names: Vec<&str> = if tags.is_empty() {
@@ -605,10 +588,8 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
                 let _ = std::fs::remove_file(&part);
                 return Err(disk_error(e, &s.images_dir));
             }
-            std::fs::rename(&part, &path).map_err(|e| unavailable(e.into()))?;
-            let size = std::fs::metadata(&path)
-                .map_err(|e| unavailable(e.into()))?
-                .len();
+            std::fs::rename(&part, &path).map_err(ApiError::backend)?;
+            let size = std::fs::metadata(&path).map_err(ApiError::backend)?.len();
             let piece_length = super::piece_length(size);
             let (made, _handle) = s
                 .session
@@ -621,8 +602,8 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
                     },
                 )
                 .await
-                .map_err(|e| unavailable(anyhow!("make the torrent: {e}")))?;
-            let torrent = made.as_bytes().map_err(unavailable)?;
+                .map_err(|e| ApiError::backend(anyhow!("make the torrent: {e}")))?;
+            let torrent = made.as_bytes().map_err(ApiError::backend)?;
             ImageRecord {
                 id: id.clone(),
                 tags,
@@ -640,9 +621,9 @@ async fn push_image(s: &SyncState, image: &str) -> Result<ImageRecord, ApiError>
             serde_json::to_vec(&record).expect("serializable"),
         )
         .await
-        .map_err(|e| unavailable(e.into()))?;
+        .map_err(ApiError::backend)?;
     if path.exists() {
-        s.announce(&id, true).await.map_err(unavailable)?;
+        s.announce(&id, true).await.map_err(ApiError::backend)?;
     }
     info!(
         "image sync: published {image} ({}, {} bytes)",
@@ -685,12 +666,12 @@ fn disk_error(e: anyhow::Error, dir: &FsPath) -> ApiError {
             format!("{} is full", dir.display()),
         )
     } else {
-        unavailable(e)
+        ApiError::backend(e)
     }
 }
 
 async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
-    let records = s.records().await.map_err(unavailable)?;
+    let records = s.records().await.map_err(ApiError::backend)?;
     let record = records
         .iter()
         .find(|r| r.hex() == super::id_hex(&id))
@@ -701,7 +682,7 @@ async fn seed(State(s): State<Shared>, Path(id): Path<String>) -> SyncResult {
             format!("node {} holds no tarball of {}", s.me, short(&record.id)),
         ));
     }
-    let torrent = s.add(record, Vec::new()).await.map_err(unavailable)?;
+    let torrent = s.add(record, Vec::new()).await.map_err(ApiError::backend)?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "node": s.me.to_string(), "seeding": torrent.stats().finished }),
@@ -717,9 +698,9 @@ async fn get_pull(State(s): State<Shared>, Path(id): Path<u64>) -> SyncResult {
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no pull {id} here")))
 }
 
-async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
-    let req = image_request(&body)?;
-    let records = s.records().await.map_err(unavailable)?;
+async fn start_pull(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> SyncResult {
+    let req = image_request(req)?;
+    let records = s.records().await.map_err(ApiError::backend)?;
     let record = resolve(&records, &req.image)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?
         .clone();
@@ -732,8 +713,8 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
         .unwrap_or(0);
     let need = record.size.saturating_sub(have);
     // Made again if someone cleaned it up while the service ran.
-    std::fs::create_dir_all(&s.images_dir).map_err(|e| unavailable(e.into()))?;
-    let free = free_bytes(&s.images_dir).map_err(unavailable)?;
+    std::fs::create_dir_all(&s.images_dir).map_err(ApiError::backend)?;
+    let free = free_bytes(&s.images_dir).map_err(ApiError::backend)?;
     // The tarball, then Docker's copy of the layers (usually on the same disk).
     if free < need {
         return Err(ApiError(
@@ -742,8 +723,8 @@ async fn start_pull(State(s): State<Shared>, body: Bytes) -> SyncResult {
                 "not enough space in {} to pull {}: it needs {}, {} is free",
                 s.images_dir.display(),
                 req.image,
-                human_bytes(need),
-                human_bytes(free)
+                crate::human::bytes(need),
+                crate::human::bytes(free)
             ),
         ));
     }
@@ -1053,9 +1034,9 @@ async fn download(
                 bail!(
                     "{} is full: {} of {} still to fetch, {} free; the pull resumes when run again",
                     s.images_dir.display(),
-                    human_bytes(left),
+                    crate::human::bytes(left),
                     short(&record.id),
-                    human_bytes(free)
+                    crate::human::bytes(free)
                 );
             }
             bail!("transfer failed: {e}");
@@ -1160,13 +1141,21 @@ async fn wake_holders(s: &SyncState, record: &ImageRecord, swarm: &[SwarmPeer]) 
         );
         match s.http.post(&url).send().await {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => warn!(
-                "image sync: node {} will not seed {}: {}",
+            Ok(r) => {
+                let status = r.status();
+                let body = r.bytes().await.unwrap_or_default();
+                warn!(
+                    "image sync: node {} will not seed {}: {}",
+                    p.node,
+                    short(&record.id),
+                    crate::http::error_text(status, &body)
+                )
+            }
+            Err(e) => warn!(
+                "image sync: cannot ask node {} to seed: {}",
                 p.node,
-                short(&record.id),
-                r.text().await.unwrap_or_default()
+                crate::http::request_error(e)
             ),
-            Err(e) => warn!("image sync: cannot ask node {} to seed: {e}", p.node),
         }
     });
     futures::future::join_all(asks).await;
@@ -1176,31 +1165,4 @@ fn free_bytes(dir: &FsPath) -> anyhow::Result<u64> {
     let st =
         nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_500_000), "1.5 MB");
-        assert_eq!(human_bytes(210_000_000), "210.0 MB");
-    }
 }

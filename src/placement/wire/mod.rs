@@ -25,6 +25,8 @@ pub mod records;
 pub mod spec;
 
 use serde::de::DeserializeOwned;
+
+use crate::http::{field_error, parse_json};
 use serde::{Deserialize, Serialize};
 
 pub use records::{ConstraintsV1, CreateServiceV1, RoleV1, ScaleV1, ServiceDefV1, TemplateRowV1};
@@ -90,25 +92,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     decode_value(value)
 }
 
-/// JSON with the path of the field that is wrong, for API errors and KV entries alike.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(path_and_message)
-}
-
-fn path_and_message<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
-    let path = e.path().to_string();
-    let inner = e.into_inner();
-    if path == "." || path.is_empty() {
-        inner.to_string()
-    } else {
-        format!("{path}: {inner}")
-    }
-}
-
 pub fn decode_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, WireError> {
     take_version(&mut value)?;
-    serde_path_to_error::deserialize(value).map_err(|e| WireError::Json(path_and_message(e)))
+    serde_path_to_error::deserialize(value).map_err(|e| WireError::Json(field_error(e)))
 }
 
 /// A record as written: version 1, so without `v` (see the module's notes).

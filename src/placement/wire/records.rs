@@ -296,11 +296,10 @@ mod tests {
             labels: BTreeMap<String, String>,
         }
         let def = web_def();
-        let old: TodaysServiceDef = crate::placement::wire::parse_json(&def.to_json()).unwrap();
+        let old: TodaysServiceDef = crate::http::parse_json(&def.to_json()).unwrap();
         assert_eq!(old.spec, def.spec);
         assert_eq!(old.replicas, 3);
-        let spec: ContainerSpec =
-            crate::placement::wire::parse_json(&template_to_json(&def.spec)).unwrap();
+        let spec: ContainerSpec = crate::http::parse_json(&template_to_json(&def.spec)).unwrap();
         assert_eq!(spec, def.spec);
     }
 

@@ -1,0 +1,320 @@
+//! What every HTTP side of arpanet shares (the cluster API and the image sync service,
+//! and their clients): the error answer `{"error": "..."}`, a JSON body extractor whose
+//! rejection names the field, unix sockets for root only, and one wording for a request
+//! that got no answer.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Every error an arpanet HTTP service answers: `{"error": "..."}` with a fitting status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// An error as the API and the sync service return it: a status and one line.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, m.into())
+    }
+    /// Docker, Consul or the disk could not do what was asked.
+    pub fn backend(e: impl Into<anyhow::Error>) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, format!("{:#}", e.into()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.0, &ErrorBody { error: self.1 })
+    }
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).expect("serializable"),
+    )
+        .into_response()
+}
+
+/// A JSON answer passed on as it came (from another node or service).
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// An error answer as one line: its `error`, or the bare status when it has none.
+pub fn error_text(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| format!("answered {status}"))
+}
+
+/// JSON with the path of the field that is wrong (`spec.ports[0]: invalid type ...`),
+/// for request bodies and KV entries alike.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(field_error)
+}
+
+/// A deserialization error as `path.to.field: why`.
+pub fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    // `.` is the whole body, `?` a place serde could not name (the body ends early).
+    if matches!(path.as_str(), "" | "." | "?") {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
+/// A JSON request body, as axum's `Json`, but a bad one is a 400 `{"error": ...}` that
+/// names the field ([`parse_json`]). The content type is not checked: the CLI and the
+/// relays send JSON, and an error about a header would hide the one about the body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError(e.status(), e.body_text()))?;
+        parse_json(&bytes).map(Json).map_err(ApiError::bad_request)
+    }
+}
+
+/// Why a request got no answer, in the words every client here uses.
+pub fn request_error(e: reqwest::Error) -> String {
+    if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_timeout() {
+        "no answer in time".to_string()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+/// An HTTP client for the service listening on the unix socket at `socket` (URLs then
+/// name any host: `http://arpanetd/v1/...`).
+pub fn unix_client(socket: &Path, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .unix_socket(socket)
+        .timeout(timeout)
+        .build()
+        .expect("a unix-socket HTTP client always builds")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("create {}: {source}", .path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("listen on {}: {source}", .path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("restrict {}: {source}", .path.display())]
+    Restrict { path: PathBuf, source: io::Error },
+    #[error("move {} to {}: {source}", .from.display(), .to.display())]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// A unix socket for root only (0600), replacing one an earlier run left: the API's
+/// socket changes what runs on every node, the sync service's moves images.
+///
+/// The socket is bound inside a fresh 0700 directory next to `path`, made 0600 there,
+/// then renamed over `path`. A socket is connectable as soon as it is bound, with the
+/// mode the umask leaves; inside the private directory nobody else can reach it until
+/// its mode is right, and the rename (same filesystem) puts it in place at once, so a
+/// client never finds the path missing or open to it. (Binding at a temporary name
+/// in the shared directory would leave that window open; the process-wide umask cannot
+/// be changed safely with other threads creating files.)
+pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, BindError> {
+    bind_staged(path, |_| {})
+}
+
+/// [`bind_unix`], calling `staged_hook` with the socket's private path just before the rename
+/// (so a test can see what the socket looked like while nobody else could reach it).
+fn bind_staged(
+    path: &Path,
+    staged_hook: impl FnOnce(&Path),
+) -> Result<tokio::net::UnixListener, BindError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|source| BindError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let private = dir.join(format!(".{}.bind", name.to_string_lossy()));
+    // Left by a run that died between bind and rename.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|source| BindError::Dir {
+            path: private.clone(),
+            source,
+        })?;
+    let staged = private.join(name);
+    let result = (|| {
+        let listener =
+            tokio::net::UnixListener::bind(&staged).map_err(|source| BindError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| BindError::Restrict {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        staged_hook(&staged);
+        std::fs::rename(&staged, path).map_err(|source| BindError::Rename {
+            from: staged.clone(),
+            to: path.to_path_buf(),
+            source,
+        })?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[tokio::test]
+    async fn a_bound_socket_is_root_only_from_the_start_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/api.sock");
+        // A socket (here a plain file) an earlier run left is replaced.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "stale").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+        // Until it is 0600 it is in a directory only root may enter; the old one still
+        // answers at the path meanwhile.
+        let listener = bind_staged(&path, |staged| {
+            let private = std::fs::metadata(staged.parent().unwrap()).unwrap();
+            assert_eq!(private.permissions().mode() & 0o7777, 0o700);
+            assert_eq!(staged.parent().unwrap().parent(), path.parent());
+            let socket = std::fs::symlink_metadata(staged).unwrap();
+            assert!(socket.file_type().is_socket());
+            assert_eq!(socket.permissions().mode() & 0o7777, 0o600);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "stale");
+        })
+        .unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["api.sock"]);
+
+        // It answers at its final path, and a second bind (a restart) takes it over.
+        let client = tokio::net::UnixStream::connect(&path).await;
+        assert!(client.is_ok(), "{client:?}");
+        assert!(listener.accept().await.is_ok());
+        drop(listener);
+        let again = bind_unix(&path).unwrap();
+        assert!(tokio::net::UnixStream::connect(&path).await.is_ok());
+        assert!(again.accept().await.is_ok());
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leftover_private_directory_does_not_stop_the_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.sock");
+        std::fs::create_dir(dir.path().join(".sync.sock.bind")).unwrap();
+        std::fs::write(dir.path().join(".sync.sock.bind/sync.sock"), "").unwrap();
+        let _listener = bind_unix(&path).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_bad_body_names_its_field() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            spec: Inner,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            ports: Vec<u16>,
+        }
+        let e = parse_json::<Body>(br#"{"spec":{"ports":[80,"x"]}}"#).unwrap_err();
+        assert!(e.starts_with("spec.ports[1]: invalid type"), "{e}");
+        let e = parse_json::<Body>(b"{").unwrap_err();
+        assert!(e.starts_with("EOF while parsing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_json_extractor_rejects_with_the_field_path() {
+        #[derive(Debug, Deserialize)]
+        struct Scale {
+            replicas: i64,
+        }
+        let req = |body: &'static str| {
+            Request::builder()
+                .method("PUT")
+                .uri("/")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        let Json(ok) = Json::<Scale>::from_request(req(r#"{"replicas":3}"#), &())
+            .await
+            .unwrap();
+        assert_eq!(ok.replicas, 3);
+        let ApiError(status, message) =
+            Json::<Scale>::from_request(req(r#"{"replicas":"3"}"#), &())
+                .await
+                .unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.starts_with("replicas: invalid type"), "{message}");
+    }
+
+    #[test]
+    fn error_answers_read_as_one_line() {
+        assert_eq!(
+            error_text(StatusCode::CONFLICT, br#"{"error":"exists"}"#),
+            "exists"
+        );
+        assert_eq!(
+            error_text(StatusCode::BAD_GATEWAY, b"<html>"),
+            "answered 502 Bad Gateway"
+        );
+    }
+}
