@@ -221,11 +221,14 @@ async fn run(engine: &Engine, action: &Action, desired: &[Desired]) -> anyhow::R
             let temporary = format!("{name}{EAGER_SUFFIX}");
             let id = create_and_start_id(engine, spec_of(name), &temporary).await?;
             engine.stop_and_remove(old, STOP_GRACE_SECS).await?;
-            engine.rename(&id, name).await
+            engine.rename(&id, name).await.map_err(Into::into)
         }
-        Action::Start { id, .. } => engine.start(id).await,
-        Action::Rename { name, id } => engine.rename(id, name).await,
-        Action::Remove { id, .. } => engine.stop_and_remove(id, STOP_GRACE_SECS).await,
+        Action::Start { id, .. } => engine.start(id).await.map_err(Into::into),
+        Action::Rename { name, id } => engine.rename(id, name).await.map_err(Into::into),
+        Action::Remove { id, .. } => engine
+            .stop_and_remove(id, STOP_GRACE_SECS)
+            .await
+            .map_err(Into::into),
     }
 }
 

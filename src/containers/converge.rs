@@ -68,7 +68,7 @@ pub async fn fetch_from_swarm(
         return Ok(None);
     };
     match crate::sync::client::fetch_from_swarm(socket, image).await {
-        Ok(true) => engine.image_id(image).await,
+        Ok(true) => Ok(engine.image_id(image).await?),
         Ok(false) => Ok(None),
         Err(e) => {
             errors.push(crate::outcome::Failure::new(

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, anyhow};
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
@@ -12,6 +11,36 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use futures::TryStreamExt;
+
+/// What the engine adapter fails with; the message names what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach Docker at {socket}: {why} (is dockerd running?)")]
+    Unreachable { socket: String, why: String },
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine answered, but refused (a `docker load` whose tarball it rejects).
+    #[error("{what}: {why}")]
+    Refused { what: String, why: String },
+}
+
+type Result<T> = std::result::Result<T, DockerError>;
+
+/// Names a failed request.
+fn req(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let what = what.into();
+    move |source| DockerError::Request { what, source }
+}
 
 /// A container as the engine lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +60,11 @@ pub struct Engine {
 
 impl Engine {
     /// Connects and agrees on an API version the engine speaks (Debian's 20.10 speaks 1.41).
-    pub async fn connect(socket: &Path) -> anyhow::Result<Self> {
+    pub async fn connect(socket: &Path) -> Result<Self> {
         let path = socket.display().to_string();
-        let fail = |e: &dyn std::fmt::Display| {
-            anyhow!("cannot reach Docker at {path}: {e} (is dockerd running?)")
+        let fail = |e: &dyn std::fmt::Display| DockerError::Unreachable {
+            socket: path.clone(),
+            why: e.to_string(),
         };
         let docker = Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
             .map_err(|e| fail(&e))?;
@@ -46,11 +76,7 @@ impl Engine {
     }
 
     /// Every container (running or not) carrying `label=value`.
-    pub async fn containers_with_label(
-        &self,
-        label: &str,
-        value: &str,
-    ) -> anyhow::Result<Vec<Container>> {
+    pub async fn containers_with_label(&self, label: &str, value: &str) -> Result<Vec<Container>> {
         let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
@@ -60,7 +86,7 @@ impl Engine {
             .docker
             .list_containers(Some(options))
             .await
-            .with_context(|| format!("list containers at {}", self.socket))?;
+            .map_err(req(format!("list containers at {}", self.socket)))?;
         Ok(list
             .into_iter()
             .map(|c| Container {
@@ -72,23 +98,23 @@ impl Engine {
             .collect())
     }
 
-    pub async fn image_present(&self, image: &str) -> anyhow::Result<bool> {
+    pub async fn image_present(&self, image: &str) -> Result<bool> {
         Ok(self.image_id(image).await?.is_some())
     }
 
     /// The ID the reference resolves to here, if the image is present.
-    pub async fn image_id(&self, image: &str) -> anyhow::Result<Option<String>> {
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(i.id),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("inspect image {image}")),
+            Err(e) => Err(req(format!("inspect image {image}"))(e)),
         }
     }
 
     /// Removes an image unless something still uses or names it. Returns whether it went.
-    pub async fn remove_image_if_unused(&self, id: &str) -> anyhow::Result<bool> {
+    pub async fn remove_image_if_unused(&self, id: &str) -> Result<bool> {
         match self
             .docker
             .remove_image(
@@ -104,39 +130,39 @@ impl Engine {
                 status_code: 409 | 404,
                 ..
             }) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("remove image {}", short(id))),
+            Err(e) => Err(req(format!("remove image {}", short(id)))(e)),
         }
     }
 
-    pub async fn pull(&self, image: &str) -> anyhow::Result<()> {
+    pub async fn pull(&self, image: &str) -> Result<()> {
         let options = CreateImageOptionsBuilder::new().from_image(image).build();
         self.docker
             .create_image(Some(options), None, None)
             .try_collect::<Vec<_>>()
             .await
-            .with_context(|| format!("pull {image}"))?;
+            .map_err(req(format!("pull {image}")))?;
         Ok(())
     }
 
-    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> anyhow::Result<String> {
+    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = self
             .docker
             .create_container(Some(options), body)
             .await
-            .with_context(|| format!("create container {name}"))?;
+            .map_err(req(format!("create container {name}")))?;
         Ok(created.id)
     }
 
-    pub async fn start(&self, id: &str) -> anyhow::Result<()> {
+    pub async fn start(&self, id: &str) -> Result<()> {
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
-            .with_context(|| format!("start container {}", short(id)))
+            .map_err(req(format!("start container {}", short(id))))
     }
 
     /// Stops (giving it `grace_secs` to exit) and removes a container.
-    pub async fn stop_and_remove(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+    pub async fn stop_and_remove(&self, id: &str, grace_secs: i32) -> Result<()> {
         let stop = StopContainerOptionsBuilder::new().t(grace_secs).build();
         match self.docker.stop_container(id, Some(stop)).await {
             // 304: already stopped.
@@ -144,80 +170,80 @@ impl Engine {
             | Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
             }) => {}
-            Err(e) => return Err(e).with_context(|| format!("stop container {}", short(id))),
+            Err(e) => return Err(req(format!("stop container {}", short(id)))(e)),
         }
         let remove = RemoveContainerOptionsBuilder::new().force(true).build();
         self.docker
             .remove_container(id, Some(remove))
             .await
-            .with_context(|| format!("remove container {}", short(id)))
+            .map_err(req(format!("remove container {}", short(id))))
     }
 
-    pub async fn rename(&self, id: &str, name: &str) -> anyhow::Result<()> {
+    pub async fn rename(&self, id: &str, name: &str) -> Result<()> {
         let options = RenameContainerOptionsBuilder::new().name(name).build();
         self.docker
             .rename_container(id, options)
             .await
-            .with_context(|| format!("rename container {} to {name}", short(id)))
+            .map_err(req(format!("rename container {} to {name}", short(id))))
     }
 }
 
 /// What the cluster API asks of the engine on behalf of users (`arpanet ps`, `stop`, ...).
 impl Engine {
-    pub async fn list_all(&self) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+    pub async fn list_all(&self) -> Result<Vec<bollard::models::ContainerSummary>> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
         self.docker
             .list_containers(Some(options))
             .await
-            .with_context(|| format!("list containers at {}", self.socket))
+            .map_err(req(format!("list containers at {}", self.socket)))
     }
 
     /// `None` when no container has that ID, ID prefix or name.
     pub async fn inspect(
         &self,
         id: &str,
-    ) -> anyhow::Result<Option<bollard::models::ContainerInspectResponse>> {
+    ) -> Result<Option<bollard::models::ContainerInspectResponse>> {
         match self.docker.inspect_container(id, None).await {
             Ok(i) => Ok(Some(i)),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("inspect container {id}")),
+            Err(e) => Err(req(format!("inspect container {id}"))(e)),
         }
     }
 
-    pub async fn stop(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+    pub async fn stop(&self, id: &str, grace_secs: i32) -> Result<()> {
         let stop = StopContainerOptionsBuilder::new().t(grace_secs).build();
         match self.docker.stop_container(id, Some(stop)).await {
             Ok(())
             | Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
             }) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("stop container {}", short(id))),
+            Err(e) => Err(req(format!("stop container {}", short(id)))(e)),
         }
     }
 
-    pub async fn restart(&self, id: &str, grace_secs: i32) -> anyhow::Result<()> {
+    pub async fn restart(&self, id: &str, grace_secs: i32) -> Result<()> {
         let options = bollard::query_parameters::RestartContainerOptionsBuilder::new()
             .t(grace_secs)
             .build();
         self.docker
             .restart_container(id, Some(options))
             .await
-            .with_context(|| format!("restart container {}", short(id)))
+            .map_err(req(format!("restart container {}", short(id))))
     }
 
     /// The image's inspect answer, `None` when the engine has no such image.
     pub async fn inspect_image(
         &self,
         image: &str,
-    ) -> anyhow::Result<Option<bollard::models::ImageInspect>> {
+    ) -> Result<Option<bollard::models::ImageInspect>> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(Some(i)),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("inspect image {image}")),
+            Err(e) => Err(req(format!("inspect image {image}"))(e)),
         }
     }
 
@@ -227,15 +253,19 @@ impl Engine {
     pub fn export_image(
         &self,
         names: &[&str],
-    ) -> impl futures::Stream<Item = Result<bytes::Bytes, bollard::errors::Error>> + use<> {
+    ) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, bollard::errors::Error>> + use<>
+    {
         self.docker.export_images(names)
     }
 
     /// `docker load` of a `docker save` tarball.
-    pub async fn load(&self, tarball: &Path) -> anyhow::Result<()> {
+    pub async fn load(&self, tarball: &Path) -> Result<()> {
         let file = tokio::fs::File::open(tarball)
             .await
-            .with_context(|| format!("open {}", tarball.display()))?;
+            .map_err(|source| DockerError::Io {
+                what: format!("open {}", tarball.display()),
+                source,
+            })?;
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
             .quiet(true)
@@ -245,19 +275,18 @@ impl Engine {
             .import_image_stream(options, body, None)
             .try_collect::<Vec<_>>()
             .await
-            .with_context(|| format!("docker load {}", tarball.display()))?;
+            .map_err(req(format!("docker load {}", tarball.display())))?;
         if let Some(e) = answers.iter().find_map(|a| a.error_detail.as_ref()) {
-            anyhow::bail!(
-                "docker load {}: {}",
-                tarball.display(),
-                e.message.clone().unwrap_or_default()
-            );
+            return Err(DockerError::Refused {
+                what: format!("docker load {}", tarball.display()),
+                why: e.message.clone().unwrap_or_default(),
+            });
         }
         Ok(())
     }
 
     /// Tags `image` as `tag` (`repo:tag`; a reference without a tag means `latest`).
-    pub async fn tag(&self, image: &str, tag: &str) -> anyhow::Result<()> {
+    pub async fn tag(&self, image: &str, tag: &str) -> Result<()> {
         let last_colon = tag.rfind(':').filter(|i| !tag[*i..].contains('/'));
         let (repo, t) = match last_colon {
             Some(i) => (&tag[..i], &tag[i + 1..]),
@@ -270,26 +299,24 @@ impl Engine {
         self.docker
             .tag_image(image, Some(options))
             .await
-            .with_context(|| {
-                format!(
-                    "tag {} as {tag}",
-                    short(image.trim_start_matches("sha256:"))
-                )
-            })
+            .map_err(req(format!(
+                "tag {} as {tag}",
+                short(image.trim_start_matches("sha256:"))
+            )))
     }
 
     /// Every local image by the references that name it: one listing for a whole pass.
-    pub async fn local_images(&self) -> anyhow::Result<super::images::LocalImages> {
+    pub async fn local_images(&self) -> Result<super::images::LocalImages> {
         Ok(super::images::LocalImages::from_summaries(
             &self.images().await?,
         ))
     }
 
-    pub async fn images(&self) -> anyhow::Result<Vec<bollard::models::ImageSummary>> {
+    pub async fn images(&self) -> Result<Vec<bollard::models::ImageSummary>> {
         self.docker
             .list_images(None::<bollard::query_parameters::ListImagesOptions>)
             .await
-            .with_context(|| format!("list images at {}", self.socket))
+            .map_err(req(format!("list images at {}", self.socket)))
     }
 }
 
@@ -321,13 +348,13 @@ pub struct Running {
 }
 
 impl Engine {
-    pub async fn running(&self) -> anyhow::Result<Vec<Running>> {
+    pub async fn running(&self) -> Result<Vec<Running>> {
         let options = ListContainersOptionsBuilder::new().all(false).build();
         let list = self
             .docker
             .list_containers(Some(options))
             .await
-            .with_context(|| format!("list containers at {}", self.socket))?;
+            .map_err(req(format!("list containers at {}", self.socket)))?;
         let mut out = Vec::new();
         for c in list {
             let Some(id) = c.id else { continue };
@@ -371,8 +398,9 @@ impl Engine {
     /// Container lifecycle events, as they happen.
     pub fn container_events(
         &self,
-    ) -> impl futures::Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + use<>
-    {
+    ) -> impl futures::Stream<
+        Item = std::result::Result<bollard::models::EventMessage, bollard::errors::Error>,
+    > + use<> {
         let filters = HashMap::from([("type", vec!["container".to_string()])]);
         let options = bollard::query_parameters::EventsOptionsBuilder::new()
             .filters(&filters)

@@ -854,7 +854,7 @@ async fn pull(
         engine
             .load(&path)
             .await
-            .map_err(|e| disk_error_any(e, &s.images_dir))?;
+            .map_err(|e| disk_error_any(e.into(), &s.images_dir))?;
     }
     if engine.image_id(&record.id).await?.is_none() {
         bail!(
