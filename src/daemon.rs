@@ -145,8 +145,9 @@ impl Daemon {
         };
         Inputs {
             catalog: self.catalog.clone(),
-            // Without a catalog watch (`--once`) the pass reads the catalog itself.
-            read_catalog: self.admitted_rx.is_some(),
+            // Without a catalog watch (`--once`), or before the watch has answered (the
+            // first pass, or Consul just started), the pass reads the catalog itself.
+            read_catalog: self.admitted_rx.is_some() || self.catalog.is_none(),
             admitted,
             turned_away,
         }
@@ -178,18 +179,11 @@ impl Daemon {
         for c in &outcome.changes {
             info!("{c}");
         }
-        for e in outcome
-            .errors
-            .iter()
-            .filter(|e| !self.last_errors.contains(e))
-        {
+        let (started, ended) = transitions(&self.last_errors, &outcome.errors);
+        for e in started {
             error!("{e}");
         }
-        for e in self
-            .last_errors
-            .iter()
-            .filter(|e| !outcome.errors.iter().any(|now| now.what == e.what))
-        {
+        for e in ended {
             info!("no longer failing: {e}");
         }
         self.last_errors = outcome.errors.iter().cloned().collect();
@@ -488,5 +482,51 @@ async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sen
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Failures that started (or changed their reason) since the last pass, and those that
+/// ended: gone, and not replaced by a new failure of the same thing. Several failures
+/// may share one `what` (a step's diagnostics).
+fn transitions<'a>(
+    last: &'a [Failure],
+    now: &'a crate::outcome::ErrorList,
+) -> (Vec<&'a Failure>, Vec<&'a Failure>) {
+    let started: Vec<&Failure> = now.iter().filter(|e| !last.contains(e)).collect();
+    let ended = last
+        .iter()
+        .filter(|e| !now.iter().any(|n| n == *e) && !started.iter().any(|n| n.what == e.what))
+        .collect();
+    (started, ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::ErrorList;
+
+    #[test]
+    fn a_failure_is_logged_when_it_starts_changes_and_ends() {
+        let f = |what: &str, why: &str| Failure::new(what, why);
+        let last = vec![
+            f("containers", "a.toml: bad"),
+            f("containers", "b.toml: bad"),
+        ];
+        // a.toml fixed: it ended, though b.toml still fails under the same name.
+        let now: ErrorList = [f("containers", "b.toml: bad")].into_iter().collect();
+        let (started, ended) = transitions(&last, &now);
+        assert!(started.is_empty());
+        assert_eq!(ended, [&last[0]]);
+        // A new reason for the same thing is a start, not an end.
+        let last = vec![f("network: add fdb x", "EEXIST")];
+        let now: ErrorList = [f("network: add fdb x", "ENODEV")].into_iter().collect();
+        let (started, ended) = transitions(&last, &now);
+        assert_eq!(started.len(), 1);
+        assert!(ended.is_empty());
+        // Fixed: it ended.
+        let none = ErrorList::default();
+        let (started, ended) = transitions(&last, &none);
+        assert!(started.is_empty());
+        assert_eq!(ended.len(), 1);
     }
 }

@@ -71,14 +71,28 @@ pub fn normalize(reference: &str) -> String {
         Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
         None => (name, None),
     };
-    let repo = match repo.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => repo.to_string(),
-        Some(_) => format!("docker.io/{repo}"),
-        None => format!("docker.io/library/{repo}"),
+    // The first component names a registry when it looks like a host (Docker's rule);
+    // otherwise the image is on docker.io, where a one-component name is `library/`'s.
+    let (domain, rest) = match repo.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
+            (first, rest)
+        }
+        _ => ("docker.io", repo),
     };
-    let repo = repo
-        .strip_prefix("index.docker.io/")
-        .map_or(repo.clone(), |r| format!("docker.io/{r}"));
+    let domain = if domain == "index.docker.io" {
+        "docker.io"
+    } else {
+        domain
+    };
+    let repo = if domain == "docker.io" && !rest.contains('/') {
+        format!("{domain}/library/{rest}")
+    } else {
+        format!("{domain}/{rest}")
+    };
     match (tag, digest) {
         (_, Some(d)) => format!("{repo}@{d}"),
         (Some(t), None) => format!("{repo}:{t}"),
