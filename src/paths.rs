@@ -2,7 +2,7 @@
 //! derive from `[paths]` in arpanet.toml ([`PathsConfig`]); unit names are those of the
 //! packaged units (`systemd/`; arpanet-sync.socket names the sync socket's path too).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::PathsConfig;
 
@@ -81,5 +81,42 @@ mod tests {
             consul_config(&p),
             PathBuf::from("/var/lib/arpanet/consul/config.json")
         );
+    }
+}
+
+/// The files of a node's identity, in `cluster.identity_dir`. Docker's names for the
+/// first three, so the directory is a DOCKER_CERT_PATH as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFiles {
+    pub dir: PathBuf,
+}
+
+impl IdentityFiles {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+    /// The cluster CA's certificate (PEM): every node has it.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// This node's certificate (PEM), issued by the cluster CA.
+    pub fn node_cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    /// This node's private key (PEM, 0600); it never leaves the node.
+    pub fn node_key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    /// The CA's private key (PEM, 0600): on servers only.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+    /// This node's Consul ACL token (the agent's and arpanet's own requests; 0600).
+    pub fn consul_agent_token(&self) -> PathBuf {
+        self.dir.join("consul-agent.token")
+    }
+    /// The Consul management token (servers only; 0600).
+    pub fn consul_management_token(&self) -> PathBuf {
+        self.dir.join("consul-management.token")
     }
 }

@@ -258,6 +258,10 @@ fn validate_name(key: &str, name: &str) -> Result<(), String> {
 pub struct ClusterConfig {
     pub name: String,
     pub secret_file: PathBuf,
+    /// The cluster CA's certificate, this node's certificate and key, and (servers) the
+    /// CA key and Consul management token. Docker's names (ca.pem, cert.pem, key.pem),
+    /// so the directory is also a DOCKER_CERT_PATH.
+    pub identity_dir: PathBuf,
     /// Consul servers expected before the first leader election (`bootstrap_expect`).
     pub expect: u32,
 }
@@ -269,6 +273,8 @@ struct RawClusterConfig {
     name: String,
     #[serde(default = "default_secret_file")]
     secret_file: PathBuf,
+    #[serde(default = "default_identity_dir")]
+    identity_dir: PathBuf,
     #[serde(default = "default_expect")]
     expect: u32,
 }
@@ -278,6 +284,9 @@ fn default_cluster_name() -> String {
 }
 fn default_secret_file() -> PathBuf {
     "/etc/arpanet/secret".into()
+}
+fn default_identity_dir() -> PathBuf {
+    "/etc/arpanet/identity".into()
 }
 fn default_expect() -> u32 {
     1
@@ -297,6 +306,7 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
         Ok(Self {
             name: raw.name,
             secret_file: raw.secret_file,
+            identity_dir: raw.identity_dir,
             expect: raw.expect,
         })
     }
@@ -307,6 +317,7 @@ impl Default for ClusterConfig {
         Self {
             name: default_cluster_name(),
             secret_file: default_secret_file(),
+            identity_dir: default_identity_dir(),
             expect: default_expect(),
         }
     }
