@@ -181,6 +181,7 @@ impl LabBuilder {
             dir: dir.clone(),
             hosts: Vec::new(),
             secret: random_secret(),
+            ca: arpanet::identity::Ca::generate("arpanet-lab").expect("the lab's CA"),
             torn_down: false,
         };
         // From here on a panic drops `lab`, which tears down whatever was made.
@@ -222,6 +223,8 @@ pub struct Lab {
     pub hosts: Vec<Host>,
     /// The cluster secret every host gets unless the test writes another.
     pub secret: String,
+    /// The lab's cluster CA: every host configured by the lab gets a certificate from it.
+    pub ca: arpanet::identity::Ca,
     torn_down: bool,
 }
 
@@ -443,6 +446,22 @@ impl Lab {
 
     /// Writes host `index`'s arpanet.toml with this role and these hosts as join peers.
     /// The cluster secret is the lab's unless the host has one already.
+    /// Gives host `index` a fresh key and a certificate from the lab's CA for `role`
+    /// (servers also hold the CA key, as `arpanet boot` and server joins leave it).
+    pub fn enroll(&self, index: usize, role: arpanet::identity::Role) {
+        let host = &self.hosts[index];
+        let files = host.identity_files();
+        let identity = arpanet::identity::NodeIdentity {
+            cluster: "arpanet-lab".into(),
+            address: host.address,
+            role,
+        };
+        arpanet::identity::enroll_locally(&self.ca, &files, &identity).expect("enroll a lab host");
+        if role == arpanet::identity::Role::Server {
+            self.ca.store(&files).expect("store the lab CA on a server");
+        }
+    }
+
     pub fn write_arpanet_config(
         &self,
         index: usize,
@@ -454,6 +473,15 @@ impl Lab {
         let secret = host.dir.join("secret");
         if !secret.exists() {
             std::fs::write(&secret, format!("{}\n", self.secret)).expect("write secret");
+        }
+        let files = host.identity_files();
+        if !arpanet::identity::LocalIdentity::present(&files) {
+            let role = if role == "client" {
+                arpanet::identity::Role::Client
+            } else {
+                arpanet::identity::Role::Server
+            };
+            self.enroll(index, role);
         }
         let others: Vec<&Host> = join.iter().map(|j| &self.hosts[*j]).collect();
         host.write_arpanet_config(role, &others, extra)
@@ -700,7 +728,7 @@ impl Host {
         let d = &self.dir;
         let text = format!(
             "[node]\naddress = \"{}\"\nrole = \"{}\"\nname = \"h{}\"\nunderlay_interface = \"{}\"\njoin = [{}]\n\
-             [cluster]\nname = \"arpanet-lab\"\nsecret_file = {:?}\n\
+             [cluster]\nname = \"arpanet-lab\"\nsecret_file = {:?}\nidentity_dir = {:?}\n\
              [paths]\nstate_dir = {:?}\nrun_dir = {:?}\ncontainers_dir = {:?}\n\
              [overlay]\nresync = \"1s\"\n\
              [docker]\nmode = \"config\"\nsocket = {:?}\ndaemon_json = {:?}\n\
@@ -711,6 +739,7 @@ impl Host {
             self.underlay_interface,
             join.join(", "),
             d.join("secret"),
+            self.identity_files().dir,
             d.join("state"),
             d.join("run"),
             d.join("containers.d"),
@@ -720,6 +749,11 @@ impl Host {
         let path = d.join("arpanet.toml");
         std::fs::write(&path, text).expect("write arpanet.toml");
         path
+    }
+
+    /// Where this host's CA, certificate, key and Consul tokens live (`cluster.identity_dir`).
+    pub fn identity_files(&self) -> arpanet::paths::IdentityFiles {
+        arpanet::paths::IdentityFiles::new(&self.dir.join("identity"))
     }
 
     pub fn daemon_json(&self) -> PathBuf {

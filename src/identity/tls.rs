@@ -1,0 +1,403 @@
+//! rustls configurations from a node's identity: servers that require a client
+//! certificate from the cluster CA, clients that present the node's own and trust only
+//! the cluster CA. Both refuse a revoked certificate ([`Revoked`]), which webpki alone
+//! would accept until it expires.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+
+use super::{CertInfo, IdentityError, LocalIdentity, NodeIdentity};
+
+/// Serials of revoked node certificates (see [`super::serial_hex`]), shared by every
+/// verifier of the process and updated as the cluster's list changes.
+#[derive(Debug, Clone, Default)]
+pub struct Revoked(Arc<RwLock<BTreeSet<String>>>);
+
+impl Revoked {
+    pub fn contains(&self, serial: &str) -> bool {
+        self.0.read().expect("revoked lock").contains(serial)
+    }
+
+    /// Replaces the list; returns whether it changed.
+    pub fn set(&self, serials: BTreeSet<String>) -> bool {
+        let mut held = self.0.write().expect("revoked lock");
+        let changed = *held != serials;
+        *held = serials;
+        changed
+    }
+
+    pub fn serials(&self) -> BTreeSet<String> {
+        self.0.read().expect("revoked lock").clone()
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<CertInfo, rustls::Error> {
+        let info = CertInfo::from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if self.contains(&info.serial) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(info)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn tls(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Tls(e.to_string())
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, IdentityError> {
+    let mut store = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        store
+            .add(cert.map_err(|e| tls(format!("CA certificate: {e:?}")))?)
+            .map_err(tls)?;
+    }
+    if store.is_empty() {
+        return Err(tls("the CA file holds no certificate"));
+    }
+    Ok(Arc::new(store))
+}
+
+fn chain(cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(format!("node certificate: {e:?}")))
+}
+
+fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(format!("node key: {e:?}")))
+}
+
+/// Requires a client certificate from the cluster CA that is not revoked.
+#[derive(Debug)]
+struct ClusterClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revoked,
+}
+
+impl ClientCertVerifier for ClusterClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.revoked.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies a server against the cluster CA (name = the IP dialled) and the revocation
+/// list.
+#[derive(Debug)]
+struct ClusterServerVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    revoked: Revoked,
+}
+
+impl ServerCertVerifier for ClusterServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        self.revoked.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The two TLS configurations of a node, built once from its identity and sharing its
+/// revocation list.
+#[derive(Debug, Clone)]
+pub struct TlsConfigs {
+    /// For listeners: the node's certificate; clients must show one from the CA.
+    pub server: Arc<rustls::ServerConfig>,
+    /// For connections to other nodes: the node's certificate as the client's; the
+    /// server must show one from the CA naming the IP dialled.
+    pub client: Arc<rustls::ClientConfig>,
+    pub revoked: Revoked,
+}
+
+impl TlsConfigs {
+    pub fn new(identity: &LocalIdentity, revoked: Revoked) -> Result<Self, IdentityError> {
+        Self::from_pems(
+            &identity.ca_pem,
+            &identity.cert_pem,
+            &identity.key_pem,
+            revoked,
+        )
+    }
+
+    pub fn from_pems(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        revoked: Revoked,
+    ) -> Result<Self, IdentityError> {
+        let roots = roots(ca_pem)?;
+        let client_verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(tls)?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .with_client_cert_verifier(Arc::new(ClusterClientVerifier {
+                inner: client_verifier,
+                revoked: revoked.clone(),
+            }))
+            .with_single_cert(chain(cert_pem)?, key(key_pem)?)
+            .map_err(tls)?;
+        // A resumed session skips the client's certificate, so a revoked node could go
+        // on resuming: every connection is a full handshake.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+        let server_verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(tls)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier {
+                inner: server_verifier,
+                revoked: revoked.clone(),
+            }))
+            .with_client_auth_cert(chain(cert_pem)?, key(key_pem)?)
+            .map_err(tls)?;
+        Ok(Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            revoked,
+        })
+    }
+}
+
+/// Who the peer of a verified connection is, from the certificate it showed.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<NodeIdentity> {
+    let first = certs?.first()?;
+    CertInfo::from_der(first).ok().map(|i| i.identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{Ca, NodeKey, Role};
+    use super::*;
+
+    struct Pems {
+        ca: String,
+        cert: String,
+        key: String,
+        serial: String,
+    }
+
+    fn node(ca: &Ca, address: &str, valid: Duration) -> Pems {
+        let key = NodeKey::generate().unwrap();
+        let who = NodeIdentity {
+            cluster: "apples".into(),
+            address: address.parse().unwrap(),
+            role: Role::Client,
+        };
+        let issued = ca.issue(&key.csr_pem().unwrap(), &who, valid).unwrap();
+        Pems {
+            ca: ca.cert_pem.clone(),
+            cert: issued.cert_pem,
+            key: key.key_pem(),
+            serial: issued.serial,
+        }
+    }
+
+    fn configs(p: &Pems, revoked: Revoked) -> TlsConfigs {
+        TlsConfigs::from_pems(&p.ca, &p.cert, &p.key, revoked).unwrap()
+    }
+
+    /// A handshake in memory between `client` dialling 10.255.0.1 and `server`.
+    fn handshake(client: &TlsConfigs, server: &TlsConfigs) -> Result<(), rustls::Error> {
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::new(10, 255, 0, 1).into());
+        let mut c = rustls::ClientConnection::new(client.client.clone(), name)?;
+        let mut s = rustls::ServerConnection::new(server.server.clone())?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("handshake did not finish".into()))
+    }
+
+    #[test]
+    fn nodes_of_one_ca_shake_hands_and_know_each_other() {
+        let ca = Ca::generate("apples").unwrap();
+        let server = configs(
+            &node(&ca, "0.1", Duration::from_secs(600)),
+            Revoked::default(),
+        );
+        let client = configs(
+            &node(&ca, "0.2", Duration::from_secs(600)),
+            Revoked::default(),
+        );
+        handshake(&client, &server).unwrap();
+    }
+
+    #[test]
+    fn another_cas_certificate_is_refused_both_ways() {
+        let ca = Ca::generate("apples").unwrap();
+        let other = Ca::generate("apples").unwrap();
+        let server = configs(
+            &node(&ca, "0.1", Duration::from_secs(600)),
+            Revoked::default(),
+        );
+        let stranger = configs(
+            &node(&other, "0.1", Duration::from_secs(600)),
+            Revoked::default(),
+        );
+        assert!(handshake(&stranger, &server).is_err());
+        assert!(handshake(&server, &stranger).is_err());
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_refused_once_listed() {
+        let ca = Ca::generate("apples").unwrap();
+        let revoked = Revoked::default();
+        let server = configs(&node(&ca, "0.1", Duration::from_secs(600)), revoked.clone());
+        let p = node(&ca, "0.2", Duration::from_secs(600));
+        let client = configs(&p, Revoked::default());
+        handshake(&client, &server).unwrap();
+        assert!(revoked.set([p.serial.clone()].into()));
+        let e = handshake(&client, &server).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let ca = Ca::generate("apples").unwrap();
+        let server = configs(
+            &node(&ca, "0.1", Duration::from_secs(600)),
+            Revoked::default(),
+        );
+        let key = NodeKey::generate().unwrap();
+        let who = NodeIdentity {
+            cluster: "apples".into(),
+            address: "0.2".parse().unwrap(),
+            role: Role::Client,
+        };
+        let now = std::time::SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let issued = ca
+            .issue_between(&key.csr_pem().unwrap(), &who, now - 2 * hour, now - hour)
+            .unwrap();
+        let old = configs(
+            &Pems {
+                ca: ca.cert_pem.clone(),
+                cert: issued.cert_pem,
+                key: key.key_pem(),
+                serial: issued.serial,
+            },
+            Revoked::default(),
+        );
+        let e = handshake(&old, &server).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ExpiredContext { .. }
+                    )
+            ),
+            "{e:?}"
+        );
+    }
+}
