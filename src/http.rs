@@ -318,3 +318,67 @@ mod tests {
         );
     }
 }
+
+/// The certificates a TLS client showed, for handlers behind [`serve_tls`] (empty when
+/// the server asked for none).
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Vec<rustls_pki_types::CertificateDer<'static>>);
+
+/// Serves `app` over TLS on `listener` until the listener fails. A handshake that fails
+/// (no certificate, another CA, a revoked one) ends that connection only, logged at
+/// debug: strangers knocking are not news. axum's own `serve` takes no TLS stream, so the
+/// accept loop is written here, after hyper-util's server example.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    app: axum::Router,
+) -> io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, from) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake with {from} failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake with {from} timed out");
+                        return;
+                    }
+                };
+            let certs = PeerCertificates(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default(),
+            );
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(certs.clone());
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(from));
+                    let mut app = app.clone();
+                    async move {
+                        use tower::Service;
+                        app.call(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            {
+                tracing::debug!("connection from {from}: {e}");
+            }
+        });
+    }
+}

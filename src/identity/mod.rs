@@ -14,6 +14,7 @@
 
 pub mod ca;
 pub mod tls;
+pub mod token;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,6 +27,7 @@ use crate::paths::IdentityFiles;
 
 pub use ca::{Ca, Issued, NodeKey};
 pub use tls::{Revoked, TlsConfigs};
+pub use token::{JoinSecrets, JoinToken};
 
 /// How long a node certificate is valid (Swarm's default); it is renewed when a third
 /// of that is left.

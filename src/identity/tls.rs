@@ -245,6 +245,133 @@ impl TlsConfigs {
     }
 }
 
+/// The join service's server side: no client certificate (joiners have none yet), and
+/// the CA's certificate sent after the node's, so a joiner holding only the CA's digest
+/// can check the chain.
+pub fn join_server_config(
+    identity: &LocalIdentity,
+) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+    let mut certs = chain(&identity.cert_pem)?;
+    certs.extend(chain(&identity.ca_pem)?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key(&identity.key_pem)?)
+        .map_err(tls)?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Trusts the one CA whose certificate has `digest` (from a join token), found among
+/// the certificates the server sent, and only a server of that CA: a fake boot node, or
+/// a client of the right cluster, fails the handshake before the joiner sends its token.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    digest: String,
+}
+
+impl PinnedCaVerifier {
+    fn anchored(
+        &self,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<dyn ServerCertVerifier>, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| super::cert_digest(c) == self.digest)
+            .ok_or_else(|| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                    rustls::OtherError(Arc::new(IdentityError::Tls(
+                        "the join peer's CA is not the one the token names (another cluster, or not an arpanet server)".into(),
+                    ))),
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map(|v| v as Arc<dyn ServerCertVerifier>)
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.anchored(intermediates)?.verify_server_cert(
+            end_entity,
+            &[],
+            server_name,
+            ocsp,
+            now,
+        )?;
+        let info = CertInfo::from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if info.identity.role != super::Role::Server {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A joiner's client config: no certificate of its own, the CA pinned by `digest`.
+pub fn pinned_client_config(digest: &str) -> Result<rustls::ClientConfig, IdentityError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+            digest: digest.to_string(),
+        }))
+        .with_no_client_auth())
+}
+
 /// Who the peer of a verified connection is, from the certificate it showed.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<NodeIdentity> {
     let first = certs?.first()?;
@@ -359,6 +486,73 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    fn local(p: &Pems) -> LocalIdentity {
+        LocalIdentity {
+            files: crate::paths::IdentityFiles::new(std::path::Path::new("/nonexistent")),
+            ca_pem: p.ca.clone(),
+            cert_pem: p.cert.clone(),
+            key_pem: p.key.clone(),
+            info: CertInfo::from_pem(&p.cert).unwrap(),
+        }
+    }
+
+    fn join_handshake(digest: &str, server: &Pems) -> Result<(), rustls::Error> {
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::new(10, 255, 0, 1).into());
+        let mut c =
+            rustls::ClientConnection::new(Arc::new(pinned_client_config(digest).unwrap()), name)?;
+        let mut s = rustls::ServerConnection::new(join_server_config(&local(server)).unwrap())?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !c.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("handshake did not finish".into()))
+    }
+
+    fn server_node(ca: &Ca, address: &str) -> Pems {
+        let key = NodeKey::generate().unwrap();
+        let who = NodeIdentity {
+            cluster: "apples".into(),
+            address: address.parse().unwrap(),
+            role: Role::Server,
+        };
+        let issued = ca
+            .issue(&key.csr_pem().unwrap(), &who, Duration::from_secs(600))
+            .unwrap();
+        Pems {
+            ca: ca.cert_pem.clone(),
+            cert: issued.cert_pem,
+            key: key.key_pem(),
+            serial: issued.serial,
+        }
+    }
+
+    #[test]
+    fn a_joiner_trusts_only_a_server_of_the_pinned_ca() {
+        let ca = Ca::generate("apples").unwrap();
+        join_handshake(&ca.digest(), &server_node(&ca, "0.1")).unwrap();
+        // A fake boot node with a CA of its own.
+        let fake = Ca::generate("apples").unwrap();
+        assert!(join_handshake(&ca.digest(), &server_node(&fake, "0.1")).is_err());
+        // The right CA, but the peer is a client, or not the node the joiner named.
+        assert!(join_handshake(&ca.digest(), &node(&ca, "0.1", Duration::from_secs(600))).is_err());
+        assert!(join_handshake(&ca.digest(), &server_node(&ca, "0.9")).is_err());
     }
 
     #[test]
