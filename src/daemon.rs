@@ -258,6 +258,7 @@ impl Daemon {
                 cluster_tx,
             ));
             crate::api::server::spawn(&self.config);
+            crate::join::server::spawn(&self.config);
         }
 
         let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);

@@ -8,7 +8,7 @@
 //!
 //! Imports point down only, in this order (a module uses those before it):
 //! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`; `config`,
-//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `sync`; `containers`;
+//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `sync`; `containers`;
 //! `placement`; `api`; `pass`; `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
 pub mod addressing;
@@ -23,6 +23,7 @@ pub mod files;
 pub mod http;
 pub mod human;
 pub mod identity;
+pub mod join;
 pub mod logging;
 pub mod network;
 pub mod outcome;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
     check, completions, consul_agent, image, images, info, is_configured, kv, man, members, node,
-    ps, secret, seed, service, status, template, uninstall_network, up,
+    ps, secret, seed, service, status, template, token, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -24,11 +24,12 @@ struct Opts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set up the cluster's first node: config, secret, arpanetd enabled and started.
+    /// Set up the cluster's first node: config, secret, CA, join tokens; arpanetd
+    /// enabled and started.
     Boot(seed::Seed),
-    /// Set up a Consul server node that joins the cluster.
+    /// Set up a Consul server node that joins the cluster with a server token.
     Server(seed::Seed),
-    /// Set up a client node that joins the cluster.
+    /// Set up a client node that joins the cluster with a client token.
     Client(seed::Seed),
     Info(info::Info),
     Check(check::Check),
@@ -37,6 +38,8 @@ enum Command {
     Members(members::Members),
     Kv(kv::Kv),
     Secret(secret::Secret),
+    /// The join tokens (`show`, `rotate`), on a server.
+    Token(token::Token),
     ConsulAgent(consul_agent::ConsulAgent),
     Service(service::Service),
     Template(template::Template),
@@ -77,6 +80,7 @@ async fn main() -> ExitCode {
         Command::Members(c) => c.exec(&opts.config).await,
         Command::Kv(c) => c.exec(&opts.config).await,
         Command::Secret(c) => c.exec(&opts.config),
+        Command::Token(c) => c.exec(&opts.config).await,
         Command::ConsulAgent(c) => c.exec(&opts.config).await,
         Command::Service(c) => c.exec(&opts.config).await,
         Command::Template(c) => c.exec(&opts.config).await,

@@ -117,6 +117,10 @@ impl IdentityFiles {
     pub fn consul_agent_token(&self) -> PathBuf {
         self.dir.join("consul-agent.token")
     }
+    /// The join secrets `arpanet boot` made, until arpanetd has put them in Consul.
+    pub fn join_secrets(&self) -> PathBuf {
+        self.dir.join("join-tokens.json")
+    }
     /// The Consul management token (servers only; 0600).
     pub fn consul_management_token(&self) -> PathBuf {
         self.dir.join("consul-management.token")

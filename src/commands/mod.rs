@@ -20,5 +20,6 @@ pub mod status;
 pub mod stop_node;
 pub mod table;
 pub mod template;
+pub mod token;
 pub mod uninstall_network;
 pub mod up;

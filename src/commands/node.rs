@@ -21,6 +21,10 @@ pub enum Verb {
     Drain { node: NodeAddress },
     /// Let a drained node take instances again.
     Undrain { node: NodeAddress },
+    /// Remove a node from the cluster for good (on a server): its certificate is
+    /// revoked everywhere, its Consul token deleted, it leaves Consul, and its
+    /// instances are placed elsewhere. To come back it joins again with a token.
+    Rm { node: NodeAddress },
     /// List the healthy nodes and whether they are drained.
     Ls {
         /// Print JSON instead of a table.
@@ -32,6 +36,9 @@ pub enum Verb {
 impl NodeCmd {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
+        if let Verb::Rm { node } = &self.verb {
+            return remove(&config, *node).await;
+        }
         let api = ApiClient::from_config(&config);
         match &self.verb {
             Verb::Drain { node } => {
@@ -46,6 +53,7 @@ impl NodeCmd {
                     .await?;
                 println!("node {node} takes instances again");
             }
+            Verb::Rm { .. } => unreachable!("handled above"),
             Verb::Ls { json } => {
                 let listing: Listing<NodeRow> = api.get("/v1/nodes").await?;
                 let headers = ["NODE", "ROLE", "PLACEMENT", "LABELS"];
@@ -63,4 +71,62 @@ impl NodeCmd {
         }
         Ok(())
     }
+}
+
+/// `node rm`: done here with the management token rather than through arpanetd, as it
+/// is a server's administrative act that must work even when arpanetd is busy. Each step
+/// is idempotent, so running it again after a failure finishes the job.
+async fn remove(config: &Config, node: NodeAddress) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    use crate::identity::{LocalIdentity, Role};
+    use crate::join::{ISSUED_PREFIX, IssuedV1, REVOKED_PREFIX, RevokedV1};
+
+    let files = crate::paths::IdentityFiles::new(&config.cluster.identity_dir);
+    let local = LocalIdentity::load(&files)?;
+    if local.info.identity.role != Role::Server {
+        anyhow::bail!("node rm: run it on a server (this node is a client)");
+    }
+    if node == config.node.address {
+        anyhow::bail!("node rm: {node} is this node; run it on another server");
+    }
+    let consul = crate::consul::client::Consul::new(config.consul.http_addr);
+    let key = format!("{ISSUED_PREFIX}{node}");
+    let issued: IssuedV1 = match consul.kv_get(&key).await? {
+        Some(bytes) => crate::http::parse_json(&bytes)
+            .map_err(|why| anyhow::anyhow!("Consul key {key}: {why}"))?,
+        None => anyhow::bail!(
+            "node rm: no certificate was issued to {node} by a join (see `arpanet node ls`); nothing to remove"
+        ),
+    };
+    let record = RevokedV1 {
+        address: node.to_string(),
+        name: issued.name.clone(),
+        at: crate::network::admission::unix_now(),
+    };
+    consul
+        .kv_put(
+            &format!("{REVOKED_PREFIX}{}", issued.serial),
+            serde_json::to_vec(&record).expect("a record serializes"),
+        )
+        .await
+        .context("revoke its certificate")?;
+    println!(
+        "revoked certificate {} of node {node} ({})",
+        issued.serial, issued.name
+    );
+    consul
+        .force_leave(&issued.name)
+        .await
+        .context("remove it from Consul's members")?;
+    consul
+        .catalog_deregister_node(&issued.name)
+        .await
+        .context("remove it from Consul's catalog")?;
+    consul.kv_delete(&key, false).await?;
+    println!(
+        "node {node} ({}) left the cluster; its instances are placed elsewhere",
+        issued.name
+    );
+    Ok(())
 }

@@ -1,6 +1,12 @@
 //! `arpanet boot|server|client ADDRESS`: set a host up in one command, as the old
-//! arpanet's seed did. Writes arpanet.toml (keeping every other edit in it), creates
-//! or installs the cluster secret, then enables and starts arpanetd over D-Bus.
+//! arpanet's seed did. Writes arpanet.toml (keeping every other edit in it), then
+//! enables and starts arpanetd over D-Bus. `boot` makes the cluster: its secret, its CA,
+//! this node's certificate and the join tokens. `server|client` join with a token
+//! (`--token`): the join peer issues this node's certificate and hands over the
+//! cluster secret (see [`crate::join`]); nothing is written before that has worked.
+//!
+//! `--secret` is gone rather than kept: a node with the secret but no certificate could
+//! reach no API of the cluster. It is refused with a pointer to `--token`.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -12,7 +18,9 @@ use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, value};
 use crate::addressing::NodeAddress;
 use crate::config::{Config, JoinPeer, Role};
 use crate::consul::secret;
-use crate::paths;
+use crate::identity::{self, Ca, JoinSecrets, JoinToken, LocalIdentity, NodeKey};
+use crate::join::JoinRequestV1;
+use crate::paths::{self, IdentityFiles};
 
 #[derive(Debug, Args)]
 pub struct Seed {
@@ -30,12 +38,16 @@ pub struct Seed {
     /// The interface other hosts reach this one on (default: the default route's).
     #[arg(long)]
     pub underlay_interface: Option<String>,
-    /// The cluster secret the boot node printed (not on the boot node); `-` reads it
-    /// from stdin, which keeps it out of `ps` and the shell's history.
-    #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
+    /// The join token `arpanet boot` or `arpanet token show server|client` printed (not
+    /// on the boot node); `-` reads it from stdin, which keeps it out of `ps` and the
+    /// shell's history.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Replaced by --token.
+    #[arg(long, hide = true)]
     pub secret: Option<String>,
-    /// Read the cluster secret from this file, e.g. a copy of the boot node's.
-    #[arg(long, value_name = "PATH")]
+    /// Replaced by --token.
+    #[arg(long, hide = true)]
     pub secret_file: Option<PathBuf>,
     /// Only write the config and the secret; do not enable or start arpanetd.
     #[arg(long)]
@@ -54,26 +66,40 @@ fn parse_join(s: &str) -> Result<JoinPeer, String> {
 
 impl Seed {
     pub async fn exec(&self, config_path: &Path, role: Role) -> anyhow::Result<()> {
-        if role != Role::Boot && self.join.is_empty() {
-            bail!(
-                "--join: a {role} joins the cluster through a node that is in it, e.g. --join 0.1@192.168.8.120"
-            );
-        }
-        if role == Role::Boot && (self.secret.is_some() || self.secret_file.is_some()) {
+        if self.secret.is_some() || self.secret_file.is_some() {
             let flag = if self.secret.is_some() {
                 "--secret"
             } else {
                 "--secret-file"
             };
-            bail!("{flag}: the boot node creates the cluster's secret; give it to the others");
+            bail!(
+                "{flag}: nodes join with a token now, which brings the cluster secret and this node's certificate: `arpanet token show server|client` on a server prints it; give it with --token TOKEN or --token - (stdin)"
+            );
         }
-        // Before anything is written: a weak secret changes nothing.
-        let given = super::secret::from_flags(
-            "--secret",
-            self.secret.as_deref(),
-            "--secret-file",
-            self.secret_file.as_deref(),
-        )?;
+        if role != Role::Boot && self.join.is_empty() {
+            bail!(
+                "--join: a {role} joins the cluster through a node that is in it, e.g. --join 0.1@192.168.8.120"
+            );
+        }
+        if role == Role::Boot && self.token.is_some() {
+            bail!("--token: the boot node makes the cluster's tokens; give them to the others");
+        }
+        // Before anything is written: a malformed token changes nothing.
+        let token = match self.token.as_deref() {
+            None => None,
+            Some("-") => {
+                let text = std::io::read_to_string(std::io::stdin())
+                    .context("--token -: read the join token from stdin")?;
+                Some(
+                    text.parse::<JoinToken>()
+                        .map_err(|e| anyhow::anyhow!("--token -: {e}"))?,
+                )
+            }
+            Some(t) => Some(
+                t.parse::<JoinToken>()
+                    .map_err(|e| anyhow::anyhow!("--token: {e}"))?,
+            ),
+        };
         let existing = match std::fs::read_to_string(config_path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -82,47 +108,28 @@ impl Seed {
         let text = self.render(existing.as_deref(), role, config_path)?;
         // The result must load, or nothing is written.
         let config = Config::parse(config_path, &text)?;
-        if existing.as_deref() != Some(text.as_str()) {
-            crate::files::write_atomically(config_path, &text)?;
-            println!("wrote {}", config_path.display());
-        }
-
-        let secret_file = &config.cluster.secret_file;
-        match (&given, role) {
-            (Some(s), _) => {
-                let same = secret::read(secret_file).is_ok_and(|old| &old == s);
-                // Written even when the same, so a file left world-readable is 0600 now.
-                secret::write(secret_file, s, true)?;
-                if !same {
-                    println!("installed the cluster secret in {}", secret_file.display());
-                }
+        let files = IdentityFiles::new(&config.cluster.identity_dir);
+        let started = std::time::Instant::now();
+        match role {
+            Role::Boot => {
+                // The config first: `boot` run again on a working node changes only it.
+                write_config(config_path, existing.as_deref(), &text)?;
+                self.boot(&config, &files)?;
             }
-            (None, Role::Boot) => {
-                // An existing secret is the cluster's: a weak one is reported, not replaced.
-                let value = if secret_file.exists() {
-                    secret::read(secret_file)?
+            _ => {
+                let wanted = if role == Role::Client {
+                    identity::Role::Client
                 } else {
-                    let v = secret::generate()?;
-                    secret::write(secret_file, &v, false)?;
-                    v
+                    identity::Role::Server
                 };
-                println!(
-                    "the cluster secret is in {}; on the other hosts run:\n  arpanet server|client ADDRESS --cluster {} --join {}@THIS_HOST_IP --secret {value}\n(`--secret -` reads it from stdin and `--secret-file PATH` from a copy of the file, keeping it out of `ps` and shell history)",
-                    secret_file.display(),
-                    config.cluster.name,
-                    self.address
-                );
-            }
-            (None, _) => {
-                if !secret_file.exists() {
-                    bail!(
-                        "--secret: this node needs the cluster secret that `arpanet boot` printed ({} has none); give it with --secret SECRET, --secret - (stdin) or --secret-file PATH",
-                        secret_file.display()
-                    );
+                match token {
+                    Some(token) => self.join(&config, &files, wanted, &token).await?,
+                    None => already_joined(&config, &files, wanted)?,
                 }
-                secret::read(secret_file)?;
+                write_config(config_path, existing.as_deref(), &text)?;
             }
         }
+        tracing::debug!("identity ready in {:?}", started.elapsed());
 
         if self.no_start {
             return Ok(());
@@ -142,6 +149,146 @@ impl Seed {
         println!(
             "arpanetd is enabled and running as node {} ({role}); `arpanet status` shows its state",
             self.address
+        );
+        Ok(())
+    }
+
+    /// The boot node's cluster: the secret, the CA, this node's certificate, the join
+    /// secrets; each made only if missing, so running `boot` again changes nothing.
+    fn boot(&self, config: &Config, files: &IdentityFiles) -> anyhow::Result<()> {
+        let secret_file = &config.cluster.secret_file;
+        // An existing secret is the cluster's: a weak one is reported, not replaced.
+        if secret_file.exists() {
+            secret::read(secret_file)?;
+        } else {
+            secret::write(secret_file, &secret::generate()?, false)?;
+            println!("wrote the cluster secret to {}", secret_file.display());
+        }
+        let ca = if files.ca_key().exists() {
+            Ca::load(files)?
+        } else {
+            let ca = Ca::generate(&config.datacenter())?;
+            ca.store(files)?;
+            println!("made the cluster CA in {}", files.dir.display());
+            ca
+        };
+        let me = identity::NodeIdentity {
+            cluster: config.datacenter(),
+            address: self.address,
+            role: identity::Role::Server,
+        };
+        let current = LocalIdentity::load(files)
+            .ok()
+            .filter(|l| l.info.identity == me && l.ca_digest() == ca.digest());
+        if current.is_none() {
+            identity::enroll_locally(&ca, files, &me)?;
+            println!(
+                "issued this node's certificate ({} {})",
+                me.role, me.address
+            );
+        }
+        let secrets = match std::fs::read(files.join_secrets()) {
+            Ok(bytes) => crate::http::parse_json::<JoinSecrets>(&bytes)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", files.join_secrets().display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if current.is_some() {
+                    // A cluster that runs already: its tokens are in Consul.
+                    println!(
+                        "this node is the cluster's boot node already; `arpanet token show` prints the join tokens"
+                    );
+                    return Ok(());
+                }
+                let s = JoinSecrets::generate()?;
+                crate::files::write_private(
+                    &files.join_secrets(),
+                    &serde_json::to_string(&s).expect("secrets serialize"),
+                )?;
+                s
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("read {}", files.join_secrets().display()));
+            }
+        };
+        let digest = ca.digest();
+        println!("on the other hosts run:");
+        for role in [identity::Role::Server, identity::Role::Client] {
+            println!(
+                "  arpanet {role} ADDRESS --cluster {} --join {}@THIS_HOST_IP --token {}",
+                config.cluster.name,
+                self.address,
+                secrets.token(role, &digest)
+            );
+        }
+        println!(
+            "(`--token -` reads it from stdin, keeping it out of `ps` and shell history; `arpanet token show|rotate` manages them)"
+        );
+        Ok(())
+    }
+
+    /// Gets this node's identity from the first join peer that gives one, then writes
+    /// it with the cluster secret (and on servers the CA key and management token).
+    async fn join(
+        &self,
+        config: &Config,
+        files: &IdentityFiles,
+        role: identity::Role,
+        token: &JoinToken,
+    ) -> anyhow::Result<()> {
+        let key = NodeKey::generate()?;
+        let request = JoinRequestV1 {
+            token: token.to_string(),
+            address: self.address.to_string(),
+            role: role.to_string(),
+            name: config.node_name(),
+            csr: key.csr_pem()?,
+        };
+        let mut failures = Vec::new();
+        let mut answer = None;
+        for peer in &config.node.join {
+            match crate::join::client::request(peer, config.cluster.join_port, token, &request)
+                .await
+            {
+                Ok(a) => {
+                    answer = Some(a);
+                    break;
+                }
+                // A refusal is the cluster's answer: asking another server changes nothing.
+                Err(e @ crate::join::JoinError::Refused(_)) => return Err(e.into()),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let Some(answer) = answer else {
+            bail!("join: {}", failures.join("; "));
+        };
+        let info = identity::CertInfo::from_pem(&answer.cert)?;
+        if info.identity.address != self.address || info.identity.role != role {
+            bail!(
+                "join: the certificate issued names {} {}, not {role} {}",
+                info.identity.role,
+                info.identity.address,
+                self.address
+            );
+        }
+        identity::write_identity(files, &answer.ca, &answer.cert, &key.key_pem())?;
+        let secret = secret::validated(
+            &answer.cluster_secret,
+            "the cluster secret from the join peer",
+        )?;
+        secret::write(&config.cluster.secret_file, &secret, true)?;
+        if let Some(server) = &answer.server {
+            Ca::from_pems(&answer.ca, &server.ca_key)?.store(files)?;
+            if let Some(t) = &server.consul_management_token {
+                crate::files::write_private(&files.consul_management_token(), &format!("{t}\n"))?;
+            }
+        }
+        if let Some(t) = &answer.consul_token {
+            crate::files::write_private(&files.consul_agent_token(), &format!("{t}\n"))?;
+        }
+        println!(
+            "joined: this node's certificate ({role} {}) and the cluster secret are in {} and {}",
+            self.address,
+            files.dir.display(),
+            config.cluster.secret_file.display()
         );
         Ok(())
     }
@@ -187,6 +334,39 @@ impl Seed {
         }
         Ok(doc.to_string())
     }
+}
+
+/// Without `--token`, the node must have joined before (a re-run that changes, say,
+/// the underlay interface), as this address and role.
+fn already_joined(
+    config: &Config,
+    files: &IdentityFiles,
+    role: identity::Role,
+) -> anyhow::Result<()> {
+    let local = LocalIdentity::load(files).map_err(|e| match e {
+        identity::IdentityError::Missing { .. } => anyhow::anyhow!(
+            "--token: this node has not joined yet; give the join token that `arpanet boot` or `arpanet token show {role}` on a server printed (--token TOKEN, or --token - for stdin)"
+        ),
+        e => e.into(),
+    })?;
+    let have = &local.info.identity;
+    if have.address != config.node.address || have.role != role {
+        bail!(
+            "--token: this node's certificate is for {} {}, not {role} {}; join again with a token",
+            have.role,
+            have.address,
+            config.node.address
+        );
+    }
+    Ok(())
+}
+
+fn write_config(path: &Path, existing: Option<&str>, text: &str) -> anyhow::Result<()> {
+    if existing != Some(text) {
+        crate::files::write_atomically(path, text)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn table<'a>(doc: &'a mut DocumentMut, name: &str) -> &'a mut Table {

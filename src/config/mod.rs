@@ -262,6 +262,8 @@ pub struct ClusterConfig {
     /// CA key and Consul management token. Docker's names (ca.pem, cert.pem, key.pem),
     /// so the directory is also a DOCKER_CERT_PATH.
     pub identity_dir: PathBuf,
+    /// TCP port of the join service on servers' underlay addresses.
+    pub join_port: u16,
     /// Consul servers expected before the first leader election (`bootstrap_expect`).
     pub expect: u32,
 }
@@ -275,6 +277,8 @@ struct RawClusterConfig {
     secret_file: PathBuf,
     #[serde(default = "default_identity_dir")]
     identity_dir: PathBuf,
+    #[serde(default = "default_join_port")]
+    join_port: u16,
     #[serde(default = "default_expect")]
     expect: u32,
 }
@@ -287,6 +291,9 @@ fn default_secret_file() -> PathBuf {
 }
 fn default_identity_dir() -> PathBuf {
     "/etc/arpanet/identity".into()
+}
+fn default_join_port() -> u16 {
+    7103
 }
 fn default_expect() -> u32 {
     1
@@ -307,6 +314,7 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
             name: raw.name,
             secret_file: raw.secret_file,
             identity_dir: raw.identity_dir,
+            join_port: raw.join_port,
             expect: raw.expect,
         })
     }
@@ -318,6 +326,7 @@ impl Default for ClusterConfig {
             name: default_cluster_name(),
             secret_file: default_secret_file(),
             identity_dir: default_identity_dir(),
+            join_port: default_join_port(),
             expect: default_expect(),
         }
     }

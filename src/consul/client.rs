@@ -710,6 +710,28 @@ impl Consul {
         Ok(())
     }
 
+    /// Removes a node from the gossip pool and, with `prune`, from the member list.
+    pub async fn force_leave(&self, node: &str) -> Result<(), ConsulError> {
+        let path = format!(
+            "/v1/agent/force-leave/{}?prune",
+            path_segment("node name", node)?
+        );
+        self.request(|| self.http.put(self.url(&path))).await?;
+        Ok(())
+    }
+
+    /// Removes a node, its services and checks from the catalog.
+    pub async fn catalog_deregister_node(&self, node: &str) -> Result<(), ConsulError> {
+        let body = serde_json::json!({ "Node": node });
+        self.request(|| {
+            self.http
+                .put(self.url("/v1/catalog/deregister"))
+                .json(&body)
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn agent_services(&self) -> Result<BTreeMap<String, AgentService>, ConsulError> {
         self.get_json("/v1/agent/services").await
     }

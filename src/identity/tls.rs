@@ -270,6 +270,9 @@ pub fn join_server_config(
 #[derive(Debug)]
 struct PinnedCaVerifier {
     digest: String,
+    /// The join peer's overlay IP, from the ADDRESS in `--join ADDRESS@IP`: checked
+    /// instead of the name dialled, which is its underlay IP and in no certificate.
+    peer: ServerName<'static>,
 }
 
 impl PinnedCaVerifier {
@@ -301,14 +304,14 @@ impl ServerCertVerifier for PinnedCaVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
+        _dialled: &ServerName<'_>,
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verified = self.anchored(intermediates)?.verify_server_cert(
             end_entity,
             &[],
-            server_name,
+            &self.peer,
             ocsp,
             now,
         )?;
@@ -360,16 +363,33 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// A joiner's client config: no certificate of its own, the CA pinned by `digest`.
-pub fn pinned_client_config(digest: &str) -> Result<rustls::ClientConfig, IdentityError> {
+/// A joiner's client config: no certificate of its own, the CA pinned by `digest`, and
+/// the peer a server of that CA with the address `peer`.
+pub fn pinned_client_config(
+    digest: &str,
+    peer: crate::addressing::NodeAddress,
+) -> Result<rustls::ClientConfig, IdentityError> {
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
             digest: digest.to_string(),
+            peer: ServerName::IpAddress(std::net::IpAddr::V4(peer.overlay_ip()).into()),
         }))
         .with_no_client_auth())
+}
+
+/// A TLS failure in words: the message of arpanet's own verifier errors rather than
+/// rustls' nested Debug form of them.
+pub fn describe(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            let text = other.0.to_string();
+            text.strip_prefix("TLS: ").unwrap_or(&text).to_string()
+        }
+        e => e.to_string(),
+    }
 }
 
 /// Who the peer of a verified connection is, from the certificate it showed.
@@ -500,8 +520,11 @@ mod tests {
 
     fn join_handshake(digest: &str, server: &Pems) -> Result<(), rustls::Error> {
         let name = ServerName::IpAddress(std::net::Ipv4Addr::new(10, 255, 0, 1).into());
-        let mut c =
-            rustls::ClientConnection::new(Arc::new(pinned_client_config(digest).unwrap()), name)?;
+        let peer = "0.1".parse().unwrap();
+        let mut c = rustls::ClientConnection::new(
+            Arc::new(pinned_client_config(digest, peer).unwrap()),
+            name,
+        )?;
         let mut s = rustls::ServerConnection::new(join_server_config(&local(server)).unwrap())?;
         for _ in 0..10 {
             let mut buf = Vec::new();

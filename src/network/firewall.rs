@@ -45,6 +45,8 @@ pub struct Plan {
     pub underlay: String,
     pub vxlan_port: u16,
     pub hello_port: u16,
+    /// The join service (TCP, servers): for joiners on the underlay, nobody else.
+    pub join_port: u16,
     pub dns_port: u16,
     /// arpanet's own TCP listeners (Docker API, cluster API, image peers, Consul HTTP,
     /// RPC and serf), closed to containers on the bridge address.
@@ -123,6 +125,10 @@ pub fn desired_rules(plan: &Plan) -> Vec<(&'static str, &'static str, Vec<String
     input.push(format!(
         "! -i {ul} -p udp -m udp --dport {} -j DROP",
         plan.hello_port
+    ));
+    input.push(format!(
+        "! -i {ul} -p tcp -m tcp --dport {} -j REJECT --reject-with tcp-reset",
+        plan.join_port
     ));
     vec![
         (
@@ -357,6 +363,7 @@ mod tests {
             underlay: "eth1".into(),
             vxlan_port: 4789,
             hello_port: 7102,
+            join_port: 7103,
             dns_port: 53,
             tcp_ports: vec![2375, 7100, 7101, 8500, 8300, 8301, 8302],
             udp_ports: vec![8301, 8302],
@@ -420,9 +427,14 @@ mod tests {
         assert!(input.contains(
             &"-d 10.0.1.1/32 -p tcp -m multiport --dports 53,2375,7100,7101,8300,8301,8302,8500 -j REJECT --reject-with tcp-reset".to_string()
         ));
+        // Hellos and joins are answered on the underlay interface only.
         assert_eq!(
-            input.last().unwrap(),
-            "! -i eth1 -p udp -m udp --dport 7102 -j DROP"
+            input[input.len() - 2..],
+            [
+                "! -i eth1 -p udp -m udp --dport 7102 -j DROP".to_string(),
+                "! -i eth1 -p tcp -m tcp --dport 7103 -j REJECT --reject-with tcp-reset"
+                    .to_string()
+            ]
         );
     }
 

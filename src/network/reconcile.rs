@@ -95,6 +95,7 @@ pub fn firewall_plan(
         config.api.port,
         config.sync.peer_port,
         config.consul.http_addr.port(),
+        config.cluster.join_port,
     ];
     tcp_ports.extend(firewall::Plan::CONSUL_TCP);
     firewall::Plan {
@@ -103,6 +104,7 @@ pub fn firewall_plan(
         underlay: underlay.to_string(),
         vxlan_port: config.overlay.port,
         hello_port: config.overlay.hello_port,
+        join_port: config.cluster.join_port,
         dns_port: config.consul.dns_port,
         tcp_ports,
         udp_ports: firewall::Plan::CONSUL_UDP.to_vec(),

@@ -1,0 +1,273 @@
+//! The join service on servers: `POST /v1/join` over TLS on the underlay (the joiner
+//! has no certificate yet; the token is what admits it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use tracing::{info, warn};
+
+use super::{ISSUED_PREFIX, IssuedV1, JoinRequestV1, JoinResponseV1, SECRETS_KEY, ServerSecretsV1};
+use crate::addressing::NodeAddress;
+use crate::config::Config;
+use crate::consul::client::Consul;
+use crate::http::{ApiError, Json};
+use crate::identity::{
+    Ca, CertInfo, JoinSecrets, JoinToken, LocalIdentity, NODE_CERT_VALIDITY, NodeIdentity, Role,
+};
+use crate::paths::IdentityFiles;
+
+struct JoinState {
+    cluster: String,
+    files: IdentityFiles,
+    secret_file: std::path::PathBuf,
+    /// With the management token: reads the join secrets, records certificates, makes
+    /// node tokens.
+    consul: Consul,
+}
+
+/// The cluster's join secrets as Consul holds them (None: not published yet).
+pub async fn read_secrets(consul: &Consul) -> Result<Option<JoinSecrets>, ApiError> {
+    let Some(bytes) = consul
+        .kv_get(SECRETS_KEY)
+        .await
+        .map_err(ApiError::backend)?
+    else {
+        return Ok(None);
+    };
+    crate::http::parse_json::<JoinSecrets>(&bytes)
+        .map(Some)
+        .map_err(|why| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Consul key {SECRETS_KEY}: {why}"),
+            )
+        })
+}
+
+fn refuse(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, m.into())
+}
+
+async fn join(
+    State(state): State<Arc<JoinState>>,
+    Json(req): Json<JoinRequestV1>,
+) -> Result<axum::Json<JoinResponseV1>, ApiError> {
+    let token: JoinToken = req
+        .token
+        .parse()
+        .map_err(|e: crate::identity::IdentityError| {
+            ApiError::bad_request(format!("token: {e}"))
+        })?;
+    let address: NodeAddress = req
+        .address
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("address: {e}")))?;
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("role: {e}")))?;
+    if !consul_node_name(&req.name) {
+        return Err(ApiError::bad_request(format!(
+            "name: {:?} is not a node name (1-63 letters, digits, `.`, `-` or `_`, starting with a letter or digit)",
+            req.name
+        )));
+    }
+    // Read per request: renewal or a restored backup may have changed them.
+    let ca = Ca::load(&state.files).map_err(ApiError::backend)?;
+    if token.ca_digest != ca.digest() {
+        return Err(refuse(
+            "the token names another CA: it is not this cluster's",
+        ));
+    }
+    let secrets = read_secrets(&state.consul).await?.ok_or_else(|| {
+        ApiError::backend(anyhow::anyhow!(
+            "the cluster's join tokens are not in Consul yet (the boot node publishes them once Consul has a leader); try again in a few seconds"
+        ))
+    })?;
+    match (secrets.role_of(&token.secret), role) {
+        (None, _) => {
+            return Err(refuse(format!(
+                "the join token is not current: it was rotated, or never was this cluster's; `arpanet token show {role}` on a server prints the current one"
+            )));
+        }
+        (Some(Role::Client), Role::Server) => {
+            return Err(refuse(
+                "this is a client token: `arpanet server` needs the server token (`arpanet token show server` on a server)",
+            ));
+        }
+        _ => {}
+    }
+    let identity = NodeIdentity {
+        cluster: state.cluster.clone(),
+        address,
+        role,
+    };
+    let issued = ca
+        .issue(&req.csr, &identity, NODE_CERT_VALIDITY)
+        .map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
+    let info = CertInfo::from_pem(&issued.cert_pem).map_err(ApiError::backend)?;
+    let record = IssuedV1 {
+        serial: issued.serial.clone(),
+        name: req.name.clone(),
+        role: role.to_string(),
+        not_after: info
+            .not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    state
+        .consul
+        .kv_put(
+            &format!("{ISSUED_PREFIX}{address}"),
+            serde_json::to_vec(&record).expect("a record serializes"),
+        )
+        .await
+        .map_err(ApiError::backend)?;
+    let cluster_secret =
+        crate::consul::secret::read(&state.secret_file).map_err(ApiError::backend)?;
+    let server = if role == Role::Server {
+        Some(ServerSecretsV1 {
+            ca_key: ca.key_pem(),
+            consul_management_token: read_optional(&state.files.consul_management_token())?,
+        })
+    } else {
+        None
+    };
+    info!(
+        "join: issued node {address} ({role}, {}) certificate {}",
+        req.name, issued.serial
+    );
+    Ok(axum::Json(JoinResponseV1 {
+        ca: ca.cert_pem.clone(),
+        cert: issued.cert_pem,
+        cluster_secret,
+        consul_token: None,
+        server,
+    }))
+}
+
+/// What Consul (and so an ACL node identity) accepts as a node name, kept to a safe set.
+pub fn consul_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+fn read_optional(path: &std::path::Path) -> Result<Option<String>, ApiError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApiError::backend(anyhow::anyhow!(
+            "read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Runs the join service on a server that holds the CA, on TCP `cluster.join_port` of
+/// every address (the firewall answers it on the underlay interface only). A node
+/// without the CA key serves nothing and says why once.
+pub fn spawn(config: &Config) {
+    let files = IdentityFiles::new(&config.cluster.identity_dir);
+    let identity = match LocalIdentity::load(&files) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!("join service: {e}; joins go through another server");
+            return;
+        }
+    };
+    if identity.info.identity.role != Role::Server || !files.ca_key().exists() {
+        return;
+    }
+    let tls = match crate::identity::tls::join_server_config(&identity) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("join service: {e}");
+            return;
+        }
+    };
+    let state = Arc::new(JoinState {
+        cluster: config.datacenter(),
+        files,
+        secret_file: config.cluster.secret_file.clone(),
+        consul: Consul::new(config.consul.http_addr),
+    });
+    if state.files.join_secrets().exists() {
+        let (consul, files) = (state.consul.clone(), state.files.clone());
+        tokio::spawn(async move {
+            let mut reported = false;
+            while let Err(e) = publish_secrets(&consul, &files).await {
+                if !reported {
+                    info!("join tokens wait for Consul: {e:#}");
+                    reported = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+    let app = Router::new()
+        .route("/v1/join", post(join))
+        .with_state(state);
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.cluster.join_port));
+    tokio::spawn(async move {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    warn!("join service: bind {addr}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        info!("join service on {addr}");
+        if let Err(e) = crate::http::serve_tls(listener, tls, app).await {
+            warn!("join service on {addr} stopped: {e}");
+        }
+    });
+}
+
+/// Publishes this server's join secrets if the cluster has none yet (the boot node's
+/// first start), and keeps the local copy in step with the cluster's afterwards.
+pub async fn publish_secrets(consul: &Consul, files: &IdentityFiles) -> anyhow::Result<()> {
+    let path = files.join_secrets();
+    let local: Option<JoinSecrets> = match std::fs::read(&path) {
+        Ok(b) => Some(
+            crate::http::parse_json(&b)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::anyhow!("read {}: {e}", path.display())),
+    };
+    let Some(local) = local else { return Ok(()) };
+    let text = serde_json::to_vec(&local).expect("secrets serialize");
+    if consul.kv_put_new(SECRETS_KEY, text).await? {
+        info!("published the cluster's join tokens");
+    }
+    // Consul holds the cluster's now (perhaps rotated since): a local copy would only
+    // go stale.
+    std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("remove {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_names_are_a_safe_set() {
+        for good in ["h1", "web-1.example", "a_b"] {
+            assert!(super::consul_node_name(good), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a b", "a?b", &"x".repeat(64)] {
+            assert!(!super::consul_node_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Node identity, attacked for real: joins with tokens (a rotated one, one naming
+//! another CA, a client token used for a server), a node that joins and works, and
+//! `node rm` revoking it. Whole nodes (arpanetd, dockerd, Consul) in lab namespaces.
+
+use std::time::{Duration, Instant};
+
+use arpanet::identity::{Ca, CertInfo, JoinSecrets, Role};
+
+use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
+
+const CONSUL: &str = "[consul]\nmode = \"config\"\n";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Host `index` configured by the lab but with no identity and no secret, as a host
+/// is before its first `arpanet server|client`.
+fn bare(lab: &Lab, index: usize, role: &str, join: &[usize]) {
+    lab.write_arpanet_config(index, role, join, CONSUL);
+    let h = &lab.hosts[index];
+    std::fs::remove_dir_all(h.identity_files().dir).unwrap();
+    std::fs::remove_file(h.dir.join("secret")).unwrap();
+}
+
+fn join(h: &Host, role: &str, boot: &Host, token: &str) -> std::process::Output {
+    h.arpanet(&[
+        role,
+        &h.address.to_string(),
+        "--cluster",
+        "arpanet-lab",
+        "--join",
+        &format!("{}@{}", boot.address, boot.underlay_ip),
+        "--token",
+        token,
+        "--no-start",
+    ])
+}
+
+fn token(boot: &Host, role: &str) -> String {
+    let out = boot.arpanet(&["token", "show", role]);
+    assert_success(&out, "arpanet token show");
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn joins_take_a_current_token_of_the_right_ca_and_role() {
+    require_lab!();
+    let lab = Lab::builder(3).start();
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    // The boot node as `arpanet boot` leaves it: CA, certificate, join secrets.
+    lab.write_arpanet_config(0, "boot", &[], CONSUL);
+    let seed = h0.identity_files().join_secrets();
+    std::fs::write(
+        &seed,
+        serde_json::to_string(&JoinSecrets::generate().unwrap()).unwrap(),
+    )
+    .unwrap();
+    Host::start_nodes(&[h0]);
+    wait_until(Duration::from_secs(60), "the join tokens in Consul", || {
+        !seed.exists()
+    });
+    let client_token = token(h0, "client");
+    let server_token = token(h0, "server");
+    assert!(client_token.starts_with(&format!("ARPN-1-{}-", lab.ca.digest())));
+    bare(&lab, 1, "client", &[0]);
+    bare(&lab, 2, "server", &[0]);
+    let files = h1.identity_files();
+
+    // A token naming another CA: the handshake fails before the token is sent.
+    let other = Ca::generate("arpanet-lab").unwrap();
+    let foreign = client_token.replace(&lab.ca.digest(), &other.digest());
+    let out = join(h1, "client", h0, &foreign);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("not a server of the cluster whose CA the token names")
+            && e.contains("nothing was sent"),
+        "{e}"
+    );
+    assert!(!files.node_cert().exists());
+
+    // A client token for a server.
+    let out = join(h2, "server", h0, &client_token);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("this is a client token"), "{e}");
+    assert!(!h2.identity_files().node_cert().exists());
+
+    // A rotated token.
+    let out = h0.arpanet(&["token", "rotate", "client"]);
+    assert_success(&out, "token rotate client");
+    let new_client = token(h0, "client");
+    assert_ne!(new_client, client_token);
+    assert_eq!(token(h0, "server"), server_token, "the server token stays");
+    let out = join(h1, "client", h0, &client_token);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("not current: it was rotated"), "{e}");
+    assert!(!files.node_cert().exists());
+    assert!(!h1.dir.join("secret").exists());
+
+    // The current token: the node gets its identity and the cluster secret, then runs.
+    let started = Instant::now();
+    let out = join(h1, "client", h0, &new_client);
+    assert_success(&out, "arpanet client --token");
+    println!("join (identity issued) took {:?}", started.elapsed());
+    let info = CertInfo::from_pem(&std::fs::read_to_string(files.node_cert()).unwrap()).unwrap();
+    assert_eq!(info.identity.address, h1.address);
+    assert_eq!(info.identity.role, Role::Client);
+    assert!(!files.ca_key().exists(), "a client never holds the CA key");
+    assert_eq!(
+        std::fs::read_to_string(h1.dir.join("secret")).unwrap(),
+        std::fs::read_to_string(h0.dir.join("secret")).unwrap()
+    );
+    let out = join(h2, "server", h0, &server_token);
+    assert_success(&out, "arpanet server --token");
+    assert!(
+        h2.identity_files().ca_key().exists(),
+        "servers hold the CA key"
+    );
+    Host::start_nodes(&[h1, h2]);
+    for h in [h0, h1, h2] {
+        h.wait_for_nodes(3, Duration::from_secs(90));
+    }
+    println!(
+        "3 nodes in the API {:?} after the first join",
+        started.elapsed()
+    );
+
+    // Running the command again without a token keeps the identity it has.
+    let out = h1.arpanet(&[
+        "client",
+        &h1.address.to_string(),
+        "--join",
+        &format!("{}@{}", h0.address, h0.underlay_ip),
+        "--no-start",
+    ]);
+    assert_success(&out, "arpanet client again, no token");
+    assert_eq!(
+        CertInfo::from_pem(&std::fs::read_to_string(files.node_cert()).unwrap())
+            .unwrap()
+            .serial,
+        info.serial
+    );
+}
