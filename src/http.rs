@@ -122,6 +122,50 @@ pub fn unix_client(socket: &Path, timeout: Duration) -> reqwest::Client {
         .expect("a unix-socket HTTP client always builds")
 }
 
+/// An HTTPS client for other nodes (their cluster API on 10.255.a.b): it shows this
+/// node's certificate and trusts only a server certificate from the cluster CA naming
+/// the IP dialled. Built again when the node's identity files change (renewal).
+pub struct NodeClient {
+    tls: crate::identity::NodeTls,
+    connect_timeout: Duration,
+    timeout: Duration,
+    held: std::sync::Mutex<Option<(std::sync::Arc<rustls::ClientConfig>, reqwest::Client)>>,
+}
+
+impl NodeClient {
+    pub fn new(
+        tls: crate::identity::NodeTls,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            tls,
+            connect_timeout,
+            timeout,
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The client for the node's identity as it is now; without one, why not.
+    pub fn get(&self) -> Result<reqwest::Client, crate::identity::IdentityError> {
+        let configs = self.tls.current()?;
+        let mut held = self.held.lock().expect("client lock");
+        if let Some((config, client)) = held.as_ref()
+            && std::sync::Arc::ptr_eq(config, &configs.client)
+        {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*configs.client).clone())
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| crate::identity::IdentityError::Tls(e.to_string()))?;
+        *held = Some((configs.client, client.clone()));
+        Ok(client)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("create {}: {source}", .path.display())]

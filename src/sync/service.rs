@@ -77,8 +77,9 @@ struct SyncState {
     /// Requests or pulls under way; the service does not exit while any is.
     busy: AtomicU64,
     last_activity: Mutex<Instant>,
-    /// For asking holders' arpanetd to wake their sync service.
-    http: reqwest::Client,
+    /// For asking holders' arpanetd to wake their sync service (their cluster API,
+    /// mutual TLS with this node's certificate).
+    http: crate::http::NodeClient,
     /// The announce URL of the tracker this service runs on loopback, which answers
     /// from Consul: every torrent learns of nodes that join its swarm while it runs.
     tracker: String,
@@ -149,11 +150,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         next_transfer: AtomicU64::new(1),
         busy: AtomicU64::new(0),
         last_activity: Mutex::new(Instant::now()),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client always builds"),
+        http: crate::http::NodeClient::new(
+            crate::identity::NodeTls::from_config(config),
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        ),
         tracker,
         tracker_view: tokio::sync::Mutex::new(None),
         warned: Mutex::new(BTreeSet::new()),
@@ -1132,14 +1133,19 @@ impl Drop for AbortOnDrop {
 
 /// Asks every holder's arpanetd to wake its sync service (socket activation) and seed.
 async fn wake_holders(s: &SyncState, record: &ImageRecord, swarm: &[SwarmPeer]) {
+    let http = match s.http.get() {
+        Ok(c) => c,
+        Err(e) => return warn!("image sync: cannot ask holders to seed: {e}"),
+    };
+    let http = &http;
     let asks = swarm.iter().filter(|p| p.complete).map(|p| async move {
         let url = format!(
-            "http://{}:{}/v1/sync/seeds/{}",
+            "https://{}:{}/v1/sync/seeds/{}",
             p.node.overlay_ip(),
             s.api_port,
             record.hex()
         );
-        match s.http.post(&url).send().await {
+        match http.post(&url).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
                 let status = r.status();
