@@ -14,6 +14,7 @@ mod containers;
 mod daemon;
 mod image_sync;
 mod lab_hosts;
+mod node_tls;
 mod overlay;
 mod packaging;
 mod registration;
