@@ -237,13 +237,80 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
     // The node's own certificate still works, and so does the cluster.
     let (code, text) = curl(&h1_ns, &api, Some(&mine));
     assert_eq!(code, 0, "{text}");
-    h1.wait_for_nodes(2, Duration::from_secs(10));
-    let ps = h1.arpanet(&["ps", "--all", "--json"]);
-    assert_success(&ps, "ps --all");
-    let listing: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
-    assert!(
-        listing.to_string().contains("probe"),
-        "h1 lists h0's container over TLS: {listing}"
-    );
+    let lists_probe = || {
+        let ps = h1.arpanet(&["ps", "--all", "--json"]);
+        assert_success(&ps, "ps --all");
+        let listing: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+        listing.to_string().contains("\"probe\"")
+    };
+    assert!(lists_probe(), "h1 lists h0's container over TLS");
+
+    // Renewal: h1 gets a new certificate while its arpanetd runs, and h0 revokes the
+    // old one. h1's next call to h0 already shows the new one (no restart).
+    let cert = |h: &Host| {
+        let pem = std::fs::read_to_string(h.identity_files().node_cert()).unwrap();
+        arpanet::identity::CertInfo::from_pem(&pem).unwrap().serial
+    };
+    let old = cert(h1);
+    lab.enroll(1, Role::Client);
+    assert_ne!(cert(h1), old);
+    std::fs::write(
+        h0.dir.join("state/revoked.json"),
+        serde_json::to_vec(&[&revoked.serial, &old]).unwrap(),
+    )
+    .unwrap();
+    assert!(lists_probe(), "h1 reaches h0 with its renewed certificate");
     h0.stop("flusher");
+}
+
+/// A node without an identity: no listener on 7100 or 7101, one line saying why and
+/// what to do; the rest of arpanetd runs on.
+#[test]
+fn a_node_without_an_identity_listens_nowhere_and_says_why_once() {
+    require_lab!();
+    let lab = Lab::builder(1).start();
+    lab.write_arpanet_config(0, "boot", &[], CONSUL);
+    let h0 = &lab.hosts[0];
+    let files = h0.identity_files();
+    std::fs::remove_dir_all(&files.dir).unwrap();
+    h0.start_arpanetd();
+    crate::lab::wait_until(Duration::from_secs(20), "the overlay address", || {
+        stdout(&h0.exec(&["ip", "-4", "addr", "show", "arpanet0"])).contains("10.255.0.1")
+    });
+    h0.start_sync();
+    let missing = format!(
+        "{} does not exist: this node has no cluster identity yet",
+        files.ca_cert().display()
+    );
+    crate::lab::wait_until(Duration::from_secs(20), "the reason in the log", || {
+        h0.log("arpanetd").contains(&missing) && h0.log("sync").contains(&missing)
+    });
+    // Passes go on (1 s apart) and the reason is not repeated.
+    std::thread::sleep(Duration::from_secs(6));
+    let log = h0.log("arpanetd");
+    let line = format!("the cluster API does not listen on 10.255.0.1:7100: {missing}");
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert!(log.contains("--token"), "{log}");
+    assert!(
+        h0.log("sync").contains(&format!(
+            "image sync: no peer listens on 10.255.0.1:7101: {missing}"
+        )),
+        "{}",
+        h0.log("sync")
+    );
+    for port in ["7100", "7101"] {
+        let (code, text) = curl(
+            &format!("/run/netns/{}", h0.netns),
+            &format!("https://10.255.0.1:{port}/"),
+            None,
+        );
+        assert_eq!(code, 7, "nothing listens on {port}: {text}");
+    }
+    // The unix socket still answers the CLI.
+    let out = h0.arpanet(&["node", "ls"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("cannot reach arpanetd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
