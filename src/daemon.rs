@@ -15,6 +15,7 @@ use crate::consul::node::Catalog;
 use crate::consul::watch::{Answer, BlockingQuery};
 use crate::consul::{self, client::Consul};
 use crate::docker::engine::Engine;
+use crate::identity::NodeTls;
 use crate::network::admission;
 use crate::network::netlink::Netlink;
 use crate::network::peers;
@@ -58,6 +59,9 @@ pub struct Daemon {
     admitted_rx: Option<tokio::sync::mpsc::Receiver<()>>,
     /// In the order they run; a running daemon puts the hello service first.
     reconcilers: Vec<Box<dyn Reconciler>>,
+    /// The node's TLS (its certificate, and the process's one revocation list,
+    /// `tls.revoked()`), shared with the cluster API's listener and clients.
+    pub tls: NodeTls,
     /// The previous pass's failures: a failure is logged when it starts, when its
     /// reason changes and when it ends, not on every pass while it lasts.
     last_errors: Vec<Failure>,
@@ -108,6 +112,7 @@ impl Daemon {
         // Impatient: a pass must not wait out an election; what fails is retried next pass.
         let consul = Consul::impatient(config.consul.http_addr);
         let (admitted_tx, admitted_rx) = tokio::sync::mpsc::channel(1);
+        let tls = NodeTls::from_config(&config);
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
@@ -119,6 +124,7 @@ impl Daemon {
             admissions: admission::Shared::default(),
             admitted_tx,
             admitted_rx: Some(admitted_rx),
+            tls,
             last_errors: Vec::new(),
         })
     }
@@ -257,7 +263,7 @@ impl Daemon {
                 Consul::new(self.config.consul.http_addr),
                 cluster_tx,
             ));
-            crate::api::server::spawn(&self.config);
+            crate::api::server::spawn(&self.config, self.tls.clone());
             crate::join::server::spawn(&self.config);
         }
 

@@ -14,6 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 /// Every error an arpanet HTTP service answers: `{"error": "..."}` with a fitting status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +204,73 @@ fn bind_staged(
     result
 }
 
+/// A TCP listener that hands axum only connections whose TLS handshake succeeded.
+/// How long a peer may take over its handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Handshakes happen off the accept loop, so one slow peer holds up nobody else.
+pub struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Each connection uses the configuration `config` gives when it arrives (the
+    /// cluster API's follows the node's identity files), so a renewed certificate or a
+    /// new revocation applies to the next connection; None refuses it (the owner of
+    /// the configuration has said why). `what` names the service in logs.
+    pub fn new(
+        tcp: TcpListener,
+        what: &'static str,
+        config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, incoming) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("{what}: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Some(server) = config() else { continue };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("{what}: TLS from {addr} refused: {e}"),
+                        Err(_) => tracing::debug!("{what}: TLS from {addr}: no handshake in time"),
+                    }
+                });
+            }
+        });
+        Ok(Self { incoming, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(c) => c,
+            // The accept task ended (it does not): serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,69 +385,5 @@ mod tests {
             error_text(StatusCode::BAD_GATEWAY, b"<html>"),
             "answered 502 Bad Gateway"
         );
-    }
-}
-
-/// The certificates a TLS client showed, for handlers behind [`serve_tls`] (empty when
-/// the server asked for none).
-#[derive(Debug, Clone, Default)]
-pub struct PeerCertificates(pub Vec<rustls_pki_types::CertificateDer<'static>>);
-
-/// Serves `app` over TLS on `listener` until the listener fails. A handshake that fails
-/// (no certificate, another CA, a revoked one) ends that connection only, logged at
-/// debug: strangers knocking are not news. axum's own `serve` takes no TLS stream, so the
-/// accept loop is written here, after hyper-util's server example.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    tls: std::sync::Arc<rustls::ServerConfig>,
-    app: axum::Router,
-) -> io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, from) = listener.accept().await?;
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!("TLS handshake with {from} failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake with {from} timed out");
-                        return;
-                    }
-                };
-            let certs = PeerCertificates(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                    .unwrap_or_default(),
-            );
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(certs.clone());
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(from));
-                    let mut app = app.clone();
-                    async move {
-                        use tower::Service;
-                        app.call(req.map(axum::body::Body::new)).await
-                    }
-                },
-            );
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-            {
-                tracing::debug!("connection from {from}: {e}");
-            }
-        });
     }
 }

@@ -42,6 +42,12 @@ pub fn admission_status(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("admission.json")
 }
 
+/// Serials of revoked node certificates (a JSON array of lower-case hex): every
+/// process of the node reads it, and refuses those certificates at the next handshake.
+pub fn revoked_serials(paths: &PathsConfig) -> PathBuf {
+    paths.state_dir.join("revoked.json")
+}
+
 /// The Consul agent's config, rendered from arpanet.toml.
 pub fn consul_config(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("consul/config.json")

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use super::tls::Peer;
 use super::{ContainerRow, Done, ImageRow, Listing, NodeRow, ServiceRow, Unreachable};
 use crate::addressing::NodeAddress;
 use crate::config::Config;
@@ -26,7 +27,9 @@ use crate::consul::client::Consul;
 use crate::consul::node::Node;
 use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::docker::engine::Engine;
+use crate::http::TlsListener;
 use crate::http::{ApiError, Json, error_text, json_bytes, json_response};
+use crate::identity::NodeTls;
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::store;
 use crate::placement::wire::{
@@ -44,8 +47,8 @@ pub struct ApiState {
     docker_socket: PathBuf,
     consul: Consul,
     port: u16,
-    /// For requests to other nodes' APIs over the overlay.
-    peers: reqwest::Client,
+    /// For requests to other nodes' APIs over the overlay (mutual TLS).
+    peers: crate::identity::NodeClient,
     /// The image sync service's control socket, relayed under `/v1/sync/`.
     sync_socket: PathBuf,
     sync: reqwest::Client,
@@ -54,18 +57,18 @@ pub struct ApiState {
 type Shared = Arc<ApiState>;
 
 impl ApiState {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, tls: NodeTls) -> Self {
         Self {
             me: crate::placement::reconcile::me(&config.node),
             docker_socket: config.docker.socket.clone(),
             consul: Consul::impatient(config.consul.http_addr),
             port: config.api.port,
-            peers: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(3))
+            peers: crate::identity::NodeClient::new(
+                tls,
+                Duration::from_secs(3),
                 // A stop waits out the container's grace period.
-                .timeout(Duration::from_secs(STOP_GRACE_SECS as u64 + 20))
-                .build()
-                .expect("a plain HTTP client always builds"),
+                Duration::from_secs(STOP_GRACE_SECS as u64 + 20),
+            ),
             sync_socket: paths::sync_socket(&config.paths),
             // A push exports and hashes the whole image before it answers.
             sync: http::unix_client(
@@ -136,8 +139,9 @@ impl ApiState {
         method: Method,
         path: &str,
     ) -> Result<(StatusCode, Bytes), String> {
-        let url = format!("http://{}:{}{path}", node.overlay_ip(), self.port);
-        let resp = self.peers.request(method, &url).send().await.map_err(|e| {
+        let url = format!("https://{}:{}{path}", node.overlay_ip(), self.port);
+        let peers = self.peers.get().map_err(|e| e.to_string())?;
+        let resp = peers.request(method, &url).send().await.map_err(|e| {
             let connect = e.is_connect();
             let why = http::request_error(e);
             if connect {
@@ -786,13 +790,15 @@ async fn relay_sync(
     // The two hops differ only in where they go and what a failure to get there means.
     let (client, url, unreachable, fail) = match target {
         Some(node) => (
-            &s.peers,
-            format!("http://{}:{}/v1/sync/{rest}", node.overlay_ip(), s.port),
+            s.peers
+                .get()
+                .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
+            format!("https://{}:{}/v1/sync/{rest}", node.overlay_ip(), s.port),
             format!("node {node} does not answer"),
             StatusCode::BAD_GATEWAY,
         ),
         None => (
-            &s.sync,
+            s.sync.clone(),
             format!("http://sync/v1/{rest}"),
             format!(
                 "the image sync service does not answer at {} on node {} (is arpanet-sync.socket running?)",
@@ -814,10 +820,11 @@ async fn relay_sync(
     Ok(json_bytes(status, body))
 }
 
-/// Serves the API on the unix socket at once and on the overlay address as soon as it
-/// exists (arpanetd adds it in its first pass). Runs until the process ends.
-pub fn spawn(config: &Config) {
-    let state: Shared = Arc::new(ApiState::new(config));
+/// Serves the API on the unix socket at once and on the overlay address, over mutual
+/// TLS, as soon as the address exists (arpanetd adds it in its first pass) and the node
+/// has its identity. Runs until the process ends.
+pub fn spawn(config: &Config, tls: NodeTls) {
+    let state: Shared = Arc::new(ApiState::new(config, tls.clone()));
     let app = router(state);
     let socket = paths::api_socket(&config.paths);
     let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));
@@ -834,6 +841,16 @@ pub fn spawn(config: &Config) {
         }
     });
     tokio::spawn(async move {
+        // Without an identity there is nothing to prove to other nodes or to check
+        // them by: no listener at all (the unix socket serves the CLI meanwhile).
+        let mut reported = false;
+        while let Err(e) = tls.current() {
+            if !reported {
+                warn!("the cluster API does not listen on {tcp}: {e}");
+                reported = true;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         let mut reported = false;
         let listener = loop {
             match tokio::net::TcpListener::bind(tcp).await {
@@ -847,42 +864,41 @@ pub fn spawn(config: &Config) {
                 }
             }
         };
-        info!("cluster API on {tcp}");
+        let listener = match TlsListener::new(listener, "cluster API", move || {
+            tls.current().ok().map(|c| c.server)
+        }) {
+            Ok(l) => l,
+            Err(e) => return warn!("cluster API on {tcp}: {e}"),
+        };
+        info!("cluster API on {tcp} (mutual TLS, node certificates)");
         let app = app.layer(axum::middleware::from_fn(only_nodes));
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let service = app.into_make_service_with_connect_info::<Peer>();
         if let Err(e) = axum::serve(listener, service).await {
             warn!("cluster API on {tcp} stopped: {e}");
         }
     });
 }
 
-/// On the overlay the API answers other nodes only (their 10.255 addresses), not the
-/// containers that can reach it too: a container that could create services could run
-/// anything, privileged, on every host.
+/// On the overlay the API answers other nodes only, not the containers that can reach
+/// it too (a container that could create services could run anything, privileged, on
+/// every host). The handshake has checked the certificate against the cluster CA and
+/// the revocation list; here it must also name a node.
 async fn only_nodes(
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<Peer>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if is_node_plane(peer.ip()) {
+    if peer.node.is_some() {
         return next.run(request).await;
     }
     ApiError(
         StatusCode::FORBIDDEN,
         format!(
-            "the cluster API answers arpanet nodes (10.255.0.0/16) only, not {}; use the API socket on a node",
-            peer.ip()
+            "the cluster API answers arpanet nodes only; the certificate {} showed names none",
+            peer.addr.ip()
         ),
     )
     .into_response()
-}
-
-fn is_node_plane(ip: std::net::IpAddr) -> bool {
-    let v4 = match ip {
-        std::net::IpAddr::V4(v4) => Some(v4),
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    };
-    v4.is_some_and(|v4| v4.octets()[..2] == [10, 255])
 }
 
 #[cfg(test)]
@@ -960,15 +976,6 @@ mod tests {
             "pulls/\n",
         ] {
             assert!(sync_path(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn only_the_node_plane_may_use_the_overlay_api() {
-        assert!(is_node_plane("10.255.0.2".parse().unwrap()));
-        assert!(is_node_plane("::ffff:10.255.3.4".parse().unwrap()));
-        for other in ["10.0.2.3", "10.254.0.2", "127.0.0.1", "192.168.1.1", "::1"] {
-            assert!(!is_node_plane(other.parse().unwrap()), "{other}");
         }
     }
 }

@@ -13,6 +13,7 @@
 //! `server.DC.consul`, the name Consul's `verify_server_hostname` checks.
 
 pub mod ca;
+pub mod live;
 pub mod tls;
 pub mod token;
 
@@ -26,6 +27,7 @@ use crate::addressing::NodeAddress;
 use crate::paths::IdentityFiles;
 
 pub use ca::{Ca, Issued, NodeKey};
+pub use live::{NodeClient, NodeTls};
 pub use tls::{Revoked, TlsConfigs};
 pub use token::{JoinSecrets, JoinToken};
 
@@ -35,7 +37,7 @@ pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How long the cluster CA is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {why}")]
     File { path: PathBuf, why: String },

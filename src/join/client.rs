@@ -113,7 +113,10 @@ mod tests {
                 )
             }),
         );
-        tokio::spawn(crate::http::serve_tls(listener, config, app));
+        let listener =
+            crate::http::TlsListener::new(listener, "join service", move || Some(config.clone()))
+                .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
         port
     }
 

@@ -230,8 +230,14 @@ pub fn spawn(config: &Config) {
                 }
             }
         };
+        let listener = match crate::http::TlsListener::new(listener, "join service", move || {
+            Some(tls.clone())
+        }) {
+            Ok(l) => l,
+            Err(e) => return warn!("join service on {addr}: {e}"),
+        };
         info!("join service on {addr}");
-        if let Err(e) = crate::http::serve_tls(listener, tls, app).await {
+        if let Err(e) = axum::serve(listener, app).await {
             warn!("join service on {addr} stopped: {e}");
         }
     });

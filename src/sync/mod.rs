@@ -14,6 +14,7 @@
 pub mod client;
 pub mod service;
 pub mod tarball;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 

@@ -77,8 +77,12 @@ struct SyncState {
     /// Requests or pulls under way; the service does not exit while any is.
     busy: AtomicU64,
     last_activity: Mutex<Instant>,
-    /// For asking holders' arpanetd to wake their sync service.
-    http: reqwest::Client,
+    /// Loopback ends of the TLS tunnels to other nodes' peer fronts: the peers librqbit
+    /// is told of.
+    forwarders: super::tunnel::Forwarders,
+    /// For asking holders' arpanetd to wake their sync service (their cluster API,
+    /// mutual TLS with this node's certificate).
+    http: crate::identity::NodeClient,
     /// The announce URL of the tracker this service runs on loopback, which answers
     /// from Consul: every torrent learns of nodes that join its swarm while it runs.
     tracker: String,
@@ -109,6 +113,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("create {}", images_dir.display()))?;
     let peer_addr = SocketAddr::from((config.node.address.overlay_ip(), config.sync.peer_port));
+    // librqbit speaks the peer wire in clear: it listens on loopback, behind the TLS
+    // front on the peer address (see `tunnel`).
+    let session_addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, config.sync.peer_port));
+    let tls = crate::identity::NodeTls::from_config(config);
     let tracker_listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
         .context("listen for the session's tracker on loopback")?;
@@ -124,7 +132,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             fastresume: false,
             ipv4_only: true,
             listen: Some(ListenerOptions {
-                listen_addr: peer_addr,
+                listen_addr: session_addr,
                 ipv4_only: true,
                 ..Default::default()
             }),
@@ -132,11 +140,21 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| format!("start the BitTorrent session on {peer_addr} (is the overlay up?)"))?;
-    info!(
-        "image sync: peers on {peer_addr}, tarballs in {}",
-        images_dir.display()
-    );
+    .with_context(|| format!("start the BitTorrent session on {session_addr}"))?;
+    // Without an identity no node could be told from a stranger: no front at all.
+    match tls.current() {
+        Ok(_) => {
+            let front = tokio::net::TcpListener::bind(peer_addr)
+                .await
+                .with_context(|| format!("listen for peers on {peer_addr} (is the overlay up?)"))?;
+            super::tunnel::spawn_front(front, session_addr, tls.clone());
+            info!(
+                "image sync: peers on {peer_addr} (mutual TLS), tarballs in {}",
+                images_dir.display()
+            );
+        }
+        Err(e) => warn!("image sync: no peer listens on {peer_addr}: {e}"),
+    }
     let state: Shared = Arc::new(SyncState {
         me: config.node.address,
         peer_addr,
@@ -149,11 +167,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         next_transfer: AtomicU64::new(1),
         busy: AtomicU64::new(0),
         last_activity: Mutex::new(Instant::now()),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client always builds"),
+        forwarders: super::tunnel::Forwarders::new(tls.clone()),
+        http: crate::identity::NodeClient::new(
+            tls,
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        ),
         tracker,
         tracker_view: tokio::sync::Mutex::new(None),
         warned: Mutex::new(BTreeSet::new()),
@@ -475,6 +494,7 @@ async fn announce(
     }
     .await
     .unwrap_or_default();
+    let peers = s.forwarders.locals(&peers);
     super::tracker_response(ANNOUNCE_INTERVAL.as_secs(), &peers).into_response()
 }
 
@@ -985,7 +1005,9 @@ async fn download(
         .collect();
     // Paused until the check of the disk is done, so what a resumed pull already had
     // is known exactly before any byte arrives.
-    let torrent = s.add_with(record, peers.clone(), true).await?;
+    let torrent = s
+        .add_with(record, s.forwarders.locals(&peers), true)
+        .await?;
     while matches!(
         torrent.stats().state,
         TorrentStatsState::Initializing { .. }
@@ -1132,14 +1154,19 @@ impl Drop for AbortOnDrop {
 
 /// Asks every holder's arpanetd to wake its sync service (socket activation) and seed.
 async fn wake_holders(s: &SyncState, record: &ImageRecord, swarm: &[SwarmPeer]) {
+    let http = match s.http.get() {
+        Ok(c) => c,
+        Err(e) => return warn!("image sync: cannot ask holders to seed: {e}"),
+    };
+    let http = &http;
     let asks = swarm.iter().filter(|p| p.complete).map(|p| async move {
         let url = format!(
-            "http://{}:{}/v1/sync/seeds/{}",
+            "https://{}:{}/v1/sync/seeds/{}",
             p.node.overlay_ip(),
             s.api_port,
             record.hex()
         );
-        match s.http.post(&url).send().await {
+        match http.post(&url).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
                 let status = r.status();

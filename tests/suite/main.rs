@@ -15,6 +15,7 @@ mod daemon;
 mod identity;
 mod image_sync;
 mod lab_hosts;
+mod node_tls;
 mod overlay;
 mod packaging;
 mod registration;

@@ -278,15 +278,23 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         body["error"],
         "path segment {name}: `../services/web` is not a template name: lowercase letters, digits and `-` (a DNS label, at most 63 characters)"
     );
+    // Over the overlay the API is mutual TLS: h1 shows its node certificate.
+    let id = h1.identity_files();
     let overlay = h1.exec(&[
         "curl",
         "-s",
+        "--cacert",
+        &id.ca_cert().to_string_lossy(),
+        "--cert",
+        &id.node_cert().to_string_lossy(),
+        "--key",
+        &id.node_key().to_string_lossy(),
         "-X",
         "DELETE",
         "-w",
         "\n%{http_code}",
         &format!(
-            "http://{}:7100/v1/templates/..%2Fservices%2Fweb",
+            "https://{}:7100/v1/templates/..%2Fservices%2Fweb",
             h0.address.overlay_ip()
         ),
     ]);
@@ -305,7 +313,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     assert_eq!(code, 200, "service web is still there: {body}");
     assert_eq!(body["replicas"], 6);
     // A container can route to the overlay API but is turned away (the firewall, and
-    // behind it the API's own check): only nodes may use it.
+    // behind it the API's certificate check): only nodes may use it.
     let from_container = h0.docker(&[
         "run",
         "--rm",

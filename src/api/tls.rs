@@ -1,0 +1,113 @@
+//! The cluster API's TCP side: mutual TLS with the node certificates. A connection
+//! reaches axum only after a full handshake in which the peer showed a certificate from
+//! the cluster CA that is neither expired nor revoked; anything else (no certificate,
+//! another CA, plain HTTP) fails in the handshake and never reaches a handler.
+
+use std::net::SocketAddr;
+
+use crate::http::TlsListener;
+use crate::identity::NodeIdentity;
+use crate::identity::tls::peer_identity;
+
+/// Who is on the other end of a cluster API request over TCP: handlers take it as
+/// `ConnectInfo<Peer>`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// What the peer's verified certificate names; `None` only if it names no node,
+    /// which [`super::server`] refuses.
+    pub node: Option<NodeIdentity>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Self {
+            addr: *stream.remote_addr(),
+            node: peer_identity(stream.io().get_ref().1.peer_certificates()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::identity::{Ca, NodeIdentity, NodeTls, Role, enroll_locally};
+    use crate::paths::IdentityFiles;
+
+    fn node(ca: &Ca, dir: &std::path::Path, address: &str) -> NodeTls {
+        let files = IdentityFiles::new(&dir.join(address));
+        let who = NodeIdentity {
+            cluster: "apples".into(),
+            address: address.parse().unwrap(),
+            role: Role::Client,
+        };
+        enroll_locally(ca, &files, &who).unwrap();
+        NodeTls::new(files, dir.join(format!("{address}-revoked.json")))
+    }
+
+    /// Over loopback (node certificates name 127.0.0.1): a node's client gets through
+    /// and the handler knows who it is; a client without a certificate gets nothing.
+    #[tokio::test]
+    async fn handlers_see_the_verified_peer_and_strangers_get_no_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("apples").unwrap();
+        let server = node(&ca, dir.path(), "0.1");
+        let client = node(&ca, dir.path(), "0.2");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let listener = TlsListener::new(tcp, "cluster API", move || {
+            server.current().ok().map(|c| c.server)
+        })
+        .unwrap();
+        let app = axum::Router::new().route(
+            "/who",
+            get(|ConnectInfo(p): ConnectInfo<Peer>| async move {
+                p.node.map(|n| n.spiffe_id()).unwrap_or_default()
+            }),
+        );
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .await
+                .unwrap()
+        });
+        let url = format!("https://127.0.0.1:{port}/who");
+        let nodes = crate::identity::NodeClient::new(
+            client,
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        );
+        let answer = nodes.get().unwrap().get(&url).send().await.unwrap();
+        assert_eq!(answer.text().await.unwrap(), "spiffe://apples/client/0.2");
+        // Trusts the server, shows no certificate of its own.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                crate::identity::first_cert_der(&ca.cert_pem)
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        let anonymous = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let stranger = reqwest::Client::builder()
+            .tls_backend_preconfigured(anonymous)
+            .build()
+            .unwrap();
+        let e = stranger.get(&url).send().await.unwrap_err();
+        assert!(!e.is_status(), "{e}");
+        let plain = reqwest::get(format!("http://127.0.0.1:{port}/who")).await;
+        assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+    }
+}
