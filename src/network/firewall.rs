@@ -358,7 +358,7 @@ mod tests {
             vxlan_port: 4789,
             hello_port: 7102,
             dns_port: 53,
-            tcp_ports: vec![2375, 7100, 7101, 8500, 8300, 8301, 8302],
+            tcp_ports: vec![2376, 7100, 7101, 8500, 8300, 8301, 8302],
             udp_ports: vec![8301, 8302],
             peers: peers.to_vec(),
         })
@@ -418,7 +418,7 @@ mod tests {
             assert!(input.contains(&format!("-d {ip}/32 -j DROP")), "{ip}");
         }
         assert!(input.contains(
-            &"-d 10.0.1.1/32 -p tcp -m multiport --dports 53,2375,7100,7101,8300,8301,8302,8500 -j REJECT --reject-with tcp-reset".to_string()
+            &"-d 10.0.1.1/32 -p tcp -m multiport --dports 53,2376,7100,7101,8300,8301,8302,8500 -j REJECT --reject-with tcp-reset".to_string()
         ));
         assert_eq!(
             input.last().unwrap(),
