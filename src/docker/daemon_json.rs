@@ -118,12 +118,62 @@ pub fn merged(
     Some(out)
 }
 
+/// In the saved originals, the keys they cover. A file from before the TLS keys has
+/// none and covers [`FIRST_KEYS`].
+const COVERS: &str = "arpanet-covers";
+const FIRST_KEYS: [&str; 4] = ["bip", "dns", "dns-search", "hosts"];
+
 /// The user's values of arpanet's keys before arpanet first wrote them (absent = unset).
 pub fn originals(current: &Map<String, Value>) -> Map<String, Value> {
-    MANAGED_KEYS
+    let mut out: Map<String, Value> = MANAGED_KEYS
         .iter()
         .filter_map(|k| current.get(*k).map(|v| ((*k).to_string(), v.clone())))
-        .collect()
+        .collect();
+    out.insert(COVERS.into(), MANAGED_KEYS.to_vec().into());
+    out
+}
+
+/// Originals saved by an older arpanet, extended to the keys it did not own yet: their
+/// values in `current` are the user's, since that arpanet never wrote them. `None`
+/// when they cover every key already.
+pub fn extended(
+    saved: &Map<String, Value>,
+    current: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    let covered: Vec<&str> = match saved.get(COVERS) {
+        Some(Value::Array(keys)) => keys.iter().filter_map(Value::as_str).collect(),
+        _ => FIRST_KEYS.to_vec(),
+    };
+    let new: Vec<&str> = MANAGED_KEYS
+        .into_iter()
+        .filter(|k| !covered.contains(k))
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    let mut out = saved.clone();
+    for k in new {
+        if let Some(v) = current.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    out.insert(COVERS.into(), MANAGED_KEYS.to_vec().into());
+    Some(out)
+}
+
+/// The saved originals, if arpanet has written daemon.json before.
+fn read_saved(saved: &Path) -> anyhow::Result<Option<Map<String, Value>>> {
+    match std::fs::read_to_string(saved) {
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => Ok(Some(m)),
+            _ => bail!(
+                "{} is damaged; fix or delete it to restore daemon.json",
+                saved.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", saved.display())),
+    }
 }
 
 /// `current` with arpanet's keys taken out and the user's saved values put back.
@@ -183,8 +233,13 @@ pub fn apply(config: &Config) -> anyhow::Result<Applied> {
         });
     };
     let saved = crate::paths::docker_daemon_json_originals(&config.paths);
-    if !saved.exists() {
-        write_atomically(&saved, &originals(&current))?;
+    match read_saved(&saved)? {
+        None => write_atomically(&saved, &originals(&current))?,
+        Some(old) => {
+            if let Some(more) = extended(&old, &current) {
+                write_atomically(&saved, &more)?;
+            }
+        }
     }
     write_atomically(path, &new)?;
     Ok(Applied {
@@ -197,17 +252,7 @@ pub fn apply(config: &Config) -> anyhow::Result<Applied> {
 pub fn remove(config: &Config) -> anyhow::Result<bool> {
     let path = &config.docker.daemon_json;
     let saved = crate::paths::docker_daemon_json_originals(&config.paths);
-    let originals = match std::fs::read_to_string(&saved) {
-        Ok(text) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(m)) => m,
-            _ => bail!(
-                "{} is damaged; fix or delete it to restore daemon.json",
-                saved.display()
-            ),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", saved.display())),
-    };
+    let originals = read_saved(&saved)?.unwrap_or_default();
     let current = read(path)?;
     let new = restored(&current, &originals);
     let changed = new != current;
@@ -351,6 +396,25 @@ mod tests {
         let without = merged(&before, &desired(&config(), None)).unwrap();
         assert!(!without.contains_key("tls"));
         assert_eq!(restored(&without, &saved), before);
+    }
+
+    #[test]
+    fn originals_saved_before_the_tls_keys_take_the_users_tls_keys_in() {
+        // The user's own TLS setup, and what an arpanet without TLS keys saved of it.
+        let user = obj(r#"{"bip": "172.30.0.1/16", "tlsverify": true, "tlscert": "/mine.pem"}"#);
+        let old_saved = obj(r#"{"bip": "172.30.0.1/16"}"#);
+        // What that arpanet wrote: its four keys, the user's others kept.
+        let old_arpanet = obj(
+            r#"{"bip": "10.0.2.1/24", "tlsverify": true, "tlscert": "/mine.pem",
+                "dns": ["10.0.2.1"], "dns-search": ["service.consul"], "hosts": []}"#,
+        );
+        let saved = extended(&old_saved, &old_arpanet).unwrap();
+        assert_eq!(saved["tlsverify"], true);
+        assert_eq!(saved["tlscert"], "/mine.pem");
+        assert_eq!(extended(&saved, &old_arpanet), None, "once only");
+        assert_eq!(extended(&originals(&user), &user), None);
+        let now = merged(&old_arpanet, &desired(&config(), Some(&files()))).unwrap();
+        assert_eq!(restored(&now, &saved), user);
     }
 
     #[test]
