@@ -10,8 +10,11 @@ use crate::paths::IdentityFiles;
 
 const VARS: [&str; 3] = ["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"];
 
-/// Print the environment that points `docker` at a node's Docker API, with this
-/// node's certificate (like docker-machine's `env`): `eval "$(arpanet docker-env 0.2)"`.
+/// Point `docker` at a node's Docker API: `eval "$(arpanet docker-env 0.2)"`.
+///
+/// Prints DOCKER_HOST (tcp://10.254.a.b:2376), DOCKER_TLS_VERIFY and DOCKER_CERT_PATH
+/// (this node's identity directory) as `export` lines, like docker-machine's `env`.
+/// The node's key is readable by root only, so this is for root.
 #[derive(Debug, Args)]
 pub struct DockerEnv {
     /// The node, by arpanet address (`0.2`).
