@@ -90,7 +90,7 @@ fn reconcilers(netlink: &Netlink) -> Vec<Box<dyn Reconciler>> {
         Box::new(pass::overlay::Overlay {
             netlink: netlink.clone(),
         }),
-        Box::new(pass::docker::DockerConfig),
+        Box::new(pass::docker::DockerConfig::default()),
         Box::new(pass::consul::ConsulAgent {
             netlink: netlink.clone(),
         }),

@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, completions, consul_agent, image, images, info, is_configured, kv, man, members, node,
-    ps, secret, seed, service, status, template, token, uninstall_network, up,
+    check, completions, consul_agent, docker_env, image, images, info, is_configured, kv, man,
+    members, node, ps, secret, seed, service, status, template, token, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -55,6 +55,7 @@ enum Command {
     /// Show a container's details as JSON, from whichever node has it.
     Inspect(ContainerId),
     Node(node::NodeCmd),
+    DockerEnv(docker_env::DockerEnv),
     Images(images::Images),
     Image(image::Image),
     Completions(completions::Completions),
@@ -91,6 +92,7 @@ async fn main() -> ExitCode {
         Command::Rm(c) => c.exec(&opts.config, Verb::Rm).await,
         Command::Inspect(c) => c.exec(&opts.config, Verb::Inspect).await,
         Command::Node(c) => c.exec(&opts.config).await,
+        Command::DockerEnv(c) => c.exec(&opts.config),
         Command::Images(c) => c.exec(&opts.config).await,
         Command::Image(c) => c.exec(&opts.config).await,
         Command::Completions(c) => c.exec::<Opts>(),

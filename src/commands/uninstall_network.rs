@@ -31,8 +31,10 @@ impl UninstallNetwork {
             _ => None,
         };
         // The reconcilers that changed the host, undone in reverse order.
-        let mut reconcilers: Vec<Box<dyn Reconciler>> =
-            vec![Box::new(Overlay { netlink }), Box::new(DockerConfig)];
+        let mut reconcilers: Vec<Box<dyn Reconciler>> = vec![
+            Box::new(Overlay { netlink }),
+            Box::new(DockerConfig::default()),
+        ];
         let snap = Snapshot::unread(&config, systemd.as_ref());
         let outcome = pass::uninstall(&mut reconcilers, &snap).await;
         errors.extend(outcome.errors.iter().map(|e| e.to_string()));

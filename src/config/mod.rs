@@ -498,7 +498,8 @@ pub enum ServiceMode {
 pub struct DockerConfig {
     pub mode: ServiceMode,
     pub socket: PathBuf,
-    /// Docker API port on the Docker plane address (never on the underlay).
+    /// Docker API port on the Docker plane address (never on the underlay), with TLS:
+    /// a client needs a certificate from the cluster CA.
     pub api_port: u16,
     pub daemon_json: PathBuf,
 }
@@ -508,7 +509,7 @@ impl Default for DockerConfig {
         Self {
             mode: ServiceMode::Systemd,
             socket: "/var/run/docker.sock".into(),
-            api_port: 2375,
+            api_port: 2376,
             daemon_json: "/etc/docker/daemon.json".into(),
         }
     }
@@ -654,7 +655,7 @@ http_addr = "127.0.0.1:8500"
         assert_eq!(c.overlay.device.as_str(), "arpanet0");
         assert_eq!(c.overlay.port, 4789);
         assert_eq!(c.overlay.effective_mtu(1500), 1450);
-        assert_eq!(c.docker.api_port, 2375);
+        assert_eq!(c.docker.api_port, 2376);
         assert_eq!(c.sync.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.overlay.resync, Duration::from_secs(10));
     }

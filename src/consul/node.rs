@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(r.meta["arpanet_address"], "0.7");
         assert_eq!(r.meta["underlay_ip"], "192.168.8.127");
         assert_eq!(r.meta["vtep_mac"], "02:61:72:70:00:07");
-        assert_eq!(r.meta["docker_api"], "tcp://10.254.0.7:2375");
+        assert_eq!(r.meta["docker_api"], "tcp://10.254.0.7:2376");
         assert_eq!(r.address, "10.255.0.7");
     }
 

@@ -1,6 +1,10 @@
 //! arpanet's keys in /etc/docker/daemon.json. Every other key is the user's and stays
 //! as it is, in its order. The user's own values of arpanet's keys are saved the first
 //! time they are replaced, so uninstall puts them back.
+//!
+//! The Docker API listens on `10.254.a.b:2376` with `tlsverify`: only a client with a
+//! certificate from the cluster CA gets in, whatever the firewall says. Without a
+//! usable identity there is no TCP listener at all, never a plain one.
 
 use std::path::Path;
 
@@ -8,12 +12,33 @@ use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 
 use crate::config::{Config, Diagnostic};
+use crate::identity::{IdentityError, LocalIdentity};
+use crate::paths::IdentityFiles;
 
-/// The keys arpanet owns.
-pub const MANAGED_KEYS: [&str; 4] = ["bip", "dns", "dns-search", "hosts"];
+/// The keys arpanet owns. Those it does not set for a node (the TLS keys, without an
+/// identity) are taken out.
+pub const MANAGED_KEYS: [&str; 9] = [
+    "bip",
+    "dns",
+    "dns-search",
+    "hosts",
+    "tls",
+    "tlsverify",
+    "tlscacert",
+    "tlscert",
+    "tlskey",
+];
 
-/// What arpanet's keys must say for this node.
-pub fn desired(config: &Config) -> Map<String, Value> {
+/// This node's identity files, if they hold a usable identity; else why not (one
+/// line naming the file).
+pub fn tls_identity(config: &Config) -> Result<IdentityFiles, IdentityError> {
+    let files = IdentityFiles::new(&config.cluster.identity_dir);
+    LocalIdentity::load(&files).map(|_| files)
+}
+
+/// What arpanet's keys must say for this node; `tls` is its identity (none: the unix
+/// socket only).
+pub fn desired(config: &Config, tls: Option<&IdentityFiles>) -> Map<String, Value> {
     let a = config.node.address;
     let mut m = Map::new();
     m.insert("bip".into(), format!("{}/24", a.bridge_ip()).into());
@@ -26,13 +51,22 @@ pub fn desired(config: &Config) -> Map<String, Value> {
         "dns-search".into(),
         Value::Array(vec!["service.consul".into()]),
     );
-    m.insert(
-        "hosts".into(),
-        Value::Array(vec![
-            format!("unix://{}", config.docker.socket.display()).into(),
-            format!("tcp://{}:{}", a.docker_api_ip(), config.docker.api_port).into(),
-        ]),
-    );
+    let mut hosts = vec![Value::from(format!(
+        "unix://{}",
+        config.docker.socket.display()
+    ))];
+    if tls.is_some() {
+        hosts.push(crate::plan::docker_api(config).into());
+    }
+    m.insert("hosts".into(), Value::Array(hosts));
+    if let Some(files) = tls {
+        let path = |p: std::path::PathBuf| Value::from(p.display().to_string());
+        m.insert("tls".into(), true.into());
+        m.insert("tlsverify".into(), true.into());
+        m.insert("tlscacert".into(), path(files.ca_cert()));
+        m.insert("tlscert".into(), path(files.node_cert()));
+        m.insert("tlskey".into(), path(files.node_key()));
+    }
     m
 }
 
@@ -61,27 +95,85 @@ pub fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, Diagnostic> 
     }
 }
 
-/// `current` with arpanet's keys set; `None` when nothing would change.
+/// `current` with arpanet's keys set, and those it does not set taken out; `None`
+/// when nothing would change.
 pub fn merged(
     current: &Map<String, Value>,
     desired: &Map<String, Value>,
 ) -> Option<Map<String, Value>> {
-    if desired.iter().all(|(k, v)| current.get(k) == Some(v)) {
+    let stale: Vec<&str> = MANAGED_KEYS
+        .into_iter()
+        .filter(|k| !desired.contains_key(*k) && current.contains_key(*k))
+        .collect();
+    if stale.is_empty() && desired.iter().all(|(k, v)| current.get(k) == Some(v)) {
         return None;
     }
     let mut out = current.clone();
+    for k in stale {
+        out.shift_remove(k);
+    }
     for (k, v) in desired {
         out.insert(k.clone(), v.clone());
     }
     Some(out)
 }
 
+/// In the saved originals, the keys they cover. A file from before the TLS keys has
+/// none and covers [`FIRST_KEYS`].
+const COVERS: &str = "arpanet-covers";
+const FIRST_KEYS: [&str; 4] = ["bip", "dns", "dns-search", "hosts"];
+
 /// The user's values of arpanet's keys before arpanet first wrote them (absent = unset).
 pub fn originals(current: &Map<String, Value>) -> Map<String, Value> {
-    MANAGED_KEYS
+    let mut out: Map<String, Value> = MANAGED_KEYS
         .iter()
         .filter_map(|k| current.get(*k).map(|v| ((*k).to_string(), v.clone())))
-        .collect()
+        .collect();
+    out.insert(COVERS.into(), MANAGED_KEYS.to_vec().into());
+    out
+}
+
+/// Originals saved by an older arpanet, extended to the keys it did not own yet: their
+/// values in `current` are the user's, since that arpanet never wrote them. `None`
+/// when they cover every key already.
+pub fn extended(
+    saved: &Map<String, Value>,
+    current: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    let covered: Vec<&str> = match saved.get(COVERS) {
+        Some(Value::Array(keys)) => keys.iter().filter_map(Value::as_str).collect(),
+        _ => FIRST_KEYS.to_vec(),
+    };
+    let new: Vec<&str> = MANAGED_KEYS
+        .into_iter()
+        .filter(|k| !covered.contains(k))
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    let mut out = saved.clone();
+    for k in new {
+        if let Some(v) = current.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    out.insert(COVERS.into(), MANAGED_KEYS.to_vec().into());
+    Some(out)
+}
+
+/// The saved originals, if arpanet has written daemon.json before.
+fn read_saved(saved: &Path) -> anyhow::Result<Option<Map<String, Value>>> {
+    match std::fs::read_to_string(saved) {
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => Ok(Some(m)),
+            _ => bail!(
+                "{} is damaged; fix or delete it to restore daemon.json",
+                saved.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", saved.display())),
+    }
 }
 
 /// `current` with arpanet's keys taken out and the user's saved values put back.
@@ -117,37 +209,50 @@ fn write_atomically(path: &Path, value: &Map<String, Value>) -> anyhow::Result<(
     crate::files::write_atomically(path, &text)
 }
 
-/// Brings daemon.json to the plan. Returns whether the file changed (dockerd then
-/// needs a restart).
-pub fn apply(config: &Config) -> anyhow::Result<bool> {
+/// What [`apply`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// Whether the file changed (dockerd then needs a restart).
+    pub changed: bool,
+    /// Why the Docker API has no TCP listener: this node has no usable identity.
+    pub no_tls: Option<IdentityError>,
+}
+
+/// Brings daemon.json to the plan.
+pub fn apply(config: &Config) -> anyhow::Result<Applied> {
+    let (tls, no_tls) = match tls_identity(config) {
+        Ok(files) => (Some(files), None),
+        Err(e) => (None, Some(e)),
+    };
     let path = &config.docker.daemon_json;
     let current = read(path)?;
-    let Some(new) = merged(&current, &desired(config)) else {
-        return Ok(false);
+    let Some(new) = merged(&current, &desired(config, tls.as_ref())) else {
+        return Ok(Applied {
+            changed: false,
+            no_tls,
+        });
     };
     let saved = crate::paths::docker_daemon_json_originals(&config.paths);
-    if !saved.exists() {
-        write_atomically(&saved, &originals(&current))?;
+    match read_saved(&saved)? {
+        None => write_atomically(&saved, &originals(&current))?,
+        Some(old) => {
+            if let Some(more) = extended(&old, &current) {
+                write_atomically(&saved, &more)?;
+            }
+        }
     }
     write_atomically(path, &new)?;
-    Ok(true)
+    Ok(Applied {
+        changed: true,
+        no_tls,
+    })
 }
 
 /// Takes arpanet's keys out of daemon.json again. Returns whether the file changed.
 pub fn remove(config: &Config) -> anyhow::Result<bool> {
     let path = &config.docker.daemon_json;
     let saved = crate::paths::docker_daemon_json_originals(&config.paths);
-    let originals = match std::fs::read_to_string(&saved) {
-        Ok(text) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(m)) => m,
-            _ => bail!(
-                "{} is damaged; fix or delete it to restore daemon.json",
-                saved.display()
-            ),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", saved.display())),
-    };
+    let originals = read_saved(&saved)?.unwrap_or_default();
     let current = read(path)?;
     let new = restored(&current, &originals);
     let changed = new != current;
@@ -174,41 +279,142 @@ mod tests {
         parse(Path::new("daemon.json"), text).unwrap()
     }
 
+    fn files() -> IdentityFiles {
+        IdentityFiles::new(Path::new("/etc/arpanet/identity"))
+    }
+
+    /// A config whose identity_dir holds an identity for 0.2 from a fresh CA.
+    fn enrolled(dir: &Path) -> Config {
+        let mut c = config();
+        c.cluster.identity_dir = dir.join("identity");
+        let ca = crate::identity::Ca::generate("apples").unwrap();
+        let id = crate::identity::NodeIdentity {
+            cluster: "apples".into(),
+            address: c.node.address,
+            role: crate::identity::Role::Server,
+        };
+        crate::identity::enroll_locally(&ca, &IdentityFiles::new(&c.cluster.identity_dir), &id)
+            .unwrap();
+        c
+    }
+
     #[test]
     fn desired_keys_follow_the_plan() {
-        let d = desired(&config());
+        let d = desired(&config(), Some(&files()));
         assert_eq!(d["bip"], "10.0.2.1/24");
         assert_eq!(d["dns"], serde_json::json!(["10.0.2.1"]));
         assert_eq!(d["dns-search"], serde_json::json!(["service.consul"]));
         assert_eq!(
             d["hosts"],
-            serde_json::json!(["unix:///var/run/docker.sock", "tcp://10.254.0.2:2375"])
+            serde_json::json!(["unix:///var/run/docker.sock", "tcp://10.254.0.2:2376"])
         );
+        assert_eq!(d["tls"], true);
+        assert_eq!(d["tlsverify"], true);
+        assert_eq!(d["tlscacert"], "/etc/arpanet/identity/ca.pem");
+        assert_eq!(d["tlscert"], "/etc/arpanet/identity/cert.pem");
+        assert_eq!(d["tlskey"], "/etc/arpanet/identity/key.pem");
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(keys, MANAGED_KEYS, "every key arpanet sets is one it owns");
+    }
+
+    #[test]
+    fn without_an_identity_there_is_no_tcp_listener_at_all() {
+        let d = desired(&config(), None);
+        assert_eq!(
+            d["hosts"],
+            serde_json::json!(["unix:///var/run/docker.sock"])
+        );
+        for k in ["tls", "tlsverify", "tlscacert", "tlscert", "tlskey"] {
+            assert!(!d.contains_key(k), "{k}");
+        }
+        // A file written while the node had one loses the TCP host and the TLS keys
+        // (dockerd does not start with TLS files that are gone), the user's stay.
+        let before = merged(
+            &obj(r#"{"log-driver": "local"}"#),
+            &desired(&config(), Some(&files())),
+        )
+        .unwrap();
+        let after = merged(&before, &d).unwrap();
+        assert_eq!(
+            serde_json::to_value(&after).unwrap(),
+            serde_json::json!({
+                "log-driver": "local",
+                "bip": "10.0.2.1/24",
+                "dns": ["10.0.2.1"],
+                "dns-search": ["service.consul"],
+                "hosts": ["unix:///var/run/docker.sock"],
+            })
+        );
+        assert_eq!(merged(&after, &d), None, "a second pass changes nothing");
+    }
+
+    #[test]
+    fn no_plain_tcp_port_whatever_the_port() {
+        let mut c = config();
+        c.docker.api_port = 2375;
+        let d = desired(&c, Some(&files()));
+        assert_eq!(d["hosts"][1], "tcp://10.254.0.2:2375");
+        assert_eq!(d["tlsverify"], true);
     }
 
     #[test]
     fn user_keys_and_their_order_survive() {
-        let current = obj(r#"{"log-driver": "local", "dns": ["8.8.8.8"], "debug": true}"#);
-        let new = merged(&current, &desired(&config())).unwrap();
+        let current = obj(
+            r#"{"log-driver": "local", "dns": ["8.8.8.8"], "tlsverify": false, "debug": true}"#,
+        );
+        let d = desired(&config(), Some(&files()));
+        let new = merged(&current, &d).unwrap();
         let keys: Vec<&str> = new.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["log-driver", "dns", "debug", "bip", "dns-search", "hosts"]
+            [
+                "log-driver",
+                "dns",
+                "tlsverify",
+                "debug",
+                "bip",
+                "dns-search",
+                "hosts",
+                "tls",
+                "tlscacert",
+                "tlscert",
+                "tlskey"
+            ]
         );
         assert_eq!(new["log-driver"], "local");
-        assert_eq!(
-            merged(&new, &desired(&config())),
-            None,
-            "a second pass changes nothing"
-        );
+        assert_eq!(new["debug"], true);
+        assert_eq!(new["tlsverify"], true, "arpanet's key, whatever it said");
+        assert_eq!(merged(&new, &d), None, "a second pass changes nothing");
     }
 
     #[test]
     fn uninstall_restores_the_users_values() {
-        let before = obj(r#"{"log-driver": "local", "dns": ["8.8.8.8"]}"#);
+        let before = obj(r#"{"log-driver": "local", "dns": ["8.8.8.8"], "tls": false}"#);
         let saved = originals(&before);
-        let after = merged(&before, &desired(&config())).unwrap();
+        let after = merged(&before, &desired(&config(), Some(&files()))).unwrap();
         assert_eq!(restored(&after, &saved), before);
+        let without = merged(&before, &desired(&config(), None)).unwrap();
+        assert!(!without.contains_key("tls"));
+        assert_eq!(restored(&without, &saved), before);
+    }
+
+    #[test]
+    fn originals_saved_before_the_tls_keys_take_the_users_tls_keys_in() {
+        // The user's own TLS setup, and what an arpanet without TLS keys saved of it.
+        let user = obj(r#"{"bip": "172.30.0.1/16", "tlsverify": true, "tlscert": "/mine.pem"}"#);
+        let old_saved = obj(r#"{"bip": "172.30.0.1/16"}"#);
+        // What that arpanet wrote: its four keys, the user's others kept.
+        let old_arpanet = obj(
+            r#"{"bip": "10.0.2.1/24", "tlsverify": true, "tlscert": "/mine.pem",
+                "dns": ["10.0.2.1"], "dns-search": ["service.consul"], "hosts": []}"#,
+        );
+        let saved = extended(&old_saved, &old_arpanet).unwrap();
+        assert_eq!(saved["tlsverify"], true);
+        assert_eq!(saved["tlscert"], "/mine.pem");
+        assert_eq!(extended(&saved, &old_arpanet), None, "once only");
+        assert_eq!(extended(&originals(&user), &user), None);
+        let now = merged(&old_arpanet, &desired(&config(), Some(&files()))).unwrap();
+        assert_eq!(restored(&now, &saved), user);
     }
 
     #[test]
@@ -229,17 +435,21 @@ mod tests {
     #[test]
     fn apply_and_remove_round_trip_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = config();
+        let mut c = enrolled(dir.path());
         c.docker.daemon_json = dir.path().join("docker/daemon.json");
         c.paths.state_dir = dir.path().join("state");
         std::fs::create_dir_all(dir.path().join("docker")).unwrap();
         let original = "{\n  \"log-driver\": \"local\"\n}\n";
         std::fs::write(&c.docker.daemon_json, original).unwrap();
-        assert!(apply(&c).unwrap());
-        assert!(!apply(&c).unwrap(), "second apply is a no-op");
+        let first = apply(&c).unwrap();
+        assert!(first.changed && first.no_tls.is_none(), "{first:?}");
+        assert!(!apply(&c).unwrap().changed, "second apply is a no-op");
         let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
+        let key = c.cluster.identity_dir.join("key.pem");
         assert!(
-            text.contains("\"log-driver\": \"local\"") && text.contains("tcp://10.254.0.2:2375"),
+            text.contains("\"log-driver\": \"local\"")
+                && text.contains("tcp://10.254.0.2:2376")
+                && text.contains(&format!("\"tlskey\": \"{}\"", key.display())),
             "{text}"
         );
         assert!(remove(&c).unwrap());
@@ -247,6 +457,34 @@ mod tests {
             std::fs::read_to_string(&c.docker.daemon_json).unwrap(),
             original
         );
+    }
+
+    #[test]
+    fn apply_without_an_identity_says_which_file_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.cluster.identity_dir = dir.path().join("identity");
+        c.docker.daemon_json = dir.path().join("daemon.json");
+        c.paths.state_dir = dir.path().join("state");
+        let applied = apply(&c).unwrap();
+        assert!(applied.changed);
+        let why = applied.no_tls.expect("no identity").to_string();
+        assert!(
+            why.starts_with(&format!(
+                "{} does not exist",
+                dir.path().join("identity/ca.pem").display()
+            )) && !why.contains('\n'),
+            "{why}"
+        );
+        let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
+        assert!(!text.contains("tcp://") && !text.contains("tls"), "{text}");
+        // The identity arrives: the next pass opens the TLS listener.
+        let enrolled = enrolled(dir.path());
+        c.cluster.identity_dir = enrolled.cluster.identity_dir;
+        let applied = apply(&c).unwrap();
+        assert!(applied.changed && applied.no_tls.is_none(), "{applied:?}");
+        let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
+        assert!(text.contains("tcp://10.254.0.2:2376"), "{text}");
     }
 
     #[test]

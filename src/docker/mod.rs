@@ -14,15 +14,26 @@ use crate::config::{Config, ServiceMode};
 use crate::paths::DOCKER_UNIT;
 use crate::systemd::Systemd;
 
+/// What [`reconcile`] did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// A line per change.
+    pub changes: Vec<String>,
+    /// Why the Docker API listens on the unix socket only (no usable identity).
+    pub no_tls: Option<crate::identity::IdentityError>,
+}
+
 /// Brings the engine's configuration to the plan; under systemd, restarts
 /// docker.service (and waits for it) only when something changed.
-/// Returns a line per change.
-pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Result<Vec<String>> {
-    let mut changes = Vec::new();
+pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Result<Reconciled> {
+    let mut done = Reconciled::default();
     if config.docker.mode == ServiceMode::External {
-        return Ok(changes);
+        return Ok(done);
     }
-    let json_changed = daemon_json::apply(config)?;
+    let applied = daemon_json::apply(config)?;
+    done.no_tls = applied.no_tls;
+    let changes = &mut done.changes;
+    let json_changed = applied.changed;
     if json_changed {
         changes.push(format!("updated {}", config.docker.daemon_json.display()));
     }
@@ -32,7 +43,7 @@ pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Re
                 "daemon.json changed; restart dockerd to apply it (docker.mode = \"config\")"
             );
         }
-        return Ok(changes);
+        return Ok(done);
     }
     let systemd =
         systemd.ok_or_else(|| anyhow!("docker.mode = \"systemd\" needs systemd's D-Bus API"))?;
@@ -54,7 +65,7 @@ pub async fn reconcile(config: &Config, systemd: Option<&Systemd>) -> anyhow::Re
             .context("restart Docker with its new configuration")?;
         changes.push(format!("restarted {}", DOCKER_UNIT));
     }
-    Ok(changes)
+    Ok(done)
 }
 
 /// Takes arpanet's configuration out of the engine again; carries on past failures.

@@ -365,7 +365,7 @@ mod tests {
             hello_port: 7102,
             join_port: 7103,
             dns_port: 53,
-            tcp_ports: vec![2375, 7100, 7101, 8500, 8300, 8301, 8302],
+            tcp_ports: vec![2376, 7100, 7101, 8500, 8300, 8301, 8302],
             udp_ports: vec![8301, 8302],
             peers: peers.to_vec(),
         })
@@ -425,7 +425,7 @@ mod tests {
             assert!(input.contains(&format!("-d {ip}/32 -j DROP")), "{ip}");
         }
         assert!(input.contains(
-            &"-d 10.0.1.1/32 -p tcp -m multiport --dports 53,2375,7100,7101,8300,8301,8302,8500 -j REJECT --reject-with tcp-reset".to_string()
+            &"-d 10.0.1.1/32 -p tcp -m multiport --dports 53,2376,7100,7101,8300,8301,8302,8500 -j REJECT --reject-with tcp-reset".to_string()
         ));
         // Hellos and joins are answered on the underlay interface only.
         assert_eq!(

@@ -4,7 +4,12 @@ use super::{Reconciler, Snapshot};
 use crate::docker;
 use crate::outcome::{Outcome, Restarted};
 
-pub struct DockerConfig;
+#[derive(Default)]
+pub struct DockerConfig {
+    /// What was last said about the Docker API having no TLS identity, so it is said
+    /// when it starts, changes and ends, not every pass.
+    no_tls: Option<String>,
+}
 
 #[async_trait::async_trait]
 impl Reconciler for DockerConfig {
@@ -15,11 +20,27 @@ impl Reconciler for DockerConfig {
     async fn converge(&mut self, snap: &Snapshot<'_>) -> Outcome {
         let mut outcome = Outcome::default();
         match docker::reconcile(snap.config, snap.systemd).await {
-            Ok(changes) => {
-                if changes.iter().any(|c| c.starts_with("restarted")) {
+            Ok(done) => {
+                if done.changes.iter().any(|c| c.starts_with("restarted")) {
                     outcome.restarted = Some(Restarted::Docker);
                 }
-                outcome.changes = changes;
+                outcome.changes = done.changes;
+                // Not a failure of the pass: the node works, only not as a Docker host
+                // for other nodes.
+                let no_tls = done.no_tls.map(|e| e.to_string());
+                if no_tls != self.no_tls {
+                    match &no_tls {
+                        Some(why) => tracing::warn!(
+                            "docker api: {why}; dockerd listens on its unix socket only until the identity is there"
+                        ),
+                        None if self.no_tls.is_some() => tracing::info!(
+                            "docker api: the node's identity is there; dockerd listens on {} with TLS",
+                            crate::plan::docker_api(snap.config)
+                        ),
+                        None => {}
+                    }
+                    self.no_tls = no_tls;
+                }
             }
             Err(e) => outcome.fail_with(&e),
         }

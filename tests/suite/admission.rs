@@ -215,7 +215,7 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
     for h in nodes {
         let a = h.address;
         for (ip, port) in [
-            (a.docker_api_ip(), 2375),
+            (a.docker_api_ip(), 2376),
             (a.overlay_ip(), 7100),
             (a.overlay_ip(), 7101),
             (a.consul_ip(), 8500),
@@ -227,7 +227,7 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
             );
         }
         // Nor from the underlay address, nor routed through the node to its planes.
-        for port in [2375, 7100, 8500, 8300, 8301] {
+        for port in [2376, 7100, 8500, 8300, 8301] {
             assert!(
                 !tcp_opens(&ns(out), h.underlay_ip, port),
                 "{}:{port} answered on the underlay",
@@ -242,7 +242,7 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
     for (ip, port) in [
         ("10.253.0.1", 8500),
         ("10.253.0.1", 8300),
-        ("10.254.0.1", 2375),
+        ("10.254.0.1", 2376),
     ] {
         assert!(
             !tcp_opens(&ns(out), ip.parse().unwrap(), port),
@@ -370,7 +370,7 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
     for h in [h0, h1] {
         let a = h.address;
         for (ip, port) in [
-            (a.docker_api_ip(), 2375),
+            (a.docker_api_ip(), 2376),
             (a.overlay_ip(), 7100),
             (a.consul_ip(), 8500),
         ] {

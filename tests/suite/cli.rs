@@ -54,7 +54,7 @@ fn info_table_names_every_plane() {
     let text = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "10.255.0.1",
-        "tcp://10.254.0.1:2375",
+        "tcp://10.254.0.1:2376",
         "10.253.0.1",
         "10.0.1.0/24",
     ] {

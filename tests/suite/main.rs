@@ -12,6 +12,7 @@ mod cli;
 mod consul;
 mod containers;
 mod daemon;
+mod docker_api;
 mod identity;
 mod image_sync;
 mod lab_hosts;

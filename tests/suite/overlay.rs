@@ -141,24 +141,40 @@ fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
         "the server must see the caller's own address (no NAT)"
     );
 
-    // The Docker API answers on the overlay from another host, and not on the underlay.
-    let api = format!("http://{}:2375/version", server.address.docker_api_ip());
-    let version = client.exec(&["timeout", "10", "busybox", "wget", "-q", "-O", "-", &api]);
-    assert_success(&version, "GET /version over the overlay");
+    // The Docker API answers on the overlay from another host that shows its cluster
+    // certificate (TLS, tlsverify), and not on the underlay.
+    let api = format!("https://{}:2376/version", server.address.docker_api_ip());
+    let id = client.identity_files();
+    let (ca, cert, key) = (id.ca_cert(), id.node_cert(), id.node_key());
+    let version = client.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        &api,
+    ]);
+    assert_success(&version, "GET /version over the overlay, with TLS");
     assert!(
         stdout(&version).contains("ApiVersion"),
         "{}",
         stdout(&version)
     );
-    // A container reaches 10.254.a.b over the overlay too, but is turned away there:
-    // only the node planes may use the Docker API.
+    // A container reaches 10.254.a.b over the overlay too, but is turned away there by
+    // the firewall (before TLS would): only the node planes may use the Docker API.
+    let plain = format!("http://{}:2376/version", server.address.docker_api_ip());
     let from_container = client.docker(&[
         "run",
         "--rm",
         TEST_IMAGE,
         "sh",
         "-c",
-        &format!("timeout 10 wget -q -O - {api}; echo exit=$?"),
+        &format!("timeout 10 wget -q -O - {plain}; echo exit=$?"),
     ]);
     let text = format!(
         "{}{}",
@@ -166,17 +182,29 @@ fn hosts_reach_each_other_on_every_plane_and_containers_by_ip() {
         String::from_utf8_lossy(&from_container.stderr)
     );
     assert!(
-        text.contains("exit=1") && !text.contains("ApiVersion"),
+        text.contains("exit=1") && !text.contains("ApiVersion") && !text.contains("400"),
         "a container reached the Docker API: {text}"
     );
-    let underlay = format!("http://{}:2375/version", server.underlay_ip);
-    let refused = client.exec(&[
-        "timeout", "10", "busybox", "wget", "-q", "-O", "-", &underlay,
-    ]);
-    assert!(
-        !refused.status.success(),
-        "the Docker API must not answer on the underlay address"
-    );
+    for port in [2375, 2376] {
+        let underlay = format!("https://{}:{port}/version", server.underlay_ip);
+        let refused = client.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &underlay,
+        ]);
+        assert!(
+            !refused.status.success(),
+            "the Docker API must not answer on the underlay address (port {port})"
+        );
+    }
 
     let s = status_json(server);
     assert_eq!(s["device"]["vni"], 1);

@@ -324,7 +324,7 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "arpanet0 left"
     );
     let json = m.read_file("/etc/docker/daemon.json");
-    for key in ["\"bip\"", "\"hosts\"", "10.253."] {
+    for key in ["\"bip\"", "\"hosts\"", "10.253.", "\"tlsverify\""] {
         assert!(!json.contains(key), "{key} left in daemon.json: {json}");
     }
     assert!(

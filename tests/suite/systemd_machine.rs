@@ -17,6 +17,25 @@ fn config(me: &Host, peer: &Host) -> String {
     )
 }
 
+/// Gives the machine of host `index` an identity from the lab's CA in
+/// /etc/arpanet/identity, as joining leaves it (the key 0600).
+fn install_identity(lab: &Lab, index: usize, m: &Machine) {
+    lab.enroll(index, arpanet::identity::Role::Server);
+    let files = lab.hosts[index].identity_files();
+    for (from, name) in [
+        (files.ca_cert(), "ca.pem"),
+        (files.node_cert(), "cert.pem"),
+        (files.node_key(), "key.pem"),
+    ] {
+        let path = format!("/etc/arpanet/identity/{name}");
+        m.write_file(&path, &std::fs::read_to_string(from).unwrap());
+    }
+    assert_success(
+        &m.exec(&["chmod", "600", "/etc/arpanet/identity/key.pem"]),
+        "chmod key.pem",
+    );
+}
+
 fn once(m: &Machine) -> Vec<String> {
     lab::once_changes(&m.exec(&["arpanetd", "--once"]))
 }
@@ -35,6 +54,8 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     // One cluster secret on both: a join peer is programmed once its hello proves it.
     assert_success(&m0.exec(&["arpanet", "secret"]), "arpanet secret");
     m1.write_file("/etc/arpanet/secret", &m0.read_file("/etc/arpanet/secret"));
+    install_identity(&lab, 0, &m0);
+    install_identity(&lab, 1, &m1);
     m0.write_file(
         "/etc/docker/daemon.json",
         "{\n  \"log-driver\": \"local\"\n}\n",
@@ -67,7 +88,10 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     assert!(!dropin.contains("fd://"), "{dropin}");
     let json = m0.read_file("/etc/docker/daemon.json");
     assert!(
-        json.contains("\"log-driver\": \"local\"") && json.contains("tcp://10.254.0.1:2375"),
+        json.contains("\"log-driver\": \"local\"")
+            && json.contains("tcp://10.254.0.1:2376")
+            && json.contains("\"tlsverify\": true")
+            && json.contains("\"tlskey\": \"/etc/arpanet/identity/key.pem\""),
         "{json}"
     );
     let driver = m0.exec(&["docker", "info", "--format", "{{.LoggingDriver}}"]);
@@ -96,20 +120,36 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     let admitted = once(&m1);
     let fdb = format!("network: add fdb 02:61:72:70:00:01 dst {}", h0.underlay_ip);
     assert!(admitted.contains(&fdb), "{admitted:?}");
+    // With TLS: m1's certificate through `arpanet docker-env`, and nothing without it.
     let remote = m1.exec(&[
+        "sh",
+        "-c",
+        "eval \"$(arpanet docker-env 0.1)\" && docker version --format '{{.Server.Version}}'",
+    ]);
+    assert_success(
+        &remote,
+        "docker version against 0.1 from the other machine, after docker-env",
+    );
+    let plain = m1.exec(&["docker", "-H", "tcp://10.254.0.1:2376", "version"]);
+    assert!(
+        !plain.status.success(),
+        "the Docker API answered a client without a certificate"
+    );
+    let old = m1.exec(&[
+        "timeout",
+        "10",
         "docker",
         "-H",
         "tcp://10.254.0.1:2375",
         "version",
-        "--format",
-        "{{.Server.Version}}",
     ]);
-    assert_success(
-        &remote,
-        "docker -H tcp://10.254.0.1:2375 version from the other machine",
-    );
-    let underlay = format!("tcp://{}:2375", h0.underlay_ip);
-    let refused = m1.exec(&["timeout", "10", "docker", "-H", &underlay, "version"]);
+    assert!(!old.status.success(), "something answers on 2375");
+    let underlay = format!("tcp://{}:2376", h0.underlay_ip);
+    let refused = m1.exec(&[
+        "sh",
+        "-c",
+        &format!("eval \"$(arpanet docker-env 0.1)\" && timeout 10 docker -H {underlay} version"),
+    ]);
     assert!(
         !refused.status.success(),
         "the Docker API answered on the underlay address"

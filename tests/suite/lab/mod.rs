@@ -125,7 +125,7 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 /// The docker CLI of the engine's own package: the image may ship a newer client
 /// elsewhere on PATH whose legacy behaviours differ.
-fn docker_cli() -> PathBuf {
+pub fn docker_cli() -> PathBuf {
     let packaged = PathBuf::from("/usr/bin/docker");
     if packaged.is_file() {
         packaged
