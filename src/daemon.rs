@@ -265,6 +265,10 @@ impl Daemon {
             ));
             crate::api::server::spawn(&self.config, self.tls.clone());
             crate::join::server::spawn(&self.config);
+            tokio::spawn(crate::join::revocations::watch(
+                Consul::new(self.config.consul.http_addr),
+                paths::revoked_serials(&self.config.paths),
+            ));
         }
 
         let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);
