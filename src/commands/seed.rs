@@ -54,6 +54,9 @@ pub struct Seed {
     pub no_start: bool,
 }
 
+/// How long a join waits for a join peer that cannot answer yet.
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn parse_join(s: &str) -> Result<JoinPeer, String> {
     let (address, ip) = s
         .split_once('@')
@@ -242,23 +245,41 @@ impl Seed {
             name: config.node_name(),
             csr: key.csr_pem()?,
         };
-        let mut failures = Vec::new();
-        let mut answer = None;
-        for peer in &config.node.join {
-            match crate::join::client::request(peer, config.cluster.join_port, token, &request)
-                .await
-            {
-                Ok(a) => {
-                    answer = Some(a);
-                    break;
+        // Right after `arpanet boot` the boot node's join service may not listen yet, or
+        // its Consul may have no leader: ask again for a while, as `docker swarm join`
+        // waits for its manager. A refusal is the cluster's answer and ends it at once.
+        let deadline = std::time::Instant::now() + JOIN_PATIENCE;
+        let mut told = false;
+        let answer = loop {
+            let mut failures = Vec::new();
+            let mut answer = None;
+            for peer in &config.node.join {
+                match crate::join::client::request(peer, config.cluster.join_port, token, &request)
+                    .await
+                {
+                    Ok(a) => {
+                        answer = Some(a);
+                        break;
+                    }
+                    Err(e @ crate::join::JoinError::Refused(_))
+                    | Err(e @ crate::join::JoinError::Identity(_)) => return Err(e.into()),
+                    Err(e) => failures.push(e.to_string()),
                 }
-                // A refusal is the cluster's answer: asking another server changes nothing.
-                Err(e @ crate::join::JoinError::Refused(_)) => return Err(e.into()),
-                Err(e) => failures.push(e.to_string()),
             }
-        }
-        let Some(answer) = answer else {
-            bail!("join: {}", failures.join("; "));
+            if let Some(a) = answer {
+                break a;
+            }
+            // A TLS failure is an answer too: the peer is not this token's cluster.
+            if failures.iter().any(|f| f.contains("nothing was sent"))
+                || std::time::Instant::now() >= deadline
+            {
+                bail!("join: {}", failures.join("; "));
+            }
+            if !told {
+                eprintln!("waiting for the join service ({}) ...", failures.join("; "));
+                told = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         };
         let info = identity::CertInfo::from_pem(&answer.cert)?;
         if info.identity.address != self.address || info.identity.role != role {

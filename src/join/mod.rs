@@ -87,6 +87,10 @@ pub struct RevokedV1 {
 pub enum JoinError {
     #[error("{0}")]
     Refused(String),
+    /// The server cannot answer yet (its Consul has no leader, its tokens are not
+    /// published): worth asking again.
+    #[error("{0}")]
+    NotReady(String),
     #[error("cannot reach the join service at {at}: {why}")]
     Unreachable { at: String, why: String },
     #[error(transparent)]

@@ -238,7 +238,11 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "eth1",
     ]);
     assert_success(&boot, "arpanet boot");
-    assert!(stdout(&boot).contains("--secret "), "{}", stdout(&boot));
+    assert!(
+        stdout(&boot).contains("--token ARPN-1-"),
+        "{}",
+        stdout(&boot)
+    );
     wait_active(&m, "arpanetd.service");
     wait_active(&m, "arpanet-consul.service");
     assert_success(&m.exec(&["ip", "link", "show", "arpanet0"]), "arpanet0");
@@ -364,10 +368,16 @@ fn form_cluster<'a>(
         "eth1",
     ]);
     assert_success(&boot, "arpanet boot");
-    let secret = machines[0]
-        .read_file("/etc/arpanet/secret")
-        .trim()
-        .to_string();
+    // The tokens as `arpanet boot` printed them, one line per role.
+    let printed = stdout(&boot);
+    let token = |role: &str| -> String {
+        printed
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("arpanet {role} ")))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "--token").nth(1))
+            .unwrap_or_else(|| panic!("no {role} token in:\n{printed}"))
+            .to_string()
+    };
     let join = format!("{}@{}", boot_node.address, boot_node.underlay_ip);
     for (m, role) in machines[1..].iter().zip(["server", "client"]) {
         let out = m.exec(&[
@@ -378,8 +388,8 @@ fn form_cluster<'a>(
             "apples",
             "--join",
             &join,
-            "--secret",
-            &secret,
+            "--token",
+            &token(role),
             "--underlay-interface",
             "eth1",
         ]);
