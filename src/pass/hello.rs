@@ -64,8 +64,8 @@ impl Reconciler for Hello {
         "admission"
     }
 
-    /// (Re)starts the task when the secret, the underlay address or the join list
-    /// changed, or it ended.
+    /// (Re)starts the task when the secret, the underlay address, the join list or the
+    /// node's identity (a renewed certificate, one that appeared) changed, or it ended.
     async fn converge(&mut self, snap: &Snapshot<'_>) -> Outcome {
         let mut outcome = Outcome::default();
         if lone_without_secret(snap.config) {
