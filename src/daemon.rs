@@ -219,7 +219,7 @@ impl Daemon {
             Inputs::default(),
         )
         .await;
-        let speaker = pass::hello::speaker(&snap)?;
+        let speaker = pass::hello::speaker(&snap, &self.tls)?;
         let socket = speaker.bind().await.map_err(|e| {
             anyhow::anyhow!(
                 "admission: bind UDP {}:{}: {e}",
@@ -228,7 +228,7 @@ impl Daemon {
             )
         })?;
         speaker
-            .exchange(&socket, &self.admissions, Duration::from_secs(3))
+            .exchange(&socket, &self.admissions, &self.tls, Duration::from_secs(3))
             .await;
         Ok(())
     }
@@ -246,6 +246,7 @@ impl Daemon {
             Box::new(pass::hello::Hello::new(
                 self.admissions.clone(),
                 self.admitted_tx.clone(),
+                self.tls.clone(),
             )),
         );
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);

@@ -16,6 +16,30 @@
 //! A hello is believed only from the underlay IP it names, within [`MAX_SKEW`] of
 //! this host's clock. A replayed hello can only re-admit its sender at its own
 //! address, which is harmless; a hello cannot name somebody else's underlay IP.
+//!
+//! The secret alone does not admit: a node removed by `arpanet node rm` still holds
+//! it. So a hello (version 2) also carries the sender's node certificate and a
+//! signature by the node's key, and is believed only when the certificate chains to
+//! the cluster CA, is valid now, is not on the revocation list, and names the address
+//! the hello names. The HMAC is checked first, so a stranger's datagram costs no
+//! certificate parsing. Version 1 (the secret alone) is refused: a rolling upgrade to
+//! version 2 admits nobody across old and new nodes until every node is upgraded.
+//!
+//! Wire format (integers big-endian; at most [`MAX_HELLO_LEN`] bytes):
+//!
+//! ```text
+//! 0   4  "ARPH"
+//! 4   1  version (2)
+//! 5   1  flags (bit 0: a reply)
+//! 6   2  arpanet address a, b
+//! 8   4  underlay IPv4
+//! 12  8  unix seconds when sent
+//! 20  2  N, the certificate's length
+//! 22  N  the sender's node certificate (DER)
+//! +0  1  S, the signature's length
+//! +1  S  ECDSA P-256 SHA-256 (ASN.1 DER) by the certificate's key over bytes 0..22+N
+//! +S 32  HMAC-SHA256 under the admission key over everything before it
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,6 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{KeyInit, Mac};
+use rcgen::SigningKey;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::net::UdpSocket;
@@ -31,11 +57,22 @@ use tracing::{debug, info, warn};
 
 use super::Peer;
 use crate::addressing::NodeAddress;
+use crate::identity::{CertInfo, LocalIdentity, NodeTls, Revoked};
 
-/// Bytes in a hello: magic, version, flags, address, underlay IP, time, HMAC.
-pub const HELLO_LEN: usize = 4 + 1 + 1 + 2 + 4 + 8 + 32;
+/// Bytes before the certificate: magic, version, flags, address, underlay IP, time,
+/// certificate length.
+const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 4 + 8 + 2;
+const HMAC_LEN: usize = 32;
+/// An ECDSA P-256 signature in DER is at most 72 bytes.
+const MAX_SIGNATURE_LEN: usize = 72;
+/// The largest hello: one datagram that no underlay path fragments.
+pub const MAX_HELLO_LEN: usize = 1400;
+/// The largest certificate a hello carries (a node certificate is about 600 bytes).
+pub const MAX_CERT_LEN: usize = MAX_HELLO_LEN - HEADER_LEN - 1 - MAX_SIGNATURE_LEN - HMAC_LEN;
 const MAGIC: &[u8; 4] = b"ARPH";
-const VERSION: u8 = 1;
+/// Version 2 carries the sender's certificate and a signature by its key; version 1
+/// (the cluster secret alone) is refused, so a removed node cannot get back in.
+const VERSION: u8 = 2;
 const FLAG_REPLY: u8 = 1;
 /// How far a hello's time may be from ours (clocks of a cluster's hosts are kept by NTP).
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
@@ -59,8 +96,12 @@ pub struct Hello {
 pub enum Rejected {
     #[error("not an arpanet hello ({0} bytes)")]
     NotAHello(usize),
-    #[error("hello version {0}, this node speaks {VERSION}")]
+    #[error(
+        "hello version {0}, this node speaks only {VERSION} (a node from before node certificates: upgrade it)"
+    )]
     Version(u8),
+    #[error("a hello whose lengths do not add up ({0} bytes): truncated or malformed")]
+    Truncated(usize),
     #[error("its signature does not verify: it holds another cluster secret, or none")]
     Signature,
     #[error("its clock is {0} s away from ours (at most {max} s)", max = MAX_SKEW.as_secs())]
@@ -71,47 +112,159 @@ pub enum Rejected {
     Address,
     #[error("it claims this node's own address {0}")]
     OwnAddress(NodeAddress),
+    #[error("this node cannot check certificates (it has no cluster identity): {0}")]
+    NoTrust(String),
+    #[error("its certificate is unusable: {0}")]
+    Certificate(String),
+    #[error("its certificate is not from this cluster's CA")]
+    ForeignCa,
+    #[error("its certificate is not valid now: {0}")]
+    CertificateTime(String),
+    #[error("its certificate's key did not sign it (a certificate that is not its own)")]
+    CertificateSignature,
+    #[error(
+        "its certificate (serial {0}) is revoked: the node was removed (`arpanet node rm`) and must join again with a token"
+    )]
+    Revoked(String),
+    #[error("it names {claimed}, but its certificate is for {certified}")]
+    NotItsCertificate {
+        claimed: NodeAddress,
+        certified: NodeAddress,
+    },
 }
 
 fn mac(key: &[u8; 32]) -> hmac::Hmac<Sha256> {
     <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length")
 }
 
-impl Hello {
-    pub fn seal(&self, key: &[u8; 32]) -> [u8; HELLO_LEN] {
-        let mut b = [0u8; HELLO_LEN];
-        let (a, bb) = self.address.parts();
-        b[..4].copy_from_slice(MAGIC);
-        b[4] = VERSION;
-        b[5] = if self.reply { FLAG_REPLY } else { 0 };
-        b[6] = a;
-        b[7] = bb;
-        b[8..12].copy_from_slice(&self.underlay_ip.octets());
-        b[12..20].copy_from_slice(&self.sent_at.to_be_bytes());
-        let mut m = mac(key);
-        m.update(&b[..20]);
-        b[20..].copy_from_slice(&m.finalize().into_bytes());
-        b
+/// What a node proves itself with in its hellos, and checks others' against: its
+/// certificate and key, and the cluster CA.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HelloIdentity {
+    cert_der: Vec<u8>,
+    key_pem: String,
+    /// Every certificate of ca.pem (DER).
+    ca_ders: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HelloIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelloIdentity")
+            .field("cert_bytes", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HelloIdentity {
+    pub fn new(cert_der: Vec<u8>, key_pem: String, ca_ders: Vec<Vec<u8>>) -> Result<Self, String> {
+        if cert_der.len() > MAX_CERT_LEN {
+            return Err(format!(
+                "the node certificate is {} bytes, a hello carries at most {MAX_CERT_LEN}",
+                cert_der.len()
+            ));
+        }
+        rcgen::KeyPair::from_pem(&key_pem).map_err(|e| format!("node key: {e}"))?;
+        if ca_ders.is_empty() {
+            return Err("the CA file holds no certificate".into());
+        }
+        Ok(Self {
+            cert_der,
+            key_pem,
+            ca_ders,
+        })
     }
 
-    /// Checks a datagram from `from` at `now` (unix seconds), signature first: nothing
-    /// unsigned is believed, not even its claimed address.
-    pub fn open(
-        bytes: &[u8],
+    pub fn from_local(identity: &LocalIdentity) -> Result<Self, String> {
+        let ders = |pem: &str| -> Result<Vec<Vec<u8>>, String> {
+            use rustls_pki_types::pem::PemObject;
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("{e:?}")))
+                .collect()
+        };
+        let cert = ders(&identity.cert_pem)
+            .map_err(|e| format!("{}: {e}", identity.files.node_cert().display()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no certificate", identity.files.node_cert().display()))?;
+        let ca = ders(&identity.ca_pem)
+            .map_err(|e| format!("{}: {e}", identity.files.ca_cert().display()))?;
+        Self::new(cert, identity.key_pem.clone(), ca)
+    }
+}
+
+/// A datagram whose HMAC verified (its sender holds the cluster secret) and whose
+/// fields are sound; its certificate is not checked yet.
+#[derive(Debug)]
+pub struct Sealed<'a> {
+    pub hello: Hello,
+    signed: &'a [u8],
+    cert: &'a [u8],
+    signature: &'a [u8],
+}
+
+impl Hello {
+    /// The datagram: this hello, the certificate of `id` and a signature by its key over
+    /// both, then the HMAC under `key` over all of it (see the module's comment).
+    pub fn seal(&self, key: &[u8; 32], id: &HelloIdentity) -> Result<Vec<u8>, String> {
+        let (a, bb) = self.address.parts();
+        let mut b = Vec::with_capacity(HEADER_LEN + id.cert_der.len() + 1 + 72 + HMAC_LEN);
+        b.extend_from_slice(MAGIC);
+        b.push(VERSION);
+        b.push(if self.reply { FLAG_REPLY } else { 0 });
+        b.extend_from_slice(&[a, bb]);
+        b.extend_from_slice(&self.underlay_ip.octets());
+        b.extend_from_slice(&self.sent_at.to_be_bytes());
+        let cert_len = u16::try_from(id.cert_der.len()).map_err(|_| "certificate too large")?;
+        b.extend_from_slice(&cert_len.to_be_bytes());
+        b.extend_from_slice(&id.cert_der);
+        let pair = rcgen::KeyPair::from_pem(&id.key_pem).map_err(|e| format!("node key: {e}"))?;
+        let signature = pair
+            .sign(&b)
+            .map_err(|e| format!("signing the hello: {e}"))?;
+        if signature.len() > MAX_SIGNATURE_LEN {
+            return Err(format!(
+                "a signature of {} bytes (the node key is not ECDSA P-256)",
+                signature.len()
+            ));
+        }
+        b.push(signature.len() as u8);
+        b.extend_from_slice(&signature);
+        let mut m = mac(key);
+        m.update(&b);
+        b.extend_from_slice(&m.finalize().into_bytes());
+        Ok(b)
+    }
+
+    /// Checks a datagram from `from` at `now` (unix seconds), HMAC first: nothing from
+    /// a holder of another secret is believed, not even its claimed address, and its
+    /// certificate is not parsed. [`Sealed::prove`] then checks the certificate.
+    pub fn open<'a>(
+        bytes: &'a [u8],
         key: &[u8; 32],
         from: Ipv4Addr,
         now: u64,
         me: NodeAddress,
-    ) -> Result<Hello, Rejected> {
-        if bytes.len() != HELLO_LEN || &bytes[..4] != MAGIC {
+    ) -> Result<Sealed<'a>, Rejected> {
+        if bytes.len() < 5 || bytes.len() > MAX_HELLO_LEN || &bytes[..4] != MAGIC {
             return Err(Rejected::NotAHello(bytes.len()));
         }
         if bytes[4] != VERSION {
             return Err(Rejected::Version(bytes[4]));
         }
+        let truncated = || Rejected::Truncated(bytes.len());
+        if bytes.len() < HEADER_LEN {
+            return Err(truncated());
+        }
+        let cert_len = usize::from(u16::from_be_bytes([bytes[20], bytes[21]]));
+        let cert_end = HEADER_LEN + cert_len;
+        let sig_len = usize::from(*bytes.get(cert_end).ok_or_else(truncated)?);
+        let sig_end = cert_end + 1 + sig_len;
+        if bytes.len() != sig_end + HMAC_LEN {
+            return Err(truncated());
+        }
         let mut m = mac(key);
-        m.update(&bytes[..20]);
-        m.verify_slice(&bytes[20..])
+        m.update(&bytes[..sig_end]);
+        m.verify_slice(&bytes[sig_end..])
             .map_err(|_| Rejected::Signature)?;
         let sent_at = u64::from_be_bytes(bytes[12..20].try_into().expect("8 bytes"));
         let skew = now.abs_diff(sent_at);
@@ -126,12 +279,86 @@ impl Hello {
         if address == me {
             return Err(Rejected::OwnAddress(address));
         }
-        Ok(Hello {
-            address,
-            underlay_ip: claimed,
-            sent_at,
-            reply: bytes[5] & FLAG_REPLY != 0,
+        Ok(Sealed {
+            hello: Hello {
+                address,
+                underlay_ip: claimed,
+                sent_at,
+                reply: bytes[5] & FLAG_REPLY != 0,
+            },
+            signed: &bytes[..cert_end],
+            cert: &bytes[HEADER_LEN..cert_end],
+            signature: &bytes[cert_end + 1..sig_end],
         })
+    }
+}
+
+impl Sealed<'_> {
+    /// The hello, if its certificate chains to the cluster CA (that of `trust`) and is
+    /// valid at `now`, its key signed the hello, its serial is not in `revoked`, and it
+    /// is for the address the hello names.
+    pub fn prove(
+        self,
+        trust: &HelloIdentity,
+        revoked: &Revoked,
+        now: u64,
+    ) -> Result<Hello, Rejected> {
+        let cert_der = CertificateDer::from(self.cert);
+        let cert = webpki::EndEntityCert::try_from(&cert_der)
+            .map_err(|e| Rejected::Certificate(e.to_string()))?;
+        let cas: Vec<CertificateDer<'_>> = trust
+            .ca_ders
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let anchors = cas
+            .iter()
+            .map(webpki::anchor_from_trusted_cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Rejected::NoTrust(format!("the cluster CA: {e}")))?;
+        let algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+            webpki::aws_lc_rs::ECDSA_P256_SHA256,
+            webpki::aws_lc_rs::ECDSA_P384_SHA384,
+            webpki::aws_lc_rs::ED25519,
+        ];
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(now));
+        cert.verify_for_usage(
+            algs,
+            &anchors,
+            &[],
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            // Another CA of the same name is found as the issuer, and its signature fails.
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                Rejected::ForeignCa
+            }
+            webpki::Error::CertExpired { .. }
+            | webpki::Error::CertNotValidYet { .. }
+            | webpki::Error::InvalidCertValidity => Rejected::CertificateTime(e.to_string()),
+            e => Rejected::Certificate(e.to_string()),
+        })?;
+        cert.verify_signature(
+            webpki::aws_lc_rs::ECDSA_P256_SHA256,
+            self.signed,
+            self.signature,
+        )
+        .map_err(|_| Rejected::CertificateSignature)?;
+        let info =
+            CertInfo::from_der(self.cert).map_err(|e| Rejected::Certificate(e.to_string()))?;
+        if revoked.contains(&info.serial) {
+            return Err(Rejected::Revoked(info.serial));
+        }
+        if info.identity.address != self.hello.address {
+            return Err(Rejected::NotItsCertificate {
+                claimed: self.hello.address,
+                certified: info.identity.address,
+            });
+        }
+        Ok(self.hello)
     }
 }
 
@@ -225,19 +452,39 @@ pub struct Speaker {
     pub key: [u8; 32],
     /// The join peers' underlay IPs.
     pub join: Vec<Ipv4Addr>,
+    /// What it proves itself with; without an identity (why not), it sends no hellos
+    /// and admits nobody.
+    pub identity: Result<HelloIdentity, String>,
 }
 
 pub type Shared = Arc<Mutex<Admissions>>;
 
+/// Room for the largest hello and more, so an oversized datagram is seen as such.
+const RECV_BUF: usize = 2048;
+
 impl Speaker {
-    fn hello(&self, reply: bool) -> [u8; HELLO_LEN] {
-        Hello {
+    fn hello(&self, reply: bool) -> Option<Vec<u8>> {
+        let id = self.identity.as_ref().ok()?;
+        let hello = Hello {
             address: self.me,
             underlay_ip: self.underlay_ip,
             sent_at: unix_now(),
             reply,
+        };
+        match hello.seal(&self.key, id) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!("admission: no hello sent: {e}");
+                None
+            }
         }
-        .seal(&self.key)
+    }
+
+    /// Says once, when the task starts, that this node cannot prove itself.
+    fn say_why_silent(&self) {
+        if let Err(e) = &self.identity {
+            warn!("admission: this node sends no hellos, so no node admits it: {e}");
+        }
     }
 
     /// Binds the hello socket on the underlay address only.
@@ -246,7 +493,9 @@ impl Speaker {
     }
 
     async fn greet(&self, socket: &UdpSocket) {
-        let hello = self.hello(false);
+        let Some(hello) = self.hello(false) else {
+            return;
+        };
         for ip in &self.join {
             if let Err(e) = socket.send_to(&hello, (*ip, self.port)).await {
                 debug!("hello to {ip}: {e}");
@@ -254,11 +503,31 @@ impl Speaker {
         }
     }
 
+    /// Checks one datagram: the HMAC and fields, then (with the revocation list as
+    /// `tls` has it now) the certificate.
+    fn check(
+        &self,
+        bytes: &[u8],
+        from: Ipv4Addr,
+        now: u64,
+        tls: &NodeTls,
+    ) -> Result<Hello, Rejected> {
+        let sealed = Hello::open(bytes, &self.key, from, now, self.me)?;
+        let trust = self
+            .identity
+            .as_ref()
+            .map_err(|e| Rejected::NoTrust(e.clone()))?;
+        // Re-reads revoked.json if it changed; the identity's own errors are not ours.
+        let _ = tls.current();
+        sealed.prove(trust, tls.revoked(), now)
+    }
+
     /// Handles one datagram; returns the node it admitted anew, if any.
     async fn receive(
         &self,
         socket: &UdpSocket,
         state: &Shared,
+        tls: &NodeTls,
         bytes: &[u8],
         from: SocketAddr,
     ) -> Option<Hello> {
@@ -266,10 +535,11 @@ impl Speaker {
             return None;
         };
         let now = unix_now();
-        match Hello::open(bytes, &self.key, *from.ip(), now, self.me) {
+        match self.check(bytes, *from.ip(), now, tls) {
             Ok(hello) => {
                 if !hello.reply
-                    && let Err(e) = socket.send_to(&self.hello(true), from).await
+                    && let Some(reply) = self.hello(true)
+                    && let Err(e) = socket.send_to(&reply, from).await
                 {
                     debug!("hello reply to {from}: {e}");
                 }
@@ -290,16 +560,24 @@ impl Speaker {
     }
 
     /// Greets the join peers every [`HELLO_INTERVAL`] and answers and records hellos,
-    /// signalling `changed` whenever a node is admitted anew.
-    pub async fn serve(self, socket: UdpSocket, state: Shared, changed: mpsc::Sender<()>) {
+    /// signalling `changed` whenever a node is admitted anew. `tls` holds the process's
+    /// revocation list.
+    pub async fn serve(
+        self,
+        socket: UdpSocket,
+        state: Shared,
+        tls: NodeTls,
+        changed: mpsc::Sender<()>,
+    ) {
+        self.say_why_silent();
         let mut tick = tokio::time::interval(HELLO_INTERVAL);
-        let mut buf = [0u8; 512];
+        let mut buf = vec![0u8; RECV_BUF];
         loop {
             tokio::select! {
                 _ = tick.tick() => self.greet(&socket).await,
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
-                        if let Some(h) = self.receive(&socket, &state, &buf[..n], from).await {
+                        if let Some(h) = self.receive(&socket, &state, &tls, &buf[..n], from).await {
                             info!("admitted node {} at {} (a valid hello)", h.address, h.underlay_ip);
                             let _ = changed.try_send(());
                         }
@@ -315,9 +593,16 @@ impl Speaker {
 
     /// One round for `arpanetd --once`: greets the join peers and takes what comes back
     /// until every one of them answered or `wait` is over.
-    pub async fn exchange(&self, socket: &UdpSocket, state: &Shared, wait: Duration) {
+    pub async fn exchange(
+        &self,
+        socket: &UdpSocket,
+        state: &Shared,
+        tls: &NodeTls,
+        wait: Duration,
+    ) {
+        self.say_why_silent();
         let mut answered = std::collections::BTreeSet::new();
-        let mut buf = [0u8; 512];
+        let mut buf = vec![0u8; RECV_BUF];
         let deadline = tokio::time::Instant::now() + wait;
         // Greeted again every second: a peer that was starting may have missed one.
         let mut again = tokio::time::interval(Duration::from_secs(1));
@@ -327,7 +612,7 @@ impl Speaker {
                 _ = again.tick() => self.greet(socket).await,
                 r = socket.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    self.receive(socket, state, &buf[..n], from).await;
+                    self.receive(socket, state, tls, &buf[..n], from).await;
                     if let SocketAddr::V4(v4) = from
                         && self.join.contains(v4.ip())
                     {
@@ -406,6 +691,7 @@ pub fn load_status(path: &std::path::Path) -> Option<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{Ca, NodeIdentity, NodeKey, Role, first_cert_der};
 
     const KEY: [u8; 32] = [7; 32];
     const UL: Ipv4Addr = Ipv4Addr::new(192, 168, 8, 121);
@@ -423,57 +709,130 @@ mod tests {
         }
     }
 
+    fn issue(ca: &Ca, key: &NodeKey, address: &str, from: SystemTime, to: SystemTime) -> Vec<u8> {
+        let who = NodeIdentity {
+            cluster: "apples".into(),
+            address: address.parse().unwrap(),
+            role: Role::Client,
+        };
+        let issued = ca
+            .issue_between(&key.csr_pem().unwrap(), &who, from, to)
+            .unwrap();
+        first_cert_der(&issued.cert_pem).unwrap()
+    }
+
+    /// A node of `ca` at `address`, its certificate valid from an hour ago for an hour.
+    fn node(ca: &Ca, address: &str) -> HelloIdentity {
+        let key = NodeKey::generate().unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let cert = issue(ca, &key, address, now - hour, now + hour);
+        HelloIdentity::new(
+            cert,
+            key.key_pem(),
+            vec![first_cert_der(&ca.cert_pem).unwrap()],
+        )
+        .unwrap()
+    }
+
+    /// Puts a correct HMAC on an altered datagram, so only the alteration is wrong.
+    fn remac(b: &mut [u8]) {
+        let at = b.len() - HMAC_LEN;
+        let mut m = mac(&KEY);
+        m.update(&b[..at]);
+        b[at..].copy_from_slice(&m.finalize().into_bytes());
+    }
+
+    fn live(address: &str, reply: bool) -> Hello {
+        Hello {
+            address: address.parse().unwrap(),
+            sent_at: unix_now(),
+            ..hello(reply)
+        }
+    }
+
+    /// Opens and proves `b` as node 0.1 of `ca` would, with `revoked`.
+    fn check(b: &[u8], receiver: &HelloIdentity, revoked: &Revoked) -> Result<Hello, Rejected> {
+        Hello::open(b, &KEY, UL, unix_now(), me())?.prove(receiver, revoked, unix_now())
+    }
+
     #[test]
     fn a_sealed_hello_opens_with_the_same_key_only() {
+        let ca = Ca::generate("apples").unwrap();
+        let id = node(&ca, "0.2");
         for reply in [false, true] {
-            let b = hello(reply).seal(&KEY);
-            assert_eq!(Hello::open(&b, &KEY, UL, 1_000_030, me()), Ok(hello(reply)));
+            let b = hello(reply).seal(&KEY, &id).unwrap();
             assert_eq!(
-                Hello::open(&b, &[8; 32], UL, 1_000_030, me()),
+                Hello::open(&b, &KEY, UL, 1_000_030, me()).map(|s| s.hello),
+                Ok(hello(reply))
+            );
+            assert_eq!(
+                Hello::open(&b, &[8; 32], UL, 1_000_030, me()).map(|s| s.hello),
                 Err(Rejected::Signature)
             );
         }
     }
 
     #[test]
-    fn every_changed_byte_breaks_the_signature() {
-        let b = hello(false).seal(&KEY);
-        for i in 5..HELLO_LEN {
-            let mut bad = b;
-            bad[i] ^= 0x01;
+    fn a_hello_with_its_own_certificate_proves_its_sender_in_one_small_datagram() {
+        let ca = Ca::generate("apples").unwrap();
+        let receiver = node(&ca, "0.1");
+        for reply in [false, true] {
+            let b = live("0.2", reply).seal(&KEY, &node(&ca, "0.2")).unwrap();
+            assert!(b.len() < 1000, "{} bytes", b.len());
             assert_eq!(
-                Hello::open(&bad, &KEY, UL, 1_000_000, me()),
-                Err(Rejected::Signature),
-                "byte {i}"
+                check(&b, &receiver, &Revoked::default()),
+                Ok(live("0.2", reply))
             );
         }
     }
 
     #[test]
-    fn garbage_stale_and_relayed_hellos_are_turned_away() {
-        let b = hello(false).seal(&KEY);
+    fn every_changed_byte_breaks_the_hmac() {
+        let ca = Ca::generate("apples").unwrap();
+        let b = hello(false).seal(&KEY, &node(&ca, "0.2")).unwrap();
+        let cert_end = HEADER_LEN + usize::from(u16::from_be_bytes([b[20], b[21]]));
+        for i in 5..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x01;
+            let got = Hello::open(&bad, &KEY, UL, 1_000_000, me()).map(|s| s.hello);
+            let lengths = [20, 21, cert_end].contains(&i);
+            assert!(
+                got == Err(Rejected::Signature)
+                    || (lengths && got == Err(Rejected::Truncated(b.len()))),
+                "byte {i}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_stale_old_and_relayed_hellos_are_turned_away() {
+        let ca = Ca::generate("apples").unwrap();
+        let id = node(&ca, "0.2");
+        let open = |b: &[u8], from, now| Hello::open(b, &KEY, from, now, me()).map(|s| s.hello);
+        let b = hello(false).seal(&KEY, &id).unwrap();
         assert_eq!(
-            Hello::open(&b[..40], &KEY, UL, 1_000_000, me()),
-            Err(Rejected::NotAHello(40))
+            open(&[0u8; 52], UL, 1_000_000),
+            Err(Rejected::NotAHello(52))
         );
+        assert_eq!(open(b"ARP", UL, 1_000_000), Err(Rejected::NotAHello(3)));
+        let mut huge = b.clone();
+        huge.resize(MAX_HELLO_LEN + 1, 0);
         assert_eq!(
-            Hello::open(&[0u8; HELLO_LEN], &KEY, UL, 1_000_000, me()),
-            Err(Rejected::NotAHello(HELLO_LEN))
+            open(&huge, UL, 1_000_000),
+            Err(Rejected::NotAHello(MAX_HELLO_LEN + 1))
         );
-        let mut v2 = b;
-        v2[4] = 2;
-        assert_eq!(
-            Hello::open(&v2, &KEY, UL, 1_000_000, me()),
-            Err(Rejected::Version(2))
-        );
-        assert_eq!(
-            Hello::open(&b, &KEY, UL, 1_000_121, me()),
-            Err(Rejected::Skew(121))
-        );
-        assert!(Hello::open(&b, &KEY, UL, 999_880, me()).is_ok());
+        // A hello of version 1 (the secret alone, 52 bytes) is refused whatever it holds.
+        let mut v1 = b[..52].to_vec();
+        v1[4] = 1;
+        let e = open(&v1, UL, 1_000_000).unwrap_err();
+        assert_eq!(e, Rejected::Version(1));
+        assert!(e.to_string().contains("upgrade it"), "{e}");
+        assert_eq!(open(&b, UL, 1_000_121), Err(Rejected::Skew(121)));
+        assert!(open(&b, UL, 999_880).is_ok());
         let other = Ipv4Addr::new(192, 168, 8, 66);
         assert_eq!(
-            Hello::open(&b, &KEY, other, 1_000_000, me()),
+            open(&b, other, 1_000_000),
             Err(Rejected::Source {
                 claimed: UL,
                 from: other
@@ -483,23 +842,176 @@ mod tests {
             address: me(),
             ..hello(false)
         }
-        .seal(&KEY);
+        .seal(&KEY, &id)
+        .unwrap();
+        assert_eq!(open(&mine, UL, 1_000_000), Err(Rejected::OwnAddress(me())));
+        let mut b0 = b.clone();
+        b0[7] = 0; // 0.0 is no node's address
+        remac(&mut b0);
+        assert_eq!(open(&b0, UL, 1_000_000), Err(Rejected::Address));
+    }
+
+    #[test]
+    fn truncated_hellos_are_turned_away_before_the_hmac() {
+        let ca = Ca::generate("apples").unwrap();
+        let b = live("0.2", false).seal(&KEY, &node(&ca, "0.2")).unwrap();
+        for len in [5, 21, 22, 100, b.len() - HMAC_LEN, b.len() - 1] {
+            assert_eq!(
+                Hello::open(&b[..len], &KEY, UL, unix_now(), me()).map(|s| s.hello),
+                Err(Rejected::Truncated(len)),
+                "{len} bytes"
+            );
+        }
+        // A certificate length that runs past the end, with the HMAC made to fit.
+        let mut long = b.clone();
+        long[20] = 0x05;
+        remac(&mut long);
         assert_eq!(
-            Hello::open(&mine, &KEY, UL, 1_000_000, me()),
-            Err(Rejected::OwnAddress(me()))
+            check(&long, &node(&ca, "0.1"), &Revoked::default()),
+            Err(Rejected::Truncated(b.len()))
         );
-        let zero = Hello {
-            address: "0.2".parse().unwrap(),
-            ..hello(false)
-        };
-        let mut b0 = zero.seal(&KEY);
-        b0[7] = 0; // 0.0 is no node's address; re-sign so only the address is wrong
-        let mut m = mac(&KEY);
-        m.update(&b0[..20]);
-        b0[20..].copy_from_slice(&m.finalize().into_bytes());
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_is_refused() {
+        let ca = Ca::generate("apples").unwrap();
+        let other = Ca::generate("apples").unwrap();
+        let b = live("0.2", false).seal(&KEY, &node(&other, "0.2")).unwrap();
+        let e = check(&b, &node(&ca, "0.1"), &Revoked::default()).unwrap_err();
+        assert_eq!(e, Rejected::ForeignCa);
         assert_eq!(
-            Hello::open(&b0, &KEY, UL, 1_000_000, me()),
-            Err(Rejected::Address)
+            e.to_string(),
+            "its certificate is not from this cluster's CA"
+        );
+    }
+
+    #[test]
+    fn a_revoked_serial_is_refused_once_listed() {
+        let ca = Ca::generate("apples").unwrap();
+        let receiver = node(&ca, "0.1");
+        let id = node(&ca, "0.2");
+        let serial = CertInfo::from_der(&id.cert_der).unwrap().serial;
+        let b = live("0.2", false).seal(&KEY, &id).unwrap();
+        let revoked = Revoked::default();
+        assert!(check(&b, &receiver, &revoked).is_ok());
+        revoked.set([serial.clone()].into());
+        let e = check(&b, &receiver, &revoked).unwrap_err();
+        assert_eq!(e, Rejected::Revoked(serial.clone()));
+        assert!(
+            e.to_string()
+                .starts_with(&format!("its certificate (serial {serial}) is revoked")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_for_another_address_is_refused() {
+        let ca = Ca::generate("apples").unwrap();
+        let b = live("0.2", false).seal(&KEY, &node(&ca, "0.3")).unwrap();
+        let e = check(&b, &node(&ca, "0.1"), &Revoked::default()).unwrap_err();
+        assert_eq!(
+            e,
+            Rejected::NotItsCertificate {
+                claimed: "0.2".parse().unwrap(),
+                certified: "0.3".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "it names 0.2, but its certificate is for 0.3"
+        );
+    }
+
+    #[test]
+    fn a_signature_by_another_key_or_altered_is_refused() {
+        let ca = Ca::generate("apples").unwrap();
+        let receiver = node(&ca, "0.1");
+        let id = node(&ca, "0.2");
+        // Another node's certificate shown with one's own key (a copied certificate).
+        let thief = node(&ca, "0.3");
+        let copied = HelloIdentity::new(
+            id.cert_der.clone(),
+            thief.key_pem.clone(),
+            id.ca_ders.clone(),
+        )
+        .unwrap();
+        let b = live("0.2", false).seal(&KEY, &copied).unwrap();
+        assert_eq!(
+            check(&b, &receiver, &Revoked::default()),
+            Err(Rejected::CertificateSignature)
+        );
+        // The right key, but a signed byte changed after signing (the HMAC made to fit).
+        let mut b = live("0.2", false).seal(&KEY, &id).unwrap();
+        b[5] ^= FLAG_REPLY;
+        remac(&mut b);
+        assert_eq!(
+            check(&b, &receiver, &Revoked::default()),
+            Err(Rejected::CertificateSignature)
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let ca = Ca::generate("apples").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let cert = issue(&ca, &key, "0.2", now - 2 * hour, now - hour);
+        let old = HelloIdentity::new(
+            cert,
+            key.key_pem(),
+            vec![first_cert_der(&ca.cert_pem).unwrap()],
+        )
+        .unwrap();
+        let b = live("0.2", false).seal(&KEY, &old).unwrap();
+        let e = check(&b, &node(&ca, "0.1"), &Revoked::default()).unwrap_err();
+        assert!(matches!(e, Rejected::CertificateTime(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_node_without_an_identity_sends_nothing_and_admits_nobody() {
+        let ca = Ca::generate("apples").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tls = NodeTls::new(
+            crate::paths::IdentityFiles::new(dir.path()),
+            dir.path().join("revoked.json"),
+        );
+        let speaker = Speaker {
+            me: me(),
+            underlay_ip: UL,
+            port: 7102,
+            key: KEY,
+            join: vec![Ipv4Addr::new(192, 168, 8, 1)],
+            identity: Err("ca.pem does not exist".into()),
+        };
+        assert_eq!(speaker.hello(false), None);
+        let b = live("0.2", false).seal(&KEY, &node(&ca, "0.2")).unwrap();
+        let e = speaker.check(&b, UL, unix_now(), &tls).unwrap_err();
+        assert!(matches!(e, Rejected::NoTrust(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_revocation_file_is_read_when_a_hello_is_checked() {
+        let ca = Ca::generate("apples").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revoked.json");
+        let tls = NodeTls::new(crate::paths::IdentityFiles::new(dir.path()), path.clone());
+        let speaker = Speaker {
+            me: me(),
+            underlay_ip: UL,
+            port: 7102,
+            key: KEY,
+            join: vec![],
+            identity: Ok(node(&ca, "0.1")),
+        };
+        let id = node(&ca, "0.2");
+        let b = live("0.2", false).seal(&KEY, &id).unwrap();
+        assert!(speaker.check(&b, UL, unix_now(), &tls).is_ok());
+        let serial = CertInfo::from_der(&id.cert_der).unwrap().serial;
+        std::fs::write(&path, serde_json::to_vec(&[&serial]).unwrap()).unwrap();
+        assert_eq!(
+            speaker.check(&b, UL, unix_now(), &tls),
+            Err(Rejected::Revoked(serial))
         );
     }
 

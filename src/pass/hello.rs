@@ -3,7 +3,8 @@
 
 use super::{Reconciler, Snapshot};
 use crate::consul::secret;
-use crate::network::admission::{self, Speaker};
+use crate::identity::{LocalIdentity, NodeTls};
+use crate::network::admission::{self, HelloIdentity, Speaker};
 use crate::network::reconcile::join_peers;
 use crate::outcome::Outcome;
 
@@ -11,14 +12,21 @@ pub struct Hello {
     pub admissions: admission::Shared,
     /// Signalled when a hello admits a node, so a pass programs it at once.
     pub admitted_tx: tokio::sync::mpsc::Sender<()>,
+    /// The node's TLS: where its identity lives, and the process's revocation list.
+    pub tls: NodeTls,
     running: Option<(Speaker, tokio::task::JoinHandle<()>)>,
 }
 
 impl Hello {
-    pub fn new(admissions: admission::Shared, admitted_tx: tokio::sync::mpsc::Sender<()>) -> Self {
+    pub fn new(
+        admissions: admission::Shared,
+        admitted_tx: tokio::sync::mpsc::Sender<()>,
+        tls: NodeTls,
+    ) -> Self {
         Self {
             admissions,
             admitted_tx,
+            tls,
             running: None,
         }
     }
@@ -30,8 +38,9 @@ pub fn lone_without_secret(config: &crate::config::Config) -> bool {
     config.node.join.is_empty() && !config.cluster.secret_file.exists()
 }
 
-/// What this node's hellos say, from the config, the secret and the underlay.
-pub fn speaker(snap: &Snapshot<'_>) -> anyhow::Result<Speaker> {
+/// What this node's hellos say, from the config, the secret, the underlay and the
+/// node's identity (as `tls` finds it).
+pub fn speaker(snap: &Snapshot<'_>, tls: &NodeTls) -> anyhow::Result<Speaker> {
     let secret = secret::read(&snap.config.cluster.secret_file)?;
     let underlay = snap.underlay.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Speaker {
@@ -43,6 +52,9 @@ pub fn speaker(snap: &Snapshot<'_>) -> anyhow::Result<Speaker> {
             .iter()
             .map(|p| p.underlay_ip)
             .collect(),
+        identity: LocalIdentity::load(tls.files())
+            .map_err(|e| e.to_string())
+            .and_then(|id| HelloIdentity::from_local(&id)),
     })
 }
 
@@ -52,14 +64,14 @@ impl Reconciler for Hello {
         "admission"
     }
 
-    /// (Re)starts the task when the secret, the underlay address or the join list
-    /// changed, or it ended.
+    /// (Re)starts the task when the secret, the underlay address, the join list or the
+    /// node's identity (a renewed certificate, one that appeared) changed, or it ended.
     async fn converge(&mut self, snap: &Snapshot<'_>) -> Outcome {
         let mut outcome = Outcome::default();
         if lone_without_secret(snap.config) {
             return outcome;
         }
-        let speaker = match speaker(snap) {
+        let speaker = match speaker(snap, &self.tls) {
             Ok(s) => s,
             Err(e) => {
                 outcome.fail_with(&e);
@@ -80,6 +92,7 @@ impl Reconciler for Hello {
                 let task = tokio::spawn(speaker.clone().serve(
                     socket,
                     self.admissions.clone(),
+                    self.tls.clone(),
                     self.admitted_tx.clone(),
                 ));
                 self.running = Some((speaker, task));

@@ -494,3 +494,88 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
 
     lab.teardown().expect("teardown");
 }
+
+/// Whether `host`'s status says a hello from `from` was turned away for a reason
+/// containing `needle`; with when it was last turned away (unix seconds).
+fn turned_away(host: &Host, from: Ipv4Addr, needle: &str) -> Option<u64> {
+    status(host)["admission"]["turned_away"]
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["from"] == from.to_string() && r["reason"].as_str().unwrap_or("").contains(needle)
+        })
+        .and_then(|r| r["at"].as_u64())
+}
+
+/// A node removed with its certificate revoked still holds the cluster secret and keeps
+/// sending hellos: once its serial is in the other nodes' revoked.json, they turn it
+/// away for that reason, and its overlay entries go (Consul off: hellos are the only
+/// way in), while they keep admitting each other.
+#[test]
+fn a_node_whose_certificate_is_revoked_is_no_longer_admitted_by_hello() {
+    require_lab!();
+    let lab = Lab::builder(3).start();
+    lab.write_arpanet_configs("[consul]\nmode = \"disabled\"\n");
+    for host in &lab.hosts {
+        host.start_arpanetd();
+    }
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    for host in [h0, h1] {
+        wait_until(Duration::from_secs(20), "0.3 admitted by hello", || {
+            peer_state(host, "0.3").as_deref() == Some("ok")
+        });
+    }
+    let cert = std::fs::read_to_string(h2.identity_files().node_cert()).unwrap();
+    let serial = arpanet::identity::CertInfo::from_pem(&cert).unwrap().serial;
+    for host in [h0, h1] {
+        std::fs::write(
+            host.dir.join("state/revoked.json"),
+            serde_json::to_vec(&[&serial]).unwrap(),
+        )
+        .unwrap();
+    }
+    let reason = format!("its certificate (serial {serial}) is revoked");
+    for host in [h0, h1] {
+        let first = wait_until_some(
+            Duration::from_secs(20),
+            "the revoked node turned away",
+            || turned_away(host, h2.underlay_ip, &reason),
+        );
+        // Its hello admission runs out (ADMITTED_FOR) and its entries are removed.
+        wait_until(Duration::from_secs(40), "0.3 no longer admitted", || {
+            peer_state(host, "0.3").as_deref() == Some("not admitted (no valid hello from it yet)")
+        });
+        let fdb = stdout(&host.exec(&["bridge", "fdb", "show", "dev", "arpanet0"]));
+        assert!(
+            !fdb.contains(&h2.underlay_ip.to_string()),
+            "{}: {fdb}",
+            host.netns
+        );
+        assert!(!host.admits(&h2.underlay_ip.to_string()));
+        // It keeps sending, and keeps being turned away for the same reason.
+        wait_until(Duration::from_secs(15), "another hello turned away", || {
+            turned_away(host, h2.underlay_ip, &reason).is_some_and(|at| at > first)
+        });
+        let text = stdout(&host.arpanet(&["status"]));
+        assert!(
+            text.contains(&format!(
+                "turned away  hello from {}: {reason}",
+                h2.underlay_ip
+            )),
+            "{text}"
+        );
+    }
+    // The others still admit each other.
+    assert_eq!(peer_state(h0, "0.2").as_deref(), Some("ok"));
+    assert_eq!(peer_state(h1, "0.1").as_deref(), Some("ok"));
+    lab.teardown().expect("teardown");
+}
+
+fn wait_until_some<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut got = None;
+    wait_until(timeout, what, || {
+        got = f();
+        got.is_some()
+    });
+    got.expect("set by wait_until")
+}
