@@ -85,7 +85,7 @@ impl From<&Outcome> for PassReport {
 
 /// The reconcilers of a pass, in order: the overlay first (everything else travels on
 /// it), then the engines, then what runs on them.
-fn reconcilers(netlink: &Netlink) -> Vec<Box<dyn Reconciler>> {
+fn reconcilers(netlink: &Netlink, tls: &NodeTls) -> Vec<Box<dyn Reconciler>> {
     vec![
         Box::new(pass::overlay::Overlay {
             netlink: netlink.clone(),
@@ -101,6 +101,8 @@ fn reconcilers(netlink: &Netlink) -> Vec<Box<dyn Reconciler>> {
         Box::new(pass::dns::Resolved {
             netlink: netlink.clone(),
         }),
+        // Last: a client asks a server over the overlay the passes before brought up.
+        Box::new(pass::identity::Renewal::new(tls.clone())),
     ]
 }
 
@@ -116,7 +118,7 @@ impl Daemon {
         Ok(Self {
             config_path: config_path.to_path_buf(),
             config,
-            reconcilers: reconcilers(&netlink),
+            reconcilers: reconcilers(&netlink, &tls),
             netlink,
             systemd: None,
             consul,

@@ -52,6 +52,8 @@ pub struct ApiState {
     /// The image sync service's control socket, relayed under `/v1/sync/`.
     sync_socket: PathBuf,
     sync: reqwest::Client,
+    /// Where a server's CA key is, for renewals.
+    identity: paths::IdentityFiles,
 }
 
 type Shared = Arc<ApiState>;
@@ -75,6 +77,7 @@ impl ApiState {
                 &paths::sync_socket(&config.paths),
                 Duration::from_secs(3600),
             ),
+            identity: paths::IdentityFiles::new(&config.cluster.identity_dir),
         }
     }
 }
@@ -108,6 +111,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}/{action}", post(node_action))
         .route("/v1/sync/{*rest}", any(relay_sync))
+        .route("/v1/identity/renew", post(renew_identity))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1/") })
         .with_state(state)
 }
@@ -818,6 +822,44 @@ async fn relay_sync(
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     Ok(json_bytes(status, body))
+}
+
+/// `POST /v1/identity/renew` (see [`crate::join::renew`]): on a server, a new
+/// certificate for the node whose certificate the caller showed. On the unix socket no
+/// certificate was shown, so there is nothing to renew.
+async fn renew_identity(
+    State(state): State<Shared>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<Peer>>>,
+    Json(req): Json<crate::join::renew::RenewRequestV1>,
+) -> ApiResult {
+    use crate::join::renew;
+    let caller = peer.and_then(|p| p.0.0.node.clone());
+    if !state.identity.ca_key().exists() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "this node holds no CA key: renew through a server".into(),
+        ));
+    }
+    let ca = crate::identity::Ca::load(&state.identity).map_err(ApiError::backend)?;
+    let issued = renew::issue_renewal(&ca, caller.as_ref(), &req)?;
+    let caller = caller.expect("issue_renewal refuses no caller");
+    let name = renew::catalog_name(&state.consul, caller.address).await;
+    renew::record_issued(
+        &state.consul,
+        caller.address,
+        &issued,
+        caller.role.as_str(),
+        name,
+    )
+    .await
+    .map_err(ApiError::backend)?;
+    info!(
+        "renewed the certificate of node {} ({}): serial {}",
+        caller.address, caller.role, issued.serial
+    );
+    ok(&renew::RenewResponseV1 {
+        cert: issued.cert_pem,
+    })
 }
 
 /// Serves the API on the unix socket at once and on the overlay address, over mutual

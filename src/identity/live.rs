@@ -5,7 +5,8 @@
 //! Reload: each call to [`NodeTls::current`] stats ca.pem, cert.pem and key.pem (and the
 //! revocation file) and builds the configurations again only when one of them changed
 //! (mtime, size or inode). Listeners call it per connection and clients per request, so
-//! a renewed certificate is used by the next connection, with nothing restarted.
+//! a renewed certificate is used by the next connection, with nothing restarted. A
+//! rebuild that fails after one succeeded keeps the configuration it had (see below).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -92,7 +93,7 @@ impl NodeTls {
             let built = LocalIdentity::load(&self.files)
                 .and_then(|id| TlsConfigs::new(&id, self.revoked.clone()).map(|c| (id, c)));
             let had = matches!(loaded.configs, Some(Ok(_)));
-            loaded.configs = Some(match built {
+            match built {
                 Ok((id, configs)) => {
                     if had {
                         info!(
@@ -101,15 +102,17 @@ impl NodeTls {
                             self.files.node_cert().display()
                         );
                     }
-                    Ok(configs)
+                    loaded.configs = Some(Ok(configs));
                 }
-                Err(e) => {
-                    if had {
-                        warn!("{e}; new TLS connections fail until it is fixed");
-                    }
-                    Err(e)
+                // A renewal replaces key.pem and cert.pem one after the other, so a
+                // rebuild can meet a mismatched pair for a moment: the last good
+                // configuration stays until the files are right again. Its certificate
+                // is still the CA's until it expires or is revoked, which the peers check.
+                Err(e) if had => {
+                    warn!("{e}; TLS goes on with the certificate loaded before");
                 }
-            });
+                Err(e) => loaded.configs = Some(Err(e)),
+            }
             loaded.identity = Some(now);
         }
         loaded.configs.clone().expect("set above")
@@ -236,6 +239,16 @@ mod tests {
         enroll(&ca, &files);
         let renewed = tls.current().unwrap();
         assert!(!Arc::ptr_eq(&first.server, &renewed.server));
+        // Halfway through the next one (a new key, the old certificate): the last good
+        // configuration stays, and the complete pair is picked up.
+        let held = std::fs::read_to_string(files.node_cert()).unwrap();
+        enroll(&ca, &files);
+        crate::files::write_atomically_with_mode(&files.node_cert(), &held, 0o644).unwrap();
+        let halfway = tls.current().unwrap();
+        assert!(Arc::ptr_eq(&renewed.server, &halfway.server));
+        enroll(&ca, &files);
+        let complete = tls.current().unwrap();
+        assert!(!Arc::ptr_eq(&renewed.server, &complete.server));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod ca;
 pub mod live;
+pub mod renew;
 pub mod tls;
 pub mod token;
 

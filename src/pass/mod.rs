@@ -14,6 +14,7 @@ pub mod containers;
 pub mod dns;
 pub mod docker;
 pub mod hello;
+pub mod identity;
 pub mod overlay;
 pub mod snapshot;
 

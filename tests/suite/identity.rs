@@ -2,11 +2,12 @@
 //! another CA, a client token used for a server), a node that joins and works, and
 //! `node rm` revoking it. Whole nodes (arpanetd, dockerd, Consul) in lab namespaces.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use arpanet::identity::{Ca, CertInfo, JoinSecrets, Role};
 
-use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
 
@@ -146,4 +147,107 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
             .serial,
         info.serial
     );
+
+    // node rm: the client's instance runs elsewhere, its certificate and Consul token
+    // stop working, and it can come back with a new token.
+    let create = h0.arpanet(&[
+        "service",
+        "create",
+        "web",
+        "--image",
+        TEST_IMAGE,
+        "--replicas",
+        "3",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert_success(&create, "service create web");
+    let each = |h: &Host| -> BTreeMap<String, usize> {
+        let out = h.arpanet(&["ps", "--all", "--json"]);
+        let mut counts = BTreeMap::new();
+        if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&out.stdout) {
+            for c in list {
+                if c["service"] == "web" && c["state"] == "running" {
+                    *counts
+                        .entry(c["node"].as_str().unwrap_or("").to_string())
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        counts
+    };
+    let spread = |pairs: &[(&str, usize)]| -> BTreeMap<String, usize> {
+        pairs.iter().map(|(a, n)| (a.to_string(), *n)).collect()
+    };
+    wait_until(Duration::from_secs(90), "one web instance per node", || {
+        each(h0) == spread(&[("0.1", 1), ("0.2", 1), ("0.3", 1)])
+    });
+    let agent_token = std::fs::read_to_string(files.consul_agent_token())
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = h0.arpanet(&["node", "rm", "0.2"]);
+    assert_success(&out, "node rm 0.2");
+    assert!(
+        stdout(&out).contains(&format!("revoked certificate {}", info.serial)),
+        "{}",
+        stdout(&out)
+    );
+    wait_until(Duration::from_secs(60), "web re-placed off 0.2", || {
+        let c = each(h0);
+        c.values().sum::<usize>() == 3 && !c.contains_key("0.2")
+    });
+    // Its certificate, shown to 0.1's own cluster API, is refused as revoked.
+    let (cert, key, ca) = (files.node_cert(), files.node_key(), files.ca_cert());
+    wait_until(
+        Duration::from_secs(20),
+        "0.1 to refuse 0.2's certificate",
+        || {
+            let out = h0.exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "https://10.255.0.1:7100/v1/nodes",
+            ]);
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("revoked")
+        },
+    );
+    // Its Consul token is gone.
+    let out = h0.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("X-Consul-Token: {agent_token}"),
+        "http://127.0.0.1:8500/v1/kv/arpanet/cluster/?keys",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "403",
+        "the removed node's Consul token still works"
+    );
+    // Back with a new token: a new certificate, and a node again.
+    h1.stop("arpanetd");
+    h1.stop("consul");
+    std::fs::remove_dir_all(files.dir.clone()).unwrap();
+    let out = join(h1, "client", h0, &token(h0, "client"));
+    assert_success(&out, "arpanet client again after node rm");
+    let again = CertInfo::from_pem(&std::fs::read_to_string(files.node_cert()).unwrap()).unwrap();
+    assert_ne!(again.serial, info.serial);
+    h1.start_arpanetd();
+    h1.start_consul_agent();
+    for h in [h0, h1, h2] {
+        h.wait_for_nodes(3, Duration::from_secs(90));
+    }
 }

@@ -20,6 +20,7 @@ mod node_tls;
 mod overlay;
 mod packaging;
 mod registration;
+mod renew;
 mod services;
 mod systemd_machine;
 
