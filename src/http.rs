@@ -224,6 +224,26 @@ impl TlsListener {
         what: &'static str,
         config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
     ) -> std::io::Result<Self> {
+        Self::start(tcp, what, config, false)
+    }
+
+    /// As [`TlsListener::new`], but a plain HTTP request gets the answer dockerd's Go
+    /// TLS server gives ("Client sent an HTTP request to an HTTPS server."), for a
+    /// listener that stands in for dockerd.
+    pub fn answering_plain_http(
+        tcp: TcpListener,
+        what: &'static str,
+        config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        Self::start(tcp, what, config, true)
+    }
+
+    fn start(
+        tcp: TcpListener,
+        what: &'static str,
+        config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
+        answer_plain_http: bool,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, incoming) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -240,7 +260,7 @@ impl TlsListener {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    if answered_plain_http(&mut stream).await {
+                    if answer_plain_http && answered_plain_http(&mut stream).await {
                         return tracing::debug!("{what}: plain HTTP from {addr} refused");
                     }
                     let acceptor = tokio_rustls::TlsAcceptor::from(server);

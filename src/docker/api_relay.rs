@@ -46,11 +46,12 @@ pub fn spawn(config: &Config, tls: NodeTls) {
                 }
             }
         };
-        let mut listener =
-            match TlsListener::new(tcp, WHAT, move || tls.current().ok().map(|c| c.server)) {
-                Ok(l) => l,
-                Err(e) => return warn!("{WHAT} on {addr}: {e}"),
-            };
+        let mut listener = match TlsListener::answering_plain_http(tcp, WHAT, move || {
+            tls.current().ok().map(|c| c.server)
+        }) {
+            Ok(l) => l,
+            Err(e) => return warn!("{WHAT} on {addr}: {e}"),
+        };
         info!(
             "{WHAT} on {addr} (mutual TLS, node certificates), relayed to {}",
             socket.display()
