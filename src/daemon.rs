@@ -273,6 +273,11 @@ impl Daemon {
                 paths::revoked_serials(&self.config.paths),
             ));
         }
+        // An external engine keeps its own listeners; arpanet's daemon.json, the
+        // unix socket only, needs the relay for Docker's API on the Docker plane.
+        if self.config.docker.mode != ServiceMode::External {
+            crate::docker::api_relay::spawn(&self.config, self.tls.clone());
+        }
 
         let (files_tx, mut files_rx) = tokio::sync::mpsc::channel(1);
         // Kept for the loop's lifetime: dropping it stops the watch.

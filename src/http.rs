@@ -224,6 +224,26 @@ impl TlsListener {
         what: &'static str,
         config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
     ) -> std::io::Result<Self> {
+        Self::start(tcp, what, config, false)
+    }
+
+    /// As [`TlsListener::new`], but a plain HTTP request gets the answer dockerd's Go
+    /// TLS server gives ("Client sent an HTTP request to an HTTPS server."), for a
+    /// listener that stands in for dockerd.
+    pub fn answering_plain_http(
+        tcp: TcpListener,
+        what: &'static str,
+        config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        Self::start(tcp, what, config, true)
+    }
+
+    fn start(
+        tcp: TcpListener,
+        what: &'static str,
+        config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
+        answer_plain_http: bool,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, incoming) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -239,6 +259,10 @@ impl TlsListener {
                 let Some(server) = config() else { continue };
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let mut stream = stream;
+                    if answer_plain_http && answered_plain_http(&mut stream).await {
+                        return tracing::debug!("{what}: plain HTTP from {addr} refused");
+                    }
                     let acceptor = tokio_rustls::TlsAcceptor::from(server);
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
@@ -252,6 +276,46 @@ impl TlsListener {
         });
         Ok(Self { incoming, local })
     }
+}
+
+/// What Go's TLS servers (dockerd among them) answer a plain HTTP request with, so the
+/// Docker CLI and curl say what went wrong.
+const PLAIN_HTTP_ANSWER: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// Whether the connection opened with a plain HTTP request (Go's test: the first five
+/// bytes, where a TLS record header would be), which is then answered and closed.
+async fn answered_plain_http(stream: &mut TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HTTP: [&[u8; 5]; 5] = [b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO"];
+    let mut head = [0u8; 5];
+    let peeked = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+        loop {
+            match stream.peek(&mut head).await {
+                // A TLS record, a closed connection or first bytes that are no method
+                // name: the handshake deals with it.
+                Ok(n) if n == head.len() || n == 0 || head[0] == 0x16 => return n,
+                Ok(n) if !HTTP.iter().any(|m| m.starts_with(&head[..n])) => return n,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return 0,
+            }
+        }
+    })
+    .await;
+    if !matches!(peeked, Ok(5)) || !HTTP.contains(&&head) {
+        return false;
+    }
+    let _ = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+        stream.write_all(PLAIN_HTTP_ANSWER).await?;
+        stream.shutdown().await?;
+        // Closing with the request unread would reset the connection, and the client
+        // could lose the answer: read until it closes (or the limit).
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+    true
 }
 
 impl axum::serve::Listener for TlsListener {

@@ -2,9 +2,9 @@
 //! as it is, in its order. The user's own values of arpanet's keys are saved the first
 //! time they are replaced, so uninstall puts them back.
 //!
-//! The Docker API listens on `10.254.a.b:2376` with `tlsverify`: only a client with a
-//! certificate from the cluster CA gets in, whatever the firewall says. Without a
-//! usable identity there is no TCP listener at all, never a plain one.
+//! dockerd listens on its unix socket only. Docker's API on `10.254.a.b:2376` is
+//! arpanetd's relay ([`super::api_relay`]), which holds the TLS: dockerd has no
+//! revocation list and reads its certificate only when it starts.
 
 use std::path::Path;
 
@@ -15,8 +15,8 @@ use crate::config::{Config, Diagnostic};
 use crate::identity::{IdentityError, LocalIdentity};
 use crate::paths::IdentityFiles;
 
-/// The keys arpanet owns. Those it does not set for a node (the TLS keys, without an
-/// identity) are taken out.
+/// The keys arpanet owns. It sets none of the TLS keys any more; they stay owned so
+/// that values an older arpanet wrote are taken out, and uninstall restores the user's.
 pub const MANAGED_KEYS: [&str; 9] = [
     "bip",
     "dns",
@@ -36,9 +36,8 @@ pub fn tls_identity(config: &Config) -> Result<IdentityFiles, IdentityError> {
     LocalIdentity::load(&files).map(|_| files)
 }
 
-/// What arpanet's keys must say for this node; `tls` is its identity (none: the unix
-/// socket only).
-pub fn desired(config: &Config, tls: Option<&IdentityFiles>) -> Map<String, Value> {
+/// What arpanet's keys must say for this node.
+pub fn desired(config: &Config) -> Map<String, Value> {
     let a = config.node.address;
     let mut m = Map::new();
     m.insert("bip".into(), format!("{}/24", a.bridge_ip()).into());
@@ -51,22 +50,13 @@ pub fn desired(config: &Config, tls: Option<&IdentityFiles>) -> Map<String, Valu
         "dns-search".into(),
         Value::Array(vec!["service.consul".into()]),
     );
-    let mut hosts = vec![Value::from(format!(
-        "unix://{}",
-        config.docker.socket.display()
-    ))];
-    if tls.is_some() {
-        hosts.push(crate::plan::docker_api(config).into());
-    }
-    m.insert("hosts".into(), Value::Array(hosts));
-    if let Some(files) = tls {
-        let path = |p: std::path::PathBuf| Value::from(p.display().to_string());
-        m.insert("tls".into(), true.into());
-        m.insert("tlsverify".into(), true.into());
-        m.insert("tlscacert".into(), path(files.ca_cert()));
-        m.insert("tlscert".into(), path(files.node_cert()));
-        m.insert("tlskey".into(), path(files.node_key()));
-    }
+    m.insert(
+        "hosts".into(),
+        Value::Array(vec![Value::from(format!(
+            "unix://{}",
+            config.docker.socket.display()
+        ))]),
+    );
     m
 }
 
@@ -220,13 +210,10 @@ pub struct Applied {
 
 /// Brings daemon.json to the plan.
 pub fn apply(config: &Config) -> anyhow::Result<Applied> {
-    let (tls, no_tls) = match tls_identity(config) {
-        Ok(files) => (Some(files), None),
-        Err(e) => (None, Some(e)),
-    };
+    let no_tls = tls_identity(config).err();
     let path = &config.docker.daemon_json;
     let current = read(path)?;
-    let Some(new) = merged(&current, &desired(config, tls.as_ref())) else {
+    let Some(new) = merged(&current, &desired(config)) else {
         return Ok(Applied {
             changed: false,
             no_tls,
@@ -279,10 +266,6 @@ mod tests {
         parse(Path::new("daemon.json"), text).unwrap()
     }
 
-    fn files() -> IdentityFiles {
-        IdentityFiles::new(Path::new("/etc/arpanet/identity"))
-    }
-
     /// A config whose identity_dir holds an identity for 0.2 from a fresh CA.
     fn enrolled(dir: &Path) -> Config {
         let mut c = config();
@@ -298,43 +281,45 @@ mod tests {
         c
     }
 
-    #[test]
-    fn desired_keys_follow_the_plan() {
-        let d = desired(&config(), Some(&files()));
-        assert_eq!(d["bip"], "10.0.2.1/24");
-        assert_eq!(d["dns"], serde_json::json!(["10.0.2.1"]));
-        assert_eq!(d["dns-search"], serde_json::json!(["service.consul"]));
-        assert_eq!(
-            d["hosts"],
-            serde_json::json!(["unix:///var/run/docker.sock", "tcp://10.254.0.2:2376"])
-        );
-        assert_eq!(d["tls"], true);
-        assert_eq!(d["tlsverify"], true);
-        assert_eq!(d["tlscacert"], "/etc/arpanet/identity/ca.pem");
-        assert_eq!(d["tlscert"], "/etc/arpanet/identity/cert.pem");
-        assert_eq!(d["tlskey"], "/etc/arpanet/identity/key.pem");
-        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
-        assert_eq!(keys, MANAGED_KEYS, "every key arpanet sets is one it owns");
+    /// What an arpanet that had dockerd terminate TLS wrote for 0.2.
+    fn with_dockerd_tls(current: &Map<String, Value>) -> Map<String, Value> {
+        let mut m = current.clone();
+        let old = obj(r#"{
+            "bip": "10.0.2.1/24", "dns": ["10.0.2.1"], "dns-search": ["service.consul"],
+            "hosts": ["unix:///var/run/docker.sock", "tcp://10.254.0.2:2376"],
+            "tls": true, "tlsverify": true,
+            "tlscacert": "/etc/arpanet/identity/ca.pem",
+            "tlscert": "/etc/arpanet/identity/cert.pem",
+            "tlskey": "/etc/arpanet/identity/key.pem"}"#);
+        for (k, v) in old {
+            m.insert(k, v);
+        }
+        m
     }
 
     #[test]
-    fn without_an_identity_there_is_no_tcp_listener_at_all() {
-        let d = desired(&config(), None);
+    fn desired_keys_follow_the_plan() {
+        let d = desired(&config());
+        assert_eq!(d["bip"], "10.0.2.1/24");
+        assert_eq!(d["dns"], serde_json::json!(["10.0.2.1"]));
+        assert_eq!(d["dns-search"], serde_json::json!(["service.consul"]));
+        // arpanetd's relay holds 2376 and the TLS; dockerd has its unix socket only.
         assert_eq!(
             d["hosts"],
             serde_json::json!(["unix:///var/run/docker.sock"])
         );
         for k in ["tls", "tlsverify", "tlscacert", "tlscert", "tlskey"] {
             assert!(!d.contains_key(k), "{k}");
+            assert!(MANAGED_KEYS.contains(&k), "{k} stays owned");
         }
-        // A file written while the node had one loses the TCP host and the TLS keys
-        // (dockerd does not start with TLS files that are gone), the user's stay.
-        let before = merged(
-            &obj(r#"{"log-driver": "local"}"#),
-            &desired(&config(), Some(&files())),
-        )
-        .unwrap();
-        let after = merged(&before, &d).unwrap();
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert!(keys.iter().all(|k| MANAGED_KEYS.contains(k)));
+    }
+
+    #[test]
+    fn dockerds_own_tls_keys_from_an_older_arpanet_are_taken_out() {
+        let before = with_dockerd_tls(&obj(r#"{"log-driver": "local"}"#));
+        let after = merged(&before, &desired(&config())).unwrap();
         assert_eq!(
             serde_json::to_value(&after).unwrap(),
             serde_json::json!({
@@ -345,16 +330,11 @@ mod tests {
                 "hosts": ["unix:///var/run/docker.sock"],
             })
         );
-        assert_eq!(merged(&after, &d), None, "a second pass changes nothing");
-    }
-
-    #[test]
-    fn no_plain_tcp_port_whatever_the_port() {
-        let mut c = config();
-        c.docker.api_port = 2375;
-        let d = desired(&c, Some(&files()));
-        assert_eq!(d["hosts"][1], "tcp://10.254.0.2:2375");
-        assert_eq!(d["tlsverify"], true);
+        assert_eq!(
+            merged(&after, &desired(&config())),
+            None,
+            "a second pass changes nothing"
+        );
     }
 
     #[test]
@@ -362,28 +342,15 @@ mod tests {
         let current = obj(
             r#"{"log-driver": "local", "dns": ["8.8.8.8"], "tlsverify": false, "debug": true}"#,
         );
-        let d = desired(&config(), Some(&files()));
+        let d = desired(&config());
         let new = merged(&current, &d).unwrap();
         let keys: Vec<&str> = new.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            [
-                "log-driver",
-                "dns",
-                "tlsverify",
-                "debug",
-                "bip",
-                "dns-search",
-                "hosts",
-                "tls",
-                "tlscacert",
-                "tlscert",
-                "tlskey"
-            ]
+            ["log-driver", "dns", "debug", "bip", "dns-search", "hosts"]
         );
         assert_eq!(new["log-driver"], "local");
         assert_eq!(new["debug"], true);
-        assert_eq!(new["tlsverify"], true, "arpanet's key, whatever it said");
         assert_eq!(merged(&new, &d), None, "a second pass changes nothing");
     }
 
@@ -391,11 +358,12 @@ mod tests {
     fn uninstall_restores_the_users_values() {
         let before = obj(r#"{"log-driver": "local", "dns": ["8.8.8.8"], "tls": false}"#);
         let saved = originals(&before);
-        let after = merged(&before, &desired(&config(), Some(&files()))).unwrap();
+        let after = merged(&before, &desired(&config())).unwrap();
+        assert!(!after.contains_key("tls"));
         assert_eq!(restored(&after, &saved), before);
-        let without = merged(&before, &desired(&config(), None)).unwrap();
-        assert!(!without.contains_key("tls"));
-        assert_eq!(restored(&without, &saved), before);
+        // Also from a file an older arpanet wrote with dockerd's TLS keys.
+        let older = with_dockerd_tls(&before);
+        assert_eq!(restored(&older, &saved), before);
     }
 
     #[test]
@@ -413,7 +381,7 @@ mod tests {
         assert_eq!(saved["tlscert"], "/mine.pem");
         assert_eq!(extended(&saved, &old_arpanet), None, "once only");
         assert_eq!(extended(&originals(&user), &user), None);
-        let now = merged(&old_arpanet, &desired(&config(), Some(&files()))).unwrap();
+        let now = merged(&old_arpanet, &desired(&config())).unwrap();
         assert_eq!(restored(&now, &saved), user);
     }
 
@@ -445,11 +413,10 @@ mod tests {
         assert!(first.changed && first.no_tls.is_none(), "{first:?}");
         assert!(!apply(&c).unwrap().changed, "second apply is a no-op");
         let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
-        let key = c.cluster.identity_dir.join("key.pem");
         assert!(
             text.contains("\"log-driver\": \"local\"")
-                && text.contains("tcp://10.254.0.2:2376")
-                && text.contains(&format!("\"tlskey\": \"{}\"", key.display())),
+                && !text.contains("tcp://")
+                && !text.contains("tls"),
             "{text}"
         );
         assert!(remove(&c).unwrap());
@@ -478,13 +445,12 @@ mod tests {
         );
         let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
         assert!(!text.contains("tcp://") && !text.contains("tls"), "{text}");
-        // The identity arrives: the next pass opens the TLS listener.
+        // The identity arrives: daemon.json stays as it is (the relay, not dockerd,
+        // opens 2376), and the reason is gone.
         let enrolled = enrolled(dir.path());
         c.cluster.identity_dir = enrolled.cluster.identity_dir;
         let applied = apply(&c).unwrap();
-        assert!(applied.changed && applied.no_tls.is_none(), "{applied:?}");
-        let text = std::fs::read_to_string(&c.docker.daemon_json).unwrap();
-        assert!(text.contains("tcp://10.254.0.2:2376"), "{text}");
+        assert!(!applied.changed && applied.no_tls.is_none(), "{applied:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Docker: the engine's configuration (daemon.json and, under systemd, a drop-in),
 //! applied in the order that keeps the engine reachable.
 
+pub mod api_relay;
 pub mod daemon_json;
 pub mod dropin;
 pub mod engine;

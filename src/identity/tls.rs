@@ -82,6 +82,22 @@ fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, IdentityError> {
     PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(format!("node key: {e:?}")))
 }
 
+/// A certificate whose signature the cluster CA's key does not verify (another CA with
+/// the cluster CA's name) is one that CA never issued: refused as from an unknown CA.
+/// rustls's own alert for it, decrypt_error, makes clients such as Docker's say
+/// "error decrypting message", nothing about the certificate.
+fn unknown_ca_for_a_bad_signature(e: rustls::Error) -> rustls::Error {
+    match e {
+        rustls::Error::InvalidCertificate(c)
+            if rustls::AlertDescription::from(c.clone())
+                == rustls::AlertDescription::DecryptError =>
+        {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        }
+        e => e,
+    }
+}
+
 /// Requires a client certificate from the cluster CA that is not revoked.
 #[derive(Debug)]
 struct ClusterClientVerifier {
@@ -102,7 +118,8 @@ impl ClientCertVerifier for ClusterClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(unknown_ca_for_a_bad_signature)?;
         self.revoked.check(end_entity)?;
         Ok(verified)
     }

@@ -31,10 +31,10 @@ impl Reconciler for DockerConfig {
                 if no_tls != self.no_tls {
                     match &no_tls {
                         Some(why) => tracing::warn!(
-                            "docker api: {why}; dockerd listens on its unix socket only until the identity is there"
+                            "docker api: {why}; Docker is on its unix socket only until the identity is there"
                         ),
                         None if self.no_tls.is_some() => tracing::info!(
-                            "docker api: the node's identity is there; dockerd listens on {} with TLS",
+                            "docker api: the node's identity is there; arpanetd relays {} to dockerd with TLS",
                             crate::plan::docker_api(snap.config)
                         ),
                         None => {}

@@ -1,7 +1,8 @@
-//! Docker's API on `10.254.a.b:2376` with tlsverify: `arpanet docker-env` gives root a
-//! working `docker` against another node; without a cluster certificate (none, another
-//! CA's, an expired one) nobody gets in, with the firewall or without it.
-//! Every packet stays inside the lab's namespaces.
+//! Docker's API on `10.254.a.b:2376`, arpanetd's mutual TLS relayed to dockerd's unix
+//! socket: `arpanet docker-env` gives root a working `docker` against another node;
+//! without a cluster certificate (none, another CA's, an expired one, a revoked one)
+//! nobody gets in, with the firewall or without it; a renewed certificate needs no
+//! Docker restart. Every packet stays inside the lab's namespaces.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -117,8 +118,8 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
         h.start_arpanetd();
     }
     for (h, other) in [(h0, h1), (h1, h0)] {
-        wait_until(Duration::from_secs(20), "daemon.json with TLS", || {
-            std::fs::read_to_string(h.daemon_json()).is_ok_and(|j| j.contains("\"tlsverify\""))
+        wait_until(Duration::from_secs(20), "daemon.json written", || {
+            std::fs::read_to_string(h.daemon_json()).is_ok_and(|j| j.contains("\"hosts\""))
         });
         wait_until(Duration::from_secs(20), "the peer admitted", || {
             h.admits(&other.underlay_ip.to_string())
@@ -126,19 +127,14 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(h1.daemon_json()).unwrap()).unwrap();
-    let id1 = h1.identity_files();
+    // dockerd has its unix socket only: arpanetd holds 2376 and the TLS.
     assert_eq!(
         json["hosts"],
-        serde_json::json!([
-            format!("unix://{}", h1.docker_socket().display()),
-            "tcp://10.254.0.2:2376"
-        ])
+        serde_json::json!([format!("unix://{}", h1.docker_socket().display())])
     );
-    assert_eq!(json["tls"], true);
-    assert_eq!(json["tlsverify"], true);
-    assert_eq!(json["tlscacert"], id1.ca_cert().to_str().unwrap());
-    assert_eq!(json["tlscert"], id1.node_cert().to_str().unwrap());
-    assert_eq!(json["tlskey"], id1.node_key().to_str().unwrap());
+    for k in ["tls", "tlsverify", "tlscacert", "tlscert", "tlskey"] {
+        assert!(json.get(k).is_none(), "{k} in daemon.json: {json}");
+    }
     for h in nodes {
         h.start_dockerd(Dockerd::ConfigFile(h.daemon_json()));
     }
@@ -146,6 +142,13 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
         h.wait_for_dockerd();
         h.import_test_image();
     }
+    let dockerd_pid = || std::fs::read_to_string(h1.dir.join("dockerd.pid")).unwrap();
+    let pid_before = dockerd_pid();
+    wait_until(
+        Duration::from_secs(20),
+        "arpanetd's relay on 10.254.0.2:2376",
+        || tcp_opens(&ns(h0), h1.address.docker_api_ip(), 2376),
+    );
     assert_success(
         &h1.docker(&["run", "-d", "--name", "marker", TEST_IMAGE, "sleep", "600"]),
         "docker run marker on 0.2",
@@ -270,10 +273,107 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
         eprintln!("MEASURED: docker with {what} certificate: {}", text.trim());
     }
 
-    // 4. ARPANET-INPUT flushed on both nodes (arpanetd stopped first, or it would put
-    // the rules back within a resync period): TLS is what holds now.
+    // 4. A certificate that got in is refused once its serial is in 0.2's revocation
+    // list, with nothing restarted; the node's own still gets in.
+    let serial = |dir: &Path| {
+        let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+        arpanet::identity::CertInfo::from_pem(&pem).unwrap().serial
+    };
+    std::fs::write(
+        arpanet::paths::revoked_serials(
+            &arpanet::config::Config::load(&h1.config_path())
+                .unwrap()
+                .paths,
+        ),
+        serde_json::to_vec(&[serial(&valid)]).unwrap(),
+    )
+    .unwrap();
+    let args = tls_args(&valid);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = docker_in(h0, &[], &args);
+    let text = all_output(&out);
+    assert!(
+        !out.status.success() && !text.contains("marker"),
+        "a revoked certificate got in: {text}"
+    );
+    assert!(
+        text.contains("certificate"),
+        "a revoked certificate: {text}"
+    );
+    eprintln!(
+        "MEASURED: docker with a revoked certificate: {}",
+        text.trim()
+    );
+    let ps = with_docker_env(h0, "0.2", "docker ps --format '{{.Names}}'");
+    assert_success(&ps, "docker ps against 0.2 with a revocation list");
+    assert!(stdout(&ps).lines().any(|l| l == "marker"));
+
+    // 5. 0.2 renews its certificate while everything runs: the next connection gets
+    // the new one, docker-env still works, dockerd was not restarted. Hijacked
+    // connections (exec, with stdin closed half-way) go through the relay too.
+    let served_serial = || {
+        let id = h0.identity_files();
+        let out = h0.exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "openssl s_client -connect 10.254.0.2:2376 -CAfile {} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+                id.ca_cert().display(),
+                id.node_cert().display(),
+                id.node_key().display()
+            ),
+        ]);
+        stdout(&out)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase()
+    };
+    let old = serial(&h1.identity_files().dir);
+    assert_eq!(served_serial(), old);
+    lab.enroll(1, Role::Server);
+    let new = serial(&h1.identity_files().dir);
+    assert_ne!(new, old);
+    assert_eq!(
+        served_serial(),
+        new,
+        "the relay serves the renewed certificate"
+    );
+    let script = "docker ps --format '{{.Names}}' && docker exec marker echo hi \
+                  && echo piped | docker exec -i marker cat";
+    let ps = with_docker_env(h0, "0.2", script);
+    assert_success(&ps, "docker ps and exec against 0.2 after its renewal");
+    let text = stdout(&ps);
+    assert!(text.lines().any(|l| l == "marker"), "{text}");
+    assert!(text.lines().any(|l| l == "hi"), "{text}");
+    assert!(text.lines().any(|l| l == "piped"), "{text}");
+    assert_eq!(dockerd_pid(), pid_before, "dockerd was restarted");
+
+    // 6. ARPANET-INPUT flushed on both nodes: TLS is what holds now. arpanetd holds
+    // it, so it keeps running, with a resync period long enough that it does not put
+    // the rules back meanwhile (checked again at the end).
     for h in nodes {
-        h.stop("arpanetd");
+        let config = std::fs::read_to_string(h.config_path()).unwrap();
+        assert!(config.contains("resync = \"1s\""), "{config}");
+        std::fs::write(
+            h.config_path(),
+            config.replace("resync = \"1s\"", "resync = \"1h\""),
+        )
+        .unwrap();
+        let pid = std::fs::read_to_string(h.dir.join("arpanetd.pid.spawned")).unwrap();
+        assert_success(
+            &std::process::Command::new("kill")
+                .args(["-HUP", pid.trim()])
+                .output()
+                .unwrap(),
+            "kill -HUP arpanetd",
+        );
+        wait_until(Duration::from_secs(10), "the reload", || {
+            h.log("arpanetd").contains("configuration reloaded")
+        });
+    }
+    // The passes the reload starts (a converge, and the new interval's first tick).
+    std::thread::sleep(Duration::from_secs(5));
+    for h in nodes {
         assert_success(
             &h.exec(&["iptables", "-F", "ARPANET-INPUT"]),
             "iptables -F ARPANET-INPUT",
@@ -385,6 +485,13 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
     let ps = with_docker_env(h0, "0.2", "docker ps --format '{{.Names}}'");
     assert_success(&ps, "docker ps against 0.2 with the firewall flushed");
     assert!(stdout(&ps).lines().any(|l| l == "marker"));
+    for h in nodes {
+        assert_eq!(
+            stdout(&h.exec(&["iptables", "-S", "ARPANET-INPUT"])).trim(),
+            "-N ARPANET-INPUT",
+            "the firewall was put back during the checks: they prove nothing"
+        );
+    }
 
     lab.teardown().expect("teardown");
 }

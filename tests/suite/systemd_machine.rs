@@ -89,10 +89,10 @@ fn docker_is_reconfigured_over_dbus_and_reachable_on_the_overlay_only() {
     let json = m0.read_file("/etc/docker/daemon.json");
     assert!(
         json.contains("\"log-driver\": \"local\"")
-            && json.contains("tcp://10.254.0.1:2376")
-            && json.contains("\"tlsverify\": true")
-            && json.contains("\"tlskey\": \"/etc/arpanet/identity/key.pem\""),
-        "{json}"
+            && json.contains("unix:///var/run/docker.sock")
+            && !json.contains("tcp://")
+            && !json.contains("tls"),
+        "dockerd on its unix socket only (arpanetd holds 2376 and the TLS): {json}"
     );
     let driver = m0.exec(&["docker", "info", "--format", "{{.LoggingDriver}}"]);
     assert_eq!(

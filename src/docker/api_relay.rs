@@ -1,0 +1,83 @@
+//! Docker's API on `10.254.a.b:2376`: arpanetd completes the mutual TLS handshake with
+//! the node's certificate and relays each verified connection, byte for byte, to
+//! dockerd's unix socket.
+//!
+//! Why not dockerd's own `tlsverify`: dockerd has no revocation list, and reads its
+//! certificate only when it starts. Here every connection takes the configuration
+//! [`NodeTls::current`] gives as it arrives, so a revoked serial is refused by the next
+//! handshake and a renewed certificate is used without restarting Docker.
+//!
+//! Raw bytes, not HTTP: a hijacked connection (attach, exec, `run -it`) is relayed
+//! like any other, half-closes included.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::serve::Listener;
+use tokio::net::{TcpListener, UnixStream};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::http::TlsListener;
+use crate::identity::NodeTls;
+
+const WHAT: &str = "docker api";
+
+/// Starts the relay. It waits for an identity (the Docker pass says why there is none),
+/// then for the address (the network pass adds it), then serves.
+pub fn spawn(config: &Config, tls: NodeTls) {
+    let addr = SocketAddr::from((config.node.address.docker_api_ip(), config.docker.api_port));
+    let socket = config.docker.socket.clone();
+    tokio::spawn(async move {
+        while tls.current().is_err() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let mut reported = false;
+        let tcp = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    if !reported {
+                        info!("{WHAT} waits for {addr} ({e})");
+                        reported = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut listener = match TlsListener::answering_plain_http(tcp, WHAT, move || {
+            tls.current().ok().map(|c| c.server)
+        }) {
+            Ok(l) => l,
+            Err(e) => return warn!("{WHAT} on {addr}: {e}"),
+        };
+        info!(
+            "{WHAT} on {addr} (mutual TLS, node certificates), relayed to {}",
+            socket.display()
+        );
+        loop {
+            let (stream, peer) = listener.accept().await;
+            tokio::spawn(relay(stream, peer, socket.clone()));
+        }
+    });
+}
+
+async fn relay(
+    mut client: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    socket: PathBuf,
+) {
+    let mut docker = match UnixStream::connect(&socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The client sees the connection close, as if dockerd were down.
+            return warn!("{WHAT}: {peer} not relayed: {}: {e}", socket.display());
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut client, &mut docker).await {
+        Ok((up, down)) => debug!("{WHAT}: {peer}: {up} bytes to dockerd, {down} back"),
+        // Peers that close without close_notify, dockerd restarting: nothing to act on.
+        Err(e) => debug!("{WHAT}: {peer}: {e}"),
+    }
+}
