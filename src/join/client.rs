@@ -43,6 +43,12 @@ pub async fn request(
         let why = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)
             .unwrap_or_else(|_| format!("HTTP {status}"));
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(JoinError::NotReady(format!(
+                "{} cannot issue yet: {why}",
+                peer.address
+            )));
+        }
         return Err(JoinError::Refused(format!(
             "{} refused the join: {why}",
             peer.address
