@@ -53,6 +53,11 @@ pub fn consul_config(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("consul/config.json")
 }
 
+/// The agent's copies of this node's CA, certificate and key (its user's, 0600).
+pub fn consul_tls_dir(paths: &PathsConfig) -> PathBuf {
+    paths.state_dir.join("consul/tls")
+}
+
 pub fn consul_data(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("consul/data")
 }

@@ -3,11 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Role};
+use crate::identity::LocalIdentity;
+use crate::paths::IdentityFiles;
 
 /// What the rendering needs besides the config, read from the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +21,8 @@ pub struct HostFacts {
     /// start when told to listen on an address that does not exist).
     pub bridge_ip_present: bool,
     pub gossip_key: String,
+    /// Whether [`install_tls_files`] put this node's identity where the agent reads it.
+    pub tls: bool,
 }
 
 /// The unprivileged user arpanet-consul.service runs the agent as (the packages
@@ -70,7 +75,92 @@ pub fn render(config: &Config, facts: &HostFacts) -> Value {
     if bootstraps {
         v["bootstrap_expect"] = json!(config.cluster.expect);
     }
+    if facts.tls {
+        tls(&mut v, config);
+    }
     v
+}
+
+/// RPC (agents to servers, raft between servers) with the cluster CA's certificates,
+/// in Consul 1.8's top-level keys (1.12 and later read them too, as deprecated aliases
+/// of `tls.defaults`/`tls.internal_rpc`). A server's certificate names
+/// `server.<datacenter>.consul`, which `verify_server_hostname` wants, so a client
+/// certificate cannot pose as a server. Only RPC verifies incoming connections: the
+/// HTTP API stays plain on 127.0.0.1 and the Consul address (ACLs guard it), and no
+/// HTTPS or gRPC port is opened. DNS and gossip are not TLS (gossip has `encrypt`).
+fn tls(v: &mut Value, config: &Config) {
+    let files = agent_tls_files(config);
+    v["ca_file"] = json!(files.ca_cert());
+    v["cert_file"] = json!(files.node_cert());
+    v["key_file"] = json!(files.node_key());
+    v["verify_incoming_rpc"] = json!(true);
+    v["verify_outgoing"] = json!(true);
+    v["verify_server_hostname"] = json!(true);
+    v["tls_min_version"] = json!("tls12");
+}
+
+/// The agent's copies of this node's CA, certificate and key (the same file names as
+/// the identity's): the agent's user cannot read the originals (root's, 0600).
+pub fn agent_tls_files(config: &Config) -> IdentityFiles {
+    IdentityFiles::new(&crate::paths::consul_tls_dir(&config.paths))
+}
+
+static NO_IDENTITY_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Copies this node's identity for the agent: each file written only when it differs
+/// (a renewed certificate), 0600, then handed to the agent's user with the directory.
+/// `Ok(None)`: the node has no identity yet (not joined), said once; the agent then
+/// runs without TLS. `Ok(Some(changed))` otherwise.
+pub fn install_tls_files(config: &Config) -> anyhow::Result<Option<bool>> {
+    let source = IdentityFiles::new(&config.cluster.identity_dir);
+    if !LocalIdentity::present(&source) {
+        if !NO_IDENTITY_SAID.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "no node identity in {}: Consul RPC runs without TLS until this node joins",
+                source.dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    let id = LocalIdentity::load(&source)?;
+    let dest = agent_tls_files(config);
+    install_into(&id, &dest, AGENT_USER).map(Some)
+}
+
+fn install_into(id: &LocalIdentity, dest: &IdentityFiles, user: &str) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&dest.dir).with_context(|| format!("create {}", dest.dir.display()))?;
+    std::fs::set_permissions(&dest.dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dest.dir.display()))?;
+    let mut changed = false;
+    for (path, text) in [
+        (dest.ca_cert(), &id.ca_pem),
+        (dest.node_cert(), &id.cert_pem),
+        (dest.node_key(), &id.key_pem),
+    ] {
+        if std::fs::read_to_string(&path).ok().as_ref() != Some(text) {
+            crate::files::write_private(&path, text)?;
+            changed = true;
+        }
+        give_to(&path, user)?;
+    }
+    give_dir_to(&dest.dir, user)?;
+    Ok(changed)
+}
+
+fn give_dir_to(dir: &Path, name: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(user) =
+        nix::unistd::User::from_name(name).with_context(|| format!("look up user {name}"))?
+    else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if (meta.uid(), meta.gid()) != (user.uid.as_raw(), user.gid.as_raw()) {
+        std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .with_context(|| format!("chown {} to {name}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Upstream resolvers from resolv.conf, skipping loopback stubs (systemd-resolved's
@@ -167,7 +257,90 @@ mod tests {
             recursors: vec!["192.168.8.1".parse().unwrap()],
             bridge_ip_present: bridge,
             gossip_key: "k".into(),
+            tls: false,
         }
+    }
+
+    #[test]
+    fn with_an_identity_rpc_is_mutual_tls_and_http_stays_plain() {
+        for role in ["boot", "server", "client"] {
+            let mut f = facts(true);
+            f.tls = true;
+            let v = render(&config(role, ""), &f);
+            let dir = "/var/lib/arpanet/consul/tls";
+            assert_eq!(v["ca_file"], format!("{dir}/ca.pem"), "{role}");
+            assert_eq!(v["cert_file"], format!("{dir}/cert.pem"));
+            assert_eq!(v["key_file"], format!("{dir}/key.pem"));
+            assert_eq!(v["verify_incoming_rpc"], true);
+            assert_eq!(v["verify_outgoing"], true);
+            assert_eq!(v["verify_server_hostname"], true);
+            assert_eq!(v["tls_min_version"], "tls12");
+            // verify_incoming would cover HTTPS too; there is none, and HTTP is plain.
+            assert!(v.get("verify_incoming").is_none());
+            assert!(v["ports"].get("https").is_none() && v["ports"].get("grpc").is_none());
+            assert_eq!(v["ports"]["http"], 8500);
+        }
+    }
+
+    #[test]
+    fn without_an_identity_nothing_names_tls() {
+        let v = render(&config("server", ""), &facts(true));
+        for key in [
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "verify_incoming_rpc",
+            "verify_outgoing",
+            "verify_server_hostname",
+        ] {
+            assert!(v.get(key).is_none(), "{key}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("server", "");
+        c.cluster.identity_dir = dir.path().join("identity");
+        c.paths.state_dir = dir.path().join("state");
+        assert_eq!(install_tls_files(&c).unwrap(), None);
+        assert!(!crate::paths::consul_tls_dir(&c.paths).exists());
+    }
+
+    #[test]
+    fn the_agent_gets_its_own_copies_rewritten_only_on_renewal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("server", "");
+        c.cluster.identity_dir = dir.path().join("identity");
+        c.paths.state_dir = dir.path().join("state");
+        let ca = crate::identity::Ca::generate("apples").unwrap();
+        let source = IdentityFiles::new(&c.cluster.identity_dir);
+        let id = crate::identity::NodeIdentity {
+            cluster: "apples".into(),
+            address: c.node.address,
+            role: crate::identity::Role::Server,
+        };
+        crate::identity::enroll_locally(&ca, &source, &id).unwrap();
+        assert_eq!(install_tls_files(&c).unwrap(), Some(true));
+        let copies = agent_tls_files(&c);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (copy, original) in [
+            (copies.ca_cert(), source.ca_cert()),
+            (copies.node_cert(), source.node_cert()),
+            (copies.node_key(), source.node_key()),
+        ] {
+            assert_eq!(
+                std::fs::read(&copy).unwrap(),
+                std::fs::read(&original).unwrap()
+            );
+            assert_eq!(mode(&copy), 0o600, "{}", copy.display());
+        }
+        assert_eq!(mode(&copies.dir), 0o700);
+        assert_eq!(install_tls_files(&c).unwrap(), Some(false), "nothing new");
+        // A renewal: a new key and certificate in the identity directory.
+        crate::identity::enroll_locally(&ca, &source, &id).unwrap();
+        assert_eq!(install_tls_files(&c).unwrap(), Some(true));
+        assert_eq!(
+            std::fs::read(copies.node_key()).unwrap(),
+            std::fs::read(source.node_key()).unwrap()
+        );
     }
 
     #[test]

@@ -33,10 +33,13 @@ pub async fn reconcile(
     }
     let key = secret::gossip_key(&secret::read(&config.cluster.secret_file)?);
     let a = config.node.address;
+    // Before the config that names them, so a (re)started agent finds them.
+    let tls = agent::install_tls_files(config)?;
     let facts = agent::HostFacts {
         recursors: agent::host_recursors(&[a.bridge_ip(), a.consul_ip()]),
         bridge_ip_present: netlink.has_address(a.bridge_ip()).await?,
         gossip_key: key,
+        tls: tls.is_some(),
     };
     let path = paths::consul_config(&config.paths);
     let existed = path.exists();
@@ -46,6 +49,9 @@ pub async fn reconcile(
     if changed {
         changes.push(format!("wrote {}", path.display()));
     }
+    // A renewed certificate with the same config: Consul re-reads its TLS files on
+    // SIGHUP, so no restart (turning TLS on changes the config, which restarts).
+    let tls_renewed = tls == Some(true) && !changed && existed;
     match config.consul.mode {
         ConsulMode::Systemd => {
             let systemd = systemd
@@ -53,6 +59,9 @@ pub async fn reconcile(
             if changed {
                 systemd.restart(CONSUL_UNIT).await?;
                 changes.push(format!("restarted {CONSUL_UNIT}"));
+            } else if tls_renewed && systemd.active_state(CONSUL_UNIT).await? == "active" {
+                systemd.reload_unit(CONSUL_UNIT).await?;
+                changes.push(format!("reloaded {CONSUL_UNIT}: new TLS files"));
             } else if systemd.active_state(CONSUL_UNIT).await? != "active" {
                 systemd.start(CONSUL_UNIT).await?;
                 changes.push(format!("started {CONSUL_UNIT}"));
@@ -63,6 +72,9 @@ pub async fn reconcile(
                 "{} changed; restart the Consul agent to apply it",
                 path.display()
             );
+        }
+        ConsulMode::Config if tls_renewed => {
+            tracing::warn!("the Consul agent's TLS files changed; reload it (consul reload)");
         }
         _ => {}
     }

@@ -251,6 +251,179 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
     lab.teardown().expect("teardown");
 }
 
+/// How a stranger tries Consul's RPC port (8300).
+enum Rpc<'a> {
+    /// Consul's plain RPC byte (0x00), then a request.
+    Plain,
+    /// Consul's TLS byte (0x03), a TLS handshake with this client certificate (dir
+    /// with cert.pem and key.pem) or none, then the same request.
+    Tls(Option<&'a std::path::Path>),
+}
+
+/// `Status.Ping` over Consul's RPC from inside `netns`, as a Consul agent sends it
+/// (net/rpc with msgpack). `Ok(answer)` when a response came back, `Err(why)` when the
+/// server closed the connection or the TLS handshake failed.
+fn rpc_ping(
+    netns: &str,
+    addr: std::net::SocketAddrV4,
+    how: Rpc,
+    ca_pem: &str,
+) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::Write;
+    // Request header {ServiceMethod: "Status.Ping", Seq: 1}, then the empty args map.
+    let mut ping = vec![0x82, 0xad];
+    ping.extend_from_slice(b"ServiceMethod");
+    ping.push(0xab);
+    ping.extend_from_slice(b"Status.Ping");
+    ping.push(0xa3);
+    ping.extend_from_slice(b"Seq");
+    ping.extend_from_slice(&[0x01, 0x80]);
+    let tls = match how {
+        Rpc::Plain => None,
+        Rpc::Tls(client) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+                .unwrap();
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+            let config = match client {
+                None => builder.with_no_client_auth(),
+                Some(dir) => builder
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from_pem_file(dir.join("cert.pem")).unwrap()],
+                        PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap(),
+                    )
+                    .unwrap(),
+            };
+            Some(std::sync::Arc::new(config))
+        }
+    };
+    let netns = std::fs::File::open(netns).unwrap();
+    std::thread::spawn(move || -> Result<Vec<u8>, String> {
+        // This thread only: the test's other threads stay in the root namespace.
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let timeout = Some(Duration::from_secs(5));
+        let mut tcp = std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_read_timeout(timeout).unwrap();
+        tcp.set_write_timeout(timeout).unwrap();
+        let exchange = |s: &mut dyn ReadWrite| -> Result<Vec<u8>, String> {
+            s.write_all(&[0x00]).map_err(|e| format!("write: {e}"))?;
+            s.write_all(&ping).map_err(|e| format!("write: {e}"))?;
+            s.flush().map_err(|e| format!("flush: {e}"))?;
+            let mut answer = vec![0; 256];
+            match s.read(&mut answer) {
+                Ok(0) => Err("closed without an answer".into()),
+                Ok(n) => Ok(answer[..n].to_vec()),
+                Err(e) => Err(format!("read: {e}")),
+            }
+        };
+        match tls {
+            None => exchange(&mut tcp),
+            Some(config) => {
+                tcp.write_all(&[0x03]).map_err(|e| format!("write: {e}"))?;
+                let name = ServerName::try_from("server.arpanet-lab.consul").unwrap();
+                let conn = rustls::ClientConnection::new(config, name).unwrap();
+                exchange(&mut rustls::StreamOwned::new(conn, tcp))
+            }
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// What a user checks: a machine without a cluster certificate cannot talk RPC to a
+/// server, also with ARPANET-INPUT flushed, while the node's own agents (a client
+/// among them) form the cluster over TLS and HTTP on 127.0.0.1 stays plain.
+#[test]
+fn without_a_cluster_certificate_nothing_talks_rpc_to_a_server() {
+    require_lab!();
+    let lab = Lab::builder(3).start();
+    lab.write_arpanet_config(0, "boot", &[1], CONSUL);
+    lab.write_arpanet_config(1, "client", &[0], CONSUL);
+    let (h0, h1, stranger) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    for h in [h0, h1] {
+        start(h);
+    }
+    // A leader seen from the client: its agent's RPC to the server, over TLS.
+    for h in [h0, h1] {
+        wait_until(Duration::from_secs(90), "a Consul leader", || has_leader(h));
+        wait_until(Duration::from_secs(30), "2 alive members", || {
+            alive_members(h) == ["h0", "h1"]
+        });
+    }
+    let rendered: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(h0.dir.join("state/consul/config.json")).unwrap(),
+    )
+    .unwrap();
+    let tls_dir = h0.dir.join("state/consul/tls");
+    assert_eq!(
+        rendered["cert_file"],
+        tls_dir.join("cert.pem").to_str().unwrap()
+    );
+    assert_eq!(rendered["verify_incoming_rpc"], true);
+    assert_eq!(rendered["verify_server_hostname"], true);
+    assert_eq!(
+        std::fs::read(tls_dir.join("key.pem")).unwrap(),
+        std::fs::read(h0.identity_files().node_key()).unwrap()
+    );
+    // The plain HTTP API still answers on loopback.
+    assert_success(&h0.consul(&["members"]), "consul members over plain HTTP");
+
+    // ARPANET-INPUT flushed (arpanetd stopped first, or it puts the rules back).
+    h0.stop("arpanetd");
+    assert_success(
+        &h0.exec(&["iptables", "-F", "ARPANET-INPUT"]),
+        "iptables -F ARPANET-INPUT",
+    );
+    let server = h0.address.consul_ip();
+    let route = stranger.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{server}/32"),
+        "via",
+        &h0.underlay_ip.to_string(),
+        "dev",
+        &stranger.underlay_interface,
+    ]);
+    assert_success(
+        &route,
+        "the stranger's route to the server's Consul address",
+    );
+    let ns = format!("/run/netns/{}", stranger.netns);
+    let addr = std::net::SocketAddrV4::new(server, 8300);
+    let ca = &lab.ca.cert_pem;
+
+    // With a cluster certificate (the client node's), from the same place: an answer.
+    // Without it this test would prove nothing.
+    let with_cert = rpc_ping(&ns, addr, Rpc::Tls(Some(&h1.identity_files().dir)), ca);
+    let answer = with_cert.unwrap_or_else(|e| panic!("RPC with the client's certificate: {e}"));
+    assert!(
+        answer.windows(11).any(|w| w == b"Status.Ping"),
+        "Status.Ping's answer: {answer:?}"
+    );
+    let plain = rpc_ping(&ns, addr, Rpc::Plain, ca);
+    assert!(plain.is_err(), "plain RPC answered: {plain:?}");
+    let no_cert = rpc_ping(&ns, addr, Rpc::Tls(None), ca);
+    assert!(
+        no_cert.is_err(),
+        "TLS RPC without a certificate answered: {no_cert:?}"
+    );
+    eprintln!("MEASURED: plain RPC: {plain:?}; TLS without a certificate: {no_cert:?}");
+
+    lab.teardown().expect("teardown");
+}
+
 // A node with the wrong secret is turned away before it reaches Consul at all: it is
 // never admitted to the overlay (admission.rs attacks that with a real stranger).
 
