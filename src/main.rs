@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, completions, consul_agent, image, images, info, is_configured, kv, man, members, node,
-    ps, secret, seed, service, status, template, uninstall_network, up,
+    check, completions, consul_agent, consul_token, image, images, info, is_configured, kv, man,
+    members, node, ps, secret, seed, service, status, template, uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -38,6 +38,7 @@ enum Command {
     Kv(kv::Kv),
     Secret(secret::Secret),
     ConsulAgent(consul_agent::ConsulAgent),
+    ConsulToken(consul_token::ConsulToken),
     Service(service::Service),
     Template(template::Template),
     Ps(ps::Ps),
@@ -78,6 +79,7 @@ async fn main() -> ExitCode {
         Command::Kv(c) => c.exec(&opts.config).await,
         Command::Secret(c) => c.exec(&opts.config),
         Command::ConsulAgent(c) => c.exec(&opts.config).await,
+        Command::ConsulToken(c) => c.exec(&opts.config).await,
         Command::Service(c) => c.exec(&opts.config).await,
         Command::Template(c) => c.exec(&opts.config).await,
         Command::Ps(c) => c.exec(&opts.config).await,

@@ -93,7 +93,9 @@ pub struct IdentityFiles {
 
 impl IdentityFiles {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
     /// The cluster CA's certificate (PEM): every node has it.
     pub fn ca_cert(&self) -> PathBuf {

@@ -58,7 +58,7 @@ impl ApiState {
         Self {
             me: crate::placement::reconcile::me(&config.node),
             docker_socket: config.docker.socket.clone(),
-            consul: Consul::impatient(config.consul.http_addr),
+            consul: Consul::impatient_for_node(config),
             port: config.api.port,
             peers: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(3))

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod completions;
 pub mod consul_agent;
+pub mod consul_token;
 pub mod image;
 pub mod images;
 pub mod info;

@@ -37,6 +37,10 @@ pub struct Seed {
     /// Read the cluster secret from this file, e.g. a copy of the boot node's.
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// This node's Consul ACL token (not on the boot node, which makes its own): a file
+    /// holding the SecretID `arpanet consul-token NODE` printed on a server.
+    #[arg(long, value_name = "PATH")]
+    pub consul_token_file: Option<PathBuf>,
     /// Only write the config and the secret; do not enable or start arpanetd.
     #[arg(long)]
     pub no_start: bool,
@@ -124,6 +128,8 @@ impl Seed {
             }
         }
 
+        self.install_consul_tokens(&config, role)?;
+
         if self.no_start {
             return Ok(());
         }
@@ -143,6 +149,44 @@ impl Seed {
             "arpanetd is enabled and running as node {} ({role}); `arpanet status` shows its state",
             self.address
         );
+        Ok(())
+    }
+
+    /// Consul's ACL tokens: the boot node makes the management token and its own; a
+    /// joiner installs the one it was given. A joiner without one gets a warning: its
+    /// agent cannot register it until it has one.
+    fn install_consul_tokens(&self, config: &Config, role: Role) -> anyhow::Result<()> {
+        use crate::consul::{acl, client::read_token_file};
+        let files = paths::IdentityFiles::new(&config.cluster.identity_dir);
+        match (&self.consul_token_file, role) {
+            (Some(_), Role::Boot) => {
+                bail!("--consul-token-file: the boot node makes its own Consul tokens")
+            }
+            (None, Role::Boot) => {
+                for line in acl::make_boot_tokens(&files)? {
+                    println!("{line}");
+                }
+            }
+            (Some(from), _) => {
+                let token = read_token_file(from)?.with_context(|| {
+                    format!("--consul-token-file: {} does not exist", from.display())
+                })?;
+                let to = files.consul_agent_token();
+                if read_token_file(&to)?.as_deref() != Some(token.as_str()) {
+                    acl::write_token_file(&to, &token)?;
+                    println!("installed this node's Consul token in {}", to.display());
+                }
+            }
+            (None, _) => {
+                if read_token_file(&files.consul_agent_token())?.is_none() {
+                    eprintln!(
+                        "warning: no Consul token in {}: the cluster's Consul refuses this node until it has one (`arpanet consul-token {}` on the boot node prints it; give it with --consul-token-file)",
+                        files.consul_agent_token().display(),
+                        config.node_name()
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
