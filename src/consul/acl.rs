@@ -239,10 +239,15 @@ async fn ensure_policy(
         b
     };
     match list.iter().find(|p| p.name == name) {
-        None => {
-            let _: Value = client.put_json("/v1/acl/policy", &body(None)).await?;
-            Ok(true)
-        }
+        None => match client
+            .put_json::<_, Value>("/v1/acl/policy", &body(None))
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Another server made it first: it is checked on the next pass.
+            Err(ConsulError::Status { body, .. }) if body.contains("already exists") => Ok(false),
+            Err(e) => Err(e),
+        },
         Some(p) => {
             let path = format!("/v1/acl/policy/{}", p.id);
             let current: Option<Policy> = client.get_json_optional(&path).await?;

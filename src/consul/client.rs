@@ -69,7 +69,7 @@ pub enum ConsulError {
     },
     /// A 403: the token sent (or none) lacks the right. Names the token file, as that is
     /// what the reader can check or replace.
-    #[error("Consul at {addr} refused {what} (ACL: {body}): {}", token_hint(token_file.as_deref(), *sent))]
+    #[error("Consul at {addr} refused {what} (ACL: {body}): {}", token_hint(token_file.as_deref(), *sent, body))]
     Forbidden {
         addr: SocketAddr,
         what: String,
@@ -86,8 +86,14 @@ pub enum ConsulError {
     NoLeaderInTime { addr: SocketAddr, limit: Duration },
 }
 
-fn token_hint(file: Option<&Path>, sent: bool) -> String {
+fn token_hint(file: Option<&Path>, sent: bool, body: &str) -> String {
     match (file, sent) {
+        // Consul does not know the token: not made yet (a node's is made once there is
+        // a leader), or deleted.
+        (Some(f), true) if body.contains("ACL not found") => format!(
+            "Consul does not know the token in {} (not made yet, or deleted)",
+            f.display()
+        ),
         (Some(f), true) => format!("the token in {} lacks the right", f.display()),
         (Some(f), false) => format!("no token was sent ({} does not exist)", f.display()),
         (None, _) => "no token was sent".to_string(),
