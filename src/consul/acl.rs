@@ -218,6 +218,25 @@ async fn check_own_token(client: &Consul) -> Result<(), ConsulError> {
     Ok(())
 }
 
+/// Waits until the leader has created `client`'s token from its config (the
+/// management token): moments after it is elected.
+pub async fn wait_for_own_token(
+    client: &Consul,
+    limit: std::time::Duration,
+) -> Result<(), ConsulError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check_own_token(client).await {
+            Err(ConsulError::Forbidden { body, .. })
+                if body.contains("ACL not found") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Makes the policy `name` hold `rules`, creating it when missing. Returns whether
 /// anything changed.
 async fn ensure_policy(

@@ -229,6 +229,14 @@ fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
     }
 }
 
+/// A token Consul does not know yet, outside the ACL API: a node's own token is made
+/// once its cluster has a leader (seconds after the agent starts), so this is waited
+/// out like an election. In the ACL API "ACL not found" may be about the token read.
+fn token_not_made_yet(e: &ConsulError) -> bool {
+    matches!(e, ConsulError::Forbidden { body, sent: true, what, .. }
+        if body.contains("ACL not found") && !what.starts_with("/v1/acl/"))
+}
+
 /// What reading a key back says about a create (`cas=0`) whose outcome was unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
@@ -507,6 +515,13 @@ impl Consul {
         let attempt = || async {
             let resp = self.send_once(&build).await?;
             let code = resp.status();
+            if code == StatusCode::FORBIDDEN {
+                // Refused before anything was done.
+                return Err(Failed {
+                    error: self.forbidden(resp).await,
+                    effect: Effect::NotApplied,
+                });
+            }
             if !code.is_server_error() {
                 return Ok(resp);
             }
@@ -528,9 +543,22 @@ impl Consul {
             .retry(doubling(self.election_attempts))
             .sleep(tokio::time::sleep)
             .when(|f: &Failed| {
-                matches!(f.error, ConsulError::NoLeader { .. }) && may_resend(repeat, f.effect)
+                (matches!(f.error, ConsulError::NoLeader { .. }) || token_not_made_yet(&f.error))
+                    && may_resend(repeat, f.effect)
             })
             .await
+    }
+
+    /// A 403 as one line naming the token file.
+    async fn forbidden(&self, resp: reqwest::Response) -> ConsulError {
+        let what = resp.url().path().to_string();
+        ConsulError::Forbidden {
+            addr: self.addr,
+            what,
+            body: first_line(&resp.text().await.unwrap_or_default()),
+            token_file: self.token_file.clone(),
+            sent: self.sends_token(),
+        }
     }
 
     /// Sends a request, retrying only when Consul could not be reached at all (the
@@ -558,17 +586,10 @@ impl Consul {
         if code.is_success() {
             return Ok(resp);
         }
-        let what = resp.url().path().to_string();
-        let body = first_line(&resp.text().await.unwrap_or_default());
         if code == StatusCode::FORBIDDEN {
-            return Err(ConsulError::Forbidden {
-                addr: self.addr,
-                what,
-                body,
-                token_file: self.token_file.clone(),
-                sent: self.sends_token(),
-            });
+            return Err(self.forbidden(resp).await);
         }
+        let body = first_line(&resp.text().await.unwrap_or_default());
         Err(ConsulError::Status {
             addr: self.addr,
             code,

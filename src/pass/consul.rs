@@ -85,6 +85,13 @@ impl Reconciler for ConsulAcl {
             // No leader yet, or no agent: the agent reconciler says so.
             _ => return outcome,
         }
+        if let Err(e) = consul::acl::wait_for_own_token(&client, Duration::from_secs(10)).await {
+            outcome.fail(
+                "ACLs",
+                format!("the management token in {}: {e}", management.display()),
+            );
+            return outcome;
+        }
         match consul::acl::ensure_policies(&client).await {
             Ok(changes) => outcome.changes.extend(changes),
             Err(e) => {

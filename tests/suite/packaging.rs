@@ -370,6 +370,19 @@ fn form_cluster<'a>(
         .to_string();
     let join = format!("{}@{}", boot_node.address, boot_node.underlay_ip);
     for (m, role) in machines[1..].iter().zip(["server", "client"]) {
+        // Its Consul token, made on the boot node once its Consul leads (until the
+        // join service hands tokens out), copied over as the secret is.
+        let mut token = String::new();
+        wait_until(
+            Duration::from_secs(90),
+            "arpanet consul-token on the boot node",
+            || {
+                let out = machines[0].exec(&["arpanet", "consul-token", &m.name]);
+                token = stdout(&out).trim().to_string();
+                out.status.success()
+            },
+        );
+        m.write_file("/root/consul.token", &format!("{token}\n"));
         let out = m.exec(&[
             "arpanet",
             role,
@@ -380,6 +393,8 @@ fn form_cluster<'a>(
             &join,
             "--secret",
             &secret,
+            "--consul-token-file",
+            "/root/consul.token",
             "--underlay-interface",
             "eth1",
         ]);
