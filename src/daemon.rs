@@ -94,6 +94,7 @@ fn reconcilers(netlink: &Netlink, tls: &NodeTls) -> Vec<Box<dyn Reconciler>> {
         Box::new(pass::consul::ConsulAgent {
             netlink: netlink.clone(),
         }),
+        Box::new(pass::consul::ConsulAcl),
         Box::new(pass::consul::NodeRegistration),
         Box::new(pass::containers::DeclaredContainers::default()),
         Box::new(pass::containers::ClusterServices),
@@ -112,7 +113,7 @@ impl Daemon {
         let config = Config::load(config_path)?;
         let netlink = Netlink::connect()?;
         // Impatient: a pass must not wait out an election; what fails is retried next pass.
-        let consul = Consul::impatient(config.consul.http_addr);
+        let consul = Consul::impatient_for_node(&config);
         let (admitted_tx, admitted_rx) = tokio::sync::mpsc::channel(1);
         let tls = NodeTls::from_config(&config);
         Ok(Self {
@@ -254,22 +255,19 @@ impl Daemon {
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
-            tokio::spawn(watch_catalog(
-                Consul::new(self.config.consul.http_addr),
-                catalog_tx,
-            ));
+            tokio::spawn(watch_catalog(Consul::for_node(&self.config), catalog_tx));
             tokio::spawn(watch_containers(
                 self.config.docker.socket.clone(),
                 events_tx,
             ));
             tokio::spawn(watch_cluster_state(
-                Consul::new(self.config.consul.http_addr),
+                Consul::for_node(&self.config),
                 cluster_tx,
             ));
             crate::api::server::spawn(&self.config, self.tls.clone());
             crate::join::server::spawn(&self.config);
             tokio::spawn(crate::join::revocations::watch(
-                Consul::new(self.config.consul.http_addr),
+                Consul::for_node(&self.config),
                 paths::revoked_serials(&self.config.paths),
             ));
         }
@@ -359,7 +357,7 @@ impl Daemon {
                 if config.node.address != self.config.node.address {
                     warn!("node.address changed; the new addresses replace the old ones now");
                 }
-                self.consul = Consul::impatient(config.consul.http_addr);
+                self.consul = Consul::impatient_for_node(&config);
                 self.config = config;
                 info!(config = %self.config_path.display(), "configuration reloaded");
                 true

@@ -5,8 +5,9 @@ use clap::{Parser, Subcommand};
 
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
-    check, completions, consul_agent, docker_env, image, images, info, is_configured, kv, man,
-    members, node, ps, secret, seed, service, status, template, token, uninstall_network, up,
+    check, completions, consul_agent, consul_token, docker_env, image, images, info, is_configured,
+    kv, man, members, node, ps, secret, seed, service, status, template, token, uninstall_network,
+    up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -41,6 +42,7 @@ enum Command {
     /// The join tokens (`show`, `rotate`), on a server.
     Token(token::Token),
     ConsulAgent(consul_agent::ConsulAgent),
+    ConsulToken(consul_token::ConsulToken),
     Service(service::Service),
     Template(template::Template),
     Ps(ps::Ps),
@@ -83,6 +85,7 @@ async fn main() -> ExitCode {
         Command::Secret(c) => c.exec(&opts.config),
         Command::Token(c) => c.exec(&opts.config).await,
         Command::ConsulAgent(c) => c.exec(&opts.config).await,
+        Command::ConsulToken(c) => c.exec(&opts.config).await,
         Command::Service(c) => c.exec(&opts.config).await,
         Command::Template(c) => c.exec(&opts.config).await,
         Command::Ps(c) => c.exec(&opts.config).await,

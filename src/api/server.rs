@@ -63,7 +63,7 @@ impl ApiState {
         Self {
             me: crate::placement::reconcile::me(&config.node),
             docker_socket: config.docker.socket.clone(),
-            consul: Consul::impatient(config.consul.http_addr),
+            consul: Consul::impatient_for_node(config),
             port: config.api.port,
             peers: crate::identity::NodeClient::new(
                 tls,
@@ -844,8 +844,10 @@ async fn renew_identity(
     let issued = renew::issue_renewal(&ca, caller.as_ref(), &req)?;
     let caller = caller.expect("issue_renewal refuses no caller");
     let name = renew::catalog_name(&state.consul, caller.address).await;
+    let management = crate::consul::client::Consul::new(state.consul.addr())
+        .with_token_file(state.identity.consul_management_token());
     renew::record_issued(
-        &state.consul,
+        &management,
         caller.address,
         &issued,
         caller.role.as_str(),

@@ -39,7 +39,7 @@ pub enum KvAction {
 impl Kv {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
-        let consul = Consul::new(config.consul.http_addr);
+        let consul = Consul::for_node(&config);
         match &self.action {
             KvAction::Get { key } => match consul.kv_get(key).await? {
                 Some(value) => {

@@ -27,7 +27,7 @@ pub struct MemberView {
 impl Members {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
-        let consul = Consul::new(config.consul.http_addr);
+        let consul = Consul::for_node(&config);
         let mut members: Vec<MemberView> = consul
             .members()
             .await?

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod completions;
 pub mod consul_agent;
+pub mod consul_token;
 pub mod docker_env;
 pub mod image;
 pub mod images;

@@ -90,7 +90,7 @@ async fn remove(config: &Config, node: NodeAddress) -> anyhow::Result<()> {
     if node == config.node.address {
         anyhow::bail!("node rm: {node} is this node; run it on another server");
     }
-    let consul = crate::consul::client::Consul::new(config.consul.http_addr);
+    let consul = crate::consul::client::Consul::for_management(config);
     let key = format!("{ISSUED_PREFIX}{node}");
     let issued: IssuedV1 = match consul.kv_get(&key).await? {
         Some(bytes) => crate::http::parse_json(&bytes)
@@ -115,6 +115,10 @@ async fn remove(config: &Config, node: NodeAddress) -> anyhow::Result<()> {
         "revoked certificate {} of node {node} ({})",
         issued.serial, issued.name
     );
+    crate::consul::acl::delete_node_token(&consul, &issued.name)
+        .await
+        .context("delete its Consul token")?;
+    println!("deleted its Consul token");
     consul
         .force_leave(&issued.name)
         .await

@@ -190,6 +190,11 @@ impl Seed {
                 me.role, me.address
             );
         }
+        // Consul's ACL tokens: the management token (the first leader creates it from
+        // this node's config) and this node's own; each made only if missing.
+        for line in crate::consul::acl::make_boot_tokens(files)? {
+            println!("{line}");
+        }
         let secrets = match std::fs::read(files.join_secrets()) {
             Ok(bytes) => crate::http::parse_json::<JoinSecrets>(&bytes)
                 .map_err(|why| anyhow::anyhow!("{}: {why}", files.join_secrets().display()))?,

@@ -56,7 +56,7 @@ async fn consul_status(config: &Config) -> Option<ConsulStatus> {
             .map(|p| p.trim().to_string()),
         ..ConsulStatus::default()
     };
-    let consul = Consul::impatient(config.consul.http_addr);
+    let consul = Consul::impatient_for_node(config);
     let me = config.node.address.consul_ip().to_string();
     match consul.members().await {
         Ok(members) => {

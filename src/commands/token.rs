@@ -57,7 +57,7 @@ impl Token {
             );
         }
         let digest = local.ca_digest();
-        let consul = crate::consul::client::Consul::new(config.consul.http_addr);
+        let consul = crate::consul::client::Consul::for_management(&config);
         match &self.verb {
             Verb::Show { role, json } => {
                 let secrets = match crate::join::server::read_secrets(&consul).await {

@@ -23,6 +23,31 @@ pub struct HostFacts {
     pub gossip_key: String,
     /// Whether [`install_tls_files`] put this node's identity where the agent reads it.
     pub tls: bool,
+    pub tokens: AgentTokens,
+}
+
+/// The ACL tokens the agent's config names, from the identity files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentTokens {
+    /// This node's token, for the agent's own work (its catalog entry).
+    pub agent: Option<String>,
+    /// The management token, on servers that hold it: the leader creates it.
+    pub management: Option<String>,
+}
+
+impl AgentTokens {
+    /// The tokens in `config`'s identity files; a client never names the management one.
+    pub fn read(config: &Config) -> Result<Self, super::client::ConsulError> {
+        let files = crate::paths::IdentityFiles::new(&config.cluster.identity_dir);
+        let read = super::client::read_token_file;
+        Ok(Self {
+            agent: read(&files.consul_agent_token())?,
+            management: match config.node.role {
+                Role::Client => None,
+                Role::Boot | Role::Server => read(&files.consul_management_token())?,
+            },
+        })
+    }
 }
 
 /// The unprivileged user arpanet-consul.service runs the agent as (the packages
@@ -75,6 +100,8 @@ pub fn render(config: &Config, facts: &HostFacts) -> Value {
     if bootstraps {
         v["bootstrap_expect"] = json!(config.cluster.expect);
     }
+    v["primary_datacenter"] = json!(config.datacenter());
+    v["acl"] = acl(config.node.role, &facts.tokens);
     if facts.tls {
         tls(&mut v, config);
     }
@@ -161,6 +188,29 @@ fn give_dir_to(dir: &Path, name: &str) -> anyhow::Result<()> {
             .with_context(|| format!("chown {} to {name}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Deny by default; no `default` token, so requests without one are anonymous (see
+/// `consul::acl`). While the servers cannot be reached, tokens already resolved keep
+/// working (`extend-cache`).
+fn acl(role: Role, tokens: &AgentTokens) -> Value {
+    let mut named = serde_json::Map::new();
+    if let Some(agent) = &tokens.agent {
+        named.insert("agent".into(), json!(agent));
+    }
+    if role != Role::Client
+        && let Some(management) = &tokens.management
+    {
+        // Consul 1.8's name; 1.11 and later call it initial_management and still read this.
+        named.insert("master".into(), json!(management));
+    }
+    json!({
+        "enabled": true,
+        "default_policy": "deny",
+        "down_policy": "extend-cache",
+        "enable_token_persistence": true,
+        "tokens": named,
+    })
 }
 
 /// Upstream resolvers from resolv.conf, skipping loopback stubs (systemd-resolved's
@@ -258,6 +308,10 @@ mod tests {
             bridge_ip_present: bridge,
             gossip_key: "k".into(),
             tls: false,
+            tokens: AgentTokens {
+                agent: Some("agent-secret".into()),
+                management: Some("management-secret".into()),
+            },
         }
     }
 
@@ -341,6 +395,55 @@ mod tests {
             std::fs::read(copies.node_key()).unwrap(),
             std::fs::read(source.node_key()).unwrap()
         );
+    }
+
+    #[test]
+    fn acls_deny_by_default_and_the_management_token_is_on_servers_only() {
+        for role in ["boot", "server"] {
+            let v = render(&config(role, ""), &facts(true));
+            assert_eq!(v["primary_datacenter"], "apples");
+            assert_eq!(
+                v["acl"],
+                json!({
+                    "enabled": true,
+                    "default_policy": "deny",
+                    "down_policy": "extend-cache",
+                    "enable_token_persistence": true,
+                    "tokens": { "agent": "agent-secret", "master": "management-secret" },
+                }),
+                "{role}"
+            );
+        }
+        let client = render(&config("client", ""), &facts(true));
+        assert_eq!(client["acl"]["tokens"], json!({ "agent": "agent-secret" }));
+        assert_eq!(client["acl"]["default_policy"], "deny");
+        // No token files yet: ACLs are still on, and nothing is named.
+        let mut none = facts(true);
+        none.tokens = AgentTokens::default();
+        let v = render(&config("server", ""), &none);
+        assert_eq!(v["acl"]["enabled"], true);
+        assert_eq!(v["acl"]["tokens"], json!({}));
+        assert!(v["acl"].get("default").is_none() && v["acl"]["tokens"].get("default").is_none());
+    }
+
+    #[test]
+    fn a_client_never_reads_the_management_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::paths::IdentityFiles::new(dir.path());
+        std::fs::write(files.consul_agent_token(), "a-1\n").unwrap();
+        std::fs::write(files.consul_management_token(), "m-1\n").unwrap();
+        let with_dir = |role: &str| {
+            let mut c = config(role, "");
+            c.cluster.identity_dir = dir.path().to_path_buf();
+            c
+        };
+        let server = AgentTokens::read(&with_dir("server")).unwrap();
+        assert_eq!(server.agent.as_deref(), Some("a-1"));
+        assert_eq!(server.management.as_deref(), Some("m-1"));
+        let client = AgentTokens::read(&with_dir("client")).unwrap();
+        assert_eq!(client.management, None);
+        std::fs::remove_file(files.consul_agent_token()).unwrap();
+        assert_eq!(AgentTokens::read(&with_dir("client")).unwrap().agent, None);
     }
 
     #[test]

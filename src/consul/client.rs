@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -66,10 +67,59 @@ pub enum ConsulError {
         key: String,
         cause: String,
     },
+    /// A 403: the token sent (or none) lacks the right. Names the token file, as that is
+    /// what the reader can check or replace.
+    #[error("Consul at {addr} refused {what} (ACL: {body}): {}", token_hint(token_file.as_deref(), *sent, body))]
+    Forbidden {
+        addr: SocketAddr,
+        what: String,
+        body: String,
+        token_file: Option<PathBuf>,
+        /// Whether the request carried a token.
+        sent: bool,
+    },
+    #[error("Consul token file {}: {reason}", path.display())]
+    TokenFile { path: PathBuf, reason: String },
     #[error("the Consul agent at {addr} did not answer within {limit:?} of starting")]
     NotUp { addr: SocketAddr, limit: Duration },
     #[error("no Consul leader within {limit:?} of starting the agent at {addr}")]
     NoLeaderInTime { addr: SocketAddr, limit: Duration },
+}
+
+fn token_hint(file: Option<&Path>, sent: bool, body: &str) -> String {
+    match (file, sent) {
+        // Consul does not know the token: not made yet (a node's is made once there is
+        // a leader), or deleted.
+        (Some(f), true) if body.contains("ACL not found") => format!(
+            "Consul does not know the token in {} (not made yet, or deleted)",
+            f.display()
+        ),
+        (Some(f), true) => format!("the token in {} lacks the right", f.display()),
+        (Some(f), false) => format!("no token was sent ({} does not exist)", f.display()),
+        (None, _) => "no token was sent".to_string(),
+    }
+}
+
+/// Reads a token file: `None` when it does not exist (Consul without ACLs, or a node
+/// that has no token yet), its first line otherwise.
+pub fn read_token_file(path: &Path) -> Result<Option<String>, ConsulError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim();
+            if token.is_empty() || token.contains(char::is_whitespace) {
+                return Err(ConsulError::TokenFile {
+                    path: path.to_path_buf(),
+                    reason: "does not hold one token (a single line)".into(),
+                });
+            }
+            Ok(Some(token.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConsulError::TokenFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, `/` included.
@@ -179,6 +229,14 @@ fn during_election(status: StatusCode, body: &str) -> Option<Effect> {
     }
 }
 
+/// A token Consul does not know yet, outside the ACL API: a node's own token is made
+/// once its cluster has a leader (seconds after the agent starts), so this is waited
+/// out like an election. In the ACL API "ACL not found" may be about the token read.
+fn token_not_made_yet(e: &ConsulError) -> bool {
+    matches!(e, ConsulError::Forbidden { body, sent: true, what, .. }
+        if body.contains("ACL not found") && !what.starts_with("/v1/acl/"))
+}
+
 /// What reading a key back says about a create (`cas=0`) whose outcome was unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
@@ -229,6 +287,9 @@ pub struct Consul {
     http: reqwest::Client,
     /// How many times a request is tried while the cluster has no leader.
     election_attempts: u32,
+    /// The ACL token every request carries (`X-Consul-Token`), read at each request so
+    /// a token installed or replaced later is used at once; none while it is missing.
+    token_file: Option<PathBuf>,
 }
 
 /// A member as the local agent's gossip pool sees it.
@@ -350,7 +411,63 @@ impl Consul {
             addr,
             http,
             election_attempts: ELECTION_ATTEMPTS,
+            token_file: None,
         }
+    }
+
+    /// Requests carry the token in `path` (when the file exists).
+    pub fn with_token_file(self, path: impl Into<PathBuf>) -> Self {
+        Self {
+            token_file: Some(path.into()),
+            ..self
+        }
+    }
+
+    /// The client for this node's own requests: its agent, with its agent token.
+    pub fn for_node(config: &crate::config::Config) -> Self {
+        Self::new(config.consul.http_addr).with_token_file(node_token_file(config))
+    }
+
+    /// A client with the management token (servers only): for what node tokens may
+    /// not do (join tokens, certificate records, revocations, node tokens).
+    pub fn for_management(config: &crate::config::Config) -> Self {
+        Self::new(config.consul.http_addr).with_token_file(
+            crate::paths::IdentityFiles::new(&config.cluster.identity_dir)
+                .consul_management_token(),
+        )
+    }
+
+    /// [`Self::for_node`], [`Self::impatient`].
+    pub fn impatient_for_node(config: &crate::config::Config) -> Self {
+        Self::impatient(config.consul.http_addr).with_token_file(node_token_file(config))
+    }
+
+    pub fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
+    }
+
+    /// A request to `path` with the token, if there is one. An unreadable token file
+    /// fails here, before anything is sent.
+    fn build(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, ConsulError> {
+        let req = self.http.request(method, self.url(path));
+        match &self.token_file {
+            Some(f) => Ok(match read_token_file(f)? {
+                Some(token) => req.header("X-Consul-Token", token),
+                None => req,
+            }),
+            None => Ok(req),
+        }
+    }
+
+    /// Whether a request now would carry a token.
+    fn sends_token(&self) -> bool {
+        self.token_file
+            .as_deref()
+            .is_some_and(|f| matches!(read_token_file(f), Ok(Some(_))))
     }
 
     /// A client that reports "no leader" at once instead of waiting for an election:
@@ -402,11 +519,18 @@ impl Consul {
     async fn send(
         &self,
         repeat: Repeat,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, ConsulError>,
     ) -> Result<reqwest::Response, Failed> {
         let attempt = || async {
             let resp = self.send_once(&build).await?;
             let code = resp.status();
+            if code == StatusCode::FORBIDDEN {
+                // Refused before anything was done.
+                return Err(Failed {
+                    error: self.forbidden(resp).await,
+                    effect: Effect::NotApplied,
+                });
+            }
             if !code.is_server_error() {
                 return Ok(resp);
             }
@@ -428,23 +552,41 @@ impl Consul {
             .retry(doubling(self.election_attempts))
             .sleep(tokio::time::sleep)
             .when(|f: &Failed| {
-                matches!(f.error, ConsulError::NoLeader { .. }) && may_resend(repeat, f.effect)
+                (matches!(f.error, ConsulError::NoLeader { .. }) || token_not_made_yet(&f.error))
+                    && may_resend(repeat, f.effect)
             })
             .await
+    }
+
+    /// A 403 as one line naming the token file.
+    async fn forbidden(&self, resp: reqwest::Response) -> ConsulError {
+        let what = resp.url().path().to_string();
+        ConsulError::Forbidden {
+            addr: self.addr,
+            what,
+            body: first_line(&resp.text().await.unwrap_or_default()),
+            token_file: self.token_file.clone(),
+            sent: self.sends_token(),
+        }
     }
 
     /// Sends a request, retrying only when Consul could not be reached at all (the
     /// request was not sent, so this is safe for every request).
     async fn send_once(
         &self,
-        build: &impl Fn() -> reqwest::RequestBuilder,
+        build: &impl Fn() -> Result<reqwest::RequestBuilder, ConsulError>,
     ) -> Result<reqwest::Response, Failed> {
-        (|| build().send())
-            .retry(doubling(ATTEMPTS))
-            .sleep(tokio::time::sleep)
-            .when(reqwest::Error::is_connect)
-            .await
-            .map_err(|e| self.transport(e))
+        let req = build()?;
+        (|| {
+            req.try_clone()
+                .expect("arpanet's bodies are in memory")
+                .send()
+        })
+        .retry(doubling(ATTEMPTS))
+        .sleep(tokio::time::sleep)
+        .when(reqwest::Error::is_connect)
+        .await
+        .map_err(|e| self.transport(e))
     }
 
     /// Turns a non-2xx answer into one line with Consul's own words.
@@ -452,6 +594,9 @@ impl Consul {
         let code = resp.status();
         if code.is_success() {
             return Ok(resp);
+        }
+        if code == StatusCode::FORBIDDEN {
+            return Err(self.forbidden(resp).await);
         }
         let body = first_line(&resp.text().await.unwrap_or_default());
         Err(ConsulError::Status {
@@ -464,7 +609,7 @@ impl Consul {
     /// A safe request whose answer must be 2xx.
     async fn request(
         &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, ConsulError>,
     ) -> Result<reqwest::Response, ConsulError> {
         let resp = self.send(Repeat::Safe, build).await.map_err(|f| f.error)?;
         self.check(resp).await
@@ -484,14 +629,16 @@ impl Consul {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ConsulError> {
-        let resp = self.request(|| self.http.get(self.url(path))).await?;
+        let resp = self
+            .request(|| self.build(reqwest::Method::GET, path))
+            .await?;
         self.decode(resp, path).await
     }
 
     /// A GET whose 404 means "nothing there".
     async fn get_optional(&self, path: &str) -> Result<Option<reqwest::Response>, ConsulError> {
         let resp = self
-            .send(Repeat::Safe, || self.http.get(self.url(path)))
+            .send(Repeat::Safe, || self.build(reqwest::Method::GET, path))
             .await
             .map_err(|f| f.error)?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -504,7 +651,8 @@ impl Consul {
     pub async fn wait_until_up(&self, limit: Duration) -> Result<(), ConsulError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match self.http.get(self.url("/v1/agent/self")).send().await {
+            // Status needs no ACL: an agent whose own token the leader has not made yet is up.
+            match self.http.get(self.url("/v1/status/leader")).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 _ if tokio::time::Instant::now() >= deadline => {
                     return Err(ConsulError::NotUp {
@@ -582,7 +730,7 @@ impl Consul {
     pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), ConsulError> {
         let path = kv_path(key)?;
         let resp = self
-            .request(|| self.http.put(self.url(&path)).body(value.clone()))
+            .request(|| Ok(self.build(reqwest::Method::PUT, &path)?.body(value.clone())))
             .await?;
         if self.answer_text(resp).await? != "true" {
             return Err(ConsulError::NotStored {
@@ -639,7 +787,9 @@ impl Consul {
         let path = format!("{}?cas=0", kv_path(key)?);
         let resp = self
             .send(Repeat::IfNotApplied, || {
-                self.http.put(self.url(&path)).body(value.to_vec())
+                Ok(self
+                    .build(reqwest::Method::PUT, &path)?
+                    .body(value.to_vec()))
             })
             .await?;
         let code = resp.status();
@@ -678,7 +828,7 @@ impl Consul {
         }
         let path = format!("{}?recurse{}", kv_path(prefix)?, blocking(index, wait));
         let resp = self
-            .send(Repeat::Safe, || self.http.get(self.url(&path)))
+            .send(Repeat::Safe, || self.build(reqwest::Method::GET, &path))
             .await
             .map_err(|f| f.error)?;
         let new_index = consul_index(&resp);
@@ -706,7 +856,8 @@ impl Consul {
         if recurse {
             path.push_str("?recurse");
         }
-        self.request(|| self.http.delete(self.url(&path))).await?;
+        self.request(|| self.build(reqwest::Method::DELETE, &path))
+            .await?;
         Ok(())
     }
 
@@ -716,7 +867,8 @@ impl Consul {
             "/v1/agent/force-leave/{}?prune",
             path_segment("node name", node)?
         );
-        self.request(|| self.http.put(self.url(&path))).await?;
+        self.request(|| self.build(reqwest::Method::PUT, &path))
+            .await?;
         Ok(())
     }
 
@@ -724,9 +876,8 @@ impl Consul {
     pub async fn catalog_deregister_node(&self, node: &str) -> Result<(), ConsulError> {
         let body = serde_json::json!({ "Node": node });
         self.request(|| {
-            self.http
-                .put(self.url("/v1/catalog/deregister"))
-                .json(&body)
+            self.build(reqwest::Method::PUT, "/v1/catalog/deregister")
+                .map(|b| b.json(&body))
         })
         .await?;
         Ok(())
@@ -741,7 +892,8 @@ impl Consul {
             "/v1/agent/service/deregister/{}",
             path_segment("service ID", id)?
         );
-        self.request(|| self.http.put(self.url(&path))).await?;
+        self.request(|| self.build(reqwest::Method::PUT, &path))
+            .await?;
         Ok(())
     }
 
@@ -766,11 +918,46 @@ impl Consul {
 
     pub async fn register_service(&self, reg: &ServiceRegistration) -> Result<(), ConsulError> {
         self.request(|| {
-            self.http
-                .put(self.url("/v1/agent/service/register"))
-                .json(reg)
+            Ok(self
+                .build(reqwest::Method::PUT, "/v1/agent/service/register")?
+                .json(reg))
         })
         .await?;
+        Ok(())
+    }
+
+    /// A GET of a JSON document whose 404 means "no such thing" (the ACL API's).
+    pub(crate) async fn get_json_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, ConsulError> {
+        match self.get_optional(path).await? {
+            None => Ok(None),
+            Some(resp) => self.decode(resp, path).await.map(Some),
+        }
+    }
+
+    /// A PUT of a JSON body (a whole document: safe to send twice) and its JSON answer.
+    pub(crate) async fn put_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ConsulError> {
+        let resp = self
+            .request(|| Ok(self.build(reqwest::Method::PUT, path)?.json(body)))
+            .await?;
+        self.decode(resp, path).await
+    }
+
+    /// A DELETE whose 404 is no error (the thing is gone either way).
+    pub(crate) async fn delete_path(&self, path: &str) -> Result<(), ConsulError> {
+        let resp = self
+            .send(Repeat::Safe, || self.build(reqwest::Method::DELETE, path))
+            .await
+            .map_err(|f| f.error)?;
+        if resp.status() != StatusCode::NOT_FOUND {
+            self.check(resp).await?;
+        }
         Ok(())
     }
 
@@ -788,11 +975,18 @@ impl Consul {
             path_segment("service name", service)?,
             blocking(index, wait)
         );
-        let resp = self.request(|| self.http.get(self.url(&path))).await?;
+        let resp = self
+            .request(|| self.build(reqwest::Method::GET, &path))
+            .await?;
         let new_index = consul_index(&resp);
         let entries = self.decode(resp, "a health listing").await?;
         Ok((entries, new_index))
     }
+}
+
+/// This node's agent token file (`cluster.identity_dir`).
+pub fn node_token_file(config: &crate::config::Config) -> PathBuf {
+    crate::paths::IdentityFiles::new(&config.cluster.identity_dir).consul_agent_token()
 }
 
 /// The query parameters of a blocking query (none without an index).

@@ -2,6 +2,7 @@
 //! and runs the agent, registers its node, and reads the catalog; it never
 //! re-implements any of these.
 
+pub mod acl;
 pub mod agent;
 pub mod client;
 pub mod node;
@@ -40,6 +41,7 @@ pub async fn reconcile(
         bridge_ip_present: netlink.has_address(a.bridge_ip()).await?,
         gossip_key: key,
         tls: tls.is_some(),
+        tokens: agent::AgentTokens::read(config)?,
     };
     let path = paths::consul_config(&config.paths);
     let existed = path.exists();

@@ -138,6 +138,11 @@ async fn join(
     } else {
         None
     };
+    // The node's own Consul token (node write for its name only); made again on a
+    // re-join, which replaces the old one.
+    let consul_token = crate::consul::acl::create_node_token(&state.consul, &req.name)
+        .await
+        .map_err(ApiError::backend)?;
     info!(
         "join: issued node {address} ({role}, {}) certificate {}",
         req.name, issued.serial
@@ -146,7 +151,7 @@ async fn join(
         ca: ca.cert_pem.clone(),
         cert: issued.cert_pem,
         cluster_secret,
-        consul_token: None,
+        consul_token: Some(consul_token),
         server,
     }))
 }
@@ -201,7 +206,7 @@ pub fn spawn(config: &Config) {
         cluster: config.datacenter(),
         files,
         secret_file: config.cluster.secret_file.clone(),
-        consul: Consul::new(config.consul.http_addr),
+        consul: Consul::for_management(config),
     });
     if state.files.join_secrets().exists() {
         let (consul, files) = (state.consul.clone(), state.files.clone());

@@ -221,13 +221,15 @@ impl Renewal {
         issued: &identity::Issued,
         outcome: &mut Outcome,
     ) {
-        let Some(consul) = snap.consul else {
+        if snap.consul.is_none() {
             self.unrecorded = None;
             return;
-        };
+        }
         let role = Role::Server.as_str();
         let name = Some(snap.config.node_name());
-        match crate::join::renew::record_issued(consul, snap.plan.address, issued, role, name).await
+        let management = crate::consul::client::Consul::for_management(snap.config);
+        match crate::join::renew::record_issued(&management, snap.plan.address, issued, role, name)
+            .await
         {
             Ok(()) => self.unrecorded = None,
             Err(e) => {

@@ -161,7 +161,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         api_port: config.api.port,
         docker_socket: config.docker.socket.clone(),
         images_dir,
-        consul: Consul::new(config.consul.http_addr),
+        consul: Consul::for_node(config),
         session,
         transfers: Mutex::new(BTreeMap::new()),
         next_transfer: AtomicU64::new(1),

@@ -445,13 +445,31 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
          \"Meta\":{{\"arpanet_address\":\"0.2\",\"underlay_ip\":\"{}\"}}}}",
         out.underlay_ip
     );
-    // Straight to h2's agent, as any Consul writer can.
-    let put = |path: &str, body: &str| {
-        let url = format!("http://127.0.0.1:8500{path}");
-        let out = h2.exec(&["curl", "-sf", "-X", "PUT", "--data", body, &url]);
-        assert_success(&out, path);
+    // Straight to h2's agent. Consul's ACLs refuse a writer without a token; h2's own
+    // token (a node gone bad) may register services, so the claim is made with it.
+    let token = |path: &std::path::Path| {
+        let t = std::fs::read_to_string(path).expect("a token file");
+        format!("X-Consul-Token: {}", t.trim())
     };
-    put("/v1/agent/service/register", &register);
+    let node_token = token(&h2.identity_dir().join("consul-agent.token"));
+    let try_put = |path: &str, body: &str, header: Option<&str>| {
+        let url = format!("http://127.0.0.1:8500{path}");
+        let mut args = vec!["curl", "-sf", "-X", "PUT", "--data", body, &url];
+        if let Some(h) = header {
+            args.extend(["-H", h]);
+        }
+        h2.exec(&args)
+    };
+    let put = |path: &str, body: &str, header: &str| {
+        assert_success(&try_put(path, body, Some(header)), path);
+    };
+    assert!(
+        !try_put("/v1/agent/service/register", &register, None)
+            .status
+            .success(),
+        "a register without a token is refused"
+    );
+    put("/v1/agent/service/register", &register, &node_token);
     wait_until(
         Duration::from_secs(20),
         "the forged claim to be refused",
@@ -475,7 +493,16 @@ fn nothing_that_is_not_a_node_reaches_a_node() {
          \"Meta\":{{\"arpanet_address\":\"0.2\",\"underlay_ip\":\"{}\"}}}}}}",
         out.underlay_ip
     );
-    put("/v1/catalog/register", &twin);
+    // A whole other node is more than h2's token may write; a writer with every
+    // right (the management token) is what the catalog check must still hold against.
+    assert!(
+        !try_put("/v1/catalog/register", &twin, Some(&node_token))
+            .status
+            .success(),
+        "h2's token cannot register node `evil`"
+    );
+    let management = token(&h0.identity_dir().join("consul-management.token"));
+    put("/v1/catalog/register", &twin, &management);
     wait_until(Duration::from_secs(20), "the conflict to be shown", || {
         stdout(&h0.arpanet(&["status"])).contains("conflicting claims for 0.2")
     });

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
 
@@ -131,38 +131,39 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
     assert_eq!(s["consul"]["servers"].as_array().unwrap().len(), 3);
     assert_eq!(s["consul"]["node_status"], "alive");
 
-    // KV written on the client is read on every server.
+    // KV written on the client is read on every server (under arpanet/, where a
+    // node's Consul token may write).
     assert_success(
-        &h3.arpanet(&["kv", "put", "apples/colour", "green"]),
+        &h3.arpanet(&["kv", "put", "arpanet/apples/colour", "green"]),
         "kv put",
     );
     for h in [h0, h1, h2] {
         assert_eq!(
-            stdout(&h.arpanet(&["kv", "get", "apples/colour"])),
+            stdout(&h.arpanet(&["kv", "get", "arpanet/apples/colour"])),
             "green\n"
         );
     }
-    let missing = h0.arpanet(&["kv", "get", "apples/none"]);
+    let missing = h0.arpanet(&["kv", "get", "arpanet/apples/none"]);
     assert!(!missing.status.success());
     assert_eq!(
         String::from_utf8_lossy(&missing.stderr).trim(),
-        "error: no key `apples/none` in Consul"
+        "error: no key `arpanet/apples/none` in Consul"
     );
 
     // One server down: the other two keep a quorum, so KV keeps working.
     h1.stop("consul");
     assert_success(
-        &h0.arpanet(&["kv", "put", "apples/while-down", "still"]),
+        &h0.arpanet(&["kv", "put", "arpanet/apples/while-down", "still"]),
         "kv put with a server down",
     );
     assert_eq!(
-        stdout(&h2.arpanet(&["kv", "get", "apples/while-down"])),
+        stdout(&h2.arpanet(&["kv", "get", "arpanet/apples/while-down"])),
         "still\n"
     );
     h1.start_consul_agent();
     wait_until(Duration::from_secs(60), "h1 to rejoin", || {
         alive_members(h0) == ["h0", "h1", "h2", "h3"]
-            && stdout(&h1.arpanet(&["kv", "get", "apples/while-down"])) == "still\n"
+            && stdout(&h1.arpanet(&["kv", "get", "arpanet/apples/while-down"])) == "still\n"
     });
 
     // A 5th node that names only the boot node becomes everyone's overlay peer with no
@@ -757,4 +758,136 @@ mod client_against_a_dev_agent {
             started.elapsed()
         );
     }
+}
+
+/// Consul's ACLs hold on their own, without arpanet's firewall: over 127.0.0.1 on the
+/// node itself, a request without a token is refused (KV and the agent), a node's own
+/// token writes KV under `arpanet/` only and never `arpanet/identity/`, cannot speak
+/// for another node, and DNS still answers (the anonymous token reads services).
+#[test]
+fn consul_acls_deny_without_a_token_and_a_node_token_does_only_its_part() {
+    require_lab!();
+    let lab = Lab::builder(2).start();
+    lab.write_arpanet_config(0, "boot", &[1], CONSUL);
+    lab.write_arpanet_config(1, "client", &[0], CONSUL);
+    let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
+    Host::start_nodes(&[h0, h1]);
+    for h in [h0, h1] {
+        h.wait_for_nodes(2, Duration::from_secs(90));
+    }
+    let token = |h: &Host| {
+        std::fs::read_to_string(h.identity_dir().join("consul-agent.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // `curl` inside the host against its own agent: the HTTP code, then the body.
+    let http = |h: &Host, method: &str, path: &str, token: Option<&str>, body: &str| {
+        let url = format!("http://127.0.0.1:8500{path}");
+        let header = token.map(|t| format!("X-Consul-Token: {t}"));
+        let mut args = vec!["curl", "-s", "-w", "\n%{http_code}", "-X", method, &url];
+        if let Some(h) = &header {
+            args.extend(["-H", h]);
+        }
+        if !body.is_empty() {
+            args.extend(["--data", body]);
+        }
+        let out = stdout(&h.exec(&args));
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.trim().to_string(), body.to_string())
+    };
+
+    for h in [h0, h1] {
+        let own = token(h);
+        let name = format!("h{}", h.index);
+        // The node's own token writes and reads arpanet/.
+        let (code, body) = http(
+            h,
+            "PUT",
+            &format!("/v1/kv/arpanet/test/{name}"),
+            Some(&own),
+            "v",
+        );
+        assert_eq!(
+            (code.as_str(), body.as_str()),
+            ("200", "true"),
+            "{name}: own token, arpanet/"
+        );
+        // Without a token: KV read and write, and the agent, answer 403.
+        for (method, path, body) in [
+            ("GET", format!("/v1/kv/arpanet/test/{name}"), ""),
+            ("PUT", format!("/v1/kv/arpanet/test/{name}"), "anon"),
+            ("GET", "/v1/agent/self".to_string(), ""),
+        ] {
+            let (code, text) = http(h, method, &path, None, body);
+            assert_eq!(
+                code, "403",
+                "{name}: {method} {path} without a token: {text}"
+            );
+            assert!(
+                text.contains("Permission denied") || text.contains("ACL not found"),
+                "{name}: {method} {path}: {text}"
+            );
+        }
+        // The own token: not arpanet/identity/ (servers' only), not outside arpanet/.
+        for key in ["arpanet/identity/revoked/x", "apples/colour"] {
+            let (code, text) = http(h, "PUT", &format!("/v1/kv/{key}"), Some(&own), "v");
+            assert_eq!(code, "403", "{name}: PUT {key}: {text}");
+        }
+        let (code, _) = http(h, "GET", "/v1/agent/self", Some(&own), "");
+        assert_eq!(code, "200", "{name}: its own agent");
+    }
+    // A node's token cannot register a node named after another node.
+    let other = r#"{"Node":"h0","Address":"10.253.0.2"}"#;
+    let (code, text) = http(h1, "PUT", "/v1/catalog/register", Some(&token(h1)), other);
+    assert_eq!(code, "403", "h1 registering h0: {text}");
+    // Nor read another host's agent with its token.
+    let (code, _) = http(h0, "GET", "/v1/agent/self", Some(&token(h1)), "");
+    assert_eq!(code, "403", "h1's token on h0's agent");
+
+    // arpanet's own error names the token file.
+    let out = h1.arpanet(&["kv", "put", "apples/colour", "green"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = h1.identity_dir().join("consul-agent.token");
+    assert!(
+        err.contains("refused") && err.contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // While arpanet/ works through the CLI, on both.
+    assert_success(
+        &h1.arpanet(&["kv", "put", "arpanet/test/cli", "ok"]),
+        "kv put",
+    );
+    assert_eq!(
+        stdout(&h0.arpanet(&["kv", "get", "arpanet/test/cli"])),
+        "ok\n"
+    );
+
+    // DNS reads services with the anonymous token: the nodes' own service resolves,
+    // from a container and from the host.
+    let call = h1.docker(&[
+        "run",
+        "--rm",
+        TEST_IMAGE,
+        "nslookup",
+        "arpanet.service.consul",
+    ]);
+    assert_success(&call, "nslookup arpanet.service.consul");
+    let text = stdout(&call);
+    assert!(
+        text.contains("10.255.0.1") && text.contains("10.255.0.2"),
+        "{text}"
+    );
+
+    // The management token is on the boot node only, root's only.
+    use std::os::unix::fs::PermissionsExt;
+    let m = h0.identity_dir().join("consul-management.token");
+    assert_eq!(
+        std::fs::metadata(&m).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!h1.identity_dir().join("consul-management.token").exists());
+    lab.teardown().expect("teardown");
 }

@@ -115,6 +115,16 @@ pub fn available() -> bool {
     false
 }
 
+/// A random UUID, as `arpanet boot` makes Consul tokens.
+pub fn random_uuid() -> String {
+    arpanet::consul::acl::random_uuid().expect("randomness for a token")
+}
+
+/// A token file as arpanet writes it (0600).
+fn write_private(path: &Path, token: &str) {
+    arpanet::consul::acl::write_token_file(path, token).expect("write a token file");
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
@@ -484,7 +494,33 @@ impl Lab {
             self.enroll(index, role);
         }
         let others: Vec<&Host> = join.iter().map(|j| &self.hosts[*j]).collect();
-        host.write_arpanet_config(role, &others, extra)
+        let path = host.write_arpanet_config(role, &others, extra);
+        // Consul's ACL tokens as `arpanet boot` makes them: the servers hold the lab's
+        // management token (whichever is elected first creates it); every host has
+        // its own agent token SecretID, which a server's arpanetd makes into its own
+        // token, and the boot host (standing in for the join service, see
+        // [`Host::start_consul_agent`]) makes into a client's.
+        let identity = host.identity_dir();
+        let agent = identity.join("consul-agent.token");
+        if !agent.exists() {
+            write_private(&agent, &random_uuid());
+        }
+        let management = self.dir.join("consul-management.token");
+        if !management.exists() {
+            write_private(&management, &random_uuid());
+        }
+        if role == "boot" || role == "server" {
+            let text = std::fs::read_to_string(&management).expect("read the management token");
+            write_private(&identity.join("consul-management.token"), text.trim());
+        }
+        if role == "boot" {
+            std::fs::write(
+                self.dir.join("boot-node"),
+                format!("{}\n{}\n", host.netns, path.display()),
+            )
+            .expect("write boot-node");
+        }
+        path
     }
 }
 
@@ -545,6 +581,12 @@ impl Host {
         let mut full = vec!["consul"];
         full.extend_from_slice(sub);
         full.push("-http-addr=127.0.0.1:8500");
+        // A node's own token, as arpanet's requests carry it (Consul with ACLs on).
+        let token = self.identity_dir().join("consul-agent.token");
+        let token_flag = format!("-token-file={}", token.display());
+        if token.exists() {
+            full.push(&token_flag);
+        }
         full.extend_from_slice(rest);
         self.exec(&full)
     }
@@ -756,6 +798,11 @@ impl Host {
         arpanet::paths::IdentityFiles::new(&self.dir.join("identity"))
     }
 
+    /// Where this host's identity lives (`cluster.identity_dir`): its Consul tokens.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.dir.join("identity")
+    }
+
     pub fn daemon_json(&self) -> PathBuf {
         self.dir.join("daemon.json")
     }
@@ -798,6 +845,38 @@ impl Host {
                 config.as_os_str(),
                 "consul-agent".as_ref(),
             ],
+        );
+        self.issue_consul_token();
+    }
+
+    /// Makes this host's Consul token from its agent token file on the boot host
+    /// (`arpanet consul-token` there, with its management token), as the join service
+    /// will: retried in the background (a spawned loop, logged as `consul-token.log`)
+    /// until the boot host's Consul answers. Not for servers, whose arpanetd makes
+    /// their own, nor once done.
+    fn issue_consul_token(&self) {
+        let identity = self.identity_dir();
+        let done = self.dir.join("consul-token.done");
+        let boot = std::fs::read_to_string(self.dir.parent().unwrap().join("boot-node"));
+        let (Ok(boot), false, true, false) = (
+            boot,
+            identity.join("consul-management.token").exists(),
+            identity.join("consul-agent.token").exists(),
+            done.exists(),
+        ) else {
+            return;
+        };
+        let (boot_netns, boot_config) = boot.trim().split_once('\n').expect("boot-node");
+        let script = format!(
+            "for i in $(seq 180); do nsenter --net={NETNS_DIR}/{boot_netns} -- {} --config {boot_config} consul-token h{} --secret-file {} && touch {} && exit 0; sleep 1; done; exit 1",
+            env!("CARGO_BIN_EXE_arpanet"),
+            self.index,
+            identity.join("consul-agent.token").display(),
+            done.display(),
+        );
+        self.spawn(
+            "consul-token",
+            &["sh".as_ref(), "-c".as_ref(), script.as_ref()],
         );
     }
 
