@@ -833,7 +833,28 @@ async fn renew_identity(
     Json(req): Json<crate::join::renew::RenewRequestV1>,
 ) -> ApiResult {
     use crate::join::renew;
-    let caller = peer.and_then(|p| p.0.0.node.clone());
+    let caller = peer.as_ref().and_then(|p| p.0.0.node.clone());
+    // Only a certificate in its last third renews: a node cannot mint itself a stock of
+    // fresh certificates that `node rm` would not all know of.
+    if let Some(cert) = peer.as_ref().and_then(|p| p.0.0.cert.as_ref())
+        && !cert.due_for_renewal(std::time::SystemTime::now())
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "certificate {} is not due for renewal yet (its last third begins {})",
+                cert.serial,
+                humantime::format_rfc3339_seconds(
+                    cert.not_after
+                        - cert
+                            .not_after
+                            .duration_since(cert.not_before)
+                            .unwrap_or_default()
+                            / 3
+                )
+            ),
+        ));
+    }
     if !state.identity.ca_key().exists() {
         return Err(ApiError(
             StatusCode::CONFLICT,

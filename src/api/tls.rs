@@ -17,13 +17,19 @@ pub struct Peer {
     /// What the peer's verified certificate names; `None` only if it names no node,
     /// which [`super::server`] refuses.
     pub node: Option<NodeIdentity>,
+    /// The certificate itself (serial, validity): renewal reads whether it is due.
+    pub cert: Option<crate::identity::CertInfo>,
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let certs = stream.io().get_ref().1.peer_certificates();
         Self {
             addr: *stream.remote_addr(),
-            node: peer_identity(stream.io().get_ref().1.peer_certificates()),
+            node: peer_identity(certs),
+            cert: certs
+                .and_then(|c| c.first())
+                .and_then(|c| crate::identity::CertInfo::from_der(c).ok()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `arpanet consul-token NODE`: make (or replace) a node's Consul ACL token on a server
-//! that holds the management token, and print its SecretID for that node's
-//! `arpanet server|client --consul-token-file`. The join service will hand tokens out
-//! itself; until then this is how a joiner gets its own.
+//! that holds the management token, and print its SecretID. The join service hands a
+//! joiner its token; this is the operator's way to remake one by hand (the lab uses it
+//! for hosts it enrolls without a join).
 
 use std::path::{Path, PathBuf};
 

@@ -45,7 +45,14 @@ impl DockerEnv {
             return Ok(());
         };
         let config = Config::load(config_path)?;
-        let dir = usable_identity(&IdentityFiles::new(&config.cluster.identity_dir))?;
+        let files = IdentityFiles::new(&config.cluster.identity_dir);
+        let dir = usable_identity(&files)?;
+        let me = LocalIdentity::load(&files)?;
+        if me.info.identity.role != crate::identity::Role::Server {
+            bail!(
+                "docker-env: this node is a client, and Docker's API answers servers' certificates only (a client taken over must not be root on every node); run it on a server"
+            );
+        }
         let values = [
             format!("tcp://{}:{}", node.docker_api_ip(), config.docker.api_port),
             "1".to_string(),

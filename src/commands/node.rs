@@ -24,7 +24,14 @@ pub enum Verb {
     /// Remove a node from the cluster for good (on a server): its certificate is
     /// revoked everywhere, its Consul token deleted, it leaves Consul, and its
     /// instances are placed elsewhere. To come back it joins again with a token.
-    Rm { node: NodeAddress },
+    Rm {
+        node: NodeAddress,
+        /// Remove a server too. A server holds the CA key and the management token, which
+        /// stay valid wherever it keeps copies: a removed server that was taken over can
+        /// still issue certificates, so the CA must then be replaced.
+        #[arg(long)]
+        force: bool,
+    },
     /// List the healthy nodes and whether they are drained.
     Ls {
         /// Print JSON instead of a table.
@@ -36,8 +43,8 @@ pub enum Verb {
 impl NodeCmd {
     pub async fn exec(&self, config_path: &Path) -> anyhow::Result<()> {
         let config = Config::load(config_path)?;
-        if let Verb::Rm { node } = &self.verb {
-            return remove(&config, *node).await;
+        if let Verb::Rm { node, force } = &self.verb {
+            return remove(&config, *node, *force).await;
         }
         let api = ApiClient::from_config(&config);
         match &self.verb {
@@ -76,7 +83,7 @@ impl NodeCmd {
 /// `node rm`: done here with the management token rather than through arpanetd, as it
 /// is a server's administrative act that must work even when arpanetd is busy. Each step
 /// is idempotent, so running it again after a failure finishes the job.
-async fn remove(config: &Config, node: NodeAddress) -> anyhow::Result<()> {
+async fn remove(config: &Config, node: NodeAddress, force: bool) -> anyhow::Result<()> {
     use anyhow::Context;
 
     use crate::identity::{LocalIdentity, Role};
@@ -99,6 +106,11 @@ async fn remove(config: &Config, node: NodeAddress) -> anyhow::Result<()> {
             "node rm: no certificate was issued to {node} by a join (see `arpanet node ls`); nothing to remove"
         ),
     };
+    if issued.role == Role::Server.as_str() && !force {
+        anyhow::bail!(
+            "node rm: {node} is a server: it holds the CA key and the Consul management token, which removing it does not take back; stop it first, then `node rm --force {node}` (and replace the CA if it may have been taken over)"
+        );
+    }
     let record = RevokedV1 {
         address: node.to_string(),
         name: issued.name.clone(),

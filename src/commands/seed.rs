@@ -295,17 +295,36 @@ impl Seed {
                 self.address
             );
         }
-        identity::write_identity(files, &answer.ca, &answer.cert, &key.key_pem())?;
+        // Everything checked before anything is written: a bad answer leaves the host
+        // as it was.
         let secret = secret::validated(
             &answer.cluster_secret,
             "the cluster secret from the join peer",
         )?;
-        secret::write(&config.cluster.secret_file, &secret, true)?;
-        if let Some(server) = &answer.server {
-            Ca::from_pems(&answer.ca, &server.ca_key)?.store(files)?;
-            if let Some(t) = &server.consul_management_token {
-                crate::files::write_private(&files.consul_management_token(), &format!("{t}\n"))?;
+        let ca = match (&answer.server, role) {
+            (Some(server), identity::Role::Server) => {
+                Some(Ca::from_pems(&answer.ca, &server.ca_key)?)
             }
+            (None, identity::Role::Client) => None,
+            _ => bail!("join: the answer does not fit a {role} (the CA key is for servers only)"),
+        };
+        identity::TlsConfigs::from_pems(
+            &answer.ca,
+            &answer.cert,
+            &key.key_pem(),
+            identity::Revoked::default(),
+        )?;
+        identity::write_identity(files, &answer.ca, &answer.cert, &key.key_pem())?;
+        secret::write(&config.cluster.secret_file, &secret, true)?;
+        if let Some(ca) = ca {
+            ca.store(files)?;
+        }
+        if let Some(t) = answer
+            .server
+            .as_ref()
+            .and_then(|s| s.consul_management_token.as_ref())
+        {
+            crate::files::write_private(&files.consul_management_token(), &format!("{t}\n"))?;
         }
         if let Some(t) = &answer.consul_token {
             crate::files::write_private(&files.consul_agent_token(), &format!("{t}\n"))?;

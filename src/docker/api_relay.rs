@@ -68,6 +68,18 @@ async fn relay(
     peer: SocketAddr,
     socket: PathBuf,
 ) {
+    // Docker's API is root on this host, and a server's host holds the CA key and the
+    // management token: only servers' certificates get in, so a client node taken over
+    // is not root everywhere.
+    let who = crate::identity::tls::peer_identity(client.get_ref().1.peer_certificates());
+    if who.as_ref().map(|w| w.role) != Some(crate::identity::Role::Server) {
+        use tokio::io::AsyncWriteExt;
+        let _ = client
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nDocker's API on arpanet nodes answers servers' certificates only\n")
+            .await;
+        let _ = client.shutdown().await;
+        return debug!("{WHAT}: {peer}: not a server's certificate ({who:?})");
+    }
     let mut docker = match UnixStream::connect(&socket).await {
         Ok(s) => s,
         Err(e) => {

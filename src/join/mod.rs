@@ -73,7 +73,15 @@ pub struct IssuedV1 {
     pub role: String,
     /// Unix seconds.
     pub not_after: u64,
+    /// Serials issued to the node before this one (renewals), which may not have
+    /// expired yet: `node rm` revokes them too. The last few are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
 }
+
+/// How many earlier serials a record keeps: renewals come at most every 60 days and a
+/// certificate lives 90, so two are ever valid; the rest is slack.
+pub const EARLIER_KEPT: usize = 4;
 
 /// A revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

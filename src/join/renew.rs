@@ -6,7 +6,8 @@
 //!
 //! The old certificate is not revoked: it keeps working, for connections that hold it
 //! and for a node that could not write the new one, until it expires (a third of its
-//! lifetime at most). The record `node rm` reads names the new serial.
+//! lifetime at most). The record `node rm` reads names the new serial and keeps the
+//! earlier ones, which it revokes too. Only a certificate in its last third renews.
 
 use std::time::UNIX_EPOCH;
 
@@ -69,6 +70,18 @@ pub async fn record_issued(
         Ok(None) => None,
         Err(e) => return Err(RecordError(format!("read Consul key {key}: {e}"))),
     };
+    let mut earlier = previous
+        .as_ref()
+        .map(|p| {
+            let mut e = p.earlier.clone();
+            if p.serial != issued.serial {
+                e.push(p.serial.clone());
+            }
+            e
+        })
+        .unwrap_or_default();
+    let skip = earlier.len().saturating_sub(super::EARLIER_KEPT);
+    earlier.drain(..skip);
     let name = previous.map(|p| p.name).or(fallback_name).ok_or_else(|| {
         RecordError(format!(
             "Consul key {key}: no record of the node, and it is not in the catalog (yet)"
@@ -84,6 +97,7 @@ pub async fn record_issued(
             .not_after
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        earlier,
     };
     consul
         .kv_put(

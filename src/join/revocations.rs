@@ -35,15 +35,19 @@ pub fn serials(keys: &[String]) -> (BTreeSet<String>, Vec<String>) {
     (good, bad)
 }
 
-/// Writes the list if it differs from the file's; returns whether it did.
+/// Adds the serials to the file's list; returns whether it grew. The list only grows:
+/// an empty answer (a 404 when ACLs hide every key, a restored snapshot) must not
+/// forget a revocation. Entries are small, and a rejoined node has a new serial.
 pub fn store(path: &Path, serials: &BTreeSet<String>) -> anyhow::Result<bool> {
-    let old: Option<BTreeSet<String>> = std::fs::read(path)
+    let old: BTreeSet<String> = std::fs::read(path)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if old.as_ref() == Some(serials) {
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if serials.is_subset(&old) && path.exists() {
         return Ok(false);
     }
-    let text = serde_json::to_string(serials).expect("serials serialize");
+    let all: BTreeSet<String> = old.union(serials).cloned().collect();
+    let text = serde_json::to_string(&all).expect("serials serialize");
     crate::files::write_atomically_with_mode(path, &text, 0o644)?;
     Ok(true)
 }
@@ -68,7 +72,7 @@ pub async fn watch(consul: Consul, path: std::path::PathBuf) {
             }
         }
         match store(&path, &good) {
-            Ok(true) => info!(revoked = good.len(), "the revocation list changed"),
+            Ok(true) => info!(revoked = good.len(), "the revocation list grew"),
             Ok(false) => {}
             Err(e) => warn!("cannot keep the revocation list: {e:#}"),
         }
@@ -91,13 +95,16 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_written_only_when_the_list_changes() {
+    fn the_list_only_grows_and_is_written_only_when_it_does() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("revoked.json");
         let list: BTreeSet<String> = ["0a".to_string()].into();
         assert!(store(&path, &list).unwrap());
         assert!(!store(&path, &list).unwrap());
-        assert!(store(&path, &BTreeSet::new()).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[]");
+        // An empty answer forgets nothing.
+        assert!(!store(&path, &BTreeSet::new()).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\"0a\"]");
+        assert!(store(&path, &["0b".to_string()].into()).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\"0a\",\"0b\"]");
     }
 }

@@ -49,6 +49,48 @@ pub async fn read_secrets(consul: &Consul) -> Result<Option<JoinSecrets>, ApiErr
         })
 }
 
+fn in_use(address: NodeAddress) -> ApiError {
+    ApiError(
+        StatusCode::CONFLICT,
+        format!(
+            "address {address} is a node of the cluster already; `arpanet node rm {address}` on a server frees it"
+        ),
+    )
+}
+
+/// A joiner takes a free address and a free name: an address in the catalog or with a
+/// certificate on record is someone's (a client token must not make its holder node
+/// 0.1), and so is a name on record (its Consul token would be replaced).
+async fn taken(consul: &Consul, address: NodeAddress, name: &str) -> Result<(), ApiError> {
+    let catalog = crate::consul::node::read_catalog(consul)
+        .await
+        .map_err(ApiError::backend)?;
+    if catalog.nodes.iter().any(|n| n.address == address) {
+        return Err(in_use(address));
+    }
+    let (records, _) = consul
+        .kv_list(ISSUED_PREFIX, None, Duration::ZERO)
+        .await
+        .map_err(ApiError::backend)?;
+    for (key, value) in records {
+        if key == format!("{ISSUED_PREFIX}{address}") {
+            return Err(in_use(address));
+        }
+        if let Ok(r) = serde_json::from_slice::<IssuedV1>(&value)
+            && r.name == name
+        {
+            let holder = key.strip_prefix(ISSUED_PREFIX).unwrap_or(&key).to_string();
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "name {name:?} is node {holder}'s already; give this host another (node.name in arpanet.toml) or `arpanet node rm {holder}` first"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn refuse(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, m.into())
 }
@@ -77,8 +119,10 @@ async fn join(
             req.name
         )));
     }
-    // Read per request: renewal or a restored backup may have changed them.
-    let ca = Ca::load(&state.files).map_err(ApiError::backend)?;
+    // Read per request: renewal or a restored backup may have changed them. A CA that
+    // cannot be read is this server's fault, not a wait (503 makes joiners wait).
+    let ca = Ca::load(&state.files)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if token.ca_digest != ca.digest() {
         return Err(refuse(
             "the token names another CA: it is not this cluster's",
@@ -102,6 +146,7 @@ async fn join(
         }
         _ => {}
     }
+    taken(&state.consul, address, &req.name).await?;
     let identity = NodeIdentity {
         cluster: state.cluster.clone(),
         address,
@@ -119,15 +164,20 @@ async fn join(
             .not_after
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        earlier: Vec::new(),
     };
-    state
+    // Created, never overwritten: of two joins for one address only one gets it.
+    let created = state
         .consul
-        .kv_put(
+        .kv_put_new(
             &format!("{ISSUED_PREFIX}{address}"),
             serde_json::to_vec(&record).expect("a record serializes"),
         )
         .await
         .map_err(ApiError::backend)?;
+    if !created {
+        return Err(in_use(address));
+    }
     let cluster_secret =
         crate::consul::secret::read(&state.secret_file).map_err(ApiError::backend)?;
     let server = if role == Role::Server {

@@ -222,7 +222,8 @@ impl Renewal {
         outcome: &mut Outcome,
     ) {
         if snap.consul.is_none() {
-            self.unrecorded = None;
+            // Kept for a pass that has Consul: `node rm` must know the new serial.
+            self.unrecorded = Some(issued.clone());
             return;
         }
         let role = Role::Server.as_str();

@@ -40,12 +40,22 @@ fn all_output(out: &std::process::Output) -> String {
 /// A key and certificate for 0.1 from `ca`, valid between the two times, in `dir`
 /// (cert.pem, key.pem).
 fn issue(ca: &Ca, dir: &Path, not_before: SystemTime, not_after: SystemTime) -> PathBuf {
+    issue_for(ca, dir, Role::Server, not_before, not_after)
+}
+
+fn issue_for(
+    ca: &Ca,
+    dir: &Path,
+    role: Role,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let key = NodeKey::generate().unwrap();
     let id = NodeIdentity {
         cluster: "arpanet-lab".into(),
         address: "0.1".parse().unwrap(),
-        role: Role::Server,
+        role,
     };
     let issued = ca
         .issue_between(&key.csr_pem().unwrap(), &id, not_before, not_after)
@@ -272,6 +282,31 @@ fn docker_env_lets_root_in_and_nothing_else_gets_in_even_without_the_firewall() 
         assert!(text.contains("certificate"), "{what} certificate: {text}");
         eprintln!("MEASURED: docker with {what} certificate: {}", text.trim());
     }
+    // A client node's certificate, valid and from the cluster CA: a client taken over
+    // is not root on other nodes.
+    let client = issue_for(
+        &lab.ca,
+        &h0.dir.join("client"),
+        Role::Client,
+        now - day,
+        now + day,
+    );
+    let args = tls_args(&client);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = docker_in(h0, &[], &args);
+    let text = all_output(&out);
+    assert!(
+        !out.status.success() && !text.contains("marker"),
+        "a client's certificate got in: {text}"
+    );
+    assert!(
+        text.contains("servers' certificates only") || text.contains("Forbidden"),
+        "{text}"
+    );
+    eprintln!(
+        "MEASURED: docker with a client's certificate: {}",
+        text.trim()
+    );
 
     // 4. A certificate that got in is refused once its serial is in 0.2's revocation
     // list, with nothing restarted; the node's own still gets in.
