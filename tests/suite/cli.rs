@@ -328,92 +328,88 @@ fn secret_config(dir: &Path, role: &str) -> (PathBuf, PathBuf) {
         dir,
         "a.toml",
         &format!(
-            "[node]\naddress = \"0.2\"\nrole = \"{role}\"\n[cluster]\nsecret_file = {secret:?}\n"
+            "[node]\naddress = \"0.2\"\nrole = \"{role}\"\n[cluster]\nsecret_file = {secret:?}\nidentity_dir = {:?}\n",
+            dir.join("identity")
         ),
     );
     (cfg, secret)
 }
 
 #[test]
-fn a_server_takes_the_secret_from_a_file_or_stdin_and_keeps_it_0600() {
+fn a_join_with_the_old_secret_flags_is_refused_pointing_at_token_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, secret) = secret_config(dir.path(), "server");
+    let before = std::fs::read_to_string(&cfg).unwrap();
     let cfg = cfg.to_str().unwrap();
-    let seed = ["--config", cfg, "server", "0.2", "--join", "0.1@192.0.2.1"];
-
     let copy = write(dir.path(), "copy", &format!("{}\n", strong_secret()));
-    let mut args = seed.to_vec();
-    args.extend(["--secret-file", copy.to_str().unwrap(), "--no-start"]);
-    let out = arpanet(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_to_string(&secret).unwrap(),
-        std::fs::read_to_string(&copy).unwrap()
-    );
-    assert_eq!(mode(&secret), 0o600);
-
-    // Over stdin, replacing the file an operator made world-readable.
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let piped = strong_secret();
-    let mut args = seed.to_vec();
-    args.extend(["--secret", "-", "--no-start"]);
-    let out = arpanet_with_stdin(&args, &format!("{piped}\n"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim(), piped);
-    assert_eq!(mode(&secret), 0o600);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&piped),
-        "a secret from stdin is not echoed"
-    );
-
-    // The same secret again: nothing to install, and still 0600.
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = arpanet_with_stdin(&args, &piped);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(mode(&secret), 0o600);
-
-    let mut args = seed.to_vec();
-    args.extend(["--secret", "x", "--secret-file", "y", "--no-start"]);
-    assert_eq!(arpanet(&args).status.code(), Some(2), "one way at a time");
+    let copy = copy.to_str().unwrap();
+    let seed = ["--config", cfg, "server", "0.2", "--join", "0.1@192.0.2.1"];
+    for (flag, value) in [("--secret-file", copy), ("--secret", "-")] {
+        let mut args = seed.to_vec();
+        args.extend([flag, value, "--no-start"]);
+        let out = arpanet_with_stdin(&args, &strong_secret());
+        assert!(!out.status.success(), "{flag}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{flag}: nodes join with a token now"))
+                && err.contains("--token"),
+            "{flag}: {err}"
+        );
+        assert!(!secret.exists(), "{flag}: no secret written");
+        assert_eq!(std::fs::read_to_string(cfg).unwrap(), before, "{flag}");
+    }
 }
 
 #[test]
-fn a_weak_secret_is_refused_naming_the_flag_and_nothing_is_written() {
+fn a_malformed_token_is_refused_naming_the_flag_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, secret) = secret_config(dir.path(), "client");
     let before = std::fs::read_to_string(&cfg).unwrap();
     let cfg = cfg.to_str().unwrap();
     let seed = ["--config", cfg, "client", "0.2", "--join", "0.1@192.0.2.1"];
-    let weak_file = write(dir.path(), "weak", "lab-secret-old\n");
-    let weak_file = weak_file.to_str().unwrap();
+    let digest = "ab".repeat(32);
+    let v2 = format!("ARPN-2-{digest}-{}", "0".repeat(32));
     for (extra, stdin, want) in [
         (
-            &["--secret", "a-different-secret-entirely"][..],
-            "",
-            "--secret: the cluster secret is weaker than 128 bits".to_string(),
+            vec!["--token", "SWMTKN-1-abc-def"],
+            String::new(),
+            "--token: join token: not ARPN-1-<CA digest>-<secret>",
         ),
         (
-            &["--secret", "-"][..],
-            &*format!("{}\n", "00".repeat(32)),
-            "--secret -: the cluster secret on stdin is weaker than 128 bits".to_string(),
+            vec!["--token", "-"],
+            format!("ARPN-1-{digest}-short\n"),
+            "--token -: join token: its secret is not 32 lower-case hex digits",
         ),
         (
-            &["--secret-file", weak_file][..],
-            "",
-            format!("--secret-file: the cluster secret in {weak_file} is weaker than 128 bits"),
+            vec!["--token", v2.as_str()],
+            String::new(),
+            "--token: join token: version 2",
         ),
     ] {
         let mut args = seed.to_vec();
-        args.extend(extra);
+        args.extend(extra.iter().copied());
         args.push("--no-start");
-        let out = arpanet_with_stdin(&args, stdin);
+        let out = arpanet_with_stdin(&args, &stdin);
         assert!(!out.status.success(), "{extra:?}");
         let err = stderr(&out);
-        assert!(err.contains(&want), "{extra:?}: {err}");
-        assert!(err.contains("`arpanet secret` makes one"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
         assert!(!secret.exists(), "{extra:?}: no secret written");
+        assert!(
+            !dir.path().join("identity").exists(),
+            "{extra:?}: no identity written"
+        );
         assert_eq!(std::fs::read_to_string(cfg).unwrap(), before, "{extra:?}");
     }
+    // Without a token a node that never joined is told what to give.
+    let out = arpanet(&[seed.as_slice(), &["--no-start"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--token: this node has not joined yet"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = arpanet(&["--config", cfg, "secret", "--set", &"A".repeat(44)]);
     assert!(!out.status.success());
@@ -423,27 +419,6 @@ fn a_weak_secret_is_refused_naming_the_flag_and_nothing_is_written() {
         stderr(&out)
     );
     assert!(!secret.exists());
-
-    // A weak secret already installed is named with its file.
-    std::fs::write(&secret, "hunter2hunter2hunter2\n").unwrap();
-    let out = arpanet(&[
-        "--config",
-        cfg,
-        "client",
-        "0.2",
-        "--join",
-        "0.1@192.0.2.1",
-        "--no-start",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(&format!(
-            "the cluster secret in {} is weaker than 128 bits",
-            secret.display()
-        )),
-        "{}",
-        stderr(&out)
-    );
 }
 
 #[test]

@@ -198,7 +198,12 @@ fn consul_runs_as_a_unit_and_answers_dns_for_containers_and_the_host() {
         "/etc/arpanet/arpanet.toml",
         &fixture("config/machine-boot-alone.toml"),
     );
-    assert_success(&m0.exec(&["arpanet", "secret"]), "arpanet secret");
+    // The boot node's cluster as `arpanet boot` makes it (secret, CA, certificate,
+    // Consul's ACL tokens), without starting anything: this test drives `--once`.
+    assert_success(
+        &m0.exec(&["arpanet", "boot", "0.1", "--no-start"]),
+        "arpanet boot --no-start",
+    );
 
     let changes = once(&m0);
     assert!(
