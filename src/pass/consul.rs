@@ -103,7 +103,19 @@ impl Reconciler for ConsulAcl {
         match consul::client::read_token_file(&files.consul_agent_token()) {
             Ok(Some(secret)) => match consul::acl::ensure_node_token(&client, &node, &secret).await
             {
-                Ok(true) => outcome.change(format!("made node {node}'s ACL token")),
+                Ok(true) => {
+                    outcome.change(format!("made node {node}'s ACL token"));
+                    // The pass read Consul (KV, the catalog) before the token existed:
+                    // once Consul resolves it, read again, so this very pass goes on
+                    // with it instead of reporting "ACL not found".
+                    let own = consul::client::Consul::for_node(config);
+                    if let Err(e) =
+                        consul::acl::wait_for_own_token(&own, Duration::from_secs(10)).await
+                    {
+                        outcome.fail("this node's ACL token", format!("{e:#}"));
+                    }
+                    outcome.restarted = Some(crate::outcome::Restarted::Consul);
+                }
                 Ok(false) => {}
                 Err(e) => outcome.fail("this node's ACL token", format!("{e:#}")),
             },
