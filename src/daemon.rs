@@ -50,8 +50,11 @@ pub struct Daemon {
     /// The system bus, where there is one (hosts run by systemd).
     systemd: Option<Systemd>,
     consul: Consul,
-    /// Healthy nodes as Consul's catalog last listed them; `None` until it answers.
-    catalog: Option<Catalog>,
+    /// Healthy nodes as Consul's catalog last listed them (`None` until it answers),
+    /// read when a pass starts: a pass that starts before the loop has taken a change
+    /// (it was busy in the pass before) must not place services on the old nodes.
+    /// No watch with `--once`.
+    catalog_feed: Option<watch::Receiver<Option<Catalog>>>,
     /// Nodes admitted by hello, and hellos turned away (shared with the hello task).
     admissions: admission::Shared,
     /// Signalled by the hello task when it admits a node.
@@ -123,7 +126,7 @@ impl Daemon {
             netlink,
             systemd: None,
             consul,
-            catalog: None,
+            catalog_feed: None,
             admissions: admission::Shared::default(),
             admitted_tx,
             admitted_rx: Some(admitted_rx),
@@ -152,11 +155,15 @@ impl Daemon {
             let mut a = self.admissions.lock().expect("admissions");
             (a.current(admission::unix_now()), a.rejected())
         };
+        let catalog = self
+            .catalog_feed
+            .as_ref()
+            .and_then(|rx| rx.borrow().clone());
         Inputs {
-            catalog: self.catalog.clone(),
             // Without a catalog watch (`--once`), or before the watch has answered (the
             // first pass, or Consul just started), the pass reads the catalog itself.
-            read_catalog: self.admitted_rx.is_some() || self.catalog.is_none(),
+            read_catalog: self.admitted_rx.is_some() || catalog.is_none(),
+            catalog,
             admitted,
             turned_away,
         }
@@ -242,6 +249,8 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
+        self.catalog_feed = Some(catalog_rx.clone());
+        self.tls.follow_revocations();
         let mut admitted_rx = self.admitted_rx.take().expect("run once");
         // A running daemon keeps a hello task; `--once` does one exchange instead.
         self.reconcilers.insert(
@@ -311,7 +320,6 @@ impl Daemon {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
-                    self.catalog = catalog;
                     self.converge().await;
                 }
                 Some(()) = events_rx.recv() => {

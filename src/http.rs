@@ -3,9 +3,13 @@
 //! rejection names the field, unix sockets for root only, and one wording for a request
 //! that got no answer.
 
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -14,6 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
@@ -204,13 +209,91 @@ fn bind_staged(
     result
 }
 
-/// A TCP listener that hands axum only connections whose TLS handshake succeeded.
+/// Resolves when a connection must end (its peer's certificate was revoked).
+pub type Ending = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What ends a connection, from its finished handshake.
+pub type CutWhen = Arc<dyn Fn(&rustls::ServerConnection) -> Ending + Send + Sync>;
+
+/// A stream whose reads and writes fail from the moment its [`Ending`] resolves, so
+/// whatever serves it (hyper, a relay's copy) drops the connection then, even one that
+/// waits idle in a read.
+pub struct Severable<S> {
+    inner: S,
+    ending: Ending,
+    cut: bool,
+}
+
+impl<S> Severable<S> {
+    pub fn new(inner: S, ending: Ending) -> Self {
+        Self {
+            inner,
+            ending,
+            cut: false,
+        }
+    }
+
+    /// Never cut.
+    pub fn lasting(inner: S) -> Self {
+        Self::new(inner, Box::pin(std::future::pending()))
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.cut && self.ending.as_mut().poll(cx).is_ready() {
+            self.cut = true;
+        }
+        if self.cut {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection cut: the peer's certificate was revoked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Severable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// How long a peer may take over its handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
+/// A TCP listener that hands axum only connections whose TLS handshake succeeded.
 /// Handshakes happen off the accept loop, so one slow peer holds up nobody else.
 pub struct TlsListener {
-    incoming: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    incoming: tokio::sync::mpsc::Receiver<(Severable<TlsStream<TcpStream>>, std::net::SocketAddr)>,
     local: std::net::SocketAddr,
 }
 
@@ -218,13 +301,15 @@ impl TlsListener {
     /// Each connection uses the configuration `config` gives when it arrives (the
     /// cluster API's follows the node's identity files), so a renewed certificate or a
     /// new revocation applies to the next connection; None refuses it (the owner of
-    /// the configuration has said why). `what` names the service in logs.
+    /// the configuration has said why). `what` names the service in logs. A served
+    /// connection ends when `cut` says (None: when its peer closes it).
     pub fn new(
         tcp: TcpListener,
         what: &'static str,
+        cut: Option<CutWhen>,
         config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
     ) -> std::io::Result<Self> {
-        Self::start(tcp, what, config, false)
+        Self::start(tcp, what, cut, config, false)
     }
 
     /// As [`TlsListener::new`], but a plain HTTP request gets the answer dockerd's Go
@@ -233,14 +318,16 @@ impl TlsListener {
     pub fn answering_plain_http(
         tcp: TcpListener,
         what: &'static str,
+        cut: Option<CutWhen>,
         config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
     ) -> std::io::Result<Self> {
-        Self::start(tcp, what, config, true)
+        Self::start(tcp, what, cut, config, true)
     }
 
     fn start(
         tcp: TcpListener,
         what: &'static str,
+        cut: Option<CutWhen>,
         config: impl Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + 'static,
         answer_plain_http: bool,
     ) -> std::io::Result<Self> {
@@ -258,6 +345,7 @@ impl TlsListener {
                 };
                 let Some(server) = config() else { continue };
                 let tx = tx.clone();
+                let cut = cut.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;
                     if answer_plain_http && answered_plain_http(&mut stream).await {
@@ -266,6 +354,13 @@ impl TlsListener {
                     let acceptor = tokio_rustls::TlsAcceptor::from(server);
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            let tls = match &cut {
+                                Some(cut) => {
+                                    let ending = cut(tls.get_ref().1);
+                                    Severable::new(tls, ending)
+                                }
+                                None => Severable::lasting(tls),
+                            };
                             let _ = tx.send((tls, addr)).await;
                         }
                         Ok(Err(e)) => tracing::debug!("{what}: TLS from {addr} refused: {e}"),
@@ -319,7 +414,7 @@ async fn answered_plain_http(stream: &mut TcpStream) -> bool {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Severable<TlsStream<TcpStream>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -929,7 +929,8 @@ pub fn spawn(config: &Config, tls: NodeTls) {
                 }
             }
         };
-        let listener = match TlsListener::new(listener, "cluster API", move || {
+        let cut = Some(tls.revoked().cut_when_revoked());
+        let listener = match TlsListener::new(listener, "cluster API", cut, move || {
             tls.current().ok().map(|c| c.server)
         }) {
             Ok(l) => l,

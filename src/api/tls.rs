@@ -23,7 +23,7 @@ pub struct Peer {
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        let certs = stream.io().get_ref().1.peer_certificates();
+        let certs = stream.io().get_ref().get_ref().1.peer_certificates();
         Self {
             addr: *stream.remote_addr(),
             node: peer_identity(certs),
@@ -68,7 +68,7 @@ mod tests {
         let client = node(&ca, dir.path(), "0.2");
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = tcp.local_addr().unwrap().port();
-        let listener = TlsListener::new(tcp, "cluster API", move || {
+        let listener = TlsListener::new(tcp, "cluster API", None, move || {
             server.current().ok().map(|c| c.server)
         })
         .unwrap();
@@ -115,5 +115,54 @@ mod tests {
         assert!(!e.is_status(), "{e}");
         let plain = reqwest::get(format!("http://127.0.0.1:{port}/who")).await;
         assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+    }
+
+    /// A keep-alive connection from a node ends when the node's certificate is revoked,
+    /// though it is idle, waiting in a read.
+    #[tokio::test]
+    async fn an_open_connection_ends_when_its_certificate_is_revoked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("apples").unwrap();
+        let server = node(&ca, dir.path(), "0.1");
+        let client = node(&ca, dir.path(), "0.2");
+        let revoked = server.revoked().clone();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let cut = Some(revoked.cut_when_revoked());
+        let listener = TlsListener::new(tcp, "cluster API", cut, move || {
+            server.current().ok().map(|c| c.server)
+        })
+        .unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .await
+                .unwrap()
+        });
+        let connector = tokio_rustls::TlsConnector::from(client.current().unwrap().client);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: node\r\n\r\n";
+        stream.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // Another node's revocation leaves it open.
+        revoked.set(["ff".to_string()].into());
+        let idle = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await;
+        assert!(idle.is_err(), "the connection ended early: {idle:?}");
+        let mine = crate::identity::LocalIdentity::load(client.files())
+            .unwrap()
+            .info
+            .serial;
+        revoked.set(["ff".to_string(), mine].into());
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the connection is still open after the revocation");
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
     }
 }

@@ -46,7 +46,8 @@ pub fn spawn(config: &Config, tls: NodeTls) {
                 }
             }
         };
-        let mut listener = match TlsListener::answering_plain_http(tcp, WHAT, move || {
+        let cut = Some(tls.revoked().cut_when_revoked());
+        let mut listener = match TlsListener::answering_plain_http(tcp, WHAT, cut, move || {
             tls.current().ok().map(|c| c.server)
         }) {
             Ok(l) => l,
@@ -64,14 +65,14 @@ pub fn spawn(config: &Config, tls: NodeTls) {
 }
 
 async fn relay(
-    mut client: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    mut client: crate::http::Severable<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     peer: SocketAddr,
     socket: PathBuf,
 ) {
     // Docker's API is root on this host, and a server's host holds the CA key and the
     // management token: only servers' certificates get in, so a client node taken over
     // is not root everywhere.
-    let who = crate::identity::tls::peer_identity(client.get_ref().1.peer_certificates());
+    let who = crate::identity::tls::peer_identity(client.get_ref().get_ref().1.peer_certificates());
     if who.as_ref().map(|w| w.role) != Some(crate::identity::Role::Server) {
         use tokio::io::AsyncWriteExt;
         let _ = client

@@ -118,6 +118,20 @@ impl NodeTls {
         loaded.configs.clone().expect("set above")
     }
 
+    /// Re-reads the revocation file every second from now on, so the open connections
+    /// of a node that is revoked end within about a second, not at the next handshake.
+    pub fn follow_revocations(&self) {
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let mut loaded = tls.loaded.lock().expect("tls lock");
+                tls.refresh_revoked(&mut loaded);
+            }
+        });
+    }
+
     fn refresh_revoked(&self, loaded: &mut Loaded) {
         let now = stamp(&self.revoked_file);
         if loaded.revoked == Some(now) {

@@ -4,7 +4,7 @@
 //! would accept until it expires.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -15,25 +15,65 @@ use rustls_pki_types::pem::PemObject;
 use super::{CertInfo, IdentityError, LocalIdentity, NodeIdentity};
 
 /// Serials of revoked node certificates (see [`super::serial_hex`]), shared by every
-/// verifier of the process and updated as the cluster's list changes.
-#[derive(Debug, Clone, Default)]
-pub struct Revoked(Arc<RwLock<BTreeSet<String>>>);
+/// verifier of the process and updated as the cluster's list changes. Open connections
+/// follow it too: [`Revoked::cut_when_revoked`] ends a peer's connection when its
+/// serial joins the list, so a removed node keeps no keep-alive or tunnel it had.
+#[derive(Debug, Clone)]
+pub struct Revoked(Arc<tokio::sync::watch::Sender<BTreeSet<String>>>);
+
+impl Default for Revoked {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new())))
+    }
+}
 
 impl Revoked {
     pub fn contains(&self, serial: &str) -> bool {
-        self.0.read().expect("revoked lock").contains(serial)
+        self.0.borrow().contains(serial)
     }
 
     /// Replaces the list; returns whether it changed.
     pub fn set(&self, serials: BTreeSet<String>) -> bool {
-        let mut held = self.0.write().expect("revoked lock");
-        let changed = *held != serials;
-        *held = serials;
-        changed
+        self.0.send_if_modified(|held| {
+            let changed = *held != serials;
+            *held = serials;
+            changed
+        })
     }
 
     pub fn serials(&self) -> BTreeSet<String> {
-        self.0.read().expect("revoked lock").clone()
+        self.0.borrow().clone()
+    }
+
+    /// Resolves once `serial` is on the list (at once if it is already).
+    pub fn until_revoked(&self, serial: String) -> crate::http::Ending {
+        let mut list = self.0.subscribe();
+        Box::pin(async move {
+            if list.wait_for(|s| s.contains(&serial)).await.is_err() {
+                // The list is gone with its process: nothing is revoked any more.
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+
+    /// For [`crate::http::TlsListener`]: a connection ends when the certificate its
+    /// peer showed is revoked.
+    pub fn cut_when_revoked(&self) -> crate::http::CutWhen {
+        let revoked = self.clone();
+        Arc::new(move |conn: &rustls::ServerConnection| revoked.until_peer_revoked(conn))
+    }
+
+    /// Resolves once the certificate the peer of `conn` showed is revoked.
+    pub fn until_peer_revoked(&self, conn: &rustls::ServerConnection) -> crate::http::Ending {
+        let serial = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| CertInfo::from_der(c).ok())
+            .map(|info| info.serial);
+        match serial {
+            Some(serial) => self.until_revoked(serial),
+            None => Box::pin(std::future::pending()),
+        }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<CertInfo, rustls::Error> {

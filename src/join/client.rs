@@ -119,9 +119,10 @@ mod tests {
                 )
             }),
         );
-        let listener =
-            crate::http::TlsListener::new(listener, "join service", move || Some(config.clone()))
-                .unwrap();
+        let listener = crate::http::TlsListener::new(listener, "join service", None, move || {
+            Some(config.clone())
+        })
+        .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         port
     }

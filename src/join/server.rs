@@ -289,19 +289,20 @@ pub fn spawn(config: &Config) {
         // is shown from the next join on; a bad read keeps the one held.
         let held = std::sync::Mutex::new((identity.cert_pem.clone(), tls));
         let files = IdentityFiles::new(&identity.files.dir);
-        let listener = match crate::http::TlsListener::new(listener, "join service", move || {
-            let mut held = held.lock().expect("join tls lock");
-            if let Ok(now) = LocalIdentity::load(&files)
-                && now.cert_pem != held.0
-                && let Ok(config) = crate::identity::tls::join_server_config(&now)
-            {
-                *held = (now.cert_pem, config);
-            }
-            Some(held.1.clone())
-        }) {
-            Ok(l) => l,
-            Err(e) => return warn!("join service on {addr}: {e}"),
-        };
+        let listener =
+            match crate::http::TlsListener::new(listener, "join service", None, move || {
+                let mut held = held.lock().expect("join tls lock");
+                if let Ok(now) = LocalIdentity::load(&files)
+                    && now.cert_pem != held.0
+                    && let Ok(config) = crate::identity::tls::join_server_config(&now)
+                {
+                    *held = (now.cert_pem, config);
+                }
+                Some(held.1.clone())
+            }) {
+                Ok(l) => l,
+                Err(e) => return warn!("join service on {addr}: {e}"),
+            };
         info!("join service on {addr}");
         if let Err(e) = axum::serve(listener, app).await {
             warn!("join service on {addr} stopped: {e}");

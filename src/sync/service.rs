@@ -117,6 +117,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // front on the peer address (see `tunnel`).
     let session_addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, config.sync.peer_port));
     let tls = crate::identity::NodeTls::from_config(config);
+    tls.follow_revocations();
     let tracker_listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .await
         .context("listen for the session's tracker on loopback")?;

@@ -35,12 +35,16 @@ pub fn spawn_front(listener: TcpListener, to: SocketAddr, tls: NodeTls) {
                 }
             };
             let Ok(configs) = tls.current() else { continue };
+            let revoked = tls.revoked().clone();
             tokio::spawn(async move {
                 let acceptor = tokio_rustls::TlsAcceptor::from(configs.server);
                 let mut tls = match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream))
                     .await
                 {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        let ending = revoked.until_peer_revoked(s.get_ref().1);
+                        crate::http::Severable::new(s, ending)
+                    }
                     Ok(Err(e)) => return debug!("image sync: TLS from {from} refused: {e}"),
                     Err(_) => return debug!("image sync: TLS from {from}: no handshake in time"),
                 };

@@ -187,6 +187,15 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
         .unwrap()
         .trim()
         .to_string();
+    // A connection 0.2 holds open to 0.1's cluster API (keep-alive, idle).
+    let (cert, key, ca) = (files.node_cert(), files.node_key(), files.ca_cert());
+    let held = HeldConnection::open(
+        h0,
+        "10.255.0.1:7100",
+        &[&cert, &key, &ca],
+        "GET /v1/nodes HTTP/1.1\r\nHost: 10.255.0.1\r\n\r\n",
+    );
+    held.wait_for_answer("HTTP/1.1 200", Duration::from_secs(10));
     let out = h0.arpanet(&["node", "rm", "0.2"]);
     assert_success(&out, "node rm 0.2");
     assert!(
@@ -198,8 +207,9 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
         let c = each(h0);
         c.values().sum::<usize>() == 3 && !c.contains_key("0.2")
     });
-    // Its certificate, shown to 0.1's own cluster API, is refused as revoked.
-    let (cert, key, ca) = (files.node_cert(), files.node_key(), files.ca_cert());
+    // The connection it held is closed, and its certificate, shown to 0.1's own
+    // cluster API again, is refused as revoked.
+    held.wait_for_close(Duration::from_secs(20));
     wait_until(
         Duration::from_secs(20),
         "0.1 to refuse 0.2's certificate",
@@ -249,5 +259,71 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
     h1.start_consul_agent();
     for h in [h0, h1, h2] {
         h.wait_for_nodes(3, Duration::from_secs(90));
+    }
+}
+
+/// A TLS connection held open with a node's certificate (`openssl s_client`, from
+/// `host`'s namespace), after one request sent on it; killed when dropped.
+struct HeldConnection {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl HeldConnection {
+    fn open(host: &Host, to: &str, cert_key_ca: &[&std::path::Path; 3], request: &str) -> Self {
+        use std::io::{BufRead, Write};
+        let [cert, key, ca] = cert_key_ca.map(|p| p.to_str().unwrap().to_string());
+        let mut child = host
+            .command(&[
+                "openssl", "s_client", "-quiet", "-connect", to, "-CAfile", &ca, "-cert", &cert,
+                "-key", &key,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn openssl s_client");
+        // stdin stays open (held by the child handle): the client does not hang up.
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn wait_for_answer(&self, starts: &str, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(starts) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("no {starts:?} on the held connection: {e}"),
+            }
+        }
+    }
+
+    fn wait_for_close(mut self, limit: Duration) {
+        wait_until(limit, "the held connection to be closed", || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -124,8 +124,12 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     ]);
     assert_success(&create, "service create web");
     let even = spread(&[(h0, 2), (h1, 2), (h2, 2)]);
-    wait_for_spread(h2, "web", &even, Duration::from_secs(60));
-    for h in [h0, h1] {
+    // Placement has no master: each node acts on its own view, so the spread settles
+    // on every node, and then every node lists the same.
+    for h in [h2, h0, h1] {
+        wait_for_spread(h, "web", &even, Duration::from_secs(60));
+    }
+    for h in [h0, h1, h2] {
         assert_eq!(
             running(h, "web").as_ref(),
             Some(&even),

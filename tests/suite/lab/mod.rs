@@ -551,12 +551,16 @@ impl Host {
 
     /// Runs a command inside this host's network namespace (and nowhere else).
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={NETNS_DIR}/{}", self.netns))
+        self.command(args).output().expect("run nsenter")
+    }
+
+    /// `args` to run in this host's namespace, for a test to spawn and talk to.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={NETNS_DIR}/{}", self.netns))
             .arg("--")
-            .args(args)
-            .output()
-            .expect("run nsenter")
+            .args(args);
+        c
     }
 
     /// The docker CLI against this host's engine (over its unix socket).
