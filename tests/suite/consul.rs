@@ -253,7 +253,8 @@ fn three_servers_and_a_client_form_one_cluster_that_survives_and_grows() {
 }
 
 /// How a stranger tries Consul's RPC port (8300).
-enum Rpc<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Rpc<'a> {
     /// Consul's plain RPC byte (0x00), then a request.
     Plain,
     /// Consul's TLS byte (0x03), a TLS handshake with this client certificate (dir
@@ -264,7 +265,7 @@ enum Rpc<'a> {
 /// `Status.Ping` over Consul's RPC from inside `netns`, as a Consul agent sends it
 /// (net/rpc with msgpack). `Ok(answer)` when a response came back, `Err(why)` when the
 /// server closed the connection or the TLS handshake failed.
-fn rpc_ping(
+pub(crate) fn rpc_ping(
     netns: &str,
     addr: std::net::SocketAddrV4,
     how: Rpc,

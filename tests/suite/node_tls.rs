@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use arpanet::identity::{Ca, NodeIdentity, NodeKey, Role};
 
+use crate::consul::{Rpc, rpc_ping};
 use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
@@ -143,6 +144,18 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
         ]),
         "route to the overlay plane over the underlay",
     );
+    assert_success(
+        &out.exec(&[
+            "ip",
+            "route",
+            "add",
+            "10.253.0.0/16",
+            "via",
+            &h0.underlay_ip.to_string(),
+        ]),
+        "route to the Consul plane over the underlay",
+    );
+    let consul_rpc = std::net::SocketAddrV4::new(h0.address.consul_ip(), 8300);
     let out_ns = format!("/run/netns/{}", out.netns);
     // A container on the node: curl in its network namespace.
     assert_success(
@@ -165,6 +178,16 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
             assert_ne!(code, 0, "{who}, plain HTTP at {plain}: {text}");
             assert!(!text.contains("< HTTP/"), "{who} at {plain}:\n{text}");
         }
+        // Consul's server RPC: neither plain nor TLS without a certificate answers.
+        let ca = &lab.ca.cert_pem;
+        rpc_refused(&format!("{who}, plain"), ns, consul_rpc, Rpc::Plain, ca);
+        rpc_refused(
+            &format!("{who}, no certificate"),
+            ns,
+            consul_rpc,
+            Rpc::Tls(None),
+            ca,
+        );
     }
 
     // Bad certificates, from a node's own namespace (the nodes' own path over the
@@ -219,6 +242,16 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
             &["alert certificate expired"],
         );
     }
+    // Consul's server RPC takes the node's own certificate, not another CA's nor an
+    // expired one. (Consul has no revocation list: a removed node's deleted ACL token
+    // is what shuts it out there, see identity.rs.)
+    let ca = &lab.ca.cert_pem;
+    let own = rpc_ping(&h1_ns, consul_rpc, Rpc::Tls(Some(&mine)), ca);
+    let own = own.unwrap_or_else(|e| panic!("Consul RPC with h1's own certificate: {e}"));
+    assert!(own.windows(11).any(|w| w == b"Status.Ping"), "{own:?}");
+    for (what, dir) in [("another CA's", &foreign.dir), ("an expired", &expired.dir)] {
+        rpc_refused(what, &h1_ns, consul_rpc, Rpc::Tls(Some(dir)), ca);
+    }
     // Good until its serial is in the node's revocation list.
     let (code, text) = curl(&h1_ns, &api, Some(&revoked.dir));
     assert_eq!(code, 0, "before revocation: {text}");
@@ -261,6 +294,21 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
     .unwrap();
     assert!(lists_probe(), "h1 reaches h0 with its renewed certificate");
     h0.stop("flusher");
+}
+
+/// Consul RPC from `netns` that reaches the server (past the firewall, which the
+/// flusher and arpanetd's pass race over) and is refused there.
+fn rpc_refused(what: &str, netns: &str, addr: std::net::SocketAddrV4, how: Rpc, ca: &str) {
+    for _ in 0..20 {
+        match rpc_ping(netns, addr, how.clone(), ca) {
+            Err(e) if e.starts_with("connect:") => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return eprintln!("MEASURED: Consul RPC, {what}: {e}"),
+            Ok(answer) => panic!("Consul RPC, {what}: answered {answer:?}"),
+        }
+    }
+    panic!("Consul RPC, {what}: never got past the firewall, though it is flushed");
 }
 
 /// A node without an identity: no listener on 7100 or 7101, one line saying why and
