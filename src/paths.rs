@@ -132,6 +132,11 @@ impl IdentityFiles {
     pub fn join_secrets(&self) -> PathBuf {
         self.dir.join("join-tokens.json")
     }
+    /// Joins the boot node took before Consul had a leader, to record once it has
+    /// one (0600: it holds the joiners' Consul token secrets).
+    pub fn join_pending(&self) -> PathBuf {
+        self.dir.join("join-pending.json")
+    }
     /// The Consul management token (servers only; 0600).
     pub fn consul_management_token(&self) -> PathBuf {
         self.dir.join("consul-management.token")

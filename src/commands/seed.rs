@@ -219,9 +219,20 @@ impl Seed {
         };
         let digest = ca.digest();
         println!("on the other hosts run:");
+        // Every initial server waits for the same number of servers (Consul's
+        // bootstrap_expect); the boot node takes their joins before there is a leader.
+        let expect = match config.cluster.expect {
+            1 => String::new(),
+            n => format!(" --expect {n}"),
+        };
         for role in [identity::Role::Server, identity::Role::Client] {
+            let expect = if role == identity::Role::Server {
+                expect.as_str()
+            } else {
+                ""
+            };
             println!(
-                "  arpanet {role} ADDRESS --cluster {} --join {}@THIS_HOST_IP --token {}",
+                "  arpanet {role} ADDRESS --cluster {}{expect} --join {}@THIS_HOST_IP --token {}",
                 config.cluster.name,
                 self.address,
                 secrets.token(role, &digest)

@@ -10,6 +10,7 @@
 //! management token. Nothing is written on the joiner before the answer is complete.
 
 pub mod client;
+pub mod pending;
 pub mod renew;
 pub mod revocations;
 pub mod server;

@@ -23,11 +23,71 @@ use crate::paths::IdentityFiles;
 
 struct JoinState {
     cluster: String,
+    /// This server's own address and node name, which no joiner may take.
+    address: NodeAddress,
+    name: String,
     files: IdentityFiles,
     secret_file: std::path::PathBuf,
     /// With the management token: reads the join secrets, records certificates, makes
     /// node tokens.
     consul: Consul,
+    /// Held while a join decides on the boot node's own copy of the secrets and the
+    /// pending joins, and while they are recorded and published (see [`super::pending`]).
+    local: tokio::sync::Mutex<()>,
+}
+
+/// The boot node's own copy of the join secrets, there until it has published them.
+fn local_secrets(files: &IdentityFiles) -> Result<Option<JoinSecrets>, ApiError> {
+    let path = files.join_secrets();
+    match std::fs::read(&path) {
+        Ok(b) => crate::http::parse_json(&b).map(Some).map_err(|why| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: {why}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApiError::backend(anyhow::anyhow!(
+            "read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// [`taken`] before Consul records anything: this server and the pending joins are
+/// the whole cluster.
+fn taken_before_leader(
+    state: &JoinState,
+    pending: &super::pending::PendingV1,
+    address: NodeAddress,
+    name: &str,
+) -> Result<(), ApiError> {
+    let address_text = address.to_string();
+    if address == state.address || pending.joins.iter().any(|j| j.address == address_text) {
+        return Err(in_use(address));
+    }
+    let holder = if name == state.name {
+        Some(state.address.to_string())
+    } else {
+        pending
+            .joins
+            .iter()
+            .find(|j| j.record.name == name)
+            .map(|j| j.address.clone())
+    };
+    match holder {
+        Some(holder) => Err(name_taken(name, &holder)),
+        None => Ok(()),
+    }
+}
+
+fn name_taken(name: &str, holder: &str) -> ApiError {
+    ApiError(
+        StatusCode::CONFLICT,
+        format!(
+            "name {name:?} is node {holder}'s already; give this host another (node.name in arpanet.toml) or `arpanet node rm {holder}` first"
+        ),
+    )
 }
 
 /// The cluster's join secrets as Consul holds them (None: not published yet).
@@ -79,13 +139,8 @@ async fn taken(consul: &Consul, address: NodeAddress, name: &str) -> Result<(), 
         if let Ok(r) = serde_json::from_slice::<IssuedV1>(&value)
             && r.name == name
         {
-            let holder = key.strip_prefix(ISSUED_PREFIX).unwrap_or(&key).to_string();
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                format!(
-                    "name {name:?} is node {holder}'s already; give this host another (node.name in arpanet.toml) or `arpanet node rm {holder}` first"
-                ),
-            ));
+            let holder = key.strip_prefix(ISSUED_PREFIX).unwrap_or(&key);
+            return Err(name_taken(name, holder));
         }
     }
     Ok(())
@@ -128,11 +183,19 @@ async fn join(
             "the token names another CA: it is not this cluster's",
         ));
     }
-    let secrets = read_secrets(&state.consul).await?.ok_or_else(|| {
-        ApiError::backend(anyhow::anyhow!(
-            "the cluster's join tokens are not in Consul yet (the boot node publishes them once Consul has a leader); try again in a few seconds"
-        ))
-    })?;
+    let _local = state.local.lock().await;
+    // Until the boot node has published the join tokens (with `cluster.expect` > 1,
+    // until its initial servers have joined and elected a leader), it takes joins on
+    // its own copy and records them once Consul can take them.
+    let local = local_secrets(&state.files)?;
+    let secrets = match &local {
+        Some(s) => s.clone(),
+        None => read_secrets(&state.consul).await?.ok_or_else(|| {
+            ApiError::backend(anyhow::anyhow!(
+                "the cluster's join tokens are not in Consul yet (the boot node publishes them once Consul has a leader); try again in a few seconds"
+            ))
+        })?,
+    };
     match (secrets.role_of(&token.secret), role) {
         (None, _) => {
             return Err(refuse(format!(
@@ -146,7 +209,15 @@ async fn join(
         }
         _ => {}
     }
-    taken(&state.consul, address, &req.name).await?;
+    let pending_path = state.files.join_pending();
+    let mut pending = if local.is_some() {
+        let pending = super::pending::load(&pending_path).map_err(ApiError::backend)?;
+        taken_before_leader(&state, &pending, address, &req.name)?;
+        Some(pending)
+    } else {
+        taken(&state.consul, address, &req.name).await?;
+        None
+    };
     let identity = NodeIdentity {
         cluster: state.cluster.clone(),
         address,
@@ -166,17 +237,19 @@ async fn join(
             .map_or(0, |d| d.as_secs()),
         earlier: Vec::new(),
     };
-    // Created, never overwritten: of two joins for one address only one gets it.
-    let created = state
-        .consul
-        .kv_put_new(
-            &format!("{ISSUED_PREFIX}{address}"),
-            serde_json::to_vec(&record).expect("a record serializes"),
-        )
-        .await
-        .map_err(ApiError::backend)?;
-    if !created {
-        return Err(in_use(address));
+    if pending.is_none() {
+        // Created, never overwritten: of two joins for one address only one gets it.
+        let created = state
+            .consul
+            .kv_put_new(
+                &format!("{ISSUED_PREFIX}{address}"),
+                serde_json::to_vec(&record).expect("a record serializes"),
+            )
+            .await
+            .map_err(ApiError::backend)?;
+        if !created {
+            return Err(in_use(address));
+        }
     }
     let cluster_secret =
         crate::consul::secret::read(&state.secret_file).map_err(ApiError::backend)?;
@@ -190,11 +263,28 @@ async fn join(
     };
     // The node's own Consul token (node write for its name only); made again on a
     // re-join, which replaces the old one.
-    let consul_token = crate::consul::acl::create_node_token(&state.consul, &req.name)
-        .await
-        .map_err(ApiError::backend)?;
+    let consul_token = match &mut pending {
+        Some(pending) => {
+            let secret = crate::consul::acl::random_uuid().map_err(ApiError::backend)?;
+            pending.joins.push(super::pending::PendingJoin {
+                address: address.to_string(),
+                record,
+                consul_token: secret.clone(),
+            });
+            super::pending::save(&pending_path, pending).map_err(ApiError::backend)?;
+            secret
+        }
+        None => crate::consul::acl::create_node_token(&state.consul, &req.name)
+            .await
+            .map_err(ApiError::backend)?,
+    };
+    let when = if pending.is_some() {
+        ", to record once Consul has a leader"
+    } else {
+        ""
+    };
     info!(
-        "join: issued node {address} ({role}, {}) certificate {}",
+        "join: issued node {address} ({role}, {}) certificate {}{when}",
         req.name, issued.serial
     );
     Ok(axum::Json(JoinResponseV1 {
@@ -254,18 +344,29 @@ pub fn spawn(config: &Config) {
     };
     let state = Arc::new(JoinState {
         cluster: config.datacenter(),
+        address: config.node.address,
+        name: config.node_name(),
         files,
         secret_file: config.cluster.secret_file.clone(),
         consul: Consul::for_management(config),
+        local: tokio::sync::Mutex::new(()),
     });
-    if state.files.join_secrets().exists() {
-        let (consul, files) = (state.consul.clone(), state.files.clone());
+    if state.files.join_secrets().exists() || state.files.join_pending().exists() {
+        let state = state.clone();
         tokio::spawn(async move {
             let mut reported = false;
-            while let Err(e) = publish_secrets(&consul, &files).await {
-                if !reported {
-                    info!("join tokens wait for Consul: {e:#}");
-                    reported = true;
+            loop {
+                let done = {
+                    let _local = state.local.lock().await;
+                    record_and_publish(&state).await
+                };
+                match done {
+                    Ok(()) => break,
+                    Err(e) if !reported => {
+                        info!("join tokens wait for Consul: {e:#}");
+                        reported = true;
+                    }
+                    Err(_) => {}
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -308,6 +409,13 @@ pub fn spawn(config: &Config) {
             warn!("join service on {addr} stopped: {e}");
         }
     });
+}
+
+/// The joins taken on the local copy first, so that they are on record before any
+/// other server takes joins, then the secrets.
+async fn record_and_publish(state: &JoinState) -> anyhow::Result<()> {
+    super::pending::flush(&state.consul, &state.files.join_pending()).await?;
+    publish_secrets(&state.consul, &state.files).await
 }
 
 /// Publishes this server's join secrets if the cluster has none yet (the boot node's

@@ -262,6 +262,85 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
     }
 }
 
+/// Three initial servers (`cluster.expect = 3`): Consul has no leader until all three
+/// run, so the boot node takes the two joins on its own copy of the tokens, and puts
+/// them on record (certificates, Consul tokens) once the three have elected one.
+#[test]
+fn the_initial_servers_of_an_expect_3_cluster_join_by_token() {
+    require_lab!();
+    let lab = Lab::builder(3).start();
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    let config = lab.write_arpanet_config(0, "boot", &[], CONSUL);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[cluster]\n", "[cluster]\nexpect = 3\n", 1),
+    )
+    .unwrap();
+    let secrets = JoinSecrets::generate().unwrap();
+    let seed = h0.identity_files().join_secrets();
+    std::fs::write(&seed, serde_json::to_string(&secrets).unwrap()).unwrap();
+    let server_token = secrets.token(Role::Server, &lab.ca.digest()).to_string();
+    Host::start_nodes(&[h0]);
+    bare(&lab, 1, "server", &[0]);
+    bare(&lab, 2, "server", &[0]);
+    for h in [h1, h2] {
+        let out = h.arpanet(&[
+            "server",
+            &h.address.to_string(),
+            "--cluster",
+            "arpanet-lab",
+            "--expect",
+            "3",
+            "--join",
+            &format!("{}@{}", h0.address, h0.underlay_ip),
+            "--token",
+            &server_token,
+            "--no-start",
+        ]);
+        assert_success(&out, &format!("arpanet server {} --expect 3", h.address));
+        assert!(
+            std::fs::read_to_string(h.config_path())
+                .unwrap()
+                .contains("expect = 3")
+        );
+    }
+    // No leader yet: nothing is in Consul, and the tokens are still the boot node's.
+    assert!(
+        seed.exists(),
+        "the join tokens were published with no leader"
+    );
+    let pending = h0.identity_dir().join("join-pending.json");
+    let held: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pending).unwrap()).unwrap();
+    assert_eq!(held["joins"].as_array().map(Vec::len), Some(2), "{held}");
+
+    Host::start_nodes(&[h1, h2]);
+    for h in [h0, h1, h2] {
+        h.wait_for_nodes(3, Duration::from_secs(120));
+    }
+    // On record, each with the certificate its node holds, and the tokens published.
+    wait_until(Duration::from_secs(30), "the joins on record", || {
+        !pending.exists() && !seed.exists()
+    });
+    for h in [h1, h2] {
+        let out = h0.consul(&[
+            "kv",
+            "get",
+            &format!("arpanet/identity/nodes/{}", h.address),
+        ]);
+        assert_success(&out, "the join's certificate record");
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let held =
+            CertInfo::from_pem(&std::fs::read_to_string(h.identity_files().node_cert()).unwrap())
+                .unwrap();
+        assert_eq!(record["serial"], held.serial, "{record}");
+    }
+    let out = h1.arpanet(&["token", "show", "server"]);
+    assert_success(&out, "token show server on a joined server");
+    assert_eq!(stdout(&out).trim(), server_token);
+}
+
 /// A TLS connection held open with a node's certificate (`openssl s_client`, from
 /// `host`'s namespace), after one request sent on it; killed when dropped.
 struct HeldConnection {

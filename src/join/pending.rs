@@ -1,0 +1,132 @@
+//! Joins taken before Consul can record them. A cluster of several initial servers
+//! (`cluster.expect` > 1) has no leader until they have joined, and so no KV and no
+//! ACL tokens: until the boot node has published the join tokens it checks them against
+//! its own copy, issues the certificate, and keeps here what Consul must hold (the
+//! certificate record and the node's Consul token, its SecretID already handed over),
+//! to write once Consul takes writes. Consul's own bootstrap does the same with the
+//! management token it is configured with.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{ISSUED_PREFIX, IssuedV1};
+use crate::consul::client::Consul;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingV1 {
+    pub joins: Vec<PendingJoin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingJoin {
+    pub address: String,
+    pub record: IssuedV1,
+    /// The SecretID the joiner was given for its Consul token.
+    pub consul_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PendingError {
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+    #[error("{0}")]
+    Consul(String),
+}
+
+fn file_error(path: &Path, why: impl std::fmt::Display) -> PendingError {
+    PendingError::File {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+pub fn load(path: &Path) -> Result<PendingV1, PendingError> {
+    match std::fs::read(path) {
+        Ok(b) => crate::http::parse_json(&b).map_err(|why| file_error(path, why)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PendingV1::default()),
+        Err(e) => Err(file_error(path, e)),
+    }
+}
+
+/// Writes the list (0600), or removes the file when it is empty.
+pub fn save(path: &Path, pending: &PendingV1) -> Result<(), PendingError> {
+    if pending.joins.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(file_error(path, e)),
+            _ => Ok(()),
+        };
+    }
+    let text = serde_json::to_string_pretty(pending).expect("pending joins serialize");
+    crate::files::write_private(path, &text).map_err(|e| file_error(path, format!("{e:#}")))
+}
+
+/// Records every pending join in Consul, oldest first, dropping each from the file as
+/// it lands. Stops at the first write Consul does not take (no leader yet): the rest
+/// waits for the next call. Returns how many are left.
+pub async fn flush(consul: &Consul, path: &Path) -> Result<usize, PendingError> {
+    let mut pending = load(path)?;
+    while let Some(join) = pending.joins.first().cloned() {
+        let key = format!("{ISSUED_PREFIX}{}", join.address);
+        let record = serde_json::to_vec(&join.record).expect("a record serializes");
+        match consul.kv_put_new(&key, record).await {
+            Ok(true) => {}
+            // Only the boot node issues before the tokens are published, so this is a
+            // node that joined by hand meanwhile: its record stays, and this join's
+            // certificate stays valid (node rm revokes what the record names).
+            Ok(false) => warn!(
+                "join of {} ({}) not recorded: {key} is another certificate's already",
+                join.address, join.record.name
+            ),
+            Err(e) => return Err(PendingError::Consul(format!("record {key}: {e}"))),
+        }
+        crate::consul::acl::ensure_node_token(consul, &join.record.name, &join.consul_token)
+            .await
+            .map_err(|e| {
+                PendingError::Consul(format!("Consul token of {}: {e}", join.record.name))
+            })?;
+        info!(
+            "join: recorded node {} ({}) certificate {}, taken before Consul had a leader",
+            join.address, join.record.name, join.record.serial
+        );
+        pending.joins.remove(0);
+        save(path, &pending)?;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_is_kept_private_and_gone_when_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("join-pending.json");
+        assert!(load(&path).unwrap().joins.is_empty());
+        let join = PendingJoin {
+            address: "0.2".into(),
+            record: IssuedV1 {
+                serial: "1a".into(),
+                name: "h1".into(),
+                role: "server".into(),
+                not_after: 1,
+                earlier: Vec::new(),
+            },
+            consul_token: "secret".into(),
+        };
+        save(&path, &PendingV1 { joins: vec![join] }).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&path).unwrap().joins[0].record.name, "h1");
+        save(&path, &PendingV1::default()).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, "{\"joins\": 3}").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: joins", path.display())), "{e}");
+    }
+}
