@@ -300,7 +300,7 @@ fn the_node_ports_refuse_every_peer_without_a_good_cluster_certificate() {
 /// flusher and arpanetd's pass race over) and is refused there.
 fn rpc_refused(what: &str, netns: &str, addr: std::net::SocketAddrV4, how: Rpc, ca: &str) {
     for _ in 0..20 {
-        match rpc_ping(netns, addr, how.clone(), ca) {
+        match rpc_ping(netns, addr, how, ca) {
             Err(e) if e.starts_with("connect:") => {
                 std::thread::sleep(Duration::from_millis(100));
             }
