@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit packages demo bench-overlay bench-containers bench-images
+.PHONY: run test deps lint unit packages demo bench-overlay bench-containers bench-images bench-join
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -42,6 +42,10 @@ bench-overlay: deps
 # Time to converge 50 declared containers from nothing and with nothing changed (root).
 bench-containers: deps
 	cargo bench --bench containers_converge
+
+# Time to join 3 nodes by hand: arpanet boot|server|client, start, listed (root).
+bench-join: deps
+	cargo bench --bench join_time
 
 # One image onto 5 nodes over 100 Mbit/s links: registry vs opentracker+ctorrent vs
 # `arpanet image pull --all-nodes` (root). IMAGE_MB, NODES, RATE_MBIT change it.

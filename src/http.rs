@@ -290,6 +290,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
 /// How long a peer may take over its handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once per listener; a connection beyond them is closed at
+/// once, so a flood of half-open connections costs a bounded number of tasks.
+pub const HANDSHAKES_AT_ONCE: usize = 128;
+
 /// A TCP listener that hands axum only connections whose TLS handshake succeeded.
 /// Handshakes happen off the accept loop, so one slow peer holds up nobody else.
 pub struct TlsListener {
@@ -333,6 +337,7 @@ impl TlsListener {
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, incoming) = tokio::sync::mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_AT_ONCE));
         tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -343,10 +348,17 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(
+                        "{what}: {addr} closed: {HANDSHAKES_AT_ONCE} handshakes under way"
+                    );
+                    continue;
+                };
                 let Some(server) = config() else { continue };
                 let tx = tx.clone();
                 let cut = cut.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let mut stream = stream;
                     if answer_plain_http && answered_plain_http(&mut stream).await {
                         return tracing::debug!("{what}: plain HTTP from {addr} refused");

@@ -165,4 +165,57 @@ mod tests {
             .expect("the connection is still open after the revocation");
         assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
     }
+
+    /// Connections that never start their handshake hold at most
+    /// [`crate::http::HANDSHAKES_AT_ONCE`] tasks: the next is closed at once, and the
+    /// listener serves again when they go.
+    #[tokio::test]
+    async fn half_open_connections_beyond_the_limit_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("apples").unwrap();
+        let server = node(&ca, dir.path(), "0.1");
+        let client = node(&ca, dir.path(), "0.2");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener::new(tcp, "cluster API", None, move || {
+            server.current().ok().map(|c| c.server)
+        })
+        .unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .await
+                .unwrap()
+        });
+        let mut idle = Vec::new();
+        for _ in 0..crate::http::HANDSHAKES_AT_ONCE {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: the last of them has its task before the next arrives.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "one past the limit was kept: {closed:?}"
+        );
+        drop(idle);
+        let nodes = crate::identity::NodeClient::new(
+            client,
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        );
+        let url = format!("https://{addr}/");
+        let mut answer = None;
+        for _ in 0..20 {
+            if let Ok(r) = nodes.get().unwrap().get(&url).send().await {
+                answer = Some(r.text().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer.as_deref(), Some("hello"));
+    }
 }
