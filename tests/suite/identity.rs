@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arpanet::identity::{Ca, CertInfo, JoinSecrets, Role};
 
+use crate::consul::{Rpc, rpc_call};
 use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
@@ -247,6 +248,28 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
         "403",
         "the removed node's Consul token still works"
     );
+    // Consul's RPC has no revocation list: its certificate still gets through TLS
+    // there, and the deleted token is what is refused. With a live token (0.1's) the
+    // same call answers, so the refusal is the token's.
+    let rpc = std::net::SocketAddrV4::new(h0.address.consul_ip(), 8300);
+    let h0_ns = format!("/run/netns/{}", h0.netns);
+    let h0_token = std::fs::read_to_string(h0.identity_files().consul_agent_token()).unwrap();
+    let kv_get = |token: &str| {
+        let args = [
+            ("Datacenter", "arpanet-lab"),
+            ("Key", "arpanet/cluster/services"),
+            ("Token", token),
+        ];
+        let how = Rpc::Tls(Some(&files.dir));
+        let answer = rpc_call(&h0_ns, rpc, how, &lab.ca.cert_pem, "KVS.Get", &args)
+            .unwrap_or_else(|e| panic!("KVS.Get over Consul RPC: {e}"));
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let live = kv_get(h0_token.trim());
+    // The answer's body (its QueryMeta's Index) and no error.
+    assert!(live.contains("Index") && !live.contains("ACL"), "{live:?}");
+    let removed = kv_get(&agent_token);
+    assert!(removed.contains("ACL not found"), "{removed:?}");
     // Back with a new token: a new certificate, and a node again.
     h1.stop("arpanetd");
     h1.stop("consul");
