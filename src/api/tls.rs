@@ -117,19 +117,20 @@ mod tests {
         assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
     }
 
-    /// A keep-alive connection from a node ends when the node's certificate is revoked,
-    /// though it is idle, waiting in a read.
-    #[tokio::test]
-    async fn an_open_connection_ends_when_its_certificate_is_revoked() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
+    /// Node 0.1 answering "hello" on a loopback TLS listener (which cuts connections
+    /// whose certificate is revoked, when `cut`); returns its address, node 0.2's TLS
+    /// and 0.1's revocation list.
+    async fn hello_server(
+        dir: &std::path::Path,
+        cut: bool,
+    ) -> (std::net::SocketAddr, NodeTls, crate::identity::Revoked) {
         let ca = Ca::generate("apples").unwrap();
-        let server = node(&ca, dir.path(), "0.1");
-        let client = node(&ca, dir.path(), "0.2");
+        let server = node(&ca, dir, "0.1");
+        let client = node(&ca, dir, "0.2");
         let revoked = server.revoked().clone();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let cut = Some(revoked.cut_when_revoked());
+        let cut = cut.then(|| revoked.cut_when_revoked());
         let listener = TlsListener::new(tcp, "cluster API", cut, move || {
             server.current().ok().map(|c| c.server)
         })
@@ -140,6 +141,16 @@ mod tests {
                 .await
                 .unwrap()
         });
+        (addr, client, revoked)
+    }
+
+    /// A keep-alive connection from a node ends when the node's certificate is revoked,
+    /// though it is idle, waiting in a read.
+    #[tokio::test]
+    async fn an_open_connection_ends_when_its_certificate_is_revoked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, client, revoked) = hello_server(dir.path(), true).await;
         let connector = tokio_rustls::TlsConnector::from(client.current().unwrap().client);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
@@ -173,21 +184,7 @@ mod tests {
     async fn half_open_connections_beyond_the_limit_are_closed_at_once() {
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::generate("apples").unwrap();
-        let server = node(&ca, dir.path(), "0.1");
-        let client = node(&ca, dir.path(), "0.2");
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let listener = TlsListener::new(tcp, "cluster API", None, move || {
-            server.current().ok().map(|c| c.server)
-        })
-        .unwrap();
-        let app = axum::Router::new().route("/", get(|| async { "hello" }));
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                .await
-                .unwrap()
-        });
+        let (addr, client, _) = hello_server(dir.path(), false).await;
         let mut idle = Vec::new();
         for _ in 0..crate::http::HANDSHAKES_AT_ONCE {
             idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
