@@ -216,8 +216,9 @@ pub type Ending = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type CutWhen = Arc<dyn Fn(&rustls::ServerConnection) -> Ending + Send + Sync>;
 
 /// A stream whose reads and writes fail from the moment its [`Ending`] resolves, so
-/// whatever serves it (hyper, a relay's copy) drops the connection then, even one that
-/// waits idle in a read.
+/// whatever serves it drops the connection then, also one that waits idle in a read
+/// (hyper). A copy that no longer reads (its peer half-closed) is cut by its owner
+/// racing the copy against the ending (see the Docker relay).
 pub struct Severable<S> {
     inner: S,
     ending: Ending,
@@ -277,6 +278,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -290,9 +304,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
 /// How long a peer may take over its handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Handshakes in progress at once per listener; a connection beyond them is closed at
-/// once, so a flood of half-open connections costs a bounded number of tasks.
-pub const HANDSHAKES_AT_ONCE: usize = 128;
+/// Handshakes in progress at once per listener, and per peer address: a connection
+/// beyond either is closed at once, so a flood of half-open connections costs a bounded
+/// number of tasks, and one peer's flood does not shut the others out.
+pub const HANDSHAKES_AT_ONCE: usize = 512;
+pub const HANDSHAKES_PER_PEER: usize = 16;
+
+/// Handshakes under way per peer address.
+#[derive(Default, Clone)]
+struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One handshake's place in [`PerPeer`], given back when dropped.
+struct PeerSlot(PerPeer, std::net::IpAddr);
+
+impl PerPeer {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = self.0.lock().expect("handshakes lock");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.0.lock().expect("handshakes lock");
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// A TCP listener that hands axum only connections whose TLS handshake succeeded.
 /// Handshakes happen off the accept loop, so one slow peer holds up nobody else.
@@ -338,6 +385,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, incoming) = tokio::sync::mpsc::channel(64);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_AT_ONCE));
+        let per_peer = PerPeer::default();
         tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -347,6 +395,12 @@ impl TlsListener {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                };
+                let Some(slot) = per_peer.take(addr.ip()) else {
+                    tracing::debug!(
+                        "{what}: {addr} closed: {HANDSHAKES_PER_PEER} handshakes from it under way"
+                    );
+                    continue;
                 };
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                     tracing::debug!(
@@ -358,7 +412,7 @@ impl TlsListener {
                 let tx = tx.clone();
                 let cut = cut.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, slot);
                     let mut stream = stream;
                     if answer_plain_http && answered_plain_http(&mut stream).await {
                         return tracing::debug!("{what}: plain HTTP from {addr} refused");

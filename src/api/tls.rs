@@ -178,41 +178,66 @@ mod tests {
     }
 
     /// Connections that never start their handshake hold at most
-    /// [`crate::http::HANDSHAKES_AT_ONCE`] tasks: the next is closed at once, and the
-    /// listener serves again when they go.
+    /// [`crate::http::HANDSHAKES_PER_PEER`] tasks per peer address: the next from that
+    /// address is closed at once, another address is still served, and so is the first
+    /// when its connections go.
     #[tokio::test]
     async fn half_open_connections_beyond_the_limit_are_closed_at_once() {
-        use tokio::io::AsyncReadExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
         let (addr, client, _) = hello_server(dir.path(), false).await;
+        let from = |ip: [u8; 4]| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind((std::net::Ipv4Addr::from(ip), 0).into())
+                .unwrap();
+            socket.connect(addr).await.unwrap()
+        };
         let mut idle = Vec::new();
-        for _ in 0..crate::http::HANDSHAKES_AT_ONCE {
-            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        for _ in 0..crate::http::HANDSHAKES_PER_PEER {
+            idle.push(from([127, 0, 0, 1]).await);
         }
         // Accepted in order: the last of them has its task before the next arrives.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut over = from([127, 0, 0, 1]).await;
         let mut buf = [0u8; 16];
         let closed = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
         assert!(
             matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
             "one past the limit was kept: {closed:?}"
         );
-        drop(idle);
-        let nodes = crate::identity::NodeClient::new(
-            client,
-            Duration::from_secs(3),
-            Duration::from_secs(10),
+        let hello = |tcp: tokio::net::TcpStream| {
+            let config = client.current().unwrap().client;
+            async move {
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let mut tls = connector.connect(name, tcp).await.ok()?;
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: node\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).ends_with("hello"))
+            }
+        };
+        assert_eq!(
+            hello(from([127, 0, 0, 2]).await).await,
+            Some(true),
+            "another peer"
         );
-        let url = format!("https://{addr}/");
+        drop(idle);
         let mut answer = None;
         for _ in 0..20 {
-            if let Ok(r) = nodes.get().unwrap().get(&url).send().await {
-                answer = Some(r.text().await.unwrap());
+            answer = hello(from([127, 0, 0, 1]).await).await;
+            if answer.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(answer.as_deref(), Some("hello"));
+        assert_eq!(
+            answer,
+            Some(true),
+            "the first peer once its connections went"
+        );
     }
 }

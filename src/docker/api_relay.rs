@@ -46,7 +46,8 @@ pub fn spawn(config: &Config, tls: NodeTls) {
                 }
             }
         };
-        let cut = Some(tls.revoked().cut_when_revoked());
+        let revoked = tls.revoked().clone();
+        let cut = Some(revoked.cut_when_revoked());
         let mut listener = match TlsListener::answering_plain_http(tcp, WHAT, cut, move || {
             tls.current().ok().map(|c| c.server)
         }) {
@@ -59,7 +60,7 @@ pub fn spawn(config: &Config, tls: NodeTls) {
         );
         loop {
             let (stream, peer) = listener.accept().await;
-            tokio::spawn(relay(stream, peer, socket.clone()));
+            tokio::spawn(relay(stream, peer, socket.clone(), revoked.clone()));
         }
     });
 }
@@ -68,6 +69,7 @@ async fn relay(
     mut client: crate::http::Severable<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     peer: SocketAddr,
     socket: PathBuf,
+    revoked: crate::identity::Revoked,
 ) {
     // Docker's API is root on this host, and a server's host holds the CA key and the
     // management token: only servers' certificates get in, so a client node taken over
@@ -88,9 +90,15 @@ async fn relay(
             return warn!("{WHAT}: {peer} not relayed: {}: {e}", socket.display());
         }
     };
-    match tokio::io::copy_bidirectional(&mut client, &mut docker).await {
-        Ok((up, down)) => debug!("{WHAT}: {peer}: {up} bytes to dockerd, {down} back"),
-        // Peers that close without close_notify, dockerd restarting: nothing to act on.
-        Err(e) => debug!("{WHAT}: {peer}: {e}"),
+    // A half-closed client (`docker exec -i … < file`) is no longer read, so its
+    // stream alone would notice a revocation only when dockerd writes.
+    let ending = revoked.until_peer_revoked(client.get_ref().get_ref().1);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut docker) => match copied {
+            Ok((up, down)) => debug!("{WHAT}: {peer}: {up} bytes to dockerd, {down} back"),
+            // Peers that close without close_notify, dockerd restarting: nothing to act on.
+            Err(e) => debug!("{WHAT}: {peer}: {e}"),
+        },
+        () = ending => debug!("{WHAT}: {peer}: cut, its certificate was revoked"),
     }
 }

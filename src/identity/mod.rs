@@ -240,6 +240,15 @@ pub fn cert_digest(der: &[u8]) -> String {
         .collect()
 }
 
+/// SHA-256 of the public key (SubjectPublicKeyInfo) a certificate names, in lower-case
+/// hex: two certificates with it are for one key, so for one holder.
+pub fn public_key_digest(cert_pem: &str) -> Result<String, IdentityError> {
+    let der = first_cert_der(cert_pem).map_err(|why| IdentityError::cert("certificate", why))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| IdentityError::cert("certificate", e))?;
+    Ok(cert_digest(cert.public_key().raw))
+}
+
 fn read(path: &Path) -> Result<String, IdentityError> {
     std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

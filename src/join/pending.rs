@@ -27,6 +27,10 @@ pub struct PendingJoin {
     pub record: IssuedV1,
     /// The SecretID the joiner was given for its Consul token.
     pub consul_token: String,
+    /// [`crate::identity::public_key_digest`] of its certificate: a join asked again
+    /// with the same key (its answer was lost) is the same joiner, and gets a new
+    /// certificate for the same entry.
+    pub public_key: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,37 +69,72 @@ pub fn save(path: &Path, pending: &PendingV1) -> Result<(), PendingError> {
 }
 
 /// Records every pending join in Consul, oldest first, dropping each from the file as
-/// it lands. Stops at the first write Consul does not take (no leader yet): the rest
-/// waits for the next call. Returns how many are left.
-pub async fn flush(consul: &Consul, path: &Path) -> Result<usize, PendingError> {
+/// it lands. Stops at the first write Consul does not take: the rest waits for the
+/// next call.
+pub async fn flush(consul: &Consul, path: &Path) -> Result<(), PendingError> {
     let mut pending = load(path)?;
     while let Some(join) = pending.joins.first().cloned() {
         let key = format!("{ISSUED_PREFIX}{}", join.address);
         let record = serde_json::to_vec(&join.record).expect("a record serializes");
-        match consul.kv_put_new(&key, record).await {
-            Ok(true) => {}
-            // Only the boot node issues before the tokens are published, so this is a
-            // node that joined by hand meanwhile: its record stays, and this join's
-            // certificate stays valid (node rm revokes what the record names).
-            Ok(false) => warn!(
-                "join of {} ({}) not recorded: {key} is another certificate's already",
-                join.address, join.record.name
-            ),
-            Err(e) => return Err(PendingError::Consul(format!("record {key}: {e}"))),
-        }
-        crate::consul::acl::ensure_node_token(consul, &join.record.name, &join.consul_token)
+        let consul_error = |e: crate::consul::client::ConsulError| {
+            PendingError::Consul(format!("record {key}: {e}"))
+        };
+        let ours = match consul
+            .kv_put_new(&key, record)
             .await
-            .map_err(|e| {
-                PendingError::Consul(format!("Consul token of {}: {e}", join.record.name))
-            })?;
-        info!(
-            "join: recorded node {} ({}) certificate {}, taken before Consul had a leader",
-            join.address, join.record.name, join.record.serial
-        );
+            .map_err(consul_error)?
+        {
+            true => true,
+            // Either this record, written by a flush that stopped before it was done,
+            // or another node's, which got the address while this join waited.
+            false => {
+                let held = consul.kv_get(&key).await.map_err(consul_error)?;
+                held.and_then(|b| serde_json::from_slice::<IssuedV1>(&b).ok())
+                    .is_some_and(|r| r.serial == join.record.serial)
+            }
+        };
+        if ours {
+            crate::consul::acl::ensure_node_token(consul, &join.record.name, &join.consul_token)
+                .await
+                .map_err(|e| {
+                    PendingError::Consul(format!("Consul token of {}: {e}", join.record.name))
+                })?;
+            info!(
+                "join: recorded node {} ({}) certificate {}, taken before Consul had a leader",
+                join.address, join.record.name, join.record.serial
+            );
+        } else {
+            // The address is someone else's: this join gets neither it nor the name's
+            // Consul token, and the certificate it was given is revoked.
+            revoke(consul, &join).await?;
+            warn!(
+                "join of {} ({}) refused after the fact: {key} is another node's; its certificate {} is revoked",
+                join.address, join.record.name, join.record.serial
+            );
+        }
         pending.joins.remove(0);
         save(path, &pending)?;
     }
-    Ok(0)
+    Ok(())
+}
+
+async fn revoke(consul: &Consul, join: &PendingJoin) -> Result<(), PendingError> {
+    let record = super::RevokedV1 {
+        address: join.address.clone(),
+        name: join.record.name.clone(),
+        at: crate::network::admission::unix_now(),
+    };
+    for serial in std::iter::once(&join.record.serial).chain(&join.record.earlier) {
+        let key = format!("{}{serial}", super::REVOKED_PREFIX);
+        consul
+            .kv_put(
+                &key,
+                serde_json::to_vec(&record).expect("a record serializes"),
+            )
+            .await
+            .map_err(|e| PendingError::Consul(format!("revoke {key}: {e}")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -118,6 +157,7 @@ mod tests {
                 earlier: Vec::new(),
             },
             consul_token: "secret".into(),
+            public_key: "ab".into(),
         };
         save(&path, &PendingV1 { joins: vec![join] }).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

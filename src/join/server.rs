@@ -55,30 +55,44 @@ fn local_secrets(files: &IdentityFiles) -> Result<Option<JoinSecrets>, ApiError>
 }
 
 /// [`taken`] before Consul records anything: this server and the pending joins are
-/// the whole cluster.
+/// the whole cluster. `Some(i)` when pending join `i` is this one asked again: the same
+/// address, name, role and key.
 fn taken_before_leader(
     state: &JoinState,
     pending: &super::pending::PendingV1,
     address: NodeAddress,
     name: &str,
-) -> Result<(), ApiError> {
-    let address_text = address.to_string();
-    if address == state.address || pending.joins.iter().any(|j| j.address == address_text) {
+    role: Role,
+    public_key: &str,
+) -> Result<Option<usize>, ApiError> {
+    let waiting = |what: String| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("{what} is taken by a join that waits for Consul's leader"),
+        )
+    };
+    if address == state.address {
         return Err(in_use(address));
     }
-    let holder = if name == state.name {
-        Some(state.address.to_string())
-    } else {
-        pending
-            .joins
-            .iter()
-            .find(|j| j.record.name == name)
-            .map(|j| j.address.clone())
-    };
-    match holder {
-        Some(holder) => Err(name_taken(name, &holder)),
-        None => Ok(()),
+    if name == state.name {
+        return Err(name_taken(name, &state.address.to_string()));
     }
+    let address_text = address.to_string();
+    for (i, j) in pending.joins.iter().enumerate() {
+        let same_address = j.address == address_text;
+        let same_name = j.record.name == name;
+        if same_address && same_name && j.record.role == role.as_str() && j.public_key == public_key
+        {
+            return Ok(Some(i));
+        }
+        if same_address {
+            return Err(waiting(format!("address {address}")));
+        }
+        if same_name {
+            return Err(waiting(format!("name {name:?}")));
+        }
+    }
+    Ok(None)
 }
 
 fn name_taken(name: &str, holder: &str) -> ApiError {
@@ -211,9 +225,12 @@ async fn join(
     }
     let pending_path = state.files.join_pending();
     let mut pending = if local.is_some() {
-        let pending = super::pending::load(&pending_path).map_err(ApiError::backend)?;
-        taken_before_leader(&state, &pending, address, &req.name)?;
-        Some(pending)
+        // A leader (the tokens are only not published yet): what Consul holds counts
+        // too, so a join cannot take a node's address that a flush has recorded.
+        if matches!(state.consul.leader().await, Ok(Some(_))) {
+            taken(&state.consul, address, &req.name).await?;
+        }
+        Some(super::pending::load(&pending_path).map_err(ApiError::backend)?)
     } else {
         taken(&state.consul, address, &req.name).await?;
         None
@@ -227,7 +244,13 @@ async fn join(
         .issue(&req.csr, &identity, NODE_CERT_VALIDITY)
         .map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
     let info = CertInfo::from_pem(&issued.cert_pem).map_err(ApiError::backend)?;
-    let record = IssuedV1 {
+    let public_key =
+        crate::identity::public_key_digest(&issued.cert_pem).map_err(ApiError::backend)?;
+    let again = match &pending {
+        Some(p) => taken_before_leader(&state, p, address, &req.name, role, &public_key)?,
+        None => None,
+    };
+    let mut record = IssuedV1 {
         serial: issued.serial.clone(),
         name: req.name.clone(),
         role: role.to_string(),
@@ -265,11 +288,24 @@ async fn join(
     // re-join, which replaces the old one.
     let consul_token = match &mut pending {
         Some(pending) => {
-            let secret = crate::consul::acl::random_uuid().map_err(ApiError::backend)?;
+            let secret = match again {
+                // Asked again with the same key (the answer was lost): the same entry,
+                // with this certificate, and the one it replaces revoked with it later.
+                Some(i) => {
+                    let before = pending.joins.remove(i);
+                    record.earlier = std::iter::once(before.record.serial)
+                        .chain(before.record.earlier)
+                        .take(super::EARLIER_KEPT)
+                        .collect();
+                    before.consul_token
+                }
+                None => crate::consul::acl::random_uuid().map_err(ApiError::backend)?,
+            };
             pending.joins.push(super::pending::PendingJoin {
                 address: address.to_string(),
                 record,
                 consul_token: secret.clone(),
+                public_key,
             });
             super::pending::save(&pending_path, pending).map_err(ApiError::backend)?;
             secret
@@ -354,19 +390,27 @@ pub fn spawn(config: &Config) {
     if state.files.join_secrets().exists() || state.files.join_pending().exists() {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut reported = false;
+            let mut reported = String::new();
             loop {
-                let done = {
-                    let _local = state.local.lock().await;
-                    record_and_publish(&state).await
+                // Without a leader every write waits out Consul's hold and our retries
+                // (about a minute): not with the lock, which joins need meanwhile.
+                let done = match state.consul.leader().await {
+                    Ok(Some(_)) => {
+                        let _local = state.local.lock().await;
+                        record_and_publish(&state).await
+                    }
+                    Ok(None) => Err(anyhow::anyhow!("Consul has no leader yet")),
+                    Err(e) => Err(e.into()),
                 };
                 match done {
                     Ok(()) => break,
-                    Err(e) if !reported => {
-                        info!("join tokens wait for Consul: {e:#}");
-                        reported = true;
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        if e != reported {
+                            info!("join tokens and joins wait for Consul: {e}");
+                            reported = e;
+                        }
                     }
-                    Err(_) => {}
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -41,16 +41,18 @@ pub fn spawn_front(listener: TcpListener, to: SocketAddr, tls: NodeTls) {
                 let mut tls = match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream))
                     .await
                 {
-                    Ok(Ok(s)) => {
-                        let ending = revoked.until_peer_revoked(s.get_ref().1);
-                        crate::http::Severable::new(s, ending)
-                    }
+                    Ok(Ok(s)) => s,
                     Ok(Err(e)) => return debug!("image sync: TLS from {from} refused: {e}"),
                     Err(_) => return debug!("image sync: TLS from {from}: no handshake in time"),
                 };
+                // Raced, not wrapped: a half-closed peer is no longer read.
+                let ending = revoked.until_peer_revoked(tls.get_ref().1);
                 match TcpStream::connect(to).await {
                     Ok(mut plain) => {
-                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut tls, &mut plain) => {}
+                            () = ending => debug!("image sync: {from} cut, its certificate was revoked"),
+                        }
                     }
                     Err(e) => warn!("image sync: the BitTorrent session at {to}: {e}"),
                 }

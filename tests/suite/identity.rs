@@ -197,6 +197,15 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
         "GET /v1/nodes HTTP/1.1\r\nHost: 10.255.0.1\r\n\r\n",
     );
     held.wait_for_answer("HTTP/1.1 200", Duration::from_secs(10));
+    // And one with a live certificate (0.1's own), which must stay open.
+    let own = h0.identity_files();
+    let mut live = HeldConnection::open(
+        h0,
+        "10.255.0.1:7100",
+        &[&own.node_cert(), &own.node_key(), &own.ca_cert()],
+        "GET /v1/nodes HTTP/1.1\r\nHost: 10.255.0.1\r\n\r\n",
+    );
+    live.wait_for_answer("HTTP/1.1 200", Duration::from_secs(10));
     let out = h0.arpanet(&["node", "rm", "0.2"]);
     assert_success(&out, "node rm 0.2");
     assert!(
@@ -211,6 +220,8 @@ fn joins_take_a_current_token_of_the_right_ca_and_role() {
     // The connection it held is closed, and its certificate, shown to 0.1's own
     // cluster API again, is refused as revoked.
     held.wait_for_close(Duration::from_secs(20));
+    live.assert_open();
+    drop(live);
     wait_until(
         Duration::from_secs(20),
         "0.1 to refuse 0.2's certificate",
@@ -304,13 +315,14 @@ fn the_initial_servers_of_an_expect_3_cluster_join_by_token() {
     let seed = h0.identity_files().join_secrets();
     std::fs::write(&seed, serde_json::to_string(&secrets).unwrap()).unwrap();
     let server_token = secrets.token(Role::Server, &lab.ca.digest()).to_string();
+    let client_token = secrets.token(Role::Client, &lab.ca.digest()).to_string();
     Host::start_nodes(&[h0]);
     bare(&lab, 1, "server", &[0]);
     bare(&lab, 2, "server", &[0]);
-    for h in [h1, h2] {
-        let out = h.arpanet(&[
+    let server = |h: &Host, address: &str, token: &str| {
+        h.arpanet(&[
             "server",
-            &h.address.to_string(),
+            address,
             "--cluster",
             "arpanet-lab",
             "--expect",
@@ -318,9 +330,34 @@ fn the_initial_servers_of_an_expect_3_cluster_join_by_token() {
             "--join",
             &format!("{}@{}", h0.address, h0.underlay_ip),
             "--token",
-            &server_token,
+            token,
             "--no-start",
-        ]);
+        ])
+    };
+    for h in [h1, h2] {
+        if h.address == h2.address {
+            // Before a leader the same checks hold: a client token makes no server, and
+            // an address a waiting join took is not free.
+            let out = server(h2, &h2.address.to_string(), &client_token);
+            assert!(!out.status.success());
+            assert!(
+                stderr(&out).contains("this is a client token"),
+                "{}",
+                stderr(&out)
+            );
+            let out = server(h2, &h1.address.to_string(), &server_token);
+            assert!(!out.status.success());
+            let e = stderr(&out);
+            assert!(
+                e.contains(&format!(
+                    "address {} is taken by a join that waits",
+                    h1.address
+                )),
+                "{e}"
+            );
+            assert!(!h2.identity_files().node_cert().exists());
+        }
+        let out = server(h, &h.address.to_string(), &server_token);
         assert_success(&out, &format!("arpanet server {} --expect 3", h.address));
         assert!(
             std::fs::read_to_string(h.config_path())
@@ -414,6 +451,14 @@ impl HeldConnection {
                 Err(e) => panic!("no {starts:?} on the held connection: {e}"),
             }
         }
+    }
+
+    fn assert_open(&mut self) {
+        let status = self.child.try_wait().expect("openssl s_client");
+        assert!(
+            status.is_none(),
+            "the live connection was closed too: {status:?}"
+        );
     }
 
     fn wait_for_close(mut self, limit: Duration) {
