@@ -4,7 +4,9 @@
 //! its own copy, issues the certificate, and keeps here what Consul must hold (the
 //! certificate record and the node's Consul token, its SecretID already handed over),
 //! to write once Consul takes writes. Consul's own bootstrap does the same with the
-//! management token it is configured with.
+//! management token it is configured with. Once Consul answers, a join on the local
+//! copy also checks Consul's records, and a waiting join that meets an address or name
+//! on record when it is written is refused after the fact: its certificate is revoked.
 
 use std::path::Path;
 
@@ -28,9 +30,11 @@ pub struct PendingJoin {
     /// The SecretID the joiner was given for its Consul token.
     pub consul_token: String,
     /// [`crate::identity::public_key_digest`] of its certificate: a join asked again
-    /// with the same key (its answer was lost) is the same joiner, and gets a new
-    /// certificate for the same entry.
+    /// with the same key (its answer was lost) is the same joiner, and gets the same
+    /// answer.
     pub public_key: String,
+    /// The certificate it was given, for that answer.
+    pub cert_pem: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,31 +72,42 @@ pub fn save(path: &Path, pending: &PendingV1) -> Result<(), PendingError> {
     crate::files::write_private(path, &text).map_err(|e| file_error(path, format!("{e:#}")))
 }
 
-/// Records every pending join in Consul, oldest first, dropping each from the file as
-/// it lands. Stops at the first write Consul does not take: the rest waits for the
-/// next call.
+/// Records every waiting join in Consul, oldest first, dropping each from the file as
+/// it lands or is refused. Stops at the first write Consul does not take: the rest
+/// waits for the next call.
 pub async fn flush(consul: &Consul, path: &Path) -> Result<(), PendingError> {
     let mut pending = load(path)?;
     while let Some(join) = pending.joins.first().cloned() {
         let key = format!("{ISSUED_PREFIX}{}", join.address);
-        let record = serde_json::to_vec(&join.record).expect("a record serializes");
         let consul_error = |e: crate::consul::client::ConsulError| {
             PendingError::Consul(format!("record {key}: {e}"))
         };
-        let ours = match consul
-            .kv_put_new(&key, record)
+        // The name must be free too: recording it would hand this joiner the name's
+        // Consul token (node write for that node).
+        let (records, _) = consul
+            .kv_list(ISSUED_PREFIX, None, std::time::Duration::ZERO)
             .await
-            .map_err(consul_error)?
-        {
-            true => true,
-            // Either this record, written by a flush that stopped before it was done,
-            // or another node's, which got the address while this join waited.
-            false => {
-                let held = consul.kv_get(&key).await.map_err(consul_error)?;
-                held.and_then(|b| serde_json::from_slice::<IssuedV1>(&b).ok())
-                    .is_some_and(|r| r.serial == join.record.serial)
-            }
-        };
+            .map_err(consul_error)?;
+        let name_held_elsewhere = records.iter().any(|(k, v)| {
+            *k != key
+                && serde_json::from_slice::<IssuedV1>(v).is_ok_and(|r| r.name == join.record.name)
+        });
+        let record = serde_json::to_vec(&join.record).expect("a record serializes");
+        let ours = !name_held_elsewhere
+            && match consul
+                .kv_put_new(&key, record)
+                .await
+                .map_err(consul_error)?
+            {
+                true => true,
+                // Either this record, written by a flush that stopped before it was
+                // done, or another node's, which got the address while this join waited.
+                false => {
+                    let held = consul.kv_get(&key).await.map_err(consul_error)?;
+                    held.and_then(|b| serde_json::from_slice::<IssuedV1>(&b).ok())
+                        .is_some_and(|r| r.serial == join.record.serial)
+                }
+            };
         if ours {
             crate::consul::acl::ensure_node_token(consul, &join.record.name, &join.consul_token)
                 .await
@@ -104,11 +119,12 @@ pub async fn flush(consul: &Consul, path: &Path) -> Result<(), PendingError> {
                 join.address, join.record.name, join.record.serial
             );
         } else {
-            // The address is someone else's: this join gets neither it nor the name's
-            // Consul token, and the certificate it was given is revoked.
+            // The address or the name is someone else's: this join gets neither, nor
+            // the name's Consul token, and the certificate it was given is revoked (a
+            // server's CA key and management token are not taken back, as with node rm).
             revoke(consul, &join).await?;
             warn!(
-                "join of {} ({}) refused after the fact: {key} is another node's; its certificate {} is revoked",
+                "join of {} ({}) refused after the fact: the address or name is another node's; its certificate {} is revoked",
                 join.address, join.record.name, join.record.serial
             );
         }
@@ -158,6 +174,7 @@ mod tests {
             },
             consul_token: "secret".into(),
             public_key: "ab".into(),
+            cert_pem: String::new(),
         };
         save(&path, &PendingV1 { joins: vec![join] }).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

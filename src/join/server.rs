@@ -31,8 +31,9 @@ struct JoinState {
     /// With the management token: reads the join secrets, records certificates, makes
     /// node tokens.
     consul: Consul,
-    /// Held while a join decides on the boot node's own copy of the secrets and the
-    /// pending joins, and while they are recorded and published (see [`super::pending`]).
+    /// Held by a join on the boot node's own copy of the secrets (while it has one), and
+    /// while the waiting joins are recorded and the secrets published (see
+    /// [`super::pending`]).
     local: tokio::sync::Mutex<()>,
 }
 
@@ -54,9 +55,9 @@ fn local_secrets(files: &IdentityFiles) -> Result<Option<JoinSecrets>, ApiError>
     }
 }
 
-/// [`taken`] before Consul records anything: this server and the pending joins are
-/// the whole cluster. `Some(i)` when pending join `i` is this one asked again: the same
-/// address, name, role and key.
+/// [`taken`] on the boot node's own copy: this server and the joins waiting to be
+/// recorded (with a leader, the caller also asks Consul). `Some(i)` when waiting join
+/// `i` is this one asked again: the same address, name, role and key.
 fn taken_before_leader(
     state: &JoinState,
     pending: &super::pending::PendingV1,
@@ -68,7 +69,7 @@ fn taken_before_leader(
     let waiting = |what: String| {
         ApiError(
             StatusCode::CONFLICT,
-            format!("{what} is taken by a join that waits for Consul's leader"),
+            format!("{what} is taken by a join that waits to be recorded in Consul"),
         )
     };
     if address == state.address {
@@ -197,11 +198,18 @@ async fn join(
             "the token names another CA: it is not this cluster's",
         ));
     }
-    let _local = state.local.lock().await;
     // Until the boot node has published the join tokens (with `cluster.expect` > 1,
     // until its initial servers have joined and elected a leader), it takes joins on
-    // its own copy and records them once Consul can take them.
-    let local = local_secrets(&state.files)?;
+    // its own copy and records them once Consul can take them (`super::pending`). The
+    // lock is for that path only: other joins do not queue behind an election.
+    let local_lock = match state.files.join_secrets().exists() {
+        true => Some(state.local.lock().await),
+        false => None,
+    };
+    let local = match local_lock {
+        Some(_) => local_secrets(&state.files)?,
+        None => None,
+    };
     let secrets = match &local {
         Some(s) => s.clone(),
         None => read_secrets(&state.consul).await?.ok_or_else(|| {
@@ -223,18 +231,6 @@ async fn join(
         }
         _ => {}
     }
-    let pending_path = state.files.join_pending();
-    let mut pending = if local.is_some() {
-        // A leader (the tokens are only not published yet): what Consul holds counts
-        // too, so a join cannot take a node's address that a flush has recorded.
-        if matches!(state.consul.leader().await, Ok(Some(_))) {
-            taken(&state.consul, address, &req.name).await?;
-        }
-        Some(super::pending::load(&pending_path).map_err(ApiError::backend)?)
-    } else {
-        taken(&state.consul, address, &req.name).await?;
-        None
-    };
     let identity = NodeIdentity {
         cluster: state.cluster.clone(),
         address,
@@ -244,13 +240,7 @@ async fn join(
         .issue(&req.csr, &identity, NODE_CERT_VALIDITY)
         .map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
     let info = CertInfo::from_pem(&issued.cert_pem).map_err(ApiError::backend)?;
-    let public_key =
-        crate::identity::public_key_digest(&issued.cert_pem).map_err(ApiError::backend)?;
-    let again = match &pending {
-        Some(p) => taken_before_leader(&state, p, address, &req.name, role, &public_key)?,
-        None => None,
-    };
-    let mut record = IssuedV1 {
+    let record = IssuedV1 {
         serial: issued.serial.clone(),
         name: req.name.clone(),
         role: role.to_string(),
@@ -260,7 +250,56 @@ async fn join(
             .map_or(0, |d| d.as_secs()),
         earlier: Vec::new(),
     };
-    if pending.is_none() {
+    let cluster_secret =
+        crate::consul::secret::read(&state.secret_file).map_err(ApiError::backend)?;
+    let server = if role == Role::Server {
+        Some(ServerSecretsV1 {
+            ca_key: ca.key_pem(),
+            consul_management_token: read_optional(&state.files.consul_management_token())?,
+        })
+    } else {
+        None
+    };
+    let (cert, consul_token) = if local.is_some() {
+        let public_key =
+            crate::identity::public_key_digest(&issued.cert_pem).map_err(ApiError::backend)?;
+        let pending_path = state.files.join_pending();
+        let mut pending = super::pending::load(&pending_path).map_err(ApiError::backend)?;
+        match taken_before_leader(&state, &pending, address, &req.name, role, &public_key)? {
+            // Asked again with the same key (the answer was lost): the same answer, so
+            // what a flush may have recorded already stays this join's.
+            Some(i) => {
+                let join = &pending.joins[i];
+                info!(
+                    "join: answered node {address} ({role}, {}) again with certificate {}",
+                    req.name, join.record.serial
+                );
+                (join.cert_pem.clone(), join.consul_token.clone())
+            }
+            None => {
+                // A leader (the tokens are only not published yet): what Consul holds
+                // counts too, so a join cannot take an address or name on record.
+                if matches!(state.consul.leader().await, Ok(Some(_))) {
+                    taken(&state.consul, address, &req.name).await?;
+                }
+                let secret = crate::consul::acl::random_uuid().map_err(ApiError::backend)?;
+                pending.joins.push(super::pending::PendingJoin {
+                    address: address.to_string(),
+                    record,
+                    consul_token: secret.clone(),
+                    public_key,
+                    cert_pem: issued.cert_pem.clone(),
+                });
+                super::pending::save(&pending_path, &pending).map_err(ApiError::backend)?;
+                info!(
+                    "join: issued node {address} ({role}, {}) certificate {}, to record in Consul when it can",
+                    req.name, issued.serial
+                );
+                (issued.cert_pem, secret)
+            }
+        }
+    } else {
+        taken(&state.consul, address, &req.name).await?;
         // Created, never overwritten: of two joins for one address only one gets it.
         let created = state
             .consul
@@ -273,59 +312,20 @@ async fn join(
         if !created {
             return Err(in_use(address));
         }
-    }
-    let cluster_secret =
-        crate::consul::secret::read(&state.secret_file).map_err(ApiError::backend)?;
-    let server = if role == Role::Server {
-        Some(ServerSecretsV1 {
-            ca_key: ca.key_pem(),
-            consul_management_token: read_optional(&state.files.consul_management_token())?,
-        })
-    } else {
-        None
-    };
-    // The node's own Consul token (node write for its name only); made again on a
-    // re-join, which replaces the old one.
-    let consul_token = match &mut pending {
-        Some(pending) => {
-            let secret = match again {
-                // Asked again with the same key (the answer was lost): the same entry,
-                // with this certificate, and the one it replaces revoked with it later.
-                Some(i) => {
-                    let before = pending.joins.remove(i);
-                    record.earlier = std::iter::once(before.record.serial)
-                        .chain(before.record.earlier)
-                        .take(super::EARLIER_KEPT)
-                        .collect();
-                    before.consul_token
-                }
-                None => crate::consul::acl::random_uuid().map_err(ApiError::backend)?,
-            };
-            pending.joins.push(super::pending::PendingJoin {
-                address: address.to_string(),
-                record,
-                consul_token: secret.clone(),
-                public_key,
-            });
-            super::pending::save(&pending_path, pending).map_err(ApiError::backend)?;
-            secret
-        }
-        None => crate::consul::acl::create_node_token(&state.consul, &req.name)
+        // The node's own Consul token (node write for its name only); made again on a
+        // re-join, which replaces the old one.
+        let token = crate::consul::acl::create_node_token(&state.consul, &req.name)
             .await
-            .map_err(ApiError::backend)?,
+            .map_err(ApiError::backend)?;
+        info!(
+            "join: issued node {address} ({role}, {}) certificate {}",
+            req.name, issued.serial
+        );
+        (issued.cert_pem, token)
     };
-    let when = if pending.is_some() {
-        ", to record once Consul has a leader"
-    } else {
-        ""
-    };
-    info!(
-        "join: issued node {address} ({role}, {}) certificate {}{when}",
-        req.name, issued.serial
-    );
     Ok(axum::Json(JoinResponseV1 {
         ca: ca.cert_pem.clone(),
-        cert: issued.cert_pem,
+        cert,
         cluster_secret,
         consul_token: Some(consul_token),
         server,
