@@ -262,12 +262,14 @@ impl Daemon {
             )),
         );
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
+        let (docker_up_tx, mut docker_up_rx) = tokio::sync::mpsc::channel(1);
         let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
         if self.config.consul.mode != ConsulMode::Disabled {
             tokio::spawn(watch_catalog(Consul::for_node(&self.config), catalog_tx));
             tokio::spawn(watch_containers(
                 self.config.docker.socket.clone(),
                 events_tx,
+                docker_up_tx,
             ));
             tokio::spawn(watch_cluster_state(
                 Consul::for_node(&self.config),
@@ -315,11 +317,20 @@ impl Daemon {
                 Ok(()) = catalog_rx.changed() => {
                     let catalog: Option<Catalog> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
-                        info!(peers = catalog.nodes.len(), "Consul's catalog of nodes changed");
+                        info!(
+                            peers = catalog.nodes.len(),
+                            healthy = catalog.healthy().count(),
+                            "Consul's catalog of nodes changed"
+                        );
                         if let Err(e) = peers::save_cache(&paths::peers_cache(&self.config.paths), &catalog.peers()) {
                             warn!("cannot keep the peer cache: {e:#}");
                         }
                     }
+                    self.converge().await;
+                }
+                Some(()) = docker_up_rx.recv() => {
+                    // dockerd is (back) up: its bridge exists for Consul's DNS, and this
+                    // node's containers can run.
                     self.converge().await;
                 }
                 Some(()) = events_rx.recv() => {
@@ -388,7 +399,7 @@ impl Daemon {
     }
 }
 
-/// Follows the healthy `arpanet` instances with blocking queries and publishes them
+/// Follows the registered `arpanet` instances (with their health) with blocking queries and publishes them
 /// as peers whenever they change. Errors (an agent still starting) are logged once
 /// per outage and retried.
 async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
@@ -396,7 +407,7 @@ async fn watch_catalog(consul: Consul, tx: watch::Sender<Option<Catalog>>) {
     let mut failing = false;
     loop {
         let answer = query
-            .next(|index, wait| consul.healthy_instances(consul::node::SERVICE, index, wait))
+            .next(|index, wait| consul.all_instances(consul::node::SERVICE, index, wait))
             .await;
         match answer {
             Ok(Answer { value: entries, .. }) => {
@@ -485,16 +496,27 @@ fn watch_files(
     }
 }
 
-/// Signals whenever a container starts, stops or goes away, so its Consul registration
-/// follows at once rather than at the next resync. Reconnects when dockerd restarts.
-async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sender<()>) {
+/// Signals `tx` whenever a container starts, stops or goes away, so its Consul
+/// registration follows at once rather than at the next resync. Reconnects when dockerd
+/// restarts, and signals `up` when it connects after dockerd was not there: a whole
+/// pass then renders what needs Docker's bridge (Consul's DNS on it) and runs this
+/// node's containers, instead of at the next resync.
+async fn watch_containers(
+    socket: std::path::PathBuf,
+    tx: tokio::sync::mpsc::Sender<()>,
+    up: tokio::sync::mpsc::Sender<()>,
+) {
     use futures::StreamExt;
     const RELEVANT: [&str; 7] = [
         "start", "die", "stop", "kill", "destroy", "pause", "unpause",
     ];
+    let mut was_down = false;
     loop {
         if let Ok(engine) = Engine::connect(&socket).await {
             let mut events = engine.container_events();
+            if std::mem::take(&mut was_down) {
+                let _ = up.try_send(());
+            }
             while let Some(Ok(event)) = events.next().await {
                 let action = event.action.unwrap_or_default();
                 if RELEVANT.contains(&action.as_str()) {
@@ -502,11 +524,14 @@ async fn watch_containers(socket: std::path::PathBuf, tx: tokio::sync::mpsc::Sen
                     let _ = tx.try_send(());
                 }
             }
+        } else {
+            was_down = true;
         }
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A connect to a missing unix socket costs nothing; dockerd is followed closely.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -63,7 +63,7 @@ impl ApiState {
         Self {
             me: crate::placement::reconcile::me(&config.node),
             docker_socket: config.docker.socket.clone(),
-            consul: Consul::impatient_for_node(config),
+            consul: Consul::impatient_for_node(config).retrying_connects(),
             port: config.api.port,
             peers: crate::identity::NodeClient::new(
                 tls,

@@ -340,6 +340,7 @@ impl Seed {
         if let Some(t) = &answer.consul_token {
             crate::files::write_private(&files.consul_agent_token(), &format!("{t}\n"))?;
         }
+        self.fetch_peers(config, token).await;
         println!(
             "joined: this node's certificate ({role} {}) and the cluster secret are in {} and {}",
             self.address,
@@ -347,6 +348,40 @@ impl Seed {
             config.cluster.secret_file.display()
         );
         Ok(())
+    }
+
+    /// The cluster's nodes from a join peer, kept as the peer cache: arpanetd programs
+    /// and greets them all on its first pass, before its Consul agent answers. Best
+    /// effort (a server of an older release has no such endpoint; Consul tells later).
+    async fn fetch_peers(&self, config: &Config, token: &JoinToken) {
+        for peer in &config.node.join {
+            let asked = crate::join::client::peers(peer, config.cluster.join_port, token);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), asked)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::join::JoinError::NotReady("no answer in 5 s".into()))
+                }) {
+                Ok(list) => {
+                    let (mut peers, bad) = list.validated();
+                    for b in bad {
+                        eprintln!(
+                            "warning: the peer list from {}: {b}; left out",
+                            peer.address
+                        );
+                    }
+                    peers.retain(|p| p.address != self.address);
+                    let path = crate::paths::peers_cache(&config.paths);
+                    if let Err(e) = crate::network::peers::save_cache(&path, &peers) {
+                        eprintln!(
+                            "warning: cannot keep the peer list in {}: {e:#}",
+                            path.display()
+                        );
+                    }
+                    return;
+                }
+                Err(e) => tracing::debug!("peer list from {}: {e}", peer.address),
+            }
+        }
     }
 
     /// The config with this command's settings, every other line as it was.

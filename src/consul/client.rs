@@ -287,6 +287,8 @@ pub struct Consul {
     http: reqwest::Client,
     /// How many times a request is tried while the cluster has no leader.
     election_attempts: u32,
+    /// How many times a request is tried while the agent cannot be reached.
+    connect_attempts: u32,
     /// The ACL token every request carries (`X-Consul-Token`), read at each request so
     /// a token installed or replaced later is used at once; none while it is missing.
     token_file: Option<PathBuf>,
@@ -358,6 +360,25 @@ pub struct AgentCheck {
 pub struct HealthEntry {
     pub node: HealthNode,
     pub service: AgentService,
+    /// The node's checks (serfHealth) and the service's, each with its status.
+    #[serde(default)]
+    pub checks: Vec<CheckStatus>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckStatus {
+    #[serde(rename = "CheckID", default)]
+    pub check_id: String,
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+}
+
+impl HealthEntry {
+    /// Every check passes (what `?passing` filters on).
+    pub fn passing(&self) -> bool {
+        self.checks.iter().all(|c| c.status == "passing")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +432,7 @@ impl Consul {
             addr,
             http,
             election_attempts: ELECTION_ATTEMPTS,
+            connect_attempts: ATTEMPTS,
             token_file: None,
         }
     }
@@ -442,6 +464,15 @@ impl Consul {
         Self::impatient(config.consul.http_addr).with_token_file(node_token_file(config))
     }
 
+    /// Retries connection failures as [`Self::new`] does (an agent restarting), while
+    /// staying impatient about elections: for requests a user waits on.
+    pub fn retrying_connects(self) -> Self {
+        Self {
+            connect_attempts: ATTEMPTS,
+            ..self
+        }
+    }
+
     pub fn token_file(&self) -> Option<&Path> {
         self.token_file.as_deref()
     }
@@ -470,11 +501,14 @@ impl Consul {
             .is_some_and(|f| matches!(read_token_file(f), Ok(Some(_))))
     }
 
-    /// A client that reports "no leader" at once instead of waiting for an election:
-    /// for showing the current state, as `arpanet status` does.
+    /// A client that reports "no leader" and an agent that is not running at once
+    /// instead of waiting: for showing the current state, as `arpanet status` does, and
+    /// for arpanetd's passes, which must not hold up Docker and the overlay while the
+    /// agent starts (its catalog watch's first answer starts the next pass).
     pub fn impatient(addr: SocketAddr) -> Self {
         Self {
             election_attempts: 1,
+            connect_attempts: 1,
             ..Self::new(addr)
         }
     }
@@ -582,7 +616,7 @@ impl Consul {
                 .expect("arpanet's bodies are in memory")
                 .send()
         })
-        .retry(doubling(ATTEMPTS))
+        .retry(doubling(self.connect_attempts))
         .sleep(tokio::time::sleep)
         .when(reqwest::Error::is_connect)
         .await
@@ -861,15 +895,21 @@ impl Consul {
         Ok(())
     }
 
-    /// Removes a node from the gossip pool and, with `prune`, from the member list.
+    /// Removes `node` from the gossip pool and the member list (`prune`). One the pool
+    /// does not know (it never joined, or is gone already) is no error: it is not a
+    /// member, as asked.
     pub async fn force_leave(&self, node: &str) -> Result<(), ConsulError> {
         let path = format!(
             "/v1/agent/force-leave/{}?prune",
             path_segment("node name", node)?
         );
-        self.request(|| self.build(reqwest::Method::PUT, &path))
-            .await?;
-        Ok(())
+        match self
+            .request(|| self.build(reqwest::Method::PUT, &path))
+            .await
+        {
+            Err(ConsulError::Status { body, .. }) if body.contains("No node found") => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// Removes a node, its services and checks from the catalog.
@@ -897,23 +937,30 @@ impl Consul {
         Ok(())
     }
 
-    /// Instances of `service` in the catalog (what other nodes and DNS see), with
-    /// their meta.
-    pub async fn catalog_service_meta(
+    /// The meta of service `id` on Consul node `node` as the catalog has it (what
+    /// other nodes and DNS see): one node's entry, not the whole service's.
+    pub async fn catalog_node_service_meta(
         &self,
-        service: &str,
-    ) -> Result<Vec<BTreeMap<String, String>>, ConsulError> {
+        node: &str,
+        id: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, ConsulError> {
         #[derive(Deserialize)]
-        struct Entry {
-            #[serde(rename = "ServiceMeta", default)]
+        struct NodeServices {
+            #[serde(rename = "Services", default)]
+            services: BTreeMap<String, Service>,
+        }
+        #[derive(Deserialize)]
+        struct Service {
+            #[serde(rename = "Meta", default)]
             meta: BTreeMap<String, String>,
         }
-        let path = format!(
-            "/v1/catalog/service/{}",
-            path_segment("service name", service)?
-        );
-        let entries: Vec<Entry> = self.get_json(&path).await?;
-        Ok(entries.into_iter().map(|e| e.meta).collect())
+        let path = format!("/v1/catalog/node/{}", path_segment("node name", node)?);
+        // An unknown node is a 404, or `null` from some releases.
+        let found: Option<Option<NodeServices>> = self.get_json_optional(&path).await?;
+        Ok(found
+            .flatten()
+            .and_then(|mut n| n.services.remove(id))
+            .map(|s| s.meta))
     }
 
     pub async fn register_service(&self, reg: &ServiceRegistration) -> Result<(), ConsulError> {
@@ -970,10 +1017,33 @@ impl Consul {
         index: Option<u64>,
         wait: Duration,
     ) -> Result<(Vec<HealthEntry>, u64), ConsulError> {
+        self.health_service(service, true, index, wait).await
+    }
+
+    /// Every registered instance of `service`, each with its checks: a failed node's
+    /// too, until it is deregistered (`node rm`, or Consul reaping it).
+    pub async fn all_instances(
+        &self,
+        service: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Vec<HealthEntry>, u64), ConsulError> {
+        self.health_service(service, false, index, wait).await
+    }
+
+    async fn health_service(
+        &self,
+        service: &str,
+        passing: bool,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Vec<HealthEntry>, u64), ConsulError> {
+        let mut query = if passing { "&passing" } else { "" }.to_string();
+        query.push_str(&blocking(index, wait));
         let path = format!(
-            "/v1/health/service/{}?passing{}",
+            "/v1/health/service/{}{}",
             path_segment("service name", service)?,
-            blocking(index, wait)
+            query.replacen('&', "?", 1)
         );
         let resp = self
             .request(|| self.build(reqwest::Method::GET, &path))

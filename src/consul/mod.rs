@@ -93,10 +93,12 @@ pub async fn ensure_registered(
     underlay_ip: Ipv4Addr,
 ) -> anyhow::Result<bool> {
     let want = node::registration(config, underlay_ip);
+    // This node's entry alone: every node's pass runs on every catalog change, and
+    // reading the whole service each time made that N x N entries per change.
     let in_catalog = consul
-        .catalog_service_meta(node::SERVICE)
+        .catalog_node_service_meta(&config.node_name(), &want.id)
         .await?
-        .contains(&want.meta);
+        .is_some_and(|meta| meta == want.meta);
     let services = consul.agent_services().await?;
     let current = services.get(node::SERVICE);
     let same = current.is_some_and(|s| {

@@ -1,6 +1,8 @@
 //! This node in Consul's catalog: the service `arpanet`, whose meta is everything
-//! another node needs to reach it over the overlay. The healthy instances of that
-//! service are the overlay's peers.
+//! another node needs to reach it over the overlay. Every registered instance of that
+//! service is an overlay peer, a failed one too: Consul's gossip runs over the overlay,
+//! and a node coming back from a partition must be reachable by all the others for
+//! their agents to see it alive again. Only the healthy ones are placement's nodes.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -55,6 +57,8 @@ pub struct CatalogNode {
     pub underlay_ip: Ipv4Addr,
     pub role: Role,
     pub labels: BTreeMap<String, String>,
+    /// Every check of its entry passes (its agent is alive in the gossip pool).
+    pub healthy: bool,
 }
 
 impl CatalogNode {
@@ -75,15 +79,21 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The overlay's peers: every registered node, failed or not.
     pub fn peers(&self) -> Vec<Peer> {
         self.nodes.iter().map(CatalogNode::peer).collect()
     }
+
+    /// The nodes that run work: those whose checks pass.
+    pub fn healthy(&self) -> impl Iterator<Item = &CatalogNode> {
+        self.nodes.iter().filter(|n| n.healthy)
+    }
 }
 
-/// The healthy `arpanet` instances, read once (no blocking query).
+/// The registered `arpanet` instances, read once (no blocking query).
 pub async fn read_catalog(consul: &Consul) -> anyhow::Result<Catalog> {
     let (entries, _) = consul
-        .healthy_instances(SERVICE, None, std::time::Duration::ZERO)
+        .all_instances(SERVICE, None, std::time::Duration::ZERO)
         .await?;
     Ok(catalog_from(&entries, &[]))
 }
@@ -176,6 +186,7 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
                 underlay_ip,
                 role: role_of(e),
                 labels: labels_of(e),
+                healthy: e.passing(),
             });
             continue;
         }
@@ -198,7 +209,15 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
                 ),
             });
         }
-        nodes.extend(kept.cloned());
+        // Its health is the claim's at the kept address (none: not healthy).
+        nodes.extend(kept.map(|k| {
+            CatalogNode {
+                healthy: claims
+                    .iter()
+                    .any(|(ip, e)| *ip == k.underlay_ip && e.passing()),
+                ..k.clone()
+            }
+        }));
     }
     Catalog { nodes, refused }
 }
@@ -247,6 +266,7 @@ pub(crate) fn entry(node: &str, meta: &[(&str, &str)]) -> HealthEntry {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         },
+        checks: vec![],
     }
 }
 
@@ -322,6 +342,38 @@ mod tests {
                 claims: "0.2 at 192.168.8.66".into(),
                 reason: "its Consul node address is 10.253.0.3, not 10.253.0.2".into()
             }]
+        );
+    }
+
+    #[test]
+    fn a_failed_node_stays_a_peer_but_runs_nothing() {
+        let mut failed = entry(
+            "b",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.121")],
+        );
+        failed.checks = serde_json::from_str(
+            r#"[{"CheckID":"serfHealth","Status":"critical"},{"CheckID":"service:arpanet","Status":"passing"}]"#,
+        )
+        .unwrap();
+        let alive = entry(
+            "c",
+            &[("arpanet_address", "0.3"), ("underlay_ip", "192.168.8.122")],
+        );
+        let catalog = catalog_from(&[failed.clone(), alive], &[]);
+        // Its agent must be reachable when it comes back, or gossip never heals.
+        assert_eq!(catalog.peers(), [p("0.2", 121), p("0.3", 122)]);
+        let healthy: Vec<String> = catalog.healthy().map(|n| n.address.to_string()).collect();
+        assert_eq!(healthy, ["0.3"]);
+        // A failed entry is still a claim: a second one for its address is a conflict
+        // (whoever registered it), not a replacement.
+        let twin = entry(
+            "evil",
+            &[("arpanet_address", "0.2"), ("underlay_ip", "192.168.8.66")],
+        );
+        let seen = catalog.nodes.clone();
+        assert_eq!(
+            catalog_from(&[failed, twin], &seen).peers(),
+            [p("0.2", 121)]
         );
     }
 

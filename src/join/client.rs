@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{JoinError, JoinRequestV1, JoinResponseV1};
+use super::{JoinError, JoinRequestV1, JoinResponseV1, PeersRequestV1, PeersV1};
 use crate::config::JoinPeer;
 use crate::http::ErrorBody;
 use crate::identity::{JoinToken, tls};
@@ -16,6 +16,25 @@ pub async fn request(
     token: &JoinToken,
     body: &JoinRequestV1,
 ) -> Result<JoinResponseV1, JoinError> {
+    post(peer, port, token, "/v1/join", body, "the join").await
+}
+
+/// The cluster's nodes from `peer`'s join service (`POST /v1/join/peers`).
+pub async fn peers(peer: &JoinPeer, port: u16, token: &JoinToken) -> Result<PeersV1, JoinError> {
+    let body = PeersRequestV1 {
+        token: token.to_string(),
+    };
+    post(peer, port, token, "/v1/join/peers", &body, "the peer list").await
+}
+
+async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+    peer: &JoinPeer,
+    port: u16,
+    token: &JoinToken,
+    path: &str,
+    body: &B,
+    what: &str,
+) -> Result<R, JoinError> {
     let at = format!("{}@{}:{port}", peer.address, peer.ip);
     let unreachable = |why: String| JoinError::Unreachable {
         at: at.clone(),
@@ -29,7 +48,7 @@ pub async fn request(
         .build()
         .map_err(|e| unreachable(crate::http::request_error(e)))?;
     let resp = http
-        .post(format!("https://{}:{port}/v1/join", peer.ip))
+        .post(format!("https://{}:{port}{path}", peer.ip))
         .json(body)
         .send()
         .await
@@ -50,12 +69,12 @@ pub async fn request(
             )));
         }
         return Err(JoinError::Refused(format!(
-            "{} refused the join: {why}",
+            "{} refused {what}: {why}",
             peer.address
         )));
     }
     crate::http::parse_json(&bytes)
-        .map_err(|why| JoinError::Refused(format!("{} answered the join with {why}", peer.address)))
+        .map_err(|why| JoinError::Refused(format!("{} answered {what} with {why}", peer.address)))
 }
 
 /// A failed handshake most often means the token's CA is not the peer's: say so rather

@@ -57,6 +57,65 @@ impl std::fmt::Debug for JoinResponseV1 {
     }
 }
 
+/// `POST /v1/join/peers`: a current join token buys the list of the cluster's nodes,
+/// so a node that just joined reaches every peer from its first pass (and greets them,
+/// so they admit it) instead of only its join peers until its Consul agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersRequestV1 {
+    pub token: String,
+}
+
+/// Unknown fields are ignored: a later release may say more of each node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeersV1 {
+    pub peers: Vec<PeerV1>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerV1 {
+    pub address: String,
+    pub underlay_ip: String,
+}
+
+impl PeersV1 {
+    /// The entries that can be a peer, and one line per entry that cannot (naming it):
+    /// an address that does not parse or is listed twice, an underlay IP that is not
+    /// one host's unicast address.
+    pub fn validated(&self) -> (Vec<crate::network::Peer>, Vec<String>) {
+        let mut ok: Vec<crate::network::Peer> = Vec::new();
+        let mut bad = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let ip: Result<std::net::Ipv4Addr, String> =
+                p.underlay_ip.parse().map_err(|e| format!("{e}")).and_then(
+                    |ip: std::net::Ipv4Addr| {
+                        if ip.is_unspecified()
+                            || ip.is_loopback()
+                            || ip.is_multicast()
+                            || ip.is_broadcast()
+                        {
+                            Err(format!("{ip} is not a host's unicast address"))
+                        } else {
+                            Ok(ip)
+                        }
+                    },
+                );
+            match (p.address.parse::<crate::addressing::NodeAddress>(), ip) {
+                (Ok(address), _) if ok.iter().any(|o| o.address == address) => {
+                    bad.push(format!("peers[{i}].address: {address} is listed twice"))
+                }
+                (Ok(address), Ok(underlay_ip)) => ok.push(crate::network::Peer {
+                    address,
+                    underlay_ip,
+                }),
+                (Err(e), _) => bad.push(format!("peers[{i}].address: {e}")),
+                (_, Err(e)) => bad.push(format!("peers[{i}].underlay_ip: {e}")),
+            }
+        }
+        (ok, bad)
+    }
+}
+
 /// What only servers get.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,4 +164,29 @@ pub enum JoinError {
     Unreachable { at: String, why: String },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_list_keeps_what_parses_and_names_what_does_not() {
+        let list: PeersV1 = serde_json::from_str(
+            r#"{"peers":[{"address":"0.2","underlay_ip":"192.168.8.2","later":1},{"address":"../x","underlay_ip":"192.168.8.3"},{"address":"0.4","underlay_ip":"host"},{"address":"0.5","underlay_ip":"127.0.0.1"},{"address":"0.2","underlay_ip":"192.168.8.9"}]}"#,
+        )
+        .unwrap();
+        let (ok, bad) = list.validated();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].address.to_string(), "0.2");
+        assert_eq!(ok[0].underlay_ip.to_string(), "192.168.8.2");
+        assert_eq!(bad.len(), 4);
+        assert!(bad[0].starts_with("peers[1].address: "), "{bad:?}");
+        assert!(bad[1].starts_with("peers[2].underlay_ip: "), "{bad:?}");
+        assert_eq!(
+            bad[2],
+            "peers[3].underlay_ip: 127.0.0.1 is not a host's unicast address"
+        );
+        assert_eq!(bad[3], "peers[4].address: 0.2 is listed twice");
+    }
 }

@@ -11,7 +11,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use tracing::{info, warn};
 
-use super::{ISSUED_PREFIX, IssuedV1, JoinRequestV1, JoinResponseV1, SECRETS_KEY, ServerSecretsV1};
+use super::{
+    ISSUED_PREFIX, IssuedV1, JoinRequestV1, JoinResponseV1, PeerV1, PeersRequestV1, PeersV1,
+    SECRETS_KEY, ServerSecretsV1,
+};
 use crate::addressing::NodeAddress;
 use crate::config::Config;
 use crate::consul::client::Consul;
@@ -163,6 +166,65 @@ async fn taken(consul: &Consul, address: NodeAddress, name: &str) -> Result<(), 
 
 fn refuse(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, m.into())
+}
+
+const PEERS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The cluster's nodes as this server's catalog has them, for a holder of a current
+/// join token (who could join and read them anyway).
+async fn peers(
+    State(state): State<Arc<JoinState>>,
+    Json(req): Json<PeersRequestV1>,
+) -> Result<axum::Json<PeersV1>, ApiError> {
+    let token: JoinToken = req
+        .token
+        .parse()
+        .map_err(|e: crate::identity::IdentityError| {
+            ApiError::bad_request(format!("token: {e}"))
+        })?;
+    let ca = Ca::load(&state.files)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if token.ca_digest != ca.digest() {
+        return Err(refuse(
+            "the token names another CA: it is not this cluster's",
+        ));
+    }
+    // Before Consul has a leader (an `expect` > 1 cluster's first servers joining) a
+    // read waits out Consul's own patience and then this client's retries: the list is a
+    // head start only, so a server that cannot answer at once says so.
+    let unanswered = || {
+        ApiError::backend(anyhow::anyhow!(
+            "Consul did not answer within {PEERS_PATIENCE:?}"
+        ))
+    };
+    let answer = tokio::time::timeout(PEERS_PATIENCE, async {
+        let secrets = match local_secrets(&state.files)? {
+            Some(s) => Some(s),
+            None => read_secrets(&state.consul).await?,
+        };
+        let Some(secrets) = secrets else {
+            return Err(ApiError::backend(anyhow::anyhow!(
+                "the cluster's join tokens are not in Consul yet; try again in a few seconds"
+            )));
+        };
+        if secrets.role_of(&token.secret).is_none() {
+            return Err(refuse("the join token is not current"));
+        }
+        crate::consul::node::read_catalog(&state.consul)
+            .await
+            .map_err(ApiError::backend)
+    });
+    let catalog = answer.await.map_err(|_| unanswered())??;
+    Ok(axum::Json(PeersV1 {
+        peers: catalog
+            .nodes
+            .iter()
+            .map(|n| PeerV1 {
+                address: n.address.to_string(),
+                underlay_ip: n.underlay_ip.to_string(),
+            })
+            .collect(),
+    }))
 }
 
 async fn join(
@@ -418,6 +480,7 @@ pub fn spawn(config: &Config) {
     }
     let app = Router::new()
         .route("/v1/join", post(join))
+        .route("/v1/join/peers", post(peers))
         .with_state(state);
     let addr = SocketAddr::from(([0, 0, 0, 0], config.cluster.join_port));
     tokio::spawn(async move {

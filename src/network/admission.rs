@@ -492,11 +492,12 @@ impl Speaker {
         UdpSocket::bind((self.underlay_ip, self.port)).await
     }
 
-    async fn greet(&self, socket: &UdpSocket) {
+    /// Greets the join peers and `also`.
+    async fn greet(&self, socket: &UdpSocket, also: &[Ipv4Addr]) {
         let Some(hello) = self.hello(false) else {
             return;
         };
-        for ip in &self.join {
+        for ip in self.join.iter().chain(also) {
             if let Err(e) = socket.send_to(&hello, (*ip, self.port)).await {
                 debug!("hello to {ip}: {e}");
             }
@@ -559,22 +560,29 @@ impl Speaker {
         }
     }
 
-    /// Greets the join peers every [`HELLO_INTERVAL`] and answers and records hellos,
-    /// signalling `changed` whenever a node is admitted anew. `tls` holds the process's
-    /// revocation list.
+    /// Greets the join peers, and the peers in `also` (those a node greets while the
+    /// catalog does not list it: a newcomer, so that they admit
+    /// it at once rather than when Consul tells them, which needs its agent, which
+    /// needs the overlay to the servers), every [`HELLO_INTERVAL`]; answers and
+    /// records hellos, signalling `changed` whenever a node is admitted anew. `tls`
+    /// holds the process's revocation list.
     pub async fn serve(
         self,
         socket: UdpSocket,
         state: Shared,
         tls: NodeTls,
         changed: mpsc::Sender<()>,
+        also: tokio::sync::watch::Receiver<Vec<Ipv4Addr>>,
     ) {
         self.say_why_silent();
         let mut tick = tokio::time::interval(HELLO_INTERVAL);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             tokio::select! {
-                _ = tick.tick() => self.greet(&socket).await,
+                _ = tick.tick() => {
+                    let also = also.borrow().clone();
+                    self.greet(&socket, &also).await
+                }
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
                         if let Some(h) = self.receive(&socket, &state, &tls, &buf[..n], from).await {
@@ -609,7 +617,7 @@ impl Speaker {
         while answered.len() < self.join.len() {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
-                _ = again.tick() => self.greet(socket).await,
+                _ = again.tick() => self.greet(socket, &[]).await,
                 r = socket.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
                     self.receive(socket, state, tls, &buf[..n], from).await;

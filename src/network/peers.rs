@@ -27,7 +27,7 @@ pub fn save_cache(path: &Path, peers: &[Peer]) -> anyhow::Result<()> {
     crate::files::write_atomically(path, &text)
 }
 
-/// The peers to program: the catalog's healthy nodes, or the cached ones before the
+/// The peers to program: the catalog's nodes (failed ones too), or the cached ones before the
 /// catalog has answered, plus the nodes admitted by hello that the catalog does not name
 /// (newcomers, and every peer when Consul is not used). Where both name a node, the
 /// catalog's entry stands.

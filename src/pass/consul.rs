@@ -140,6 +140,11 @@ impl Reconciler for NodeRegistration {
         let (Some(client), Ok(underlay)) = (snap.consul, &snap.underlay) else {
             return outcome;
         };
+        if !snap.consul_leader {
+            // Registered when there is one: the election's catalog change starts a pass.
+            outcome.fail("register this node", "Consul has no leader yet");
+            return outcome;
+        }
         match consul::ensure_registered(client, snap.config, underlay.ip).await {
             Ok(true) => outcome.change(format!("registered node {}", snap.plan.address)),
             Ok(false) => {}

@@ -14,6 +14,8 @@ pub struct Hello {
     pub admitted_tx: tokio::sync::mpsc::Sender<()>,
     /// The node's TLS: where its identity lives, and the process's revocation list.
     pub tls: NodeTls,
+    /// Whom the task greets besides the join peers; changing it restarts nothing.
+    also: tokio::sync::watch::Sender<Vec<std::net::Ipv4Addr>>,
     running: Option<(Speaker, tokio::task::JoinHandle<()>)>,
 }
 
@@ -27,6 +29,7 @@ impl Hello {
             admissions,
             admitted_tx,
             tls,
+            also: tokio::sync::watch::Sender::new(Vec::new()),
             running: None,
         }
     }
@@ -43,19 +46,39 @@ pub fn lone_without_secret(config: &crate::config::Config) -> bool {
 pub fn speaker(snap: &Snapshot<'_>, tls: &NodeTls) -> anyhow::Result<Speaker> {
     let secret = secret::read(&snap.config.cluster.secret_file)?;
     let underlay = snap.underlay.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let join: Vec<_> = join_peers(snap.config)
+        .iter()
+        .map(|p| p.underlay_ip)
+        .collect();
     Ok(Speaker {
         me: snap.plan.address,
         underlay_ip: underlay.ip,
         port: snap.config.overlay.hello_port,
         key: secret::derive_key(&secret, secret::ADMISSION_LABEL),
-        join: join_peers(snap.config)
-            .iter()
-            .map(|p| p.underlay_ip)
-            .collect(),
+        join,
         identity: LocalIdentity::load(tls.files())
             .map_err(|e| e.to_string())
             .and_then(|id| HelloIdentity::from_local(&id)),
     })
+}
+
+/// Whom a node greets besides its join peers: every node in `known` (the catalog's,
+/// or before it answers the cache, which a join fills from the join peer), for as long
+/// as the catalog does not list the node itself. Once it does, Consul tells everyone.
+fn greeted_also(
+    me: crate::addressing::NodeAddress,
+    catalog: Option<&crate::consul::node::Catalog>,
+    peers: &[crate::network::Peer],
+    join: &[std::net::Ipv4Addr],
+) -> Vec<std::net::Ipv4Addr> {
+    if catalog.is_some_and(|c| c.nodes.iter().any(|n| n.address == me)) {
+        return Vec::new();
+    }
+    peers
+        .iter()
+        .map(|p| p.underlay_ip)
+        .filter(|ip| !join.contains(ip))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -78,6 +101,25 @@ impl Reconciler for Hello {
                 return outcome;
             }
         };
+        // The catalog's nodes, or the cache's before it answers; not those admitted by
+        // hello (greeting them back would keep each other admitted for ever). Without
+        // Consul there is no catalog to wait for: join peers only.
+        let known = match (&snap.catalog, snap.consul) {
+            (_, None) => Vec::new(),
+            (Some(c), _) => c.peers(),
+            (None, _) => snap.cached_peers.clone(),
+        };
+        let also = greeted_also(
+            snap.plan.address,
+            snap.catalog.as_ref(),
+            &known,
+            &speaker.join,
+        );
+        self.also.send_if_modified(|current| {
+            let changed = *current != also;
+            *current = also;
+            changed
+        });
         if let Some((running, task)) = &self.running
             && *running == speaker
             && !task.is_finished()
@@ -86,6 +128,9 @@ impl Reconciler for Hello {
         }
         if let Some((_, task)) = self.running.take() {
             task.abort();
+            // Until the old task is gone its socket holds the port: binding sooner
+            // fails with "address in use", and no hello is answered until a pass later.
+            let _ = task.await;
         }
         match speaker.bind().await {
             Ok(socket) => {
@@ -94,6 +139,7 @@ impl Reconciler for Hello {
                     self.admissions.clone(),
                     self.tls.clone(),
                     self.admitted_tx.clone(),
+                    self.also.subscribe(),
                 ));
                 self.running = Some((speaker, task));
             }
@@ -103,5 +149,54 @@ impl Reconciler for Hello {
             ),
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::node::{Catalog, CatalogNode};
+    use crate::network::Peer;
+    use std::net::Ipv4Addr;
+
+    fn peer(a: &str, last: u8) -> Peer {
+        Peer {
+            address: a.parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(192, 168, 8, last),
+        }
+    }
+
+    #[test]
+    fn a_node_the_catalog_does_not_list_greets_every_peer_it_knows() {
+        let me = "0.4".parse().unwrap();
+        let join = [Ipv4Addr::new(192, 168, 8, 1)];
+        let peers = [peer("0.1", 1), peer("0.2", 2), peer("0.3", 3)];
+        let others = [Ipv4Addr::new(192, 168, 8, 2), Ipv4Addr::new(192, 168, 8, 3)];
+        // Before the catalog answers (a newcomer with the join's list in its cache).
+        assert_eq!(greeted_also(me, None, &peers, &join), others);
+        // The catalog answers without this node: still everyone.
+        let mut catalog = Catalog {
+            nodes: peers
+                .iter()
+                .map(|p| CatalogNode {
+                    address: p.address,
+                    underlay_ip: p.underlay_ip,
+                    role: crate::config::Role::Client,
+                    labels: Default::default(),
+                    healthy: true,
+                })
+                .collect(),
+            refused: vec![],
+        };
+        assert_eq!(greeted_also(me, Some(&catalog), &peers, &join), others);
+        // Listed: the join peers alone, as before.
+        catalog.nodes.push(CatalogNode {
+            address: me,
+            underlay_ip: Ipv4Addr::new(192, 168, 8, 4),
+            role: crate::config::Role::Client,
+            labels: Default::default(),
+            healthy: true,
+        });
+        assert!(greeted_also(me, Some(&catalog), &peers, &join).is_empty());
     }
 }

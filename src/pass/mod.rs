@@ -44,6 +44,8 @@ pub trait Reconciler: Send {
     }
 }
 
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `reconcilers` in order over `snap` (only those named in `only`, unless it is
 /// empty). A restart (Docker, Consul) makes the snapshot read what came from that
 /// service again, and re-runs the reconcilers before it that the restart disturbed.
@@ -58,7 +60,17 @@ pub async fn run(
         if !only.is_empty() && !only.contains(&reconcilers[i].name()) {
             continue;
         }
+        let started = std::time::Instant::now();
         let outcome = reconcilers[i].converge(snap).await;
+        let took = started.elapsed();
+        // A pass is serial: one slow step holds up every other, the overlay included.
+        if took > SLOW_STEP {
+            tracing::warn!(
+                "pass step {} took {:.1} s",
+                reconcilers[i].name(),
+                took.as_secs_f64()
+            );
+        }
         let restarted = outcome.restarted;
         absorb(&mut pass, reconcilers[i].name(), outcome);
         if let Some(service) = restarted {

@@ -44,6 +44,10 @@ pub struct Snapshot<'a> {
     pub systemd: Option<&'a Systemd>,
     /// `None` with `consul.mode = "disabled"`.
     pub consul: Option<&'a Consul>,
+    /// The agent named a leader when the pass began. Without one Consul holds every
+    /// catalog and KV request for seconds (`rpc_hold_timeout`) before failing it, and a
+    /// pass that waited would hold up the overlay the election needs.
+    pub consul_leader: bool,
     /// This host's underlay interface as found.
     pub underlay: Result<UnderlayLink, Unavailable>,
     pub catalog: Option<Catalog>,
@@ -77,6 +81,7 @@ impl<'a> Snapshot<'a> {
             plan: NodePlan::from_config(config),
             systemd,
             consul,
+            consul_leader: false,
             underlay,
             catalog: inputs.catalog,
             read_catalog: inputs.read_catalog,
@@ -104,6 +109,13 @@ impl<'a> Snapshot<'a> {
         let Some(consul) = self.consul else {
             return;
         };
+        self.consul_leader = matches!(consul.leader().await, Ok(Some(_)));
+        if !self.consul_leader {
+            self.cluster = Err(Unavailable(
+                "Consul has no leader yet (or its agent does not answer)".into(),
+            ));
+            return;
+        }
         if self.read_catalog {
             // Unanswered, the catalog stays as it was: the peer cache stands in for it.
             if let Ok(c) = crate::consul::node::read_catalog(consul).await {
@@ -146,6 +158,7 @@ impl<'a> Snapshot<'a> {
             plan: NodePlan::from_config(config),
             systemd,
             consul: None,
+            consul_leader: false,
             underlay: Err(Unavailable("not read".into())),
             catalog: None,
             read_catalog: false,

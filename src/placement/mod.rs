@@ -169,7 +169,7 @@ pub fn shares(
         return BTreeMap::new();
     }
     let name = service.name.as_str();
-    eligible.sort_by_key(|a| std::cmp::Reverse(score(name, *a)));
+    eligible.sort_by_cached_key(|a| std::cmp::Reverse(score(name, *a)));
     let n = eligible.len() as u32;
     let (each, extra) = (service.replicas / n, service.replicas % n);
     eligible
@@ -178,6 +178,30 @@ pub fn shares(
         .map(|(rank, a)| (a, each + u32::from((rank as u32) < extra)))
         .filter(|(_, count)| *count > 0)
         .collect()
+}
+
+/// `me`'s entry of [`shares`], in one score per node and no sort: its rank is how
+/// many admitted nodes score higher. A pass computes only its own node's share, for
+/// every service, on every catalog change.
+pub fn share_of(
+    service: &ServiceDef,
+    nodes: &[Node],
+    drained: &[NodeAddress],
+    me: NodeAddress,
+) -> u32 {
+    let eligible: std::collections::BTreeSet<NodeAddress> = nodes
+        .iter()
+        .filter(|n| !drained.contains(&n.address) && service.constraints.admits(n))
+        .map(|n| n.address)
+        .collect();
+    if !eligible.contains(&me) {
+        return 0;
+    }
+    let name = service.name.as_str();
+    let mine = score(name, me);
+    let rank = eligible.iter().filter(|a| score(name, **a) > mine).count() as u32;
+    let n = eligible.len() as u32;
+    service.replicas / n + u32::from(rank < service.replicas % n)
 }
 
 /// One instance this node should run.
@@ -203,7 +227,7 @@ pub fn instances_for(
 ) -> Vec<Instance> {
     let mut out = Vec::new();
     for s in services {
-        let count = shares(s, nodes, drained).get(&me).copied().unwrap_or(0);
+        let count = share_of(s, nodes, drained, me);
         for k in 1..=count {
             let name = instance_name(&s.name, me, k);
             let mut spec = s.spec.clone();
@@ -339,6 +363,21 @@ mod tests {
             prop_assert_eq!(before.values().sum::<u32>(), replicas);
             let (lo, hi) = (replicas / u32::from(n), replicas.div_ceil(u32::from(n)));
             prop_assert!(before.values().all(|c| *c >= lo && *c <= hi));
+        }
+
+        /// One node's share, computed alone, is its entry of the whole placement.
+        #[test]
+        fn a_nodes_share_alone_is_its_entry_of_the_whole(replicas in 0u32..50, n in 1u8..12, drained in 0usize..13) {
+            let s = service("svc", replicas);
+            let all = nodes(n);
+            let drained: Vec<NodeAddress> = all.get(drained).map(|n| n.address).into_iter().collect();
+            let whole = shares(&s, &all, &drained);
+            for node in &all {
+                prop_assert_eq!(
+                    share_of(&s, &all, &drained, node.address),
+                    whole.get(&node.address).copied().unwrap_or(0)
+                );
+            }
         }
 
         /// A node leaving moves only its own instances; coming back takes back only as

@@ -18,11 +18,11 @@ pub fn me(node: &crate::config::NodeConfig) -> Node {
     }
 }
 
-/// The nodes services are placed on: the catalog's, and this node. Until the catalog
+/// The nodes services are placed on: the catalog's healthy ones, and this node. Until the catalog
 /// lists this node (it just started), it counts itself in rather than stopping what it
 /// runs; the others' share is briefly larger, never smaller.
 pub fn cluster_nodes(catalog: &Catalog, me: &Node) -> Vec<Node> {
-    let mut nodes: Vec<Node> = catalog.nodes.iter().map(Node::from).collect();
+    let mut nodes: Vec<Node> = catalog.healthy().map(Node::from).collect();
     if !nodes.iter().any(|n| n.address == me.address) {
         nodes.push(me.clone());
         nodes.sort();
@@ -131,6 +131,7 @@ mod tests {
                 underlay_ip: std::net::Ipv4Addr::new(192, 168, 8, 9),
                 role: Role::Client,
                 labels: Default::default(),
+                healthy: true,
             }],
             refused: vec![],
         };

@@ -366,8 +366,7 @@ impl SyncState {
         let healthy: BTreeSet<NodeAddress> = crate::consul::node::read_catalog(&self.consul)
             .await
             .context("list the cluster's nodes")?
-            .nodes
-            .into_iter()
+            .healthy()
             .map(|n| n.address)
             .chain([self.me])
             .collect();
