@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test deps lint unit packages demo bench-overlay bench-containers bench-images bench-join
+.PHONY: run test deps lint unit packages demo bench-overlay bench-containers bench-images bench-join bench-scale
 
 # Show what the example config makes of a node (no daemon, no root needed).
 run:
@@ -46,6 +46,12 @@ bench-containers: deps
 # Time to join 3 nodes by hand: arpanet boot|server|client, start, listed (root).
 bench-join: deps
 	cargo bench --bench join_time
+
+# How costs grow with nodes: joins, mesh, placement, ps --all, re-placement, partition
+# heal and memory at NODES=5 10 20 lab hosts, then the 10-node lab test (root).
+bench-scale: deps
+	cargo bench --bench scale
+	cargo test --test suite -- --ignored --exact scale::ten_nodes_mesh_spread_and_survive_a_kill_and_a_partition
 
 # One image onto 5 nodes over 100 Mbit/s links: registry vs opentracker+ctorrent vs
 # `arpanet image pull --all-nodes` (root). IMAGE_MB, NODES, RATE_MBIT change it.

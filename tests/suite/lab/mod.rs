@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use arpanet::addressing::NodeAddress;
 
+pub mod cluster;
 pub mod machine;
 
 const LAB_ROOT: &str = "/tmp/arpanet-lab";

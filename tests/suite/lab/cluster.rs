@@ -1,0 +1,274 @@
+//! A cluster of N lab hosts joined the way a user joins them (`arpanet boot`, then
+//! `arpanet server|client --token ... --join`, one host after another), and what a
+//! user checks of it: members alive, the overlay mesh, the spread of a service. Shared
+//! by the scale test and `make bench-scale`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::{Host, Lab, assert_success, stdout};
+
+const CONSUL: &str = "[consul]\nmode = \"config\"\n";
+
+/// The first three hosts are Consul servers (boot and two servers), the rest clients.
+pub const SERVERS: usize = 3;
+
+pub fn role(index: usize) -> &'static str {
+    match index {
+        0 => "boot",
+        i if i < SERVERS => "server",
+        _ => "client",
+    }
+}
+
+/// Host `index` as before its first `arpanet boot|server|client`: the lab's paths in
+/// arpanet.toml, no secret and no identity.
+fn bare(lab: &Lab, index: usize) {
+    let join: Vec<usize> = if index == 0 { vec![] } else { vec![0] };
+    lab.write_arpanet_config(index, role(index), &join, CONSUL);
+    let h = &lab.hosts[index];
+    let _ = std::fs::remove_dir_all(h.dir.join("identity"));
+    let _ = std::fs::remove_file(h.dir.join("secret"));
+}
+
+/// The join command `arpanet boot` printed for `role`, as words: `arpanet ROLE
+/// ADDRESS ... --join 0.1@THIS_HOST_IP --token TOKEN`.
+fn printed_command(boot_output: &str, role: &str) -> Vec<String> {
+    boot_output
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("arpanet {role} ")))
+        .unwrap_or_else(|| panic!("no {role} join command in:\n{boot_output}"))
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Boots host 0 and returns what `arpanet boot` printed (the join commands).
+pub fn boot(lab: &Lab) -> String {
+    bare(lab, 0);
+    let h0 = &lab.hosts[0];
+    let out = h0.arpanet(&[
+        "boot",
+        &h0.address.to_string(),
+        "--cluster",
+        "arpanet-lab",
+        "--expect",
+        &SERVERS.to_string(),
+        "--no-start",
+    ]);
+    assert_success(&out, "arpanet boot");
+    Host::start_nodes(&[h0]);
+    stdout(&out)
+}
+
+/// Joins host `index` with the token for its role, and starts it (arpanetd, dockerd
+/// from the daemon.json arpanetd wrote, the Consul agent), as `arpanet client` and
+/// systemd do; returns once its processes run.
+pub fn join(lab: &Lab, index: usize, boot_output: &str) {
+    bare(lab, index);
+    let (h0, h) = (&lab.hosts[0], &lab.hosts[index]);
+    let role = role(index);
+    let mut args: Vec<String> = printed_command(boot_output, role)
+        .into_iter()
+        .map(|w| {
+            w.replace("ADDRESS", &h.address.to_string())
+                .replace("THIS_HOST_IP", &h0.underlay_ip.to_string())
+        })
+        .collect();
+    args.push("--no-start".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(
+        &h.arpanet(&args),
+        &format!("arpanet {role} on host {index}"),
+    );
+    Host::start_nodes(&[h]);
+}
+
+/// Runs `check` on every host at once (each is a process or two in its namespace);
+/// true when it holds on all of them.
+pub fn on_all(hosts: &[&Host], check: impl Fn(&Host) -> bool + Sync) -> bool {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = hosts.iter().map(|h| s.spawn(|| check(h))).collect();
+        handles.into_iter().all(|t| t.join().unwrap_or(false))
+    })
+}
+
+/// Every host's Consul agent sees `n` members alive.
+pub fn all_alive(hosts: &[&Host], n: usize) -> bool {
+    on_all(hosts, |h| h.consul_alive_members().len() == n)
+}
+
+/// The peers `host`'s `arpanet status` reports `ok` (FDB, neighbours and route in place).
+pub fn ok_peers(host: &Host) -> Vec<String> {
+    let out = host.arpanet(&["status", "--json"]);
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    v["peers"]
+        .as_array()
+        .map(|peers| {
+            peers
+                .iter()
+                .filter(|p| p["state"] == "ok")
+                .filter_map(|p| p["address"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every host has every other as an `ok` peer.
+pub fn full_mesh(hosts: &[&Host]) -> bool {
+    on_all(hosts, |h| {
+        let ok = ok_peers(h);
+        hosts
+            .iter()
+            .filter(|o| o.index != h.index)
+            .all(|o| ok.contains(&o.address.to_string()))
+    })
+}
+
+/// `newcomer` is an `ok` peer of every other host, and they are of it.
+pub fn meshed_with(hosts: &[&Host], newcomer: &Host) -> bool {
+    let me = newcomer.address.to_string();
+    on_all(hosts, |h| {
+        let ok = ok_peers(h);
+        if h.index == newcomer.index {
+            hosts
+                .iter()
+                .filter(|o| o.index != h.index)
+                .all(|o| ok.contains(&o.address.to_string()))
+        } else {
+            ok.contains(&me)
+        }
+    })
+}
+
+/// Polls `ready` every 100 ms until it holds, up to `limit`; the time it took, or
+/// `None` when it never held.
+pub fn time_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if ready() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Instances of `service` as `arpanet ps --all --json` on `host` lists them: running
+/// ones per node, and every instance name seen (running or not), for duplicates.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Instances {
+    pub running: BTreeMap<String, usize>,
+    pub names: Vec<String>,
+    /// Nodes the listing could not reach.
+    pub unreachable: usize,
+}
+
+impl Instances {
+    pub fn total(&self) -> usize {
+        self.running.values().sum()
+    }
+
+    /// Names listed more than once (one instance running on two nodes).
+    pub fn duplicates(&self) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.names
+            .iter()
+            .filter(|n| !seen.insert(n.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+pub fn instances(host: &Host, service: &str) -> Option<Instances> {
+    let out = host.arpanet(&["ps", "--all", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut found = Instances {
+        unreachable: String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("unreachable") || l.contains("did not answer"))
+            .count(),
+        ..Instances::default()
+    };
+    for c in list.as_array()? {
+        if c["service"] != service {
+            continue;
+        }
+        if let Some(name) = c["name"].as_str() {
+            found.names.push(name.to_string());
+        }
+        if c["state"] == "running" {
+            *found
+                .running
+                .entry(c["node"].as_str()?.to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    Some(found)
+}
+
+/// `per_node` running instances of `service` on each of `nodes` and nowhere else.
+pub fn spread_is(host: &Host, service: &str, nodes: &[&Host], per_node: usize) -> bool {
+    let want: BTreeMap<String, usize> = nodes
+        .iter()
+        .map(|h| (h.address.to_string(), per_node))
+        .collect();
+    instances(host, service).is_some_and(|i| i.running == want)
+}
+
+/// Resident memory of the process started as `name` on `host` (and, for `consul`, the
+/// agent `arpanet consul-agent` runs), in MiB.
+pub fn rss_mib(host: &Host, name: &str) -> Option<f64> {
+    let pid: u32 = std::fs::read_to_string(host.dir.join(format!("{name}.pid.spawned")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
+            .unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    let kib: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum();
+    Some(kib as f64 / 1024.0)
+}
+
+/// Cuts host `index` off the underlay (its port on the lab's bridge goes down), or
+/// puts it back.
+pub fn set_partitioned(lab: &Lab, index: usize, cut: bool) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &lab.underlay_netns(),
+            "link",
+            "set",
+            &format!("h{index}"),
+            if cut { "down" } else { "up" },
+        ])
+        .output()
+        .expect("ip link");
+    assert_success(&out, "set the host's underlay port");
+}
