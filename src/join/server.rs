@@ -170,18 +170,19 @@ fn refuse(m: impl Into<String>) -> ApiError {
 
 const PEERS_PATIENCE: Duration = Duration::from_secs(2);
 
+fn parse_token(token: &str) -> Result<JoinToken, ApiError> {
+    token
+        .parse()
+        .map_err(|e: crate::identity::IdentityError| ApiError::bad_request(format!("token: {e}")))
+}
+
 /// The cluster's nodes as this server's catalog has them, for a holder of a current
 /// join token (who could join and read them anyway).
 async fn peers(
     State(state): State<Arc<JoinState>>,
     Json(req): Json<PeersRequestV1>,
 ) -> Result<axum::Json<PeersV1>, ApiError> {
-    let token: JoinToken = req
-        .token
-        .parse()
-        .map_err(|e: crate::identity::IdentityError| {
-            ApiError::bad_request(format!("token: {e}"))
-        })?;
+    let token = parse_token(&req.token)?;
     let ca = Ca::load(&state.files)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if token.ca_digest != ca.digest() {
@@ -231,12 +232,7 @@ async fn join(
     State(state): State<Arc<JoinState>>,
     Json(req): Json<JoinRequestV1>,
 ) -> Result<axum::Json<JoinResponseV1>, ApiError> {
-    let token: JoinToken = req
-        .token
-        .parse()
-        .map_err(|e: crate::identity::IdentityError| {
-            ApiError::bad_request(format!("token: {e}"))
-        })?;
+    let token = parse_token(&req.token)?;
     let address: NodeAddress = req
         .address
         .parse()

@@ -227,23 +227,12 @@ pub fn spread_is(host: &Host, service: &str, nodes: &[&Host], per_node: usize) -
 /// Resident memory of the process started as `name` on `host` (and, for `consul`, the
 /// agent `arpanet consul-agent` runs), in MiB.
 pub fn rss_mib(host: &Host, name: &str) -> Option<f64> {
-    let pid: u32 = std::fs::read_to_string(host.dir.join(format!("{name}.pid.spawned")))
+    let pid: i32 = std::fs::read_to_string(host.dir.join(format!("{name}.pid.spawned")))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    let mut pids = vec![pid];
-    let mut i = 0;
-    while i < pids.len() {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
-            .unwrap_or_default();
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
+    let pids = super::process_tree(pid);
     let kib: u64 = pids
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())

@@ -654,18 +654,7 @@ impl Host {
             .trim()
             .parse()
             .expect("pid");
-        let mut pids = vec![pid];
-        let mut i = 0;
-        while i < pids.len() {
-            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
-                .unwrap_or_default();
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-            i += 1;
-        }
+        let pids = process_tree(pid);
         for p in &pids {
             let _ = Command::new("kill")
                 .args(["-KILL", &p.to_string()])
@@ -1320,4 +1309,21 @@ pub fn assert_success(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `pid` and every process below it.
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i]))
+            .unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+        i += 1;
+    }
+    pids
 }
