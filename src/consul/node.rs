@@ -178,7 +178,11 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
     }
     let mut nodes = Vec::new();
     for (address, mut claims) in by_address {
-        claims.sort_by(|a, b| (a.0, &a.1.node.node).cmp(&(b.0, &b.1.node.node)));
+        // At one IP a passing entry speaks before a failed one (a host renamed, its old
+        // Consul node not reaped yet), so the node is as healthy as its live entry.
+        claims.sort_by(|a, b| {
+            (a.0, !a.1.passing(), &a.1.node.node).cmp(&(b.0, !b.1.passing(), &b.1.node.node))
+        });
         claims.dedup_by_key(|(ip, _)| *ip);
         if let [(underlay_ip, e)] = claims[..] {
             nodes.push(CatalogNode {
@@ -372,9 +376,17 @@ mod tests {
         );
         let seen = catalog.nodes.clone();
         assert_eq!(
-            catalog_from(&[failed, twin], &seen).peers(),
+            catalog_from(&[failed.clone(), twin], &seen).peers(),
             [p("0.2", 121)]
         );
+        // The same host under a new Consul node name, its old one failed and not yet
+        // reaped: the live entry says how it is, whichever name sorts first.
+        let mut renamed = failed.clone();
+        renamed.node.node = "z-new".into();
+        renamed.checks.clear();
+        let both = catalog_from(&[failed, renamed], &[]);
+        assert_eq!(both.peers(), [p("0.2", 121)]);
+        assert!(both.nodes[0].healthy);
     }
 
     #[test]

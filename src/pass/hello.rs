@@ -74,8 +74,10 @@ fn greeted_also(
     if catalog.is_some_and(|c| c.nodes.iter().any(|n| n.address == me)) {
         return Vec::new();
     }
+    // The daemon's cache holds this node too (it keeps the catalog's answer whole).
     peers
         .iter()
+        .filter(|p| p.address != me)
         .map(|p| p.underlay_ip)
         .filter(|ip| !join.contains(ip))
         .collect()
@@ -170,13 +172,19 @@ mod tests {
     fn a_node_the_catalog_does_not_list_greets_every_peer_it_knows() {
         let me = "0.4".parse().unwrap();
         let join = [Ipv4Addr::new(192, 168, 8, 1)];
-        let peers = [peer("0.1", 1), peer("0.2", 2), peer("0.3", 3)];
+        let peers = [
+            peer("0.1", 1),
+            peer("0.2", 2),
+            peer("0.3", 3),
+            peer("0.4", 4),
+        ];
         let others = [Ipv4Addr::new(192, 168, 8, 2), Ipv4Addr::new(192, 168, 8, 3)];
-        // Before the catalog answers (a newcomer with the join's list in its cache).
+        // Before the catalog answers (a newcomer with the join's list in its cache, or
+        // a node restarted with the catalog's last answer, itself included).
         assert_eq!(greeted_also(me, None, &peers, &join), others);
         // The catalog answers without this node: still everyone.
         let mut catalog = Catalog {
-            nodes: peers
+            nodes: peers[..3]
                 .iter()
                 .map(|p| CatalogNode {
                     address: p.address,
