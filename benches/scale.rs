@@ -8,6 +8,8 @@
 //!   and every node have each other `ok` (then it is killed and removed again);
 //! - placement of 3N instances, until every node lists 3 per node;
 //! - `arpanet ps --all` latency, against `ps` of the node alone;
+//! - the Consul servers' RPC requests and reads per second once settled, and the size
+//!   of the catalog answer each node's watch gets;
 //! - re-placement after a node is killed, and its return;
 //! - a 30 s partition of one node, healed: exactly 3N instances again, none twice;
 //! - arpanetd's and Consul's resident memory per node.
@@ -47,6 +49,10 @@ struct Row {
     placed: Option<Duration>,
     ps_all: Duration,
     ps_local: Duration,
+    /// The servers' RPC requests and read queries per second, summed over the servers.
+    rpc: (f64, f64),
+    /// The catalog watch's answer: entries and bytes.
+    catalog: (usize, usize),
     replaced: Option<Duration>,
     returned: Option<Duration>,
     healed: Option<Duration>,
@@ -151,6 +157,19 @@ fn run(n: usize) -> Row {
     );
     let ps_local = median((0..5).map(|_| timed_ms(h0, &["ps", "--json"])).collect());
 
+    // The servers' load once placement has settled: two complete 10 s metric intervals.
+    let samples: Vec<(f64, f64)> = (0..2)
+        .map(|_| {
+            std::thread::sleep(Duration::from_secs(10));
+            cluster::server_rpc_rates(&lab)
+        })
+        .collect();
+    let rpc = (
+        samples.iter().map(|s| s.0).sum::<f64>() / 2.0,
+        samples.iter().map(|s| s.1).sum::<f64>() / 2.0,
+    );
+    let catalog = cluster::catalog_answer(h0);
+
     // A node is killed (arpanetd and its Consul agent): its share runs elsewhere.
     let victim = all[n - 1];
     victim.kill("arpanetd");
@@ -209,6 +228,8 @@ fn run(n: usize) -> Row {
         placed,
         ps_all,
         ps_local,
+        rpc,
+        catalog,
         replaced,
         returned,
         healed,
@@ -297,6 +318,17 @@ fn main() {
             "  ps --all                   {:.0} ms (ps of one node {:.0} ms)",
             r.ps_all.as_secs_f64() * 1e3,
             r.ps_local.as_secs_f64() * 1e3
+        );
+        println!(
+            "  Consul servers, settled    {:.1} RPC/s, {:.1} reads/s (per node {:.2} / {:.2})",
+            r.rpc.0,
+            r.rpc.1,
+            r.rpc.0 / r.n as f64,
+            r.rpc.1 / r.n as f64
+        );
+        println!(
+            "  catalog watch answer       {} entries, {} bytes (read once per change, shared by every pass)",
+            r.catalog.0, r.catalog.1
         );
         println!(
             "  killed node's share re-placed  {} (its return: {})",

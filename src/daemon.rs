@@ -18,8 +18,7 @@ use crate::docker::engine::Engine;
 use crate::identity::NodeTls;
 use crate::network::admission;
 use crate::network::netlink::Netlink;
-use crate::network::peers;
-use crate::outcome::{Failure, Outcome};
+use crate::outcome::{FailureLog, Outcome};
 use crate::pass::{self, Inputs, Reconciler, Snapshot};
 use crate::paths;
 use crate::placement;
@@ -65,9 +64,8 @@ pub struct Daemon {
     /// The node's TLS (its certificate, and the process's one revocation list,
     /// `tls.revoked()`), shared with the cluster API's listener and clients.
     pub tls: NodeTls,
-    /// The previous pass's failures: a failure is logged when it starts, when its
-    /// reason changes and when it ends, not on every pass while it lasts.
-    last_errors: Vec<Failure>,
+    /// Logs each failure when it starts, changes or ends, not on every pass.
+    log: FailureLog,
 }
 
 /// What `arpanetd --once` prints: one line per change and per failure.
@@ -131,7 +129,7 @@ impl Daemon {
             admitted_tx,
             admitted_rx: Some(admitted_rx),
             tls,
-            last_errors: Vec::new(),
+            log: FailureLog::default(),
         })
     }
 
@@ -186,23 +184,8 @@ impl Daemon {
     /// Brings the host to the config once. Every reconciler runs even if another failed.
     pub async fn converge(&mut self) -> Outcome {
         let outcome = self.pass(&[]).await;
-        self.log(&outcome);
+        self.log.log(&outcome);
         outcome
-    }
-
-    /// Logs a pass's changes, and each failure when it starts, changes or ends.
-    fn log(&mut self, outcome: &Outcome) {
-        for c in &outcome.changes {
-            info!("{c}");
-        }
-        let (started, ended) = transitions(&self.last_errors, &outcome.errors);
-        for e in started {
-            error!("{e}");
-        }
-        for e in ended {
-            info!("no longer failing: {e}");
-        }
-        self.last_errors = outcome.errors.iter().cloned().collect();
     }
 
     /// `arpanetd --once`: one round of hellos with the join peers, so that a single pass
@@ -251,15 +234,21 @@ impl Daemon {
         let (catalog_tx, mut catalog_rx) = watch::channel(None);
         self.catalog_feed = Some(catalog_rx.clone());
         self.tls.follow_revocations();
-        let mut admitted_rx = self.admitted_rx.take().expect("run once");
-        // A running daemon keeps a hello task; `--once` does one exchange instead.
-        self.reconcilers.insert(
-            0,
-            Box::new(pass::hello::Hello::new(
-                self.admissions.clone(),
-                self.admitted_tx.clone(),
-                self.tls.clone(),
-            )),
+        // A running daemon keeps a hello task, and runs it and the overlay in a task of
+        // their own; `--once` does one exchange, then the overlay in its one pass.
+        assert_eq!(self.reconcilers[0].name(), "network");
+        self.reconcilers[0] = Box::new(
+            pass::network::Task {
+                config: self.config.clone(),
+                netlink: self.netlink.clone(),
+                consul: self.consul.clone(),
+                tls: self.tls.clone(),
+                admissions: self.admissions.clone(),
+                admitted_tx: self.admitted_tx.clone(),
+                admitted_rx: self.admitted_rx.take().expect("run once"),
+                catalog: catalog_rx.clone(),
+            }
+            .spawn(),
         );
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         let (docker_up_tx, mut docker_up_rx) = tokio::sync::mpsc::channel(1);
@@ -311,9 +300,6 @@ impl Daemon {
                     }
                     self.converge().await;
                 }
-                Some(()) = admitted_rx.recv() => {
-                    self.converge().await;
-                }
                 Ok(()) = catalog_rx.changed() => {
                     let catalog: Option<Catalog> = catalog_rx.borrow_and_update().clone();
                     if let Some(catalog) = &catalog {
@@ -322,9 +308,6 @@ impl Daemon {
                             healthy = catalog.healthy().count(),
                             "Consul's catalog of nodes changed"
                         );
-                        if let Err(e) = peers::save_cache(&paths::peers_cache(&self.config.paths), &catalog.peers()) {
-                            warn!("cannot keep the peer cache: {e:#}");
-                        }
                     }
                     self.converge().await;
                 }
@@ -532,51 +515,5 @@ async fn watch_containers(
         }
         // A connect to a missing unix socket costs nothing; dockerd is followed closely.
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Failures that started (or changed their reason) since the last pass, and those that
-/// ended: gone, and not replaced by a new failure of the same thing. Several failures
-/// may share one `what` (a step's diagnostics).
-fn transitions<'a>(
-    last: &'a [Failure],
-    now: &'a crate::outcome::ErrorList,
-) -> (Vec<&'a Failure>, Vec<&'a Failure>) {
-    let started: Vec<&Failure> = now.iter().filter(|e| !last.contains(e)).collect();
-    let ended = last
-        .iter()
-        .filter(|e| !now.iter().any(|n| n == *e) && !started.iter().any(|n| n.what == e.what))
-        .collect();
-    (started, ended)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outcome::ErrorList;
-
-    #[test]
-    fn a_failure_is_logged_when_it_starts_changes_and_ends() {
-        let f = |what: &str, why: &str| Failure::new(what, why);
-        let last = vec![
-            f("containers", "a.toml: bad"),
-            f("containers", "b.toml: bad"),
-        ];
-        // a.toml fixed: it ended, though b.toml still fails under the same name.
-        let now: ErrorList = [f("containers", "b.toml: bad")].into_iter().collect();
-        let (started, ended) = transitions(&last, &now);
-        assert!(started.is_empty());
-        assert_eq!(ended, [&last[0]]);
-        // A new reason for the same thing is a start, not an end.
-        let last = vec![f("network: add fdb x", "EEXIST")];
-        let now: ErrorList = [f("network: add fdb x", "ENODEV")].into_iter().collect();
-        let (started, ended) = transitions(&last, &now);
-        assert_eq!(started.len(), 1);
-        assert!(ended.is_empty());
-        // Fixed: it ended.
-        let none = ErrorList::default();
-        let (started, ended) = transitions(&last, &none);
-        assert!(started.is_empty());
-        assert_eq!(ended.len(), 1);
     }
 }

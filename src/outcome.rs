@@ -148,6 +148,44 @@ impl Outcome {
     }
 }
 
+/// Logs passes' outcomes: each change, and each failure when it starts, when its
+/// reason changes and when it ends, not on every pass while it lasts.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    last: Vec<Failure>,
+}
+
+impl FailureLog {
+    pub fn log(&mut self, outcome: &Outcome) {
+        for c in &outcome.changes {
+            tracing::info!("{c}");
+        }
+        let (started, ended) = transitions(&self.last, &outcome.errors);
+        for e in started {
+            tracing::error!("{e}");
+        }
+        for e in ended {
+            tracing::info!("no longer failing: {e}");
+        }
+        self.last = outcome.errors.iter().cloned().collect();
+    }
+}
+
+/// Failures that started (or changed their reason) since the last pass, and those that
+/// ended: gone, and not replaced by a new failure of the same thing. Several failures
+/// may share one `what` (a step's diagnostics).
+fn transitions<'a>(
+    last: &'a [Failure],
+    now: &'a ErrorList,
+) -> (Vec<&'a Failure>, Vec<&'a Failure>) {
+    let started: Vec<&Failure> = now.iter().filter(|e| !last.contains(e)).collect();
+    let ended = last
+        .iter()
+        .filter(|e| !now.iter().any(|n| n == *e) && !started.iter().any(|n| n.what == e.what))
+        .collect();
+    (started, ended)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +215,30 @@ mod tests {
         assert_eq!(a.changes, ["one", "two"]);
         let whats: Vec<_> = a.errors.iter().map(|f| f.what.as_str()).collect();
         assert_eq!(whats, ["x", "y"]);
+    }
+
+    #[test]
+    fn a_failure_is_logged_when_it_starts_changes_and_ends() {
+        let f = |what: &str, why: &str| Failure::new(what, why);
+        let last = vec![
+            f("containers", "a.toml: bad"),
+            f("containers", "b.toml: bad"),
+        ];
+        // a.toml fixed: it ended, though b.toml still fails under the same name.
+        let now: ErrorList = [f("containers", "b.toml: bad")].into_iter().collect();
+        let (started, ended) = transitions(&last, &now);
+        assert!(started.is_empty());
+        assert_eq!(ended, [&last[0]]);
+        // A new reason for the same thing is a start, not an end.
+        let last = vec![f("network: add fdb x", "EEXIST")];
+        let now: ErrorList = [f("network: add fdb x", "ENODEV")].into_iter().collect();
+        let (started, ended) = transitions(&last, &now);
+        assert_eq!(started.len(), 1);
+        assert!(ended.is_empty());
+        // Fixed: it ended.
+        let none = ErrorList::default();
+        let (started, ended) = transitions(&last, &none);
+        assert!(started.is_empty());
+        assert_eq!(ended.len(), 1);
     }
 }

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod docker;
 pub mod hello;
 pub mod identity;
+pub mod network;
 pub mod overlay;
 pub mod snapshot;
 

@@ -97,6 +97,28 @@ impl<'a> Snapshot<'a> {
         snap
     }
 
+    /// What the network pass (hello and the overlay) reads: the underlay and the peer
+    /// cache, with the catalog and the admissions handed in. It asks Consul and Docker
+    /// nothing, so it is never held up by either.
+    pub async fn network(
+        config: &'a Config,
+        consul: &'a Consul,
+        netlink: &Netlink,
+        inputs: Inputs,
+    ) -> Snapshot<'a> {
+        let mut snap = Snapshot::unread(config, None);
+        snap.consul = (config.consul.mode != ConsulMode::Disabled).then_some(consul);
+        snap.underlay = netlink
+            .underlay(&config.node.underlay)
+            .await
+            .map_err(|e| Unavailable::of(&e));
+        snap.catalog = inputs.catalog;
+        snap.cached_peers = peers::load_cache(&crate::paths::peers_cache(&config.paths));
+        snap.admitted = inputs.admitted;
+        snap.turned_away = inputs.turned_away;
+        snap
+    }
+
     /// Reads again what came from a service a reconciler just restarted.
     pub async fn refresh(&mut self, restarted: Restarted) {
         match restarted {

@@ -261,3 +261,52 @@ pub fn set_partitioned(lab: &Lab, index: usize, cut: bool) {
         .expect("ip link");
     assert_success(&out, "set the host's underlay port");
 }
+
+/// What the Consul servers handle per second, summed over the servers, from each
+/// agent's last complete 10 s metrics interval (`/v1/agent/metrics`, read with the boot
+/// node's management token): `(RPC requests, read queries)`. Reads are the blocking
+/// queries (watches) and KV and catalog reads the nodes' requests turn into.
+pub fn server_rpc_rates(lab: &Lab) -> (f64, f64) {
+    let token =
+        std::fs::read_to_string(lab.hosts[0].identity_dir().join("consul-management.token"))
+            .expect("the boot node's management token");
+    let mut rates = (0.0, 0.0);
+    for h in &lab.hosts[..SERVERS] {
+        let out = h.exec(&[
+            "curl",
+            "-sf",
+            "-H",
+            &format!("X-Consul-Token: {}", token.trim()),
+            "http://127.0.0.1:8500/v1/agent/metrics",
+        ]);
+        let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let rate = |name: &str| -> f64 {
+            metrics["Counters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["Name"] == name)
+                .filter_map(|c| c["Rate"].as_f64())
+                .sum()
+        };
+        rates.0 += rate("consul.rpc.request");
+        rates.1 += rate("consul.rpc.query");
+    }
+    rates
+}
+
+/// The catalog answer each node's watch receives on a change: `(entries, bytes)`.
+pub fn catalog_answer(host: &Host) -> (usize, usize) {
+    let out = host.consul(&["catalog", "nodes", "-service=arpanet"]);
+    let entries = stdout(&out).lines().skip(1).count();
+    let token = host.identity_dir().join("consul-agent.token");
+    let token = std::fs::read_to_string(token).unwrap_or_default();
+    let out = host.exec(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("X-Consul-Token: {}", token.trim()),
+        "http://127.0.0.1:8500/v1/health/service/arpanet",
+    ]);
+    (entries, out.stdout.len())
+}
