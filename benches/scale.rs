@@ -14,6 +14,10 @@
 //! - a 30 s partition of one node, healed: exactly 3N instances again, none twice;
 //! - arpanetd's and Consul's resident memory per node.
 //!
+//! `TRACE=1` prints every host's alive members and ok peers while waiting for them;
+//! `JOIN_ONLY=1` stops after the first N's mesh (a join stall hunt);
+//! `KEEP_LOGS=DIR` keeps every host's logs in `DIR/RUN-nN/hI/`.
+//!
 //! Prints figures; asserts only that each step happened (a step that never completes
 //! within its limit is printed as `never`, and the run goes on).
 
@@ -77,35 +81,46 @@ fn run(n: usize) -> Row {
     }
     let last_join = Instant::now();
     cluster::join(&lab, n - 1, &boot);
-    let trace = std::env::var_os("TRACE").is_some();
-    let alive = cluster::time_until(limit, || {
-        if trace {
-            let counts: Vec<String> = nodes
-                .iter()
-                .map(|h| {
-                    format!(
-                        "{}/{}",
-                        h.consul_alive_members().len(),
-                        cluster::ok_peers(h).len()
-                    )
-                })
-                .collect();
-            eprintln!(
-                "{:>5.1} s alive/ok per host: {}",
-                last_join.elapsed().as_secs_f64(),
-                counts.join(" ")
-            );
+    let trace = || {
+        if std::env::var_os("TRACE").is_none() {
+            return;
         }
+        let counts: Vec<String> = nodes
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}/{}",
+                    h.consul_alive_members().len(),
+                    cluster::ok_peers(h).len()
+                )
+            })
+            .collect();
+        eprintln!(
+            "{:>5.1} s alive/ok per host: {}",
+            last_join.elapsed().as_secs_f64(),
+            counts.join(" ")
+        );
+    };
+    let alive = cluster::time_until(limit, || {
+        trace();
         cluster::all_alive(nodes, n)
     })
     .map(|_| last_join.elapsed());
-    let mesh =
-        cluster::time_until(limit, || cluster::full_mesh(nodes)).map(|_| last_join.elapsed());
+    let mesh = cluster::time_until(limit, || {
+        trace();
+        cluster::full_mesh(nodes)
+    })
+    .map(|_| last_join.elapsed());
     eprintln!(
         "N={n}: alive after {}, mesh after {}",
         secs(alive),
         secs(mesh)
     );
+
+    if std::env::var_os("JOIN_ONLY").is_some() {
+        finish(lab, n);
+        std::process::exit(0);
+    }
 
     // One more node into the settled cluster.
     let newcomer = all[n];
@@ -237,8 +252,36 @@ fn run(n: usize) -> Row {
         arpanetd_mib: mean_max(&arpanetd),
         consul_mib: mean_max(&consul),
     };
-    lab.teardown().expect("teardown");
+    finish(lab, n);
     row
+}
+
+/// Keeps the logs if asked to, and tears the lab down.
+fn finish(lab: Lab, n: usize) {
+    if let Some(dir) = std::env::var_os("KEEP_LOGS") {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        keep_logs(
+            &lab,
+            &std::path::Path::new(&dir).join(format!("{run}-n{n}")),
+        );
+    }
+    lab.teardown().expect("teardown");
+}
+
+/// Copies every host's logs (arpanetd, Consul, dockerd) to `dir/hI/` before the lab
+/// goes: `KEEP_LOGS=DIR` keeps what a slow step needs read.
+fn keep_logs(lab: &Lab, dir: &std::path::Path) {
+    for h in &lab.hosts {
+        let to = dir.join(format!("h{}", h.index));
+        std::fs::create_dir_all(&to).expect("KEEP_LOGS directory");
+        for entry in std::fs::read_dir(&h.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(&path, to.join(entry.file_name()));
+            }
+        }
+    }
 }
 
 /// Placement's own cost, without a lab: one node's pass computes its share of S

@@ -265,7 +265,7 @@ impl Daemon {
                 cluster_tx,
             ));
             crate::api::server::spawn(&self.config, self.tls.clone());
-            crate::join::server::spawn(&self.config);
+            crate::join::server::spawn(&self.config, self.admissions.clone());
             tokio::spawn(crate::join::revocations::watch(
                 Consul::for_node(&self.config),
                 paths::revoked_serials(&self.config.paths),

@@ -38,6 +38,9 @@ struct JoinState {
     /// while the waiting joins are recorded and the secrets published (see
     /// [`super::pending`]).
     local: tokio::sync::Mutex<()>,
+    /// The nodes this one's hello service admitted: what the peer list offers while
+    /// Consul has no leader and so no catalog.
+    admissions: crate::network::admission::Shared,
 }
 
 /// The boot node's own copy of the join secrets, there until it has published them.
@@ -198,7 +201,7 @@ async fn peers(
             "Consul did not answer within {PEERS_PATIENCE:?}"
         ))
     };
-    let answer = tokio::time::timeout(PEERS_PATIENCE, async {
+    let checked = tokio::time::timeout(PEERS_PATIENCE, async {
         let secrets = match local_secrets(&state.files)? {
             Some(s) => Some(s),
             None => read_secrets(&state.consul).await?,
@@ -211,21 +214,51 @@ async fn peers(
         if secrets.role_of(&token.secret).is_none() {
             return Err(refuse("the join token is not current"));
         }
-        crate::consul::node::read_catalog(&state.consul)
-            .await
-            .map_err(ApiError::backend)
+        Ok(())
     });
-    let catalog = answer.await.map_err(|_| unanswered())??;
-    Ok(axum::Json(PeersV1 {
-        peers: catalog
-            .nodes
+    checked.await.map_err(|_| unanswered())??;
+    // Without a leader (the first servers and the clients that join with them) there is
+    // no catalog yet: the nodes this one admitted by hello stand in, so that a joiner
+    // greets them, and reaches every server, before the election. Its Consul agent's
+    // first token lookup must reach a server: a failed one is taken as "ACL not found"
+    // and cached for the agent's token TTL (30 s).
+    let catalog = tokio::time::timeout(PEERS_PATIENCE, async {
+        match state.consul.leader().await {
+            Ok(Some(_)) => crate::consul::node::read_catalog(&state.consul).await.ok(),
+            _ => None,
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let admitted = state
+        .admissions
+        .lock()
+        .expect("admissions")
+        .current(crate::network::admission::unix_now());
+    Ok(axum::Json(peer_list(catalog.as_ref(), &admitted)))
+}
+
+/// The catalog's nodes, then those admitted by hello that it does not list.
+fn peer_list(
+    catalog: Option<&crate::consul::node::Catalog>,
+    admitted: &[crate::network::Peer],
+) -> PeersV1 {
+    let mut peers: Vec<crate::network::Peer> = catalog.map(|c| c.peers()).unwrap_or_default();
+    for p in admitted {
+        if !peers.iter().any(|q| q.address == p.address) {
+            peers.push(*p);
+        }
+    }
+    PeersV1 {
+        peers: peers
             .iter()
-            .map(|n| PeerV1 {
-                address: n.address.to_string(),
-                underlay_ip: n.underlay_ip.to_string(),
+            .map(|p| PeerV1 {
+                address: p.address.to_string(),
+                underlay_ip: p.underlay_ip.to_string(),
             })
             .collect(),
-    }))
+    }
 }
 
 async fn join(
@@ -417,7 +450,7 @@ fn read_optional(path: &std::path::Path) -> Result<Option<String>, ApiError> {
 /// Runs the join service on a server that holds the CA, on TCP `cluster.join_port` of
 /// every address (the firewall answers it on the underlay interface only). A node
 /// without the CA key serves nothing and says why once.
-pub fn spawn(config: &Config) {
+pub fn spawn(config: &Config, admissions: crate::network::admission::Shared) {
     let files = IdentityFiles::new(&config.cluster.identity_dir);
     let identity = match LocalIdentity::load(&files) {
         Ok(i) => i,
@@ -444,6 +477,7 @@ pub fn spawn(config: &Config) {
         secret_file: config.cluster.secret_file.clone(),
         consul: Consul::for_management(config),
         local: tokio::sync::Mutex::new(()),
+        admissions,
     });
     if state.files.join_secrets().exists() || state.files.join_pending().exists() {
         let state = state.clone();
@@ -553,5 +587,52 @@ mod tests {
         for bad in ["", "-x", ".x", "a/b", "a b", "a?b", &"x".repeat(64)] {
             assert!(!super::consul_node_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn before_a_leader_the_peer_list_is_the_nodes_admitted_by_hello() {
+        use crate::consul::node::{Catalog, CatalogNode};
+        use crate::network::Peer;
+        let peer = |a: &str, last: u8| Peer {
+            address: a.parse().unwrap(),
+            underlay_ip: std::net::Ipv4Addr::new(192, 168, 9, last),
+        };
+        let listed = |l: &super::PeersV1| -> Vec<(String, String)> {
+            l.peers
+                .iter()
+                .map(|p| (p.address.clone(), p.underlay_ip.clone()))
+                .collect()
+        };
+        let admitted = [peer("0.2", 2), peer("0.3", 3)];
+        // No catalog: the admitted nodes.
+        assert_eq!(
+            listed(&super::peer_list(None, &admitted)),
+            [
+                ("0.2".into(), "192.168.9.2".into()),
+                ("0.3".into(), "192.168.9.3".into())
+            ]
+        );
+        // The catalog first; an admitted node it lists is not listed twice.
+        let catalog = Catalog {
+            nodes: [peer("0.1", 1), peer("0.2", 2)]
+                .iter()
+                .map(|p| CatalogNode {
+                    address: p.address,
+                    underlay_ip: p.underlay_ip,
+                    role: crate::config::Role::Server,
+                    labels: Default::default(),
+                    healthy: true,
+                })
+                .collect(),
+            refused: vec![],
+        };
+        assert_eq!(
+            listed(&super::peer_list(Some(&catalog), &admitted)),
+            [
+                ("0.1".into(), "192.168.9.1".into()),
+                ("0.2".into(), "192.168.9.2".into()),
+                ("0.3".into(), "192.168.9.3".into())
+            ]
+        );
     }
 }
