@@ -209,9 +209,17 @@ fn acl(role: Role, tokens: &AgentTokens) -> Value {
         "default_policy": "deny",
         "down_policy": "extend-cache",
         "enable_token_persistence": true,
+        // A client agent caches a token it could not find (a join taken before the
+        // election, whose token is made just after it) for this long: Consul's 30 s
+        // held a new cluster's first clients out that long. Each agent re-reads the
+        // tokens it uses this often: about 0.2 requests a second per node, to any server.
+        "token_ttl": ACL_TOKEN_TTL,
         "tokens": named,
     })
 }
+
+/// How long agents cache a token (Consul's `acl.token_ttl`; its default is 30 s).
+pub const ACL_TOKEN_TTL: &str = "10s";
 
 /// Upstream resolvers from resolv.conf, skipping loopback stubs (systemd-resolved's
 /// 127.0.0.53 is replaced by the servers it forwards to) and our own addresses.
@@ -409,6 +417,7 @@ mod tests {
                     "default_policy": "deny",
                     "down_policy": "extend-cache",
                     "enable_token_persistence": true,
+                    "token_ttl": "10s",
                     "tokens": { "agent": "agent-secret", "master": "management-secret" },
                 }),
                 "{role}"

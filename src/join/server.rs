@@ -551,6 +551,10 @@ pub fn spawn(config: &Config, admissions: crate::network::admission::Shared) {
 /// The joins taken on the local copy first, so that they are on record before any
 /// other server takes joins, then the secrets.
 async fn record_and_publish(state: &JoinState) -> anyhow::Result<()> {
+    // The joiners' tokens name the node policy: made here too, not only by this node's
+    // pass, so that they exist the moment Consul can take them (the joiners' agents
+    // are asking for them already).
+    crate::consul::acl::ensure_policies(&state.consul).await?;
     super::pending::flush(&state.consul, &state.files.join_pending()).await?;
     publish_secrets(&state.consul, &state.files).await
 }
