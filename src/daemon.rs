@@ -66,6 +66,8 @@ pub struct Daemon {
     pub tls: NodeTls,
     /// Logs each failure when it starts, changes or ends, not on every pass.
     log: FailureLog,
+    /// After a pass that failed, when to run the next one if no event comes first.
+    retry: Option<Duration>,
 }
 
 /// What `arpanetd --once` prints: one line per change and per failure.
@@ -130,6 +132,7 @@ impl Daemon {
             admitted_rx: Some(admitted_rx),
             tls,
             log: FailureLog::default(),
+            retry: None,
         })
     }
 
@@ -185,6 +188,11 @@ impl Daemon {
     pub async fn converge(&mut self) -> Outcome {
         let outcome = self.pass(&[]).await;
         self.log.log(&outcome);
+        self.retry = next_retry(
+            self.retry,
+            !outcome.errors.is_empty(),
+            self.config.overlay.resync,
+        );
         outcome
     }
 
@@ -240,7 +248,10 @@ impl Daemon {
         self.reconcilers[0] = Box::new(
             pass::network::Task {
                 config: self.config.clone(),
-                netlink: self.netlink.clone(),
+                // A socket of its own: the kernel runs one dump at a time per netlink
+                // socket and fails a second with EBUSY, and this task dumps while the
+                // main pass's steps do.
+                netlink: Netlink::connect()?,
                 consul: self.consul.clone(),
                 tls: self.tls.clone(),
                 admissions: self.admissions.clone(),
@@ -337,6 +348,9 @@ impl Daemon {
                     self.converge().await;
                 }
                 _ = resync.tick() => {
+                    self.converge().await;
+                }
+                _ = tokio::time::sleep(self.retry.unwrap_or_default()), if self.retry.is_some() => {
                     self.converge().await;
                 }
                 _ = terminate.recv() => break,
@@ -515,5 +529,34 @@ async fn watch_containers(
         }
         // A connect to a missing unix socket costs nothing; dockerd is followed closely.
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A failed pass is retried soon (what failed is often a moment early: an election,
+/// a token not made yet), then less often, never less often than the resync; a pass
+/// that succeeds ends the retries.
+fn next_retry(last: Option<Duration>, failed: bool, resync: Duration) -> Option<Duration> {
+    const FIRST: Duration = Duration::from_secs(1);
+    failed.then(|| last.map_or(FIRST, |d| d * 2).min(resync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pass_is_retried_after_1_2_4_s_up_to_the_resync() {
+        let resync = Duration::from_secs(10);
+        let mut retry = None;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            retry = next_retry(retry, true, resync);
+            seen.push(retry.unwrap().as_secs());
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(next_retry(retry, false, resync), None);
+        // A resync shorter than a second bounds the first retry too.
+        let fast = Duration::from_millis(200);
+        assert_eq!(next_retry(None, true, fast), Some(fast));
     }
 }
