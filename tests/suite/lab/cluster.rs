@@ -279,14 +279,8 @@ pub fn server_rpc_rates(lab: &Lab) -> (f64, f64) {
             .expect("the boot node's management token");
     let mut rates = (0.0, 0.0);
     for h in &lab.hosts[..SERVERS] {
-        let out = h.exec(&[
-            "curl",
-            "-sf",
-            "-H",
-            &format!("X-Consul-Token: {}", token.trim()),
-            "http://127.0.0.1:8500/v1/agent/metrics",
-        ]);
-        let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&consul_get(h, &token, "/v1/agent/metrics")).unwrap_or_default();
         let rate = |name: &str| -> f64 {
             metrics["Counters"]
                 .as_array()
@@ -325,14 +319,22 @@ pub fn server_rpc_rates(lab: &Lab) -> (f64, f64) {
 pub fn catalog_answer(host: &Host) -> (usize, usize) {
     let out = host.consul(&["catalog", "nodes", "-service=arpanet"]);
     let entries = stdout(&out).lines().skip(1).count();
-    let token = host.identity_dir().join("consul-agent.token");
-    let token = std::fs::read_to_string(token).unwrap_or_default();
-    let out = host.exec(&[
+    let token =
+        std::fs::read_to_string(host.identity_dir().join("consul-agent.token")).unwrap_or_default();
+    (
+        entries,
+        consul_get(host, &token, "/v1/health/service/arpanet").len(),
+    )
+}
+
+/// `path` of `host`'s Consul agent's HTTP API with `token`; empty if it fails.
+fn consul_get(host: &Host, token: &str, path: &str) -> Vec<u8> {
+    host.exec(&[
         "curl",
         "-sf",
         "-H",
         &format!("X-Consul-Token: {}", token.trim()),
-        "http://127.0.0.1:8500/v1/health/service/arpanet",
-    ]);
-    (entries, out.stdout.len())
+        &format!("http://127.0.0.1:8500{path}"),
+    ])
+    .stdout
 }
