@@ -66,8 +66,10 @@ pub struct Daemon {
     pub tls: NodeTls,
     /// Logs each failure when it starts, changes or ends, not on every pass.
     log: FailureLog,
-    /// After a pass that failed, when to run the next one if no event comes first.
+    /// After a pass that failed: the pause before the next try, and when it is due
+    /// (none once the pause is the resync's, which runs a pass anyway).
     retry: Option<Duration>,
+    retry_at: Option<tokio::time::Instant>,
 }
 
 /// What `arpanetd --once` prints: one line per change and per failure.
@@ -133,6 +135,7 @@ impl Daemon {
             tls,
             log: FailureLog::default(),
             retry: None,
+            retry_at: None,
         })
     }
 
@@ -188,11 +191,12 @@ impl Daemon {
     pub async fn converge(&mut self) -> Outcome {
         let outcome = self.pass(&[]).await;
         self.log.log(&outcome);
-        self.retry = next_retry(
-            self.retry,
-            !outcome.errors.is_empty(),
-            self.config.overlay.resync,
-        );
+        let resync = self.config.overlay.resync;
+        self.retry = next_retry(self.retry, !outcome.errors.is_empty(), resync);
+        self.retry_at = self
+            .retry
+            .filter(|d| *d < resync)
+            .map(|d| tokio::time::Instant::now() + d);
         outcome
     }
 
@@ -245,22 +249,21 @@ impl Daemon {
         // A running daemon keeps a hello task, and runs it and the overlay in a task of
         // their own; `--once` does one exchange, then the overlay in its one pass.
         assert_eq!(self.reconcilers[0].name(), "network");
-        self.reconcilers[0] = Box::new(
-            pass::network::Task {
-                config: self.config.clone(),
-                // A socket of its own: the kernel runs one dump at a time per netlink
-                // socket and fails a second with EBUSY, and this task dumps while the
-                // main pass's steps do.
-                netlink: Netlink::connect()?,
-                consul: self.consul.clone(),
-                tls: self.tls.clone(),
-                admissions: self.admissions.clone(),
-                admitted_tx: self.admitted_tx.clone(),
-                admitted_rx: self.admitted_rx.take().expect("run once"),
-                catalog: catalog_rx.clone(),
-            }
-            .spawn(),
-        );
+        let (network, mut network_task) = pass::network::Task {
+            config: self.config.clone(),
+            // A socket of its own: the kernel runs one dump at a time per netlink
+            // socket and fails a second with EBUSY, and this task dumps while the
+            // main pass's steps do.
+            netlink: Netlink::connect()?,
+            consul: self.consul.clone(),
+            tls: self.tls.clone(),
+            admissions: self.admissions.clone(),
+            admitted_tx: self.admitted_tx.clone(),
+            admitted_rx: self.admitted_rx.take().expect("run once"),
+            catalog: catalog_rx.clone(),
+        }
+        .spawn();
+        self.reconcilers[0] = Box::new(network);
         let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1);
         let (docker_up_tx, mut docker_up_rx) = tokio::sync::mpsc::channel(1);
         let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel(1);
@@ -350,8 +353,16 @@ impl Daemon {
                 _ = resync.tick() => {
                     self.converge().await;
                 }
-                _ = tokio::time::sleep(self.retry.unwrap_or_default()), if self.retry.is_some() => {
+                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)), if self.retry_at.is_some() => {
                     self.converge().await;
+                }
+                ended = &mut network_task => {
+                    // Without it nothing programs the overlay: exit, and let systemd
+                    // start a whole daemon again.
+                    anyhow::bail!("the network task ended: {}", match ended {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "without an error".into(),
+                    });
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,

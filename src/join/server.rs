@@ -221,16 +221,19 @@ async fn peers(
     // no catalog yet: the nodes this one admitted by hello stand in, so that a joiner
     // greets them, and reaches every server, before the election. Its Consul agent's
     // first token lookup must reach a server: a failed one is taken as "ACL not found"
-    // and cached for the agent's token TTL (30 s).
+    // and cached for the agent's token TTL. With a leader, a catalog that does not
+    // answer is the caller's to know (it asks its next join peer).
     let catalog = tokio::time::timeout(PEERS_PATIENCE, async {
         match state.consul.leader().await {
-            Ok(Some(_)) => crate::consul::node::read_catalog(&state.consul).await.ok(),
-            _ => None,
+            Ok(Some(_)) => crate::consul::node::read_catalog(&state.consul)
+                .await
+                .map(Some)
+                .map_err(ApiError::backend),
+            _ => Ok(None),
         }
     })
     .await
-    .ok()
-    .flatten();
+    .map_err(|_| unanswered())??;
     let admitted = state
         .admissions
         .lock()

@@ -97,16 +97,19 @@ pub async fn uninstall(reconcilers: &mut [Box<dyn Reconciler>], snap: &Snapshot<
     pass
 }
 
-/// Adds a reconciler's outcome to the pass's, each line prefixed with its name.
+/// Adds a reconciler's outcome to the pass's, each line prefixed with its name (once:
+/// the network step hands on lines its task's own steps prefixed).
 fn absorb(pass: &mut Outcome, name: &str, outcome: Outcome) {
+    let prefixed = |line: &str| match line {
+        "" => name.to_string(),
+        l if l.starts_with(&format!("{name}: ")) => l.to_string(),
+        l => format!("{name}: {l}"),
+    };
     pass.changes
-        .extend(outcome.changes.into_iter().map(|c| format!("{name}: {c}")));
+        .extend(outcome.changes.iter().map(|c| prefixed(c)));
     for f in outcome.errors {
         pass.errors.push(Failure {
-            what: match f.what.as_str() {
-                "" => name.to_string(),
-                what => format!("{name}: {what}"),
-            },
+            what: prefixed(&f.what),
             why: f.why,
         });
     }
@@ -199,6 +202,26 @@ mod tests {
         assert_eq!(pass.errors.to_string(), "docker: thing: broke");
         // The restart made the snapshot read Docker again (there is none here).
         assert!(snap.docker.is_err());
+    }
+
+    #[test]
+    fn a_step_names_its_lines_once() {
+        // The network step hands on what its task's steps (admission, network) said.
+        let mut task = Outcome::default();
+        task.change("network: add fdb x");
+        task.change("admission: bound");
+        task.fail("network: add route y", "ENETUNREACH");
+        task.fail("", "the network task has ended");
+        let mut pass = Outcome::default();
+        absorb(&mut pass, "network", task);
+        assert_eq!(
+            pass.changes,
+            ["network: add fdb x", "network: admission: bound"]
+        );
+        assert_eq!(
+            pass.errors.to_string(),
+            "network: add route y: ENETUNREACH; network: the network task has ended"
+        );
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ pub struct Task {
 /// A pass the main loop asks for, with the config it runs on (a SIGHUP changes it).
 struct Request {
     config: Config,
-    done: oneshot::Sender<()>,
+    /// What the pass did, for the main pass to log and to retry on failure.
+    done: oneshot::Sender<Outcome>,
 }
 
 /// The main pass's network step: a pass of the network task, waited for.
@@ -45,11 +46,12 @@ pub struct Network {
 }
 
 impl Task {
-    /// Starts the task; it ends when the returned step is dropped.
-    pub fn spawn(self) -> Network {
+    /// Starts the task; it ends when the returned step is dropped. The handle ends
+    /// early only if the task panicked: the daemon must not run on without it.
+    pub fn spawn(self) -> (Network, tokio::task::JoinHandle<()>) {
         let (requests, rx) = mpsc::channel(1);
-        tokio::spawn(self.run(rx));
-        Network { requests }
+        let task = tokio::spawn(self.run(rx));
+        (Network { requests }, task)
     }
 
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
@@ -80,9 +82,12 @@ impl Task {
                 }
             };
             let outcome = self.pass(&mut steps).await;
-            log.log(&outcome);
-            if let Some(done) = done {
-                let _ = done.send(());
+            // A pass the main pass asked for is logged with it; the task's own here.
+            match done {
+                Some(done) => {
+                    let _ = done.send(outcome);
+                }
+                None => log.log(&outcome),
             }
         }
     }
@@ -121,18 +126,21 @@ impl Reconciler for Network {
         "network"
     }
 
-    /// The task logs its own changes and failures, whoever started its pass.
     async fn converge(&mut self, snap: &Snapshot<'_>) -> Outcome {
-        let mut outcome = Outcome::default();
         let (done, wait) = oneshot::channel();
         let request = Request {
             config: snap.config.clone(),
             done,
         };
-        if self.requests.send(request).await.is_err() || wait.await.is_err() {
-            outcome.fail("", "the network task has ended");
+        let ended = || {
+            let mut o = Outcome::default();
+            o.fail("", "the network task has ended");
+            o
+        };
+        if self.requests.send(request).await.is_err() {
+            return ended();
         }
-        outcome
+        wait.await.unwrap_or_else(|_| ended())
     }
 
     fn rerun_after(&self, restarted: Restarted) -> bool {
