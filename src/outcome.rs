@@ -156,6 +156,12 @@ pub struct FailureLog {
 }
 
 impl FailureLog {
+    /// Takes `outcome` as the last one seen without logging it (another log did), so
+    /// that the next logged pass says what started and ended since.
+    pub fn note(&mut self, outcome: &Outcome) {
+        self.last = outcome.errors.iter().cloned().collect();
+    }
+
     pub fn log(&mut self, outcome: &Outcome) {
         for c in &outcome.changes {
             tracing::info!("{c}");

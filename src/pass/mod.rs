@@ -102,7 +102,7 @@ pub async fn uninstall(reconcilers: &mut [Box<dyn Reconciler>], snap: &Snapshot<
 fn absorb(pass: &mut Outcome, name: &str, outcome: Outcome) {
     let prefixed = |line: &str| match line {
         "" => name.to_string(),
-        l if l.starts_with(&format!("{name}: ")) => l.to_string(),
+        l if l == name || l.starts_with(&format!("{name}: ")) => l.to_string(),
         l => format!("{name}: {l}"),
     };
     pass.changes
@@ -212,6 +212,7 @@ mod tests {
         task.change("admission: bound");
         task.fail("network: add route y", "ENETUNREACH");
         task.fail("", "the network task has ended");
+        task.fail("network", "list addresses: EBUSY");
         let mut pass = Outcome::default();
         absorb(&mut pass, "network", task);
         assert_eq!(
@@ -220,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             pass.errors.to_string(),
-            "network: add route y: ENETUNREACH; network: the network task has ended"
+            "network: add route y: ENETUNREACH; network: the network task has ended; network: list addresses: EBUSY"
         );
     }
 

@@ -85,6 +85,7 @@ impl Task {
             // A pass the main pass asked for is logged with it; the task's own here.
             match done {
                 Some(done) => {
+                    log.note(&outcome);
                     let _ = done.send(outcome);
                 }
                 None => log.log(&outcome),
