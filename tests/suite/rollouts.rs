@@ -134,7 +134,7 @@ fn sampled<T>(hosts: &[&Host], service: &str, f: impl FnOnce() -> T) -> (T, Seen
 const WEB: &str = r#"[[container]]
 name = "web"
 image = "@IMAGE@"
-command = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+command = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
 restart = "always"
 update = { pull = false }
 service = { port = 8080, check = { type = "http", path = "/cgi-bin/whoami", interval = "1s", timeout = "1s" } }
@@ -147,13 +147,15 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
     // v2 and v3: the same contents, different images. bad: httpd never starts (the
-    // entrypoint sleeps), so its check fails while the container runs.
+    // entrypoint sleeps), so its check fails while the container runs. Both stop at
+    // SIGTERM (a shell as PID 1 ignores it unless trapped, and each stop would wait out
+    // Docker's 10 s grace).
     for h in &hosts {
         h.import_image("arpanet-test/web:2", &["ENV BUILD=2"]);
         h.import_image("arpanet-test/web:3", &["ENV BUILD=3"]);
         h.import_image(
             "arpanet-test/web:bad",
-            &[r#"ENTRYPOINT ["/bin/sh", "-c", "exec sleep 3600"]"#],
+            &[r#"ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]"#],
         );
     }
     let ids = |tag: &str| -> Vec<String> { hosts.iter().map(|h| image_id(h, tag)).collect() };
