@@ -30,6 +30,8 @@ use crate::docker::engine::Engine;
 use crate::http::TlsListener;
 use crate::http::{ApiError, Json, error_text, json_bytes, json_response};
 use crate::identity::NodeTls;
+use crate::network::netlink::Netlink;
+use crate::network::{admission, health};
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::store;
 use crate::placement::wire::{
@@ -54,6 +56,16 @@ pub struct ApiState {
     sync: reqwest::Client,
     /// Where a server's CA key is, for renewals.
     identity: paths::IdentityFiles,
+    /// What `/metrics` reads at each scrape (as `arpanet status` does).
+    scraped: Scraped,
+}
+
+/// The inputs of the metrics a scrape reads rather than a pass records.
+struct Scraped {
+    device: String,
+    join: Vec<NodeAddress>,
+    admission_status: PathBuf,
+    image_transfer: PathBuf,
 }
 
 type Shared = Arc<ApiState>;
@@ -78,6 +90,12 @@ impl ApiState {
                 Duration::from_secs(3600),
             ),
             identity: paths::IdentityFiles::new(&config.cluster.identity_dir),
+            scraped: Scraped {
+                device: config.overlay.device.as_str().to_string(),
+                join: config.node.join.iter().map(|j| j.address).collect(),
+                admission_status: paths::admission_status(&config.paths),
+                image_transfer: paths::image_transfer(&config.paths),
+            },
         }
     }
 }
@@ -112,6 +130,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/nodes/{node}/{action}", post(node_action))
         .route("/v1/sync/{*rest}", any(relay_sync))
         .route("/v1/identity/renew", post(renew_identity))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1/") })
         .with_state(state)
 }
@@ -822,6 +841,31 @@ async fn relay_sync(
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     Ok(json_bytes(status, body))
+}
+
+/// `GET /metrics`: Prometheus' text format. Peers and image transfers are read now;
+/// the passes record the rest as they run.
+async fn metrics(State(s): State<Shared>) -> Response {
+    let sc = &s.scraped;
+    match Netlink::connect() {
+        Ok(nl) => match nl.observe(&sc.device).await {
+            Ok(observed) => {
+                let admission = admission::load_status(&sc.admission_status);
+                let peers = health::peers(&sc.join, &observed, admission.as_ref());
+                crate::metrics::peers(&health::count_by_state(&peers));
+            }
+            Err(e) => warn!("metrics: cannot read the overlay's entries: {e:#}"),
+        },
+        Err(e) => warn!("metrics: {e:#}"),
+    }
+    if let Some(t) = crate::sync::TransferTotals::load(&sc.image_transfer) {
+        crate::metrics::image_transfer(t.sent, t.received);
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(),
+    )
+        .into_response()
 }
 
 /// `POST /v1/identity/renew` (see [`crate::join::renew`]): on a server, a new
