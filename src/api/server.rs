@@ -981,12 +981,16 @@ pub fn spawn(config: &Config, tls: NodeTls) {
             Err(e) => return warn!("cluster API on {tcp}: {e}"),
         };
         info!("cluster API on {tcp} (mutual TLS, node certificates)");
-        let app = app.layer(axum::middleware::from_fn(only_nodes));
-        let service = app.into_make_service_with_connect_info::<Peer>();
+        let service = overlay(app).into_make_service_with_connect_info::<Peer>();
         if let Err(e) = axum::serve(listener, service).await {
             warn!("cluster API on {tcp} stopped: {e}");
         }
     });
+}
+
+/// The API as the overlay serves it: every route, `/metrics` too, behind [`only_nodes`].
+fn overlay(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(only_nodes))
 }
 
 /// On the overlay the API answers other nodes only, not the containers that can reach
@@ -1014,6 +1018,53 @@ async fn only_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `GET /metrics` on the overlay's app, from a peer whose certificate names `node`.
+    async fn overlay_metrics(node: Option<crate::identity::NodeIdentity>) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let config = Config::parse(
+            std::path::Path::new("t"),
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\n",
+        )
+        .unwrap();
+        let state = Arc::new(ApiState::new(&config, NodeTls::from_config(&config)));
+        let peer = Peer {
+            addr: SocketAddr::from(([10, 255, 0, 9], 40000)),
+            node,
+            cert: None,
+        };
+        let app = overlay(router(state)).layer(axum::extract::connect_info::MockConnectInfo(peer));
+        let request = axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(request).await.unwrap();
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(content_type.unwrap(), crate::metrics::CONTENT_TYPE);
+        }
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_on_the_overlay_answer_nodes_only() {
+        let node = crate::identity::NodeIdentity {
+            cluster: "c".into(),
+            address: "0.2".parse().unwrap(),
+            role: crate::identity::Role::Client,
+        };
+        let (status, body) = overlay_metrics(Some(node)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // No join peers and no overlay device here: no peer in any state.
+        assert!(body.contains("arpanet_peers{state=\"ok\"} 0\n"), "{body}");
+        let (status, body) = overlay_metrics(None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("answers arpanet nodes only"), "{body}");
+        assert!(!body.contains("arpanet_"), "{body}");
+    }
 
     #[test]
     fn container_references_are_docker_names_or_ids() {
