@@ -1,7 +1,7 @@
 //! arpanetd's `/metrics` on three lab hosts with real dockerd and Consul: Prometheus'
 //! own parser (`promtool check metrics`) reads it, it says what the cluster does (peers
-//! up, a service's instances desired and running, pass step times), and on the
-//! overlay it answers nodes only.
+//! up, a service's instances desired and running, pass step times, image bytes moved
+//! by the sync service), and on the overlay it answers nodes only.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -169,7 +169,7 @@ fn metrics_parse_and_show_peers_instances_and_passes_and_the_overlay_answers_nod
         Some(0.0),
         "{text}"
     );
-    // Steps of both passes were timed; the sync service has moved nothing yet.
+    // Steps of both passes were timed; no image has moved yet.
     for (pass, step) in [
         ("main", "cluster services"),
         ("main", "network"),
@@ -193,6 +193,32 @@ fn metrics_parse_and_show_peers_instances_and_passes_and_the_overlay_answers_nod
         Some(0.0),
         "{text}"
     );
+
+    // Image bytes: the sync service (a process of its own) moves an image from node 0
+    // to node 1, and arpanetd's /metrics on each says so.
+    for h in [h0, h1] {
+        h.start_sync();
+    }
+    let image = "arpanet-test/metrics:1";
+    h0.import_random_image(image, 4);
+    assert_success(&h0.arpanet(&["image", "push", image]), "image push");
+    assert_success(
+        &h1.arpanet(&["image", "pull", image]),
+        "image pull on node 1",
+    );
+    let transferred = |h: &Host, direction: &str| {
+        let series = format!("arpanet_image_transfer_bytes_total{{direction=\"{direction}\"}}");
+        value(&scrape(h).1, &series).unwrap_or(0.0)
+    };
+    let four_mib = f64::from(4u32 << 20);
+    wait_until(Duration::from_secs(20), "4 MiB sent by node 0", || {
+        transferred(h0, "sent") >= four_mib
+    });
+    wait_until(Duration::from_secs(20), "4 MiB received by node 1", || {
+        transferred(h1, "received") >= four_mib
+    });
+    assert_eq!(transferred(h1, "sent"), 0.0, "node 1 sent nothing");
+    let (_, text) = scrape(h0);
 
     // Prometheus' own parser, with its lint.
     if let Some(promtool) = &promtool {
