@@ -82,6 +82,8 @@ struct Metrics {
     /// The services `instances` has series for, so that a removed one's go.
     services: Mutex<BTreeSet<String>>,
     rollout: Family<ServiceLabels, Gauge>,
+    /// The services `rollout` has series for.
+    rolled: Mutex<BTreeSet<String>>,
     transfer: Family<DirectionLabel, Counter>,
 }
 
@@ -136,6 +138,7 @@ impl Metrics {
             instances,
             services: Mutex::default(),
             rollout,
+            rolled: Mutex::default(),
             transfer,
         }
     }
@@ -251,6 +254,19 @@ pub fn rollout_state(service: &str, state: &str) {
             })
             .set(i64::from(s == state));
     }
+}
+
+/// Every updated service's rollout state, from the cluster state a pass read: the
+/// whole set, so a service that is gone loses its series.
+pub fn rollouts(states: &BTreeMap<String, &str>) {
+    let mut known = METRICS.rolled.lock().expect("metrics rollouts");
+    for (service, state) in states {
+        rollout_state(service, state);
+    }
+    for gone in known.iter().filter(|s| !states.contains_key(*s)) {
+        forget_rollout(gone);
+    }
+    *known = states.keys().cloned().collect();
 }
 
 /// Drops a service's rollout series (the service is gone).

@@ -126,6 +126,13 @@ impl Reconciler for ClusterServices {
             progress: &|_, _, _| {},
         };
         let pass = placement::reconcile::converge(engine, images, &me, &nodes, state, &opts).await;
+        crate::metrics::rollouts(
+            &state
+                .services
+                .iter()
+                .filter_map(|s| Some((s.name.to_string(), s.rollout.as_ref()?.state.as_str())))
+                .collect(),
+        );
         // After the pass, so that what it started counts as running.
         match engine.list_all().await {
             Ok(list) => {

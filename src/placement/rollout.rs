@@ -600,6 +600,14 @@ mod tests {
     }
 
     #[test]
+    fn the_states_are_those_metrics_knows() {
+        assert_eq!(
+            RolloutState::ALL.map(RolloutState::as_str),
+            crate::metrics::ROLLOUT_STATES
+        );
+    }
+
+    #[test]
     fn a_stalled_step_writes_nothing() {
         let placed = names(1);
         let def = start_update(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until, which};
 
 /// `/metrics` from `host`'s API socket: (content type, body).
-fn scrape(host: &Host) -> (String, String) {
+pub fn scrape(host: &Host) -> (String, String) {
     let socket = host.dir.join("run/api.sock");
     let out = host.exec(&[
         "curl",
@@ -31,7 +31,7 @@ fn scrape(host: &Host) -> (String, String) {
 }
 
 /// The value of one series, written as the exposition writes it (`name{labels}`).
-fn value(text: &str, series: &str) -> Option<f64> {
+pub fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())

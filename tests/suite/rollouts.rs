@@ -337,6 +337,13 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
         || passing(h0, "web") == Some(6),
     );
     assert_eq!(running_on(&hosts, "web", &v2), 6);
+    // Every node's /metrics says so too.
+    let rolled_back = "arpanet_service_rollout{service=\"web\",state=\"rolled_back\"}";
+    for h in &hosts {
+        wait_until(Duration::from_secs(20), "rolled_back in /metrics", || {
+            crate::metrics::value(&crate::metrics::scrape(h).1, rolled_back) == Some(1.0)
+        });
+    }
     let ps = h2.arpanet(&["service", "ps", "web"]);
     assert_success(&ps, "service ps");
     let text = stdout(&ps);
