@@ -756,6 +756,16 @@ async fn update_service(
         .map(UpdateConfig::try_from)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.within("update").to_string()))?;
+    if let Some(bad) = req
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains(['=', '\0']))
+    {
+        return Err(ApiError::bad_request(format!(
+            "env: `{}` is not a variable name (not empty, no `=`)",
+            bad.escape_debug()
+        )));
+    }
     let image = req
         .image
         .clone()

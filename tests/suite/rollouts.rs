@@ -67,6 +67,33 @@ fn running_on(hosts: &[&Host], service: &str, ids: &[String]) -> usize {
         .sum()
 }
 
+/// A raw request to `host`'s API socket: (status, body).
+fn request(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let socket = host.dir.join("run/api.sock");
+    let out = host.exec(&[
+        "curl",
+        "-s",
+        "-X",
+        method,
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+        "-w",
+        "\n%{http_code}",
+        &format!("http://arpanetd{path}"),
+    ]);
+    assert_success(&out, "curl");
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 fn image_id(host: &Host, tag: &str) -> String {
     let out = host.docker(&["image", "inspect", "-f", "{{.Id}}", tag]);
     assert_success(&out, "image inspect");
@@ -183,6 +210,44 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     wait_until(Duration::from_secs(90), "6 passing web instances", || {
         passing(h0, "web") == Some(6)
     });
+    // Bad requests: one error naming the field, and the record stays as it was.
+    for (body, code, said) in [
+        (
+            r#"{"update":{"parallel":0}}"#,
+            400,
+            "update.parallel: must be at least 1",
+        ),
+        (r#"{"image":"nope"}"#, 400, "image: image `nope` has no tag"),
+        (
+            r#"{"env":{"A=B":"c"}}"#,
+            400,
+            "env: `A=B` is not a variable name",
+        ),
+        (
+            r#"{"update":{"order":"sideways"}}"#,
+            400,
+            "update.order: unknown variant `sideways`",
+        ),
+        (r#"{"replicas":-1}"#, 400, "replicas: "),
+    ] {
+        let (status, answer) = request(h0, "PUT", "/v1/services/web/update", body);
+        assert_eq!(status, code, "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with(said), "{body}: {error}");
+    }
+    let (status, answer) = request(h0, "POST", "/v1/services/web/rollback", "");
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(
+        answer["error"],
+        "service `web` has no previous spec to roll back to"
+    );
+    let (status, _) = request(h0, "PUT", "/v1/services/..%2Ftemplates%2Fx/update", "{}");
+    assert_eq!(status, 400);
+    assert_eq!(
+        inspect(h1, "web")["version"],
+        serde_json::Value::Null,
+        "still version 1"
+    );
 
     // 1. A healthy update, 2 at a time: never fewer than 4 pass, and each instance goes
     // from the old image to the new one, once.
