@@ -178,6 +178,15 @@ pub async fn sync(
         }
     }
     for d in &desired {
+        // A new container under an old registration (an instance replaced between two
+        // syncs) is registered afresh: Consul keeps a re-registered check's status, and
+        // the old container's `passing` would vouch for the new one until its first
+        // check, to DNS and to a rollout waiting for it to pass.
+        if let Some(s) = current.get(&d.id)
+            && s.meta.get("container_id") != d.meta.get("container_id")
+        {
+            consul.deregister_service(&d.id).await?;
+        }
         let same = current.get(&d.id).is_some_and(|s| {
             s.service == d.name
                 && s.address == d.address
