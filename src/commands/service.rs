@@ -40,6 +40,13 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Print the logs of every instance on every node, each line after its instance's
+    /// name (`web_0.2_1 | ...`); stdout and stderr merged.
+    Logs {
+        name: String,
+        #[command(flatten)]
+        flags: super::logs::LogFlags,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +161,11 @@ impl Service {
                 let Record(def): Record<ServiceDefV1> =
                     api.delete(&format!("/v1/services/{name}")).await?;
                 println!("service {} removed", def.name);
+            }
+            Verb::Logs { name, flags } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
+                let path = format!("/v1/services/{name}/logs?{}", flags.options().query());
+                super::logs::print(&config, &path, true).await?;
             }
             Verb::Ls { json } => {
                 let listing: Listing<ServiceRow> = api.get("/v1/services").await?;

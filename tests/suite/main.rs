@@ -22,6 +22,7 @@ mod packaging;
 mod registration;
 mod renew;
 mod scale;
+mod service_logs;
 mod services;
 mod systemd_machine;
 

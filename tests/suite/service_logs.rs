@@ -1,0 +1,229 @@
+//! Logs across nodes on three lab hosts: `arpanet service logs NAME` prints every
+//! instance's lines, each after its instance's name, from any node; `-f` goes on
+//! printing lines written after it started; `arpanet logs ID` prints one container's
+//! lines from whichever node runs it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+
+/// One instance: its Docker name and its ID.
+#[derive(Debug, Clone)]
+struct Instance {
+    name: String,
+    id: String,
+}
+
+impl Instance {
+    /// What it printed when it started: its hostname is its short ID, which names it on
+    /// the node that runs it.
+    fn greeting(&self) -> String {
+        format!("hello from {}", &self.id[..12])
+    }
+}
+
+/// The running instances of `service` per node, once there is one on every node.
+fn one_on_each(host: &Host, hosts: &[&Host], service: &str) -> BTreeMap<String, Instance> {
+    let mut found = BTreeMap::new();
+    wait_until(
+        Duration::from_secs(90),
+        "one running instance on every node",
+        || {
+            let out = host.arpanet(&["ps", "--all", "--json"]);
+            let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            found.clear();
+            for c in list.as_array().into_iter().flatten() {
+                if c["service"] == service && c["state"] == "running" {
+                    let node = c["node"].as_str().unwrap().to_string();
+                    let instance = Instance {
+                        name: c["name"].as_str().unwrap().to_string(),
+                        id: c["id"].as_str().unwrap().to_string(),
+                    };
+                    if found.insert(node, instance).is_some() {
+                        return false;
+                    }
+                }
+            }
+            hosts
+                .iter()
+                .all(|h| found.contains_key(&h.address.to_string()))
+        },
+    );
+    found
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn service_logs_show_every_instance_on_every_node_and_follow_new_lines() {
+    require_lab!();
+    let lab = Lab::three_nodes();
+    let hosts: Vec<&Host> = lab.hosts.iter().collect();
+    let (h0, h1, h2) = (hosts[0], hosts[1], hosts[2]);
+
+    // Three instances, one per node; each says where it runs, then waits.
+    let create = h1.arpanet(&[
+        "service",
+        "create",
+        "talk",
+        "--image",
+        TEST_IMAGE,
+        "--replicas",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "echo \"hello from $(hostname)\"; echo \"to stderr from $(hostname)\" >&2; exec sleep 3600",
+    ]);
+    assert_success(&create, "service create talk");
+    let instances = one_on_each(h0, &hosts, "talk");
+    let on = |h: &Host| instances[&h.address.to_string()].clone();
+
+    // From node 0: the lines of the instances on all three nodes, stdout and stderr,
+    // each after its instance's name, and nothing else.
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        "every instance's lines in `service logs`",
+        || {
+            let out = h0.arpanet(&["service", "logs", "talk"]);
+            assert_success(&out, "service logs talk");
+            last = stdout(&out);
+            hosts.iter().all(|h| {
+                let i = on(h);
+                last.lines()
+                    .any(|l| l == format!("{} | {}", i.name, i.greeting()))
+                    && last
+                        .lines()
+                        .any(|l| l == format!("{} | to stderr from {}", i.name, &i.id[..12]))
+            })
+        },
+    );
+    println!(
+        "MEASURED: every node's lines through `service logs` after {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(last.lines().count(), 6, "{last}");
+    for line in last.lines() {
+        let (instance, _) = line.split_once(" | ").unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            instances.values().any(|i| i.name == instance),
+            "{line}: no instance `{instance}`"
+        );
+    }
+
+    // One container on another node, by name and by short ID, without prefixes.
+    let far = on(h2);
+    for id in [far.name.as_str(), &far.id[..12]] {
+        let out = h0.arpanet(&["logs", id]);
+        assert_success(&out, "logs");
+        let mut got: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [far.greeting(), format!("to stderr from {}", &far.id[..12])],
+            "arpanet logs {id} from node {}",
+            h0.address
+        );
+    }
+
+    // Following, from node 1: a line written on node 2 after the command started
+    // arrives while the command still runs.
+    let config = h1.config_path();
+    let follow_args = [
+        env!("CARGO_BIN_EXE_arpanet"),
+        "--config",
+        config.to_str().unwrap(),
+        "service",
+        "logs",
+        "talk",
+        "-f",
+    ];
+    let follow_args: Vec<&std::ffi::OsStr> = follow_args.iter().map(std::ffi::OsStr::new).collect();
+    h1.spawn("follow", &follow_args);
+    wait_until(
+        Duration::from_secs(20),
+        "the follower printing what was there",
+        || {
+            let log = h1.log("follow");
+            hosts
+                .iter()
+                .all(|h| log.contains(&format!("{} | {}", on(h).name, on(h).greeting())))
+        },
+    );
+    let marker = format!("written later {}", crate::lab::random_uuid());
+    let write = h2.docker(&[
+        "exec",
+        &far.id,
+        "sh",
+        "-c",
+        &format!("echo '{marker}' > /proc/1/fd/1"),
+    ]);
+    assert_success(&write, "write a line into the instance on node 2");
+    let written = std::time::Instant::now();
+    let want = format!("{} | {marker}", far.name);
+    wait_until(
+        Duration::from_secs(20),
+        "the later line in the follower's output",
+        || h1.log("follow").lines().any(|l| l == want),
+    );
+    println!(
+        "MEASURED: a line written on node 2 reached `service logs -f` on node 1 after {:.1?}",
+        written.elapsed()
+    );
+    let pid: i32 = std::fs::read_to_string(h1.dir.join("follow.pid.spawned"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the follower ended: {}",
+        h1.log("follow")
+    );
+    h1.stop("follow");
+
+    // --tail counts per instance, on every node: the last line of each.
+    let out = h0.arpanet(&["service", "logs", "talk", "--tail", "1"]);
+    assert_success(&out, "service logs --tail 1");
+    let tail = stdout(&out);
+    assert_eq!(tail.lines().count(), 3, "{tail}");
+    assert!(tail.lines().any(|l| l == want), "{tail}");
+    // --since reaches back: everything is younger than an hour.
+    let out = h2.arpanet(&["service", "logs", "talk", "--since", "1h"]);
+    assert_success(&out, "service logs --since 1h");
+    assert_eq!(stdout(&out).lines().count(), 7, "{}", stdout(&out));
+
+    // Bad input: one error naming what is wrong, before any request.
+    for (args, want) in [
+        (vec!["logs", "a/b"], "ID: `a/b` is not a container name"),
+        (
+            vec!["service", "logs", "talk", "--since", "soon"],
+            "`soon` is not a duration such as 10m, 1h30m or 45s",
+        ),
+        (
+            vec!["service", "logs", "talk", "--tail", "many"],
+            "`many` is not a number of lines or `all`",
+        ),
+        (vec!["service", "logs", "nope"], "no service `nope`"),
+        (
+            vec!["logs", "0123456789ab"],
+            "no container `0123456789ab` on any node",
+        ),
+    ] {
+        let out = h0.arpanet(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert!(
+        stderr(&h0.arpanet(&["service", "logs", "talk", "--since", "soon"])).contains("--since")
+    );
+
+    assert_success(&h0.arpanet(&["service", "rm", "talk"]), "service rm talk");
+}
