@@ -102,10 +102,11 @@ pub(super) async fn service_logs(
         .map(|u| failed(&u.node, &u.error))
         .collect();
     let path = format!("/v1/services/{name}/logs?local=true&{}", opts.query());
-    let opened = join_all(nodes.into_iter().map(|node| async {
+    let (s, name, path) = (&s, &name, &path);
+    let opened = join_all(nodes.into_iter().map(|node| async move {
         let answer = match node.parse::<NodeAddress>() {
             Ok(a) if a == s.me.address => s.service_logs_here(name.as_str(), opts).await,
-            Ok(a) => s.records_from(a, &path).await,
+            Ok(a) => s.records_from(a, path).await,
             Err(e) => Err(ApiError::backend(anyhow::anyhow!(
                 "a listing named node `{node}`: {e}"
             ))),
