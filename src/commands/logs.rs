@@ -35,7 +35,7 @@ pub struct LogFlags {
     #[arg(long, value_name = "D", value_parser = parse_since)]
     pub since: Option<Duration>,
     /// Only the last N lines of each container: a number, or `all` (the default).
-    #[arg(long, value_name = "N", value_parser = tail)]
+    #[arg(long, value_name = "N", value_parser = tail, allow_negative_numbers = true)]
     pub tail: Option<Tail>,
 }
 
