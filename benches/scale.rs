@@ -303,14 +303,17 @@ fn placement_cost() {
                 .expect("an address"),
                 role: Role::Client,
                 labels: Default::default(),
+                capacity: None,
             })
             .collect();
         let services: Vec<ServiceDef> = (0..s)
-            .map(|k| ServiceDef {
-                name: ServiceName::try_from(format!("s{k}")).expect("a name"),
-                spec: spec.clone(),
-                replicas: 3 * n as u32,
-                constraints: Constraints::default(),
+            .map(|k| {
+                ServiceDef::new(
+                    ServiceName::try_from(format!("s{k}")).expect("a name"),
+                    spec.clone(),
+                    3 * n as u32,
+                    Constraints::default(),
+                )
             })
             .collect();
         let started = Instant::now();

@@ -279,6 +279,10 @@ impl Daemon {
                 cluster_tx,
             ));
             crate::api::server::spawn(&self.config, self.tls.clone());
+            tokio::spawn(crate::placement::driver::run(
+                Consul::for_node(&self.config),
+                crate::placement::reconcile::me(&self.config.node),
+            ));
             crate::join::server::spawn(&self.config, self.admissions.clone());
             tokio::spawn(crate::join::revocations::watch(
                 Consul::for_node(&self.config),

@@ -29,6 +29,9 @@ pub struct ContainerRow {
     pub status: String,
     /// The cluster service it is an instance of.
     pub service: Option<String>,
+    /// The service version it runs (instances only).
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +50,52 @@ pub struct ServiceRow {
     /// Instances running cluster-wide (on the nodes that answered).
     pub running: u32,
     pub constraints: ConstraintsV1,
+    /// Instances that fit on no node, and why.
+    #[serde(default)]
+    pub unplaced: u32,
+    #[serde(default)]
+    pub why: Option<String>,
+    #[serde(default)]
+    pub version: u64,
+    /// The last rollout's state (`updating`, `completed`, ...).
+    #[serde(default)]
+    pub rollout: Option<String>,
+}
+
+/// One instance of a service as `service ps` lists it: a desired one (placed or not)
+/// or a container of the service that runs though no longer desired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// `web_0.2_1`; `-` for an instance that fits on no node.
+    pub instance: String,
+    pub node: String,
+    /// The container's ID, when one exists.
+    pub container: Option<String>,
+    /// The version it runs, and the one it should run.
+    pub version: Option<u64>,
+    pub desired_version: u64,
+    /// Docker's state (`running`, `exited`, ...), `missing` for a placed instance
+    /// with no container yet, `unplaced`, or `leaving` for one no longer desired.
+    pub state: String,
+    /// Consul's view: `passing`, `warning`, `critical`, or empty when not registered.
+    pub health: String,
+    /// Docker's status with since when (`Up 3 minutes`).
+    pub status: String,
+    /// Why a desired instance runs nowhere.
+    pub why: Option<String>,
+}
+
+/// `service ps`: the instances (in the `items` shape of every listing) and the last
+/// rollout's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceListing {
+    pub items: Vec<InstanceRow>,
+    #[serde(default)]
+    pub unreachable: Vec<Unreachable>,
+    pub version: u64,
+    pub rollout: Option<String>,
+    /// Why the last rollout paused or rolled back.
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

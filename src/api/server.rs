@@ -19,7 +19,10 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::tls::Peer;
-use super::{ContainerRow, Done, ImageRow, Listing, NodeRow, ServiceRow, Unreachable};
+use super::{
+    ContainerRow, Done, ImageRow, InstanceListing, InstanceRow, Listing, NodeRow, ServiceRow,
+    Unreachable,
+};
 use crate::addressing::NodeAddress;
 use crate::config::Config;
 use crate::config::containers::{ContainerName, ContainerSpec};
@@ -31,12 +34,13 @@ use crate::http::TlsListener;
 use crate::http::{ApiError, Json, error_text, json_bytes, json_response};
 use crate::identity::NodeTls;
 use crate::placement::reconcile::healthy_nodes;
+use crate::placement::rollout::{self, Order};
 use crate::placement::store;
 use crate::placement::wire::{
-    self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1,
-    TemplateRowV1,
+    self, ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceRecord,
+    TemplateRowV1, UpdateServiceV1,
 };
-use crate::placement::{ServiceDef, ServiceName, TemplateName};
+use crate::placement::{ServiceDef, ServiceName, TemplateName, UpdateConfig};
 use crate::{http, paths};
 
 mod logs;
@@ -98,6 +102,9 @@ pub fn router(state: Shared) -> Router {
             get(get_service).delete(remove_service),
         )
         .route("/v1/services/{name}/replicas", put(scale_service))
+        .route("/v1/services/{name}/update", put(update_service))
+        .route("/v1/services/{name}/rollback", post(rollback_service))
+        .route("/v1/services/{name}/ps", get(service_ps))
         .route("/v1/services/{name}/logs", get(logs::service_logs))
         .route("/v1/templates", get(list_templates))
         .route(
@@ -128,6 +135,56 @@ fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
 }
 
 impl ApiState {
+    /// Changes a service record by compare-and-set, so that a rollout step or another
+    /// request written meanwhile is never lost: `change` sees the record as stored and
+    /// every instance now placed, and is asked again if the record moved under it.
+    async fn change_service(
+        &self,
+        name: &ServiceName,
+        change: impl Fn(&ServiceDef, &[String]) -> Result<ServiceDef, ApiError>,
+    ) -> Result<ServiceDef, ApiError> {
+        let key = store::service_key(name);
+        for _ in 0..5 {
+            let (bytes, index) = self
+                .consul
+                .kv_get_indexed(&key)
+                .await
+                .map_err(ApiError::backend)?
+                .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
+            let def = ServiceDef::from_json(&bytes).map_err(|e| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("service `{name}` in Consul KV is unreadable: {e}"),
+                )
+            })?;
+            let state = store::load(&self.consul).await.map_err(ApiError::backend)?;
+            let nodes = healthy_nodes(&self.consul, &self.me)
+                .await
+                .map_err(ApiError::backend)?;
+            let plan = crate::placement::plan(&state.services, &nodes, &state.drained);
+            let placed: Vec<String> = crate::placement::placed_instances(name, &plan)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect();
+            let next = change(&def, &placed)?;
+            if next == def {
+                return Ok(def);
+            }
+            if self
+                .consul
+                .kv_put_cas(&key, next.to_json(), index)
+                .await
+                .map_err(ApiError::backend)?
+            {
+                return Ok(next);
+            }
+        }
+        Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("service `{name}` kept changing while this request tried to; try again"),
+        ))
+    }
+
     async fn engine(&self) -> Result<Engine, ApiError> {
         Engine::connect(&self.docker_socket)
             .await
@@ -383,6 +440,12 @@ impl ApiState {
                         .contains_key(LABEL_CLUSTER)
                         .then(|| labels.get(LABEL_FILE).cloned())
                         .flatten(),
+                    version: labels.contains_key(LABEL_CLUSTER).then(|| {
+                        labels
+                            .get(crate::placement::LABEL_VERSION)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(1)
+                    }),
                 }
             })
             .collect())
@@ -519,6 +582,10 @@ async fn load_service(s: &ApiState, name: &ServiceName) -> Result<ServiceDef, Ap
 
 async fn list_services(State(s): State<Shared>) -> ApiResult {
     let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+    let nodes = healthy_nodes(&s.consul, &s.me)
+        .await
+        .map_err(ApiError::backend)?;
+    let plan = crate::placement::plan(&state.services, &nodes, &state.drained);
     let all = BTreeMap::from([("all".to_string(), "true".to_string())]);
     let running = s
         .listing(&all, "/v1/containers", s.containers_here())
@@ -526,16 +593,25 @@ async fn list_services(State(s): State<Shared>) -> ApiResult {
     let rows: Vec<ServiceRow> = state
         .services
         .iter()
-        .map(|d| ServiceRow {
-            name: d.name.to_string(),
-            image: d.spec.image.as_str().to_string(),
-            replicas: d.replicas,
-            running: running
-                .items
-                .iter()
-                .filter(|c| c.state == "running" && c.service.as_deref() == Some(d.name.as_str()))
-                .count() as u32,
-            constraints: ConstraintsV1::from(&d.constraints),
+        .map(|d| {
+            let unplaced = plan.unplaced.get(&d.name);
+            ServiceRow {
+                name: d.name.to_string(),
+                image: d.spec.image.as_str().to_string(),
+                replicas: d.replicas,
+                running: running
+                    .items
+                    .iter()
+                    .filter(|c| {
+                        c.state == "running" && c.service.as_deref() == Some(d.name.as_str())
+                    })
+                    .count() as u32,
+                constraints: ConstraintsV1::from(&d.constraints),
+                unplaced: unplaced.map_or(0, |u| u.count),
+                why: unplaced.map(|u| u.why.clone()),
+                version: d.version,
+                rollout: d.rollout.as_ref().map(|r| r.state.as_str().to_string()),
+            }
         })
         .collect();
     ok(&Listing {
@@ -546,7 +622,7 @@ async fn list_services(State(s): State<Shared>) -> ApiResult {
 
 async fn get_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let name = service_in_path(&name)?;
-    ok(&ServiceDefV1::from(&load_service(&s, &name).await?))
+    ok(&ServiceRecord(load_service(&s, &name).await?))
 }
 
 /// A request body of the API: version, then each field, checked.
@@ -617,12 +693,7 @@ async fn create_service(
             spec.command = req.command.clone();
         }
     }
-    let def = ServiceDef {
-        name: name.clone(),
-        spec,
-        replicas,
-        constraints: req.constraints.clone().into(),
-    };
+    let def = ServiceDef::new(name.clone(), spec, replicas, req.constraints.clone().into());
     let stored = s
         .consul
         .kv_put_new(&store::service_key(&name), def.to_json())
@@ -635,10 +706,7 @@ async fn create_service(
         ));
     }
     info!(service = %name, replicas, "service created through the cluster API");
-    Ok(json_response(
-        StatusCode::CREATED,
-        &ServiceDefV1::from(&def),
-    ))
+    Ok(json_response(StatusCode::CREATED, &ServiceRecord(def)))
 }
 
 async fn scale_service(
@@ -648,14 +716,225 @@ async fn scale_service(
 ) -> ApiResult {
     let name = service_in_path(&name)?;
     let replicas = replicas(req.replicas)?;
-    let mut def = load_service(&s, &name).await?;
-    def.replicas = replicas;
-    s.consul
-        .kv_put(&store::service_key(&name), def.to_json())
+    let def = s
+        .change_service(&name, |def, _| {
+            let mut def = def.clone();
+            def.replicas = replicas;
+            Ok(def)
+        })
+        .await?;
+    info!(service = %name, replicas, "service scaled through the cluster API");
+    ok(&ServiceRecord(def))
+}
+
+/// `PUT /v1/services/NAME/update`: the changed spec becomes the next version, rolled
+/// out in batches by the server nodes (`placement::driver`).
+async fn update_service(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Json(Record(req)): Json<Record<UpdateServiceV1>>,
+) -> ApiResult {
+    let name = service_in_path(&name)?;
+    let replicas = req.replicas.map(replicas).transpose()?;
+    let update = req
+        .update
+        .map(UpdateConfig::try_from)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.within("update").to_string()))?;
+    let image = req
+        .image
+        .clone()
+        .map(crate::config::containers::ImageRef::try_from)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
+    let def = s
+        .change_service(&name, |def, placed| {
+            if let Some(r) = def.rollout.as_ref().filter(|r| r.state.active()) {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "service `{name}` is {} to version {}: wait for it to end, or `arpanet service rollback {name}`",
+                        r.state.as_str().replace('_', " "),
+                        def.version
+                    ),
+                ));
+            }
+            let update = update.unwrap_or(def.update);
+            let mut spec = def.spec.clone();
+            if let Some(image) = &image {
+                spec.image = image.clone();
+            }
+            for (k, v) in &req.env {
+                if v.is_empty() {
+                    spec.env.remove(k);
+                } else {
+                    spec.env.insert(k.clone(), v.clone());
+                }
+            }
+            spec.update.eager = update.order == Order::StartFirst;
+            // Checked as a whole, as a created service's spec is.
+            let spec = ContainerSpec::try_from(ContainerSpecV1::from(&spec))
+                .map_err(|e| ApiError::bad_request(e.within("spec").to_string()))?;
+            let mut def = def.clone();
+            if let Some(n) = replicas {
+                def.replicas = n;
+            }
+            if spec == def.spec {
+                // Nothing to roll out: the new replicas and settings only.
+                def.update = update;
+                return Ok(def);
+            }
+            Ok(rollout::start_update(
+                &def,
+                spec,
+                update,
+                placed,
+                crate::placement::driver::now_ms(),
+            ))
+        })
+        .await?;
+    info!(service = %name, version = def.version, "service update through the cluster API");
+    ok(&ServiceRecord(def))
+}
+
+/// `POST /v1/services/NAME/rollback`: the previous spec goes back, in batches.
+async fn rollback_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let name = service_in_path(&name)?;
+    let def = s
+        .change_service(&name, |def, placed| {
+            if def
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.state == crate::placement::RolloutState::RollingBack)
+            {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("service `{name}` is rolling back already"),
+                ));
+            }
+            let previous = def.previous.as_ref().map(|p| p.version);
+            rollout::start_rollback(
+                def,
+                placed,
+                crate::placement::driver::now_ms(),
+                previous.map(|p| format!("rollback to version {p} asked for")),
+            )
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::CONFLICT,
+                    format!("service `{name}` has no previous spec to roll back to"),
+                )
+            })
+        })
+        .await?;
+    info!(service = %name, version = def.version, "service rollback through the cluster API");
+    ok(&ServiceRecord(def))
+}
+
+/// `GET /v1/services/NAME/ps`: every desired instance, where and how it runs.
+async fn service_ps(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let name = service_in_path(&name)?;
+    let state = store::load(&s.consul).await.map_err(ApiError::backend)?;
+    let def = state
+        .services
+        .iter()
+        .find(|d| d.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no service `{name}`")))?;
+    let nodes = healthy_nodes(&s.consul, &s.me)
         .await
         .map_err(ApiError::backend)?;
-    info!(service = %name, replicas, "service scaled through the cluster API");
-    ok(&ServiceDefV1::from(&def))
+    let plan = crate::placement::plan(&state.services, &nodes, &state.drained);
+    let all = BTreeMap::from([("all".to_string(), "true".to_string())]);
+    let containers = s
+        .listing(&all, "/v1/containers", s.containers_here())
+        .await?;
+    let (entries, _) = s
+        .consul
+        .all_instances(
+            &crate::placement::driver::consul_name(&def),
+            None,
+            Duration::ZERO,
+        )
+        .await
+        .map_err(ApiError::backend)?;
+    let health = health_words(&entries);
+    let mine: Vec<&ContainerRow> = containers
+        .items
+        .iter()
+        .filter(|c| c.service.as_deref() == Some(name.as_str()))
+        .collect();
+    let row = |instance: &str, node: String, c: Option<&ContainerRow>, state: &str| InstanceRow {
+        instance: instance.to_string(),
+        node,
+        container: c.map(|c| c.id.clone()),
+        version: c.and_then(|c| c.version),
+        desired_version: def.spec_for(instance).0,
+        state: c.map_or(state.to_string(), |c| c.state.clone()),
+        health: health.get(instance).cloned().unwrap_or_default(),
+        status: c.map(|c| c.status.clone()).unwrap_or_default(),
+        why: None,
+    };
+    let placed = crate::placement::placed_instances(&name, &plan);
+    let mut items: Vec<InstanceRow> = placed
+        .iter()
+        .map(|(instance, node)| {
+            let c = mine.iter().copied().find(|c| &c.name == instance);
+            row(instance, node.to_string(), c, "missing")
+        })
+        .collect();
+    for c in &mine {
+        if !placed.iter().any(|(i, _)| *i == c.name) {
+            let mut r = row(&c.name, c.node.clone(), Some(c), "");
+            r.state = format!("leaving ({})", c.state);
+            items.push(r);
+        }
+    }
+    if let Some(u) = plan.unplaced.get(&name) {
+        for _ in 0..u.count {
+            let mut r = row("-", "-".into(), None, "unplaced");
+            r.desired_version = def.version;
+            r.why = Some(u.why.clone());
+            items.push(r);
+        }
+    }
+    ok(&InstanceListing {
+        items,
+        unreachable: containers.unreachable,
+        version: def.version,
+        rollout: def.rollout.as_ref().map(|r| r.state.as_str().to_string()),
+        message: def.rollout.as_ref().and_then(|r| r.message.clone()),
+    })
+}
+
+/// Each instance's worst check status, by container name.
+fn health_words(entries: &[crate::consul::client::HealthEntry]) -> BTreeMap<String, String> {
+    let rank = |s: &str| match s {
+        "passing" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for e in entries {
+        let Some(container) = e.service.id.split(':').nth(2) else {
+            continue;
+        };
+        let worst = e
+            .checks
+            .iter()
+            .map(|c| c.status.as_str())
+            .max_by_key(|s| rank(s))
+            .unwrap_or("passing")
+            .to_string();
+        out.entry(container.to_string())
+            .and_modify(|w| {
+                if rank(&worst) > rank(w) {
+                    *w = worst.clone();
+                }
+            })
+            .or_insert(worst);
+    }
+    out
 }
 
 async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
@@ -666,7 +945,7 @@ async fn remove_service(State(s): State<Shared>, Path(name): Path<String>) -> Ap
         .await
         .map_err(ApiError::backend)?;
     info!(service = %name, "service removed through the cluster API");
-    ok(&ServiceDefV1::from(&def))
+    ok(&ServiceRecord(def))
 }
 
 async fn list_templates(State(s): State<Shared>) -> ApiResult {

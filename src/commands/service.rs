@@ -7,12 +7,14 @@ use clap::{Args, Subcommand};
 use super::table;
 use crate::addressing::NodeAddress;
 use crate::api::client::ApiClient;
-use crate::api::{Listing, ServiceRow};
+use crate::api::{InstanceListing, Listing, ServiceRow};
 use crate::config::{Config, Role};
+use crate::placement::rollout::{FailureAction, Order};
 use crate::placement::wire::{
-    ConstraintsV1, ContainerSpecV1, CreateServiceV1, Record, ScaleV1, ServiceDefV1,
+    ConstraintsV1, ContainerSpecV1, CreateServiceV1, ScaleV1, ServiceRecord, UpdateConfigV2,
+    UpdateServiceV1,
 };
-use crate::placement::{Constraints, ServiceName};
+use crate::placement::{Constraints, RolloutState, ServiceDef, ServiceName};
 
 /// Cluster services: N instances of a container, placed evenly across the nodes and
 /// re-placed when a node fails.
@@ -40,6 +42,25 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Roll out a changed spec, a batch at a time, each batch health-gated.
+    Update(Update),
+    /// Put the previous spec back, the same way an update rolls out.
+    Rollback {
+        name: String,
+        /// Return once the rollback is stored, without following it.
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// List every instance: node, container, version, state, health, and why one
+    /// runs nowhere.
+    Ps {
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the spec, its version and the last update's state (JSON).
+    Inspect { name: String },
     /// Print the logs of every instance on every node, each line after its instance's
     /// name (`web_0.2_1 | ...`); stdout and stderr merged.
     Logs {
@@ -47,6 +68,59 @@ pub enum Verb {
         #[command(flatten)]
         flags: super::logs::LogFlags,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct Update {
+    pub name: String,
+    /// The image every instance runs from now on (with a tag).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// KEY=VALUE to set, or KEY= to remove (repeatable).
+    #[arg(long, short, value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The number of instances (applied at once, not in batches).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
+    /// Instances replaced at once across the cluster [default: 1, or the last update's].
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Pause between batches, e.g. 10s [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<std::time::Duration>,
+    /// How long each new instance is watched: one without a check must run this long,
+    /// one with a check must pass within it (plus one check interval) [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub monitor: Option<std::time::Duration>,
+    /// What a failed batch does: pause (the default) or rollback.
+    #[arg(long, value_parser = parse_failure_action)]
+    pub failure_action: Option<FailureAction>,
+    /// stop-first (the default) or start-first (the new instance starts before the
+    /// old one stops).
+    #[arg(long, value_parser = parse_order)]
+    pub order: Option<Order>,
+    /// Return once the update is stored, without following it.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Print the final service record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_failure_action(s: &str) -> Result<FailureAction, String> {
+    match s {
+        "pause" => Ok(FailureAction::Pause),
+        "rollback" => Ok(FailureAction::Rollback),
+        _ => Err("rollback or pause".into()),
+    }
+}
+
+fn parse_order(s: &str) -> Result<Order, String> {
+    match s {
+        "stop-first" => Ok(Order::StopFirst),
+        "start-first" => Ok(Order::StartFirst),
+        _ => Err("stop-first or start-first".into()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -134,8 +208,7 @@ impl Service {
                     };
                     req.spec = Some(ContainerSpecV1::from(&one.spec));
                 }
-                let Record(def): Record<ServiceDefV1> =
-                    api.post("/v1/services", Some(&req)).await?;
+                let ServiceRecord(def) = api.post("/v1/services", Some(&req)).await?;
                 println!(
                     "service {} created: {} instance(s) of {}",
                     def.name,
@@ -146,7 +219,7 @@ impl Service {
             Verb::Scale { name, replicas } => {
                 // Checked here too: a name goes into the request's path.
                 let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
-                let Record(def): Record<ServiceDefV1> = api
+                let ServiceRecord(def) = api
                     .put(
                         &format!("/v1/services/{name}/replicas"),
                         &ScaleV1 {
@@ -158,8 +231,7 @@ impl Service {
             }
             Verb::Rm { name } => {
                 let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
-                let Record(def): Record<ServiceDefV1> =
-                    api.delete(&format!("/v1/services/{name}")).await?;
+                let ServiceRecord(def) = api.delete(&format!("/v1/services/{name}")).await?;
                 println!("service {} removed", def.name);
             }
             Verb::Logs { name, flags } => {
@@ -170,15 +242,211 @@ impl Service {
             Verb::Ls { json } => {
                 let listing: Listing<ServiceRow> = api.get("/v1/services").await?;
                 table::warn_unreachable(&listing.unreachable);
-                table::emit(*json, &listing.items, &["NAME", "IMAGE", "RUNNING"], |s| {
-                    vec![
-                        s.name.clone(),
-                        s.image.clone(),
-                        format!("{}/{}", s.running, s.replicas),
-                    ]
-                })?;
+                table::emit(
+                    *json,
+                    &listing.items,
+                    &[
+                        "NAME",
+                        "IMAGE",
+                        "VERSION",
+                        "RUNNING",
+                        "UPDATE",
+                        "NOT PLACED",
+                    ],
+                    |s| {
+                        vec![
+                            s.name.clone(),
+                            s.image.clone(),
+                            s.version.to_string(),
+                            format!("{}/{}", s.running, s.replicas),
+                            s.rollout.clone().unwrap_or_else(|| "-".into()),
+                            match &s.why {
+                                Some(why) => format!("{}: {why}", s.unplaced),
+                                None => "-".into(),
+                            },
+                        ]
+                    },
+                )?;
+            }
+            Verb::Update(u) => {
+                let name = ServiceName::try_from(u.name.clone()).map_err(anyhow::Error::msg)?;
+                let current: ServiceRecord = api.get(&format!("/v1/services/{name}")).await?;
+                let mut config = current.0.update;
+                if let Some(n) = u.parallel {
+                    config.parallel = n;
+                }
+                if let Some(d) = u.delay {
+                    config.delay = d;
+                }
+                if let Some(d) = u.monitor {
+                    config.monitor = d;
+                }
+                if let Some(a) = u.failure_action {
+                    config.failure_action = a;
+                }
+                if let Some(o) = u.order {
+                    config.order = o;
+                }
+                let req = UpdateServiceV1 {
+                    image: u.image.clone(),
+                    env: u.env.iter().cloned().collect(),
+                    replicas: u.replicas,
+                    update: Some(UpdateConfigV2::from(&config)),
+                };
+                let ServiceRecord(def) = api
+                    .put(&format!("/v1/services/{name}/update"), &req)
+                    .await?;
+                follow(&api, def, u.detach, u.json).await?;
+            }
+            Verb::Rollback { name, detach } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
+                let ServiceRecord(def) = api
+                    .post(&format!("/v1/services/{name}/rollback"), None::<&()>)
+                    .await?;
+                follow(&api, def, *detach, false).await?;
+            }
+            Verb::Ps { name, json } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
+                let listing: InstanceListing = api.get(&format!("/v1/services/{name}/ps")).await?;
+                table::warn_unreachable(&listing.unreachable);
+                if !*json {
+                    let mut head = format!("service {name}: version {}", listing.version);
+                    if let Some(r) = &listing.rollout {
+                        head.push_str(&format!(", update {}", r.replace('_', " ")));
+                    }
+                    if let Some(m) = &listing.message {
+                        head.push_str(&format!(": {m}"));
+                    }
+                    println!("{head}");
+                }
+                table::emit(
+                    *json,
+                    &listing.items,
+                    &[
+                        "INSTANCE",
+                        "NODE",
+                        "CONTAINER",
+                        "VERSION",
+                        "STATE",
+                        "HEALTH",
+                        "STATUS",
+                        "WHY",
+                    ],
+                    |i| {
+                        vec![
+                            i.instance.clone(),
+                            i.node.clone(),
+                            i.container
+                                .as_deref()
+                                .map_or("-", crate::docker::engine::short)
+                                .to_string(),
+                            match i.version {
+                                Some(v) if v != i.desired_version => {
+                                    format!("{v} (to {})", i.desired_version)
+                                }
+                                Some(v) => v.to_string(),
+                                None => format!("- (to {})", i.desired_version),
+                            },
+                            i.state.clone(),
+                            if i.health.is_empty() {
+                                "-".into()
+                            } else {
+                                i.health.clone()
+                            },
+                            if i.status.is_empty() {
+                                "-".into()
+                            } else {
+                                i.status.clone()
+                            },
+                            i.why.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    },
+                )?;
+            }
+            Verb::Inspect { name } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
+                let record: serde_json::Value = api.get(&format!("/v1/services/{name}")).await?;
+                println!("{}", serde_json::to_string_pretty(&record)?);
             }
         }
         Ok(())
+    }
+}
+
+/// Follows a rollout to its end: a bar on a terminal, a line per change elsewhere.
+async fn follow(api: &ApiClient, def: ServiceDef, detach: bool, json: bool) -> anyhow::Result<()> {
+    let name = def.name.clone();
+    let Some(r) = def.rollout.clone().filter(|r| r.state.active()) else {
+        println!(
+            "service {name}: version {}, nothing to roll out",
+            def.version
+        );
+        return Ok(());
+    };
+    let total = (r.remaining.len() + r.batch.len()) as u64;
+    let verb = if r.state == RolloutState::RollingBack {
+        "rolling back to"
+    } else {
+        "updating to"
+    };
+    if detach {
+        println!(
+            "service {name}: {verb} version {} ({total} instance(s)); `arpanet service ps {name}` follows it",
+            def.version
+        );
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut last = def;
+    while let Some(r) = last.rollout.clone() {
+        let done = total.saturating_sub((r.remaining.len() + r.batch.len()) as u64);
+        bar.set_position(done);
+        bar.set_message(format!(
+            "{name}: {} version {}",
+            r.state.as_str().replace('_', " "),
+            last.version
+        ));
+        if !r.state.active() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let ServiceRecord(now) = api.get(&format!("/v1/services/{name}")).await?;
+        last = now;
+    }
+    bar.finish_and_clear();
+    let r = last.rollout.clone().expect("followed a rollout");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ServiceRecord(last.clone()))?
+        );
+    }
+    match r.state {
+        RolloutState::Completed => {
+            println!("service {name}: version {} rolled out", last.version);
+            Ok(())
+        }
+        RolloutState::RolledBack => {
+            let why = r.message.unwrap_or_default();
+            println!(
+                "service {name}: rolled back to version {}: {why}",
+                last.version
+            );
+            // An update that ended rolled back failed; a rollback asked for did not.
+            if why.contains("failed") {
+                bail!("update of {name} failed and was rolled back");
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "service {name}: update {}: {}",
+            r.state.as_str().replace('_', " "),
+            r.message.unwrap_or_default()
+        ),
     }
 }

@@ -104,6 +104,64 @@ pub struct NodeConfig {
     pub join: Vec<JoinPeer>,
     /// Free-form `key = "value"` pairs that cluster services can be constrained to.
     pub labels: BTreeMap<String, String>,
+    /// What cluster services may reserve here; what is not set is the host's own.
+    pub capacity: CapacityOverride,
+}
+
+/// CPU in Docker's shares, 1024 to a CPU (as a spec's `cpu` reserves), and memory in
+/// bytes: what a node offers cluster services, or what one instance reserves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpu: u64,
+    pub memory: u64,
+}
+
+/// CPU shares per CPU: a spec's `cpu = 1024` reserves one CPU.
+pub const SHARES_PER_CPU: u64 = 1024;
+
+/// `node.capacity`: `{ cpus = 1.5, memory = "4g" }`, either part optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityOverride {
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory: Option<containers::MemoryLimit>,
+}
+
+impl CapacityOverride {
+    fn validate(&self) -> Result<(), String> {
+        match self.cpus {
+            Some(c) if !(c.is_finite() && c > 0.0 && c <= 4096.0) => Err(format!(
+                "capacity.cpus = {c}: a number of CPUs above 0 (e.g. 1 or 0.5)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// This host's capacity with the overrides applied: the CPUs this process may use
+    /// and the memory the kernel reports.
+    pub fn resolve(&self) -> Capacity {
+        let cpu = match self.cpus {
+            Some(c) => (c * SHARES_PER_CPU as f64).round() as u64,
+            None => {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * SHARES_PER_CPU
+            }
+        };
+        let memory = match self.memory {
+            Some(m) => m.0,
+            None => host_memory().unwrap_or(0),
+        };
+        Capacity { cpu, memory }
+    }
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// How the underlay (the network the hosts already share) is found.
@@ -129,6 +187,8 @@ struct RawNodeConfig {
     join: JoinList,
     #[serde(default)]
     labels: NodeLabels,
+    #[serde(default)]
+    capacity: CapacityOverride,
 }
 
 /// Validated on its own so that its errors point at `node.labels`. They travel as
@@ -225,6 +285,7 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
         if let Some(name) = &raw.name {
             validate_name("name", name)?;
         }
+        raw.capacity.validate()?;
         Ok(Self {
             address: raw.address,
             role: raw.role,
@@ -232,6 +293,7 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
             underlay,
             join,
             labels: raw.labels.0,
+            capacity: raw.capacity,
         })
     }
 }

@@ -844,6 +844,50 @@ impl Consul {
         Ok(text.trim() == "true")
     }
 
+    /// A key's value and its ModifyIndex, for a [`Self::kv_put_cas`] that follows.
+    pub async fn kv_get_indexed(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, ConsulError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "ModifyIndex")]
+            index: u64,
+            #[serde(rename = "Value")]
+            value: Option<String>,
+        }
+        let path = kv_path(key)?;
+        let Some(resp) = self.get_optional(&path).await? else {
+            return Ok(None);
+        };
+        let entries: Vec<Entry> = self.decode(resp, &path).await?;
+        use base64::Engine as _;
+        Ok(entries.into_iter().next().map(|e| {
+            let value = e
+                .value
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .unwrap_or_default();
+            (value, e.index)
+        }))
+    }
+
+    /// Stores `value` only if `key` is still at `index` (from [`Self::kv_get_indexed`]);
+    /// returns whether it was stored. A write whose outcome is unknown is an error, not
+    /// re-sent: the caller reads the key again and sees which it was.
+    pub async fn kv_put_cas(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        index: u64,
+    ) -> Result<bool, ConsulError> {
+        let path = format!("{}?cas={index}", kv_path(key)?);
+        let resp = self
+            .send(Repeat::IfNotApplied, || {
+                Ok(self.build(reqwest::Method::PUT, &path)?.body(value.clone()))
+            })
+            .await
+            .map_err(|f| f.error)?;
+        let resp = self.check(resp).await?;
+        Ok(self.answer_text(resp).await? == "true")
+    }
+
     /// Every key and value under `prefix`. With `index`, blocks until something under
     /// it changes or `wait` passes; returns the index to pass next time. Follow it
     /// with [`super::watch::BlockingQuery`].

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use super::client::{Consul, HealthEntry, ServiceRegistration};
 use crate::addressing::NodeAddress;
-use crate::config::{Config, Role};
+use crate::config::{Capacity, Config, Role};
 use crate::network::admission::RefusedClaim;
 use crate::network::{Peer, vtep_mac};
 
@@ -20,12 +20,15 @@ pub const LABEL_PREFIX: &str = "label_";
 
 pub fn registration(config: &Config, underlay_ip: Ipv4Addr) -> ServiceRegistration {
     let a = config.node.address;
+    let capacity = config.node.capacity.resolve();
     let meta: BTreeMap<String, String> = [
         ("arpanet_address", a.to_string()),
         ("underlay_ip", underlay_ip.to_string()),
         ("vtep_mac", vtep_mac(a).to_string()),
         ("docker_api", crate::plan::docker_api(config)),
         ("role", config.node.role.to_string()),
+        ("capacity_cpu", capacity.cpu.to_string()),
+        ("capacity_memory", capacity.memory.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -57,6 +60,9 @@ pub struct CatalogNode {
     pub underlay_ip: Ipv4Addr,
     pub role: Role,
     pub labels: BTreeMap<String, String>,
+    /// What cluster services may reserve there; `None` from a release that did not
+    /// say, which places as before (without limit).
+    pub capacity: Option<Capacity>,
     /// Every check of its entry passes (its agent is alive in the gossip pool).
     pub healthy: bool,
 }
@@ -157,6 +163,17 @@ fn role_of(e: &HealthEntry) -> Role {
     }
 }
 
+/// The capacity a node publishes. Any other node could have written the meta, so a
+/// part that is there but not a number offers nothing rather than everything.
+fn capacity_of(e: &HealthEntry) -> Option<Capacity> {
+    let meta = &e.service.meta;
+    let (cpu, memory) = (meta.get("capacity_cpu")?, meta.get("capacity_memory")?);
+    Some(Capacity {
+        cpu: cpu.parse().unwrap_or(0),
+        memory: memory.parse().unwrap_or(0),
+    })
+}
+
 fn labels_of(e: &HealthEntry) -> BTreeMap<String, String> {
     e.service
         .meta
@@ -190,6 +207,7 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
                 underlay_ip,
                 role: role_of(e),
                 labels: labels_of(e),
+                capacity: capacity_of(e),
                 healthy: e.passing(),
             });
             continue;
@@ -226,12 +244,14 @@ pub fn catalog_from(entries: &[HealthEntry], previous: &[CatalogNode]) -> Catalo
     Catalog { nodes, refused }
 }
 
-/// A node as placement sees it: where it is in the plan, its role and its labels.
+/// A node as placement sees it: where it is in the plan, its role, its labels and what
+/// it offers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Node {
     pub address: NodeAddress,
     pub role: Role,
     pub labels: BTreeMap<String, String>,
+    pub capacity: Option<Capacity>,
 }
 
 impl From<&CatalogNode> for Node {
@@ -240,6 +260,7 @@ impl From<&CatalogNode> for Node {
             address: n.address,
             role: n.role,
             labels: n.labels.clone(),
+            capacity: n.capacity,
         }
     }
 }

@@ -14,6 +14,10 @@ pub const LABEL_SERVICE: &str = "arpanet.service";
 pub const LABEL_TAGS: &str = "arpanet.service.tags";
 pub const LABEL_PORT: &str = "arpanet.service.port";
 pub const LABEL_CHECK: &str = "arpanet.service.check";
+/// The cluster service version an instance runs, from version 2 on.
+pub const LABEL_VERSION: &str = "arpanet.service.version";
+/// Its registration's meta key: what a rollout watches for.
+pub const META_VERSION: &str = "version";
 
 /// The check of a containers.d `service`, as it travels in a label.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,10 +139,17 @@ pub fn services(node: &str, node_address: &str, c: &Running) -> Vec<ServiceRegis
                 tags,
                 address: ip.to_string(),
                 port,
-                meta: BTreeMap::from([
-                    ("arpanet_node".to_string(), node_address.to_string()),
-                    ("container_id".to_string(), c.id.clone()),
-                ]),
+                meta: {
+                    let mut meta = BTreeMap::from([
+                        ("arpanet_node".to_string(), node_address.to_string()),
+                        ("container_id".to_string(), c.id.clone()),
+                    ]);
+                    // Only from version 2: an upgrade re-registers nothing.
+                    if let Some(v) = c.labels.get(LABEL_VERSION) {
+                        meta.insert(META_VERSION.to_string(), v.clone());
+                    }
+                    meta
+                },
                 check,
             }
         })

@@ -628,6 +628,7 @@ mod tests {
                     underlay_ip: p.underlay_ip,
                     role: crate::config::Role::Server,
                     labels: Default::default(),
+                    capacity: None,
                     healthy: true,
                 })
                 .collect(),

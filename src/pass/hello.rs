@@ -191,6 +191,7 @@ mod tests {
                     underlay_ip: p.underlay_ip,
                     role: crate::config::Role::Client,
                     labels: Default::default(),
+                    capacity: None,
                     healthy: true,
                 })
                 .collect(),
@@ -203,6 +204,7 @@ mod tests {
             underlay_ip: Ipv4Addr::new(192, 168, 8, 4),
             role: crate::config::Role::Client,
             labels: Default::default(),
+            capacity: None,
             healthy: true,
         });
         assert!(greeted_also(me, Some(&catalog), &peers, &join).is_empty());

@@ -84,6 +84,7 @@ mod tests {
             underlay_ip: p.underlay_ip,
             role: crate::config::Role::Client,
             labels: Default::default(),
+            capacity: None,
             healthy: true,
         }
     }

@@ -7,7 +7,9 @@
 //! rank highest for that service by rendezvous hashing. Losing a node therefore only
 //! adds its share to the survivors, and its return only takes that share back.
 
+pub mod driver;
 pub mod reconcile;
+pub mod rollout;
 pub mod store;
 pub mod wire;
 
@@ -17,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::addressing::NodeAddress;
-use crate::config::Role;
 use crate::config::containers::{ContainerName, ContainerSpec, ServiceSpec};
+use crate::config::{Capacity, Role};
 use crate::consul::node::Node;
+pub use rollout::{Previous, Rollout, RolloutState, UpdateConfig};
 
 /// A cluster service: what to run and how many. In KV and the API it is
-/// [`wire::ServiceDefV1`].
+/// [`wire::ServiceDefV2`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDef {
     pub name: ServiceName,
@@ -31,6 +34,70 @@ pub struct ServiceDef {
     pub spec: ContainerSpec,
     pub replicas: u32,
     pub constraints: Constraints,
+    /// `spec`'s version: 1 at creation, one more at each update.
+    pub version: u64,
+    /// The spec before the last update, which a rollback puts back.
+    pub previous: Option<Previous>,
+    /// How the last update rolled out, and how a rollback does.
+    pub update: UpdateConfig,
+    pub rollout: Option<Rollout>,
+}
+
+impl ServiceDef {
+    /// A new service, at version 1 with no history.
+    pub fn new(
+        name: ServiceName,
+        spec: ContainerSpec,
+        replicas: u32,
+        constraints: Constraints,
+    ) -> Self {
+        Self {
+            name,
+            spec,
+            replicas,
+            constraints,
+            version: 1,
+            previous: None,
+            update: UpdateConfig::default(),
+            rollout: None,
+        }
+    }
+
+    /// The version and spec instance `name` runs: while a rollout splits the service,
+    /// the instances it has not reached yet keep the previous spec (and new ones, say
+    /// from a scale-up, start on the current one).
+    pub fn spec_for(&self, instance: &str) -> (u64, &ContainerSpec) {
+        match (&self.rollout, &self.previous) {
+            (Some(r), Some(p)) if r.state.splits() && r.remaining.contains(instance) => {
+                (p.version, &p.spec)
+            }
+            _ => (self.version, &self.spec),
+        }
+    }
+
+    /// What one instance reserves: the larger of the two specs while a rollout runs
+    /// both, so neither is placed where it would not fit.
+    pub fn reservation(&self) -> Capacity {
+        let mut r = reservation(&self.spec);
+        if let (Some(rollout), Some(p)) = (&self.rollout, &self.previous)
+            && rollout.state.splits()
+        {
+            let q = reservation(&p.spec);
+            r = Capacity {
+                cpu: r.cpu.max(q.cpu),
+                memory: r.memory.max(q.memory),
+            };
+        }
+        r
+    }
+}
+
+/// A spec's `cpu` (shares, 1024 to a CPU) and `memory` are what each instance reserves.
+pub fn reservation(spec: &ContainerSpec) -> Capacity {
+    Capacity {
+        cpu: spec.cpu.map_or(0, |c| u64::from(c.0)),
+        memory: spec.memory.map_or(0, |m| m.0),
+    }
 }
 
 /// Where a service may run. Empty lists allow every node.
@@ -204,6 +271,147 @@ pub fn share_of(
     service.replicas / n + u32::from(rank < service.replicas % n)
 }
 
+/// Where every service's instances go when nodes have limits: each node's count, and
+/// what could be placed nowhere, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub shares: BTreeMap<ServiceName, BTreeMap<NodeAddress, u32>>,
+    pub unplaced: BTreeMap<ServiceName, Unplaced>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub count: u32,
+    pub why: String,
+}
+
+impl Plan {
+    pub fn share(&self, service: &ServiceName, node: NodeAddress) -> u32 {
+        self.shares
+            .get(service)
+            .and_then(|s| s.get(&node))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// How many instances of `r` fit into `free`; no limit without a capacity or a
+/// reservation.
+fn fits(free: Option<Capacity>, r: Capacity) -> u64 {
+    let Some(free) = free else { return u64::MAX };
+    let per = |have: u64, need: u64| have.checked_div(need).unwrap_or(u64::MAX);
+    per(free.cpu, r.cpu).min(per(free.memory, r.memory))
+}
+
+fn human_reservation(r: Capacity) -> String {
+    let mut parts = Vec::new();
+    if r.cpu > 0 {
+        parts.push(format!(
+            "{} CPU",
+            r.cpu as f64 / crate::config::SHARES_PER_CPU as f64
+        ));
+    }
+    if r.memory > 0 {
+        parts.push(format!("{} MiB", r.memory.div_ceil(1 << 20)));
+    }
+    parts.join(" and ")
+}
+
+/// Placement of every service, the same on every node. A service that reserves nothing
+/// is [`shares`]. One that reserves CPU or memory is placed in name order: each node
+/// first takes what it fits of its even share, then what did not fit goes one at a
+/// time to the admitted node with room that runs the fewest of it (ties by rank).
+/// What fits nowhere is [`Unplaced`], never put on a node that has no room. While
+/// every service fits, this is [`shares`], so a lost node still moves only its own.
+pub fn plan(services: &[ServiceDef], nodes: &[Node], drained: &[NodeAddress]) -> Plan {
+    let mut free: BTreeMap<NodeAddress, Option<Capacity>> =
+        nodes.iter().map(|n| (n.address, n.capacity)).collect();
+    let mut plan = Plan::default();
+    let mut sorted: Vec<&ServiceDef> = services.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in sorted {
+        let ideal = shares(s, nodes, drained);
+        let admitted: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| !drained.contains(&n.address) && s.constraints.admits(n))
+            .collect();
+        if admitted.is_empty() && s.replicas > 0 {
+            plan.unplaced.insert(
+                s.name.clone(),
+                Unplaced {
+                    count: s.replicas,
+                    why: "no healthy, undrained node meets its constraints".into(),
+                },
+            );
+        }
+        let r = s.reservation();
+        if r == Capacity::default() {
+            plan.shares.insert(s.name.clone(), ideal);
+            continue;
+        }
+        let name = s.name.as_str();
+        let mut ranked: Vec<NodeAddress> = admitted.iter().map(|n| n.address).collect();
+        ranked.sort();
+        ranked.dedup();
+        ranked.sort_by_cached_key(|a| std::cmp::Reverse(score(name, *a)));
+        let mut got: BTreeMap<NodeAddress, u32> = BTreeMap::new();
+        let take = |a: NodeAddress,
+                    free: &mut BTreeMap<NodeAddress, Option<Capacity>>,
+                    got: &mut BTreeMap<NodeAddress, u32>| {
+            if let Some(Some(f)) = free.get_mut(&a) {
+                f.cpu -= r.cpu;
+                f.memory -= r.memory;
+            }
+            *got.entry(a).or_insert(0) += 1;
+        };
+        let mut overflow = 0u32;
+        for a in &ranked {
+            let want = ideal.get(a).copied().unwrap_or(0);
+            let room = fits(free.get(a).copied().flatten(), r).min(u64::from(want)) as u32;
+            for _ in 0..room {
+                take(*a, &mut free, &mut got);
+            }
+            overflow += want - room;
+        }
+        while overflow > 0 {
+            let next = ranked
+                .iter()
+                .filter(|a| fits(free.get(a).copied().flatten(), r) > 0)
+                .min_by_key(|a| got.get(a).copied().unwrap_or(0));
+            let Some(a) = next else { break };
+            take(*a, &mut free, &mut got);
+            overflow -= 1;
+        }
+        if overflow > 0 {
+            plan.unplaced.insert(
+                s.name.clone(),
+                Unplaced {
+                    count: overflow,
+                    why: format!(
+                        "no node that meets its constraints has {} free",
+                        human_reservation(r)
+                    ),
+                },
+            );
+        }
+        got.retain(|_, c| *c > 0);
+        plan.shares.insert(s.name.clone(), got);
+    }
+    plan
+}
+
+/// Every instance of `service` the cluster should run, by name, on its node.
+pub fn placed_instances(service: &ServiceName, plan: &Plan) -> Vec<(String, NodeAddress)> {
+    let mut out = Vec::new();
+    for (node, count) in plan.shares.get(service).into_iter().flatten() {
+        for k in 1..=*count {
+            out.push((instance_name(service, *node, k), *node));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// One instance this node should run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
@@ -211,7 +419,11 @@ pub struct Instance {
     /// Docker's name, unique in the cluster: `web_0.2_1` is web's first on node 0.2.
     pub name: String,
     pub spec: ContainerSpec,
+    /// The service version of `spec`.
+    pub version: u64,
 }
+
+pub use crate::containers::registration::LABEL_VERSION;
 
 pub fn instance_name(service: &ServiceName, node: NodeAddress, k: u32) -> String {
     format!("{service}_{node}_{k}")
@@ -225,12 +437,25 @@ pub fn instances_for(
     nodes: &[Node],
     drained: &[NodeAddress],
 ) -> Vec<Instance> {
+    // Only services that reserve something compete for room; the others are placed
+    // alone, in one score per node.
+    let reserving: Vec<ServiceDef> = services
+        .iter()
+        .filter(|s| s.reservation() != Capacity::default())
+        .cloned()
+        .collect();
+    let capped = plan(&reserving, nodes, drained);
     let mut out = Vec::new();
     for s in services {
-        let count = share_of(s, nodes, drained, me);
+        let count = if s.reservation() == Capacity::default() {
+            share_of(s, nodes, drained, me)
+        } else {
+            capped.share(&s.name, me)
+        };
         for k in 1..=count {
             let name = instance_name(&s.name, me, k);
-            let mut spec = s.spec.clone();
+            let (version, spec) = s.spec_for(&name);
+            let mut spec = spec.clone();
             spec.name = ContainerName::try_from(name.clone()).expect("built from valid parts");
             let service = spec.service.get_or_insert_with(|| ServiceSpec {
                 name: None,
@@ -239,10 +464,17 @@ pub fn instances_for(
                 check: None,
             });
             service.name.get_or_insert_with(|| s.name.to_string());
+            // Version 1 carries no label, so an upgrade to this release changes no
+            // instance's spec hash (and replaces none).
+            if version > 1 {
+                spec.labels
+                    .insert(LABEL_VERSION.to_string(), version.to_string());
+            }
             out.push(Instance {
                 service: s.name.clone(),
                 name,
                 spec,
+                version,
             });
         }
     }
@@ -259,6 +491,7 @@ mod tests {
             address: a.parse().unwrap(),
             role,
             labels: BTreeMap::new(),
+            capacity: None,
         }
     }
 
@@ -273,12 +506,12 @@ mod tests {
             "name = \"{name}\"\nimage = \"busybox:1\"\ncommand = [\"sleep\", \"1d\"]\n"
         ))
         .unwrap();
-        ServiceDef {
-            name: ServiceName::try_from(name.to_string()).unwrap(),
+        ServiceDef::new(
+            ServiceName::try_from(name.to_string()).unwrap(),
             spec,
             replicas,
-            constraints: Constraints::default(),
-        }
+            Constraints::default(),
+        )
     }
 
     fn counts(s: &ServiceDef, nodes: &[Node], drained: &[NodeAddress]) -> Vec<u32> {
@@ -347,6 +580,128 @@ mod tests {
         assert!(ServiceName::try_from("web-1".to_string()).is_ok());
         for bad in ["", "Web", "web_1", "-web", "web.x", &"a".repeat(64)] {
             assert!(ServiceName::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    fn reserving(name: &str, replicas: u32, cpus: f64, memory_mib: u64) -> ServiceDef {
+        let mut s = service(name, replicas);
+        s.spec.cpu = Some(crate::config::containers::CpuShares(
+            (cpus * crate::config::SHARES_PER_CPU as f64) as u32,
+        ));
+        s.spec.memory = Some(crate::config::containers::MemoryLimit(memory_mib << 20));
+        s
+    }
+
+    fn with_capacity(mut n: Node, cpus: u64, memory_mib: u64) -> Node {
+        n.capacity = Some(Capacity {
+            cpu: cpus * crate::config::SHARES_PER_CPU,
+            memory: memory_mib << 20,
+        });
+        n
+    }
+
+    fn total_on(plan: &Plan, services: &[ServiceDef], node: NodeAddress) -> Capacity {
+        let mut used = Capacity::default();
+        for s in services {
+            let k = u64::from(plan.share(&s.name, node));
+            used.cpu += k * s.reservation().cpu;
+            used.memory += k * s.reservation().memory;
+        }
+        used
+    }
+
+    #[test]
+    fn a_small_node_never_gets_more_than_it_has_and_the_rest_go_elsewhere() {
+        let mut all = nodes(3);
+        all[0] = with_capacity(all[0].clone(), 1, 256);
+        let svc = [reserving("web", 6, 0.5, 100)];
+        let plan = plan(&svc, &all, &[]);
+        // 0.1 fits two of 100 MiB in 256 MiB; its third goes to the others.
+        assert_eq!(plan.share(&svc[0].name, all[0].address), 2);
+        let placed: u32 = all
+            .iter()
+            .map(|n| plan.share(&svc[0].name, n.address))
+            .sum();
+        assert_eq!(placed, 6);
+        assert!(plan.unplaced.is_empty());
+        let used = total_on(&plan, &svc, all[0].address);
+        assert!(used.memory <= 256 << 20 && used.cpu <= 1024, "{used:?}");
+    }
+
+    #[test]
+    fn a_service_that_fits_nowhere_is_reported_not_overcommitted() {
+        let all: Vec<Node> = nodes(2)
+            .into_iter()
+            .map(|n| with_capacity(n, 1, 256))
+            .collect();
+        let big = reserving("big", 1, 2.0, 10);
+        let plan = plan(std::slice::from_ref(&big), &all, &[]);
+        assert!(plan.shares[&big.name].is_empty());
+        let u = &plan.unplaced[&big.name];
+        assert_eq!(u.count, 1);
+        assert_eq!(
+            u.why,
+            "no node that meets its constraints has 2 CPU and 10 MiB free"
+        );
+        // Instances of a service that does not fit are not given to this node either.
+        assert!(instances_for(all[0].address, &[big], &all, &[]).is_empty());
+    }
+
+    #[test]
+    fn services_that_reserve_nothing_and_nodes_without_capacity_are_unlimited() {
+        let all = nodes(3);
+        let plain = service("plain", 7);
+        let res = reserving("res", 7, 1.0, 64);
+        let plan = plan(&[plain.clone(), res.clone()], &all, &[]);
+        assert_eq!(plan.shares[&plain.name], shares(&plain, &all, &[]));
+        assert_eq!(plan.shares[&res.name], shares(&res, &all, &[]));
+    }
+
+    proptest! {
+        /// Capacity is never exceeded, every instance is placed or reported, and while
+        /// everything fits the placement is the even one.
+        #[test]
+        fn capacity_holds_and_fitting_services_keep_the_even_spread(
+            replicas in 0u32..20, n in 1u8..6, mem in 0u64..600, cpus in 1u64..4,
+        ) {
+            let all: Vec<Node> = nodes(n).into_iter().map(|x| with_capacity(x, cpus, mem)).collect();
+            let svc = [reserving("a", replicas, 0.5, 100), reserving("b", replicas / 2, 0.25, 50)];
+            let plan = plan(&svc, &all, &[]);
+            for node in &all {
+                let used = total_on(&plan, &svc, node.address);
+                prop_assert!(used.memory <= mem << 20 && used.cpu <= cpus * 1024, "{:?}", used);
+            }
+            for s in &svc {
+                let placed: u32 = all.iter().map(|x| plan.share(&s.name, x.address)).sum();
+                let unplaced = plan.unplaced.get(&s.name).map_or(0, |u| u.count);
+                prop_assert_eq!(placed + unplaced, s.replicas);
+            }
+            if plan.unplaced.is_empty() && all.iter().all(|x| {
+                let per = |s: &ServiceDef| u64::from(shares(s, &all, &[]).get(&x.address).copied().unwrap_or(0));
+                per(&svc[0]) * 100 + per(&svc[1]) * 50 <= mem
+                    && per(&svc[0]) * 512 + per(&svc[1]) * 256 <= cpus * 1024
+            }) {
+                prop_assert_eq!(&plan.shares[&svc[0].name], &shares(&svc[0], &all, &[]));
+            }
+        }
+
+        /// With room to spare, a lost node's instances go to the others and no other
+        /// instance moves.
+        #[test]
+        fn with_room_a_lost_node_moves_only_its_share(replicas in 0u32..30, n in 2u8..8, lost in 0usize..8) {
+            let all: Vec<Node> = nodes(n).into_iter().map(|x| with_capacity(x, 64, 1 << 20)).collect();
+            let svc = [reserving("svc", replicas, 0.5, 100)];
+            let lost = all[lost % all.len()].address;
+            let before = plan(&svc, &all, &[]);
+            let after = plan(&svc, &all, &[lost]);
+            let mut gained = 0;
+            for x in &all {
+                if x.address == lost { continue; }
+                let (b, a) = (before.share(&svc[0].name, x.address), after.share(&svc[0].name, x.address));
+                prop_assert!(a >= b);
+                gained += a - b;
+            }
+            prop_assert_eq!(gained, before.share(&svc[0].name, lost));
         }
     }
 

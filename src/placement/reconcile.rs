@@ -15,6 +15,7 @@ pub fn me(node: &crate::config::NodeConfig) -> Node {
         address: node.address,
         role: node.role,
         labels: node.labels.clone(),
+        capacity: Some(node.capacity.resolve()),
     }
 }
 
@@ -122,6 +123,7 @@ mod tests {
             address: "0.9".parse().unwrap(),
             role: Role::Client,
             labels: Default::default(),
+            capacity: None,
         };
         let nodes = cluster_nodes(&Catalog::default(), &me);
         assert_eq!(nodes, std::slice::from_ref(&me));
@@ -131,6 +133,7 @@ mod tests {
                 underlay_ip: std::net::Ipv4Addr::new(192, 168, 8, 9),
                 role: Role::Client,
                 labels: Default::default(),
+                capacity: None,
                 healthy: true,
             }],
             refused: vec![],

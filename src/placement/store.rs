@@ -112,7 +112,7 @@ mod tests {
             (format!("{DRAINED}0.3"), Vec::new()),
             (
                 format!("{SERVICES}next"),
-                br#"{"v":2,"name":"next","replicas":1,"spec":{"name":"next","image":"busybox:1"},"surge":1}"#.to_vec(),
+                br#"{"v":3,"name":"next","replicas":1,"spec":{"name":"next","image":"busybox:1"},"surge":1}"#.to_vec(),
             ),
             (
                 format!("{TEMPLATES}next"),
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(broken, ["bad", "other", "next"]);
         assert_eq!(
             state.broken[2].1,
-            "arpanet/cluster/services/next: record version 2 is newer than this arpanet reads (up to 1); upgrade this node"
+            "arpanet/cluster/services/next: record version 3 is newer than this arpanet reads (up to 2); upgrade this node"
         );
         assert_eq!(state.broken_templates.len(), 1);
         assert!(

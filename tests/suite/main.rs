@@ -21,6 +21,7 @@ mod overlay;
 mod packaging;
 mod registration;
 mod renew;
+mod rollouts;
 mod scale;
 mod service_logs;
 mod services;

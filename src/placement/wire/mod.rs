@@ -29,10 +29,13 @@ use serde::de::DeserializeOwned;
 use crate::http::{field_error, parse_json};
 use serde::{Deserialize, Serialize};
 
-pub use records::{ConstraintsV1, CreateServiceV1, RoleV1, ScaleV1, ServiceDefV1, TemplateRowV1};
+pub use records::{
+    ConstraintsV1, CreateServiceV1, RoleV1, ScaleV1, ServiceDefV1, ServiceDefV2, ServiceRecord,
+    TemplateRowV1, UpdateConfigV2, UpdateServiceV1,
+};
 pub use spec::ContainerSpecV1;
 
-/// The newest record version this release reads.
+/// The newest version this release reads of records that have only version 1.
 pub const READS_UP_TO: u64 = 1;
 
 /// Why a record or body is not one this release can use.
@@ -42,9 +45,9 @@ pub enum WireError {
     #[error("{0}")]
     Json(String),
     #[error(
-        "record version {found} is newer than this arpanet reads (up to {READS_UP_TO}); upgrade this node"
+        "record version {found} is newer than this arpanet reads (up to {newest}); upgrade this node"
     )]
-    NewerVersion { found: u64 },
+    NewerVersion { found: u64, newest: u64 },
     #[error("v: `{0}` is not a record version (a whole number from 1)")]
     BadVersion(String),
     /// A field whose value is well-formed alone but not with the others.
@@ -74,15 +77,29 @@ impl WireError {
 
 /// The version a record says it is, taken out of it so that the version's own struct
 /// (which denies unknown fields) reads the rest.
-fn take_version(value: &mut serde_json::Value) -> Result<u64, WireError> {
+fn take_version(value: &mut serde_json::Value, newest: u64) -> Result<u64, WireError> {
     let Some(v) = value.as_object_mut().and_then(|o| o.remove("v")) else {
         return Ok(1);
     };
     match v.as_u64() {
-        Some(n @ 1..=READS_UP_TO) => Ok(n),
-        Some(n) if n > READS_UP_TO => Err(WireError::NewerVersion { found: n }),
+        Some(n) if (1..=newest).contains(&n) => Ok(n),
+        Some(n) if n > newest => Err(WireError::NewerVersion { found: n, newest }),
         _ => Err(WireError::BadVersion(v.to_string())),
     }
+}
+
+/// A record of a type with versions up to `newest`: its version, and the JSON of the
+/// rest for that version's struct.
+pub fn versioned(bytes: &[u8], newest: u64) -> Result<(u64, serde_json::Value), WireError> {
+    let mut value: serde_json::Value = parse_json(bytes).map_err(WireError::Json)?;
+    let v = take_version(&mut value, newest)?;
+    Ok((v, value))
+}
+
+/// One version's struct from [`versioned`]'s JSON, with the path of the field that is
+/// wrong.
+pub fn read_as<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, WireError> {
+    serde_path_to_error::deserialize(value).map_err(|e| WireError::Json(field_error(e)))
 }
 
 /// A record or body of version 1 (the only one so far) from JSON, with the path of the
@@ -93,8 +110,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 }
 
 pub fn decode_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, WireError> {
-    take_version(&mut value)?;
-    serde_path_to_error::deserialize(value).map_err(|e| WireError::Json(field_error(e)))
+    take_version(&mut value, READS_UP_TO)?;
+    read_as(value)
 }
 
 /// A record as written: version 1, so without `v` (see the module's notes).
@@ -134,7 +151,13 @@ mod tests {
         assert_eq!(one.replicas, 2);
         // A newer record's new fields never get as far as an "unknown field".
         let e = decode::<ScaleV1>(br#"{"v":2,"replicas":2,"surge":1}"#).unwrap_err();
-        assert_eq!(e, WireError::NewerVersion { found: 2 });
+        assert_eq!(
+            e,
+            WireError::NewerVersion {
+                found: 2,
+                newest: 1
+            }
+        );
         assert_eq!(
             e.to_string(),
             "record version 2 is newer than this arpanet reads (up to 1); upgrade this node"

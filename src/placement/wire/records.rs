@@ -1,18 +1,27 @@
 //! Version 1 of the service records in KV and of the API's service and template bodies.
 //!
-//! - `arpanet/cluster/services/NAME`: a [`ServiceDefV1`]; the API answers with it too.
+//! - `arpanet/cluster/services/NAME`: a [`ServiceDefV1`], or a [`ServiceDefV2`] once
+//!   the service was updated (its version, previous spec and rollout); the API answers
+//!   with the same ([`ServiceRecord`]).
 //! - `arpanet/cluster/templates/NAME`: a [`ContainerSpecV1`] at the top level.
 //! - `arpanet/cluster/drained/ADDRESS`: no body (the key's presence is the record).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::DurationV1;
 use super::{ContainerSpecV1, WireError};
 use crate::addressing::NodeAddress;
 use crate::config::Role;
 use crate::config::containers::ContainerSpec;
-use crate::placement::{Constraints, ServiceDef, ServiceName};
+use crate::placement::rollout::{FailureAction, Order};
+use crate::placement::{
+    Constraints, Previous, Rollout, RolloutState, ServiceDef, ServiceName, UpdateConfig,
+};
+
+/// The newest service record version this release reads.
+pub const SERVICE_READS_UP_TO: u64 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +69,110 @@ pub struct CreateServiceV1 {
     pub replicas: i64,
     #[serde(default)]
     pub constraints: ConstraintsV1,
+}
+
+/// A service record once it has history: version 1's fields and the update's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDefV2 {
+    pub name: ServiceName,
+    pub spec: ContainerSpecV1,
+    pub replicas: u32,
+    #[serde(default)]
+    pub constraints: ConstraintsV1,
+    pub version: u64,
+    #[serde(default)]
+    pub previous: Option<PreviousV2>,
+    #[serde(default)]
+    pub update: UpdateConfigV2,
+    #[serde(default)]
+    pub rollout: Option<RolloutV2>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousV2 {
+    pub version: u64,
+    pub spec: ContainerSpecV1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureActionV2 {
+    Pause,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderV2 {
+    StopFirst,
+    StartFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfigV2 {
+    pub parallel: u32,
+    pub delay: DurationV1,
+    pub monitor: DurationV1,
+    pub failure_action: FailureActionV2,
+    pub order: OrderV2,
+}
+
+impl Default for UpdateConfigV2 {
+    fn default() -> Self {
+        Self::from(&UpdateConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStateV2 {
+    Updating,
+    RollingBack,
+    Paused,
+    Completed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutV2 {
+    pub state: RolloutStateV2,
+    #[serde(default)]
+    pub remaining: BTreeSet<String>,
+    #[serde(default)]
+    pub batch: BTreeSet<String>,
+    #[serde(default)]
+    pub batch_started: u64,
+    #[serde(default)]
+    pub seen: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub batch_ended: u64,
+    pub started: u64,
+    #[serde(default)]
+    pub ended: Option<u64>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub driver: Option<NodeAddress>,
+}
+
+/// `PUT /v1/services/NAME/update`: what changes (nothing named stays), and how it
+/// rolls out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateServiceV1 {
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Set (or, with an empty value, removed) in the spec's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    #[serde(default)]
+    pub update: Option<UpdateConfigV2>,
 }
 
 /// `PUT /v1/services/NAME/replicas`.
@@ -131,11 +244,153 @@ impl From<&ServiceDef> for ServiceDefV1 {
 impl TryFrom<ServiceDefV1> for ServiceDef {
     type Error = WireError;
     fn try_from(w: ServiceDefV1) -> Result<Self, WireError> {
+        Ok(Self::new(
+            w.name,
+            ContainerSpec::try_from(w.spec).map_err(|e| e.within("spec"))?,
+            w.replicas,
+            w.constraints.into(),
+        ))
+    }
+}
+
+impl From<&UpdateConfig> for UpdateConfigV2 {
+    fn from(u: &UpdateConfig) -> Self {
+        Self {
+            parallel: u.parallel,
+            delay: DurationV1(u.delay),
+            monitor: DurationV1(u.monitor),
+            failure_action: match u.failure_action {
+                FailureAction::Pause => FailureActionV2::Pause,
+                FailureAction::Rollback => FailureActionV2::Rollback,
+            },
+            order: match u.order {
+                Order::StopFirst => OrderV2::StopFirst,
+                Order::StartFirst => OrderV2::StartFirst,
+            },
+        }
+    }
+}
+
+impl TryFrom<UpdateConfigV2> for UpdateConfig {
+    type Error = WireError;
+    fn try_from(u: UpdateConfigV2) -> Result<Self, WireError> {
+        if u.parallel == 0 {
+            return Err(WireError::at("parallel", "must be at least 1"));
+        }
+        Ok(Self {
+            parallel: u.parallel,
+            delay: u.delay.0,
+            monitor: u.monitor.0,
+            failure_action: match u.failure_action {
+                FailureActionV2::Pause => FailureAction::Pause,
+                FailureActionV2::Rollback => FailureAction::Rollback,
+            },
+            order: match u.order {
+                OrderV2::StopFirst => Order::StopFirst,
+                OrderV2::StartFirst => Order::StartFirst,
+            },
+        })
+    }
+}
+
+impl From<RolloutState> for RolloutStateV2 {
+    fn from(s: RolloutState) -> Self {
+        match s {
+            RolloutState::Updating => Self::Updating,
+            RolloutState::RollingBack => Self::RollingBack,
+            RolloutState::Paused => Self::Paused,
+            RolloutState::Completed => Self::Completed,
+            RolloutState::RolledBack => Self::RolledBack,
+        }
+    }
+}
+
+impl From<RolloutStateV2> for RolloutState {
+    fn from(s: RolloutStateV2) -> Self {
+        match s {
+            RolloutStateV2::Updating => Self::Updating,
+            RolloutStateV2::RollingBack => Self::RollingBack,
+            RolloutStateV2::Paused => Self::Paused,
+            RolloutStateV2::Completed => Self::Completed,
+            RolloutStateV2::RolledBack => Self::RolledBack,
+        }
+    }
+}
+
+impl From<&Rollout> for RolloutV2 {
+    fn from(r: &Rollout) -> Self {
+        Self {
+            state: r.state.into(),
+            remaining: r.remaining.clone(),
+            batch: r.batch.clone(),
+            batch_started: r.batch_started,
+            seen: r.seen.clone(),
+            batch_ended: r.batch_ended,
+            started: r.started,
+            ended: r.ended,
+            message: r.message.clone(),
+            driver: r.driver,
+        }
+    }
+}
+
+impl From<RolloutV2> for Rollout {
+    fn from(r: RolloutV2) -> Self {
+        Self {
+            state: r.state.into(),
+            remaining: r.remaining,
+            batch: r.batch,
+            batch_started: r.batch_started,
+            seen: r.seen,
+            batch_ended: r.batch_ended,
+            started: r.started,
+            ended: r.ended,
+            message: r.message,
+            driver: r.driver,
+        }
+    }
+}
+
+impl From<&ServiceDef> for ServiceDefV2 {
+    fn from(d: &ServiceDef) -> Self {
+        Self {
+            name: d.name.clone(),
+            spec: ContainerSpecV1::from(&d.spec),
+            replicas: d.replicas,
+            constraints: ConstraintsV1::from(&d.constraints),
+            version: d.version,
+            previous: d.previous.as_ref().map(|p| PreviousV2 {
+                version: p.version,
+                spec: ContainerSpecV1::from(&p.spec),
+            }),
+            update: UpdateConfigV2::from(&d.update),
+            rollout: d.rollout.as_ref().map(RolloutV2::from),
+        }
+    }
+}
+
+impl TryFrom<ServiceDefV2> for ServiceDef {
+    type Error = WireError;
+    fn try_from(w: ServiceDefV2) -> Result<Self, WireError> {
+        if w.version == 0 {
+            return Err(WireError::at("version", "must be at least 1"));
+        }
+        let previous = match w.previous {
+            Some(p) => Some(Previous {
+                version: p.version,
+                spec: ContainerSpec::try_from(p.spec).map_err(|e| e.within("previous.spec"))?,
+            }),
+            None => None,
+        };
         Ok(Self {
             name: w.name,
             spec: ContainerSpec::try_from(w.spec).map_err(|e| e.within("spec"))?,
             replicas: w.replicas,
             constraints: w.constraints.into(),
+            version: w.version,
+            previous,
+            update: UpdateConfig::try_from(w.update).map_err(|e| e.within("update"))?,
+            rollout: w.rollout.map(Rollout::from),
         })
     }
 }
@@ -143,11 +398,57 @@ impl TryFrom<ServiceDefV1> for ServiceDef {
 impl ServiceDef {
     /// A service record from KV or an API answer: version checked, then every field.
     pub fn from_json(bytes: &[u8]) -> Result<Self, WireError> {
-        super::decode::<ServiceDefV1>(bytes).and_then(Self::try_from)
+        let (v, value) = super::versioned(bytes, SERVICE_READS_UP_TO)?;
+        match v {
+            1 => super::read_as::<ServiceDefV1>(value).and_then(Self::try_from),
+            _ => super::read_as::<ServiceDefV2>(value).and_then(Self::try_from),
+        }
     }
 
+    /// Version 1 while the service has no history, so that nodes of the release before
+    /// updates keep reading every service nobody updated.
     pub fn to_json(&self) -> Vec<u8> {
-        super::encode(&ServiceDefV1::from(self))
+        serde_json::to_vec(&ServiceRecord(self.clone())).expect("a wire record always serializes")
+    }
+
+    fn has_history(&self) -> bool {
+        self.version != 1
+            || self.previous.is_some()
+            || self.rollout.is_some()
+            || self.update != UpdateConfig::default()
+    }
+}
+
+/// A service as the API answers and KV holds it, in the oldest version that says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord(pub ServiceDef);
+
+impl Serialize for ServiceRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.0.has_history() {
+            return ServiceDefV1::from(&self.0).serialize(s);
+        }
+        #[derive(Serialize)]
+        struct Tagged {
+            v: u64,
+            #[serde(flatten)]
+            def: ServiceDefV2,
+        }
+        Tagged {
+            v: 2,
+            def: ServiceDefV2::from(&self.0),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let bytes = serde_json::to_vec(&value).map_err(serde::de::Error::custom)?;
+        ServiceDef::from_json(&bytes)
+            .map(ServiceRecord)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -183,16 +484,16 @@ mod tests {
     }
 
     fn web_def() -> ServiceDef {
-        ServiceDef {
-            name: ServiceName::try_from("web".to_string()).unwrap(),
-            spec: web_spec(),
-            replicas: 3,
-            constraints: Constraints {
+        ServiceDef::new(
+            ServiceName::try_from("web".to_string()).unwrap(),
+            web_spec(),
+            3,
+            Constraints {
                 roles: vec![Role::Server],
                 nodes: vec!["0.2".parse().unwrap(), "0.3".parse().unwrap()],
                 labels: [("zone".to_string(), "a".to_string())].into(),
             },
-        }
+        )
     }
 
     #[test]
@@ -307,12 +608,46 @@ mod tests {
     fn a_newer_record_is_one_error_naming_its_version() {
         let mut v2: serde_json::Value =
             serde_json::from_slice(&fixture("service-v0.json")).unwrap();
-        v2["v"] = 2.into();
+        v2["v"] = 3.into();
         v2["spec"]["seccomp"] = "strict".into();
         let e = ServiceDef::from_json(&serde_json::to_vec(&v2).unwrap()).unwrap_err();
-        assert_eq!(e, WireError::NewerVersion { found: 2 });
+        assert_eq!(
+            e,
+            WireError::NewerVersion {
+                found: 3,
+                newest: 2
+            }
+        );
         let e = template_from_json(br#"{"v":3,"name":"t","image":"b:1"}"#).unwrap_err();
-        assert_eq!(e, WireError::NewerVersion { found: 3 });
+        assert_eq!(
+            e,
+            WireError::NewerVersion {
+                found: 3,
+                newest: 1
+            }
+        );
+    }
+
+    #[test]
+    fn an_updated_service_is_version_two_and_reads_back_the_same() {
+        use crate::placement::rollout::start_update;
+        let def = web_def();
+        assert!(!String::from_utf8(def.to_json()).unwrap().contains("\"v\""));
+        let mut spec = def.spec.clone();
+        spec.env.insert("MODE".into(), "canary".into());
+        let placed = ["web_0.2_1".to_string(), "web_0.3_1".to_string()];
+        let updated = start_update(&def, spec, UpdateConfig::default(), &placed, 7);
+        let json = updated.to_json();
+        assert!(
+            json.starts_with(br#"{"v":2,"#),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
+        assert_eq!(ServiceDef::from_json(&json).unwrap(), updated);
+        let back: ServiceRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.0, updated);
+        let e = ServiceDef::from_json(br#"{"v":2,"name":"web","replicas":1,"version":2,"spec":{"name":"web","image":"b:1"},"update":{"parallel":0}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "update.parallel: must be at least 1");
     }
 
     #[test]
