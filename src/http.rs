@@ -1,7 +1,7 @@
 //! What every HTTP side of arpanet shares (the cluster API and the image sync service,
 //! and their clients): the error answer `{"error": "..."}`, a JSON body extractor whose
-//! rejection names the field, unix sockets for root only, and one wording for a request
-//! that got no answer.
+//! rejection names the field, unix sockets for root only, one wording for a request
+//! that got no answer, and streamed answers: NDJSON out, lines of a byte stream in.
 
 use std::future::Future;
 use std::io;

@@ -56,6 +56,23 @@ fn one_on_each(host: &Host, hosts: &[&Host], service: &str) -> BTreeMap<String, 
     found
 }
 
+/// A process started with [`Host::spawn`] still runs (is not a zombie: the lab reaps
+/// its children only at teardown).
+fn assert_still_running(host: &Host, name: &str) {
+    let pid: i32 = std::fs::read_to_string(host.dir.join(format!("{name}.pid.spawned")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    assert!(
+        matches!(state, Some("R" | "S")),
+        "{name} ended ({stat}): {}",
+        host.log(name)
+    );
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -148,14 +165,27 @@ fn service_logs_show_every_instance_on_every_node_and_follow_new_lines() {
     ];
     let follow_args: Vec<&std::ffi::OsStr> = follow_args.iter().map(std::ffi::OsStr::new).collect();
     h1.spawn("follow", &follow_args);
+    // And one container's, from node 0.
+    let config0 = h0.config_path();
+    let one_args = [
+        env!("CARGO_BIN_EXE_arpanet"),
+        "--config",
+        config0.to_str().unwrap(),
+        "logs",
+        "--follow",
+        &far.name,
+    ];
+    let one_args: Vec<&std::ffi::OsStr> = one_args.iter().map(std::ffi::OsStr::new).collect();
+    h0.spawn("follow-one", &one_args);
     wait_until(
         Duration::from_secs(20),
-        "the follower printing what was there",
+        "the followers printing what was there",
         || {
             let log = h1.log("follow");
             hosts
                 .iter()
                 .all(|h| log.contains(&format!("{} | {}", on(h).name, on(h).greeting())))
+                && h0.log("follow-one").lines().any(|l| l == far.greeting())
         },
     );
     let marker = format!("written later {}", crate::lab::random_uuid());
@@ -178,20 +208,15 @@ fn service_logs_show_every_instance_on_every_node_and_follow_new_lines() {
         "MEASURED: a line written on node 2 (by `docker exec`, started then) reached `service logs -f` on node 1 after {:.1?}",
         written.elapsed()
     );
-    let pid: i32 = std::fs::read_to_string(h1.dir.join("follow.pid.spawned"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // Still following (not a zombie: the lab reaps its children only at teardown).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
-    assert!(
-        matches!(state, Some("R" | "S")),
-        "the follower ended ({stat}): {}",
-        h1.log("follow")
+    wait_until(
+        Duration::from_secs(20),
+        "the later line in `logs --follow`",
+        || h0.log("follow-one").lines().any(|l| l == marker),
     );
+    assert_still_running(h1, "follow");
+    assert_still_running(h0, "follow-one");
     h1.stop("follow");
+    h0.stop("follow-one");
 
     // --tail counts per instance, on every node: the last line of each.
     let out = h0.arpanet(&["service", "logs", "talk", "--tail", "1"]);
@@ -262,6 +287,7 @@ fn service_logs_show_every_instance_on_every_node_and_follow_new_lines() {
         "node 0's later line in the follower's output",
         || h1.log("follow2").lines().any(|l| l == want_later),
     );
+    assert_still_running(h1, "follow2");
     h1.stop("follow2");
 }
 
