@@ -184,7 +184,13 @@ impl Daemon {
             inputs,
         )
         .await;
-        pass::run(&mut self.reconcilers, &mut snap, only).await
+        pass::run(
+            crate::metrics::Pass::Main,
+            &mut self.reconcilers,
+            &mut snap,
+            only,
+        )
+        .await
     }
 
     /// Brings the host to the config once. Every reconciler runs even if another failed.

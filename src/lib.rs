@@ -7,7 +7,7 @@
 //! [`addressing`] is the seed design every plane's address comes from.
 //!
 //! Imports point down only, in this order (a module uses those before it):
-//! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`; `config`,
+//! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`, `metrics`; `config`,
 //! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `sync`; `containers`;
 //! `placement`; `api`; `pass`; `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
@@ -25,6 +25,7 @@ pub mod human;
 pub mod identity;
 pub mod join;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod outcome;
 pub mod pass;

@@ -32,6 +32,11 @@ pub fn images_dir(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("images")
 }
 
+/// The image sync service's byte totals (sent, received), for arpanetd's `/metrics`.
+pub fn image_transfer(paths: &PathsConfig) -> PathBuf {
+    paths.state_dir.join("image-transfer.json")
+}
+
 /// The catalog's last answer, for the overlay's peers after a restart.
 pub fn peers_cache(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("peers.json")

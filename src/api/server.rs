@@ -33,6 +33,8 @@ use crate::docker::engine::Engine;
 use crate::http::TlsListener;
 use crate::http::{ApiError, Json, error_text, json_bytes, json_response};
 use crate::identity::NodeTls;
+use crate::network::netlink::Netlink;
+use crate::network::{admission, health};
 use crate::placement::reconcile::healthy_nodes;
 use crate::placement::rollout::{self, Order};
 use crate::placement::store;
@@ -60,6 +62,16 @@ pub struct ApiState {
     sync: reqwest::Client,
     /// Where a server's CA key is, for renewals.
     identity: paths::IdentityFiles,
+    /// What `/metrics` reads at each scrape (as `arpanet status` does).
+    scraped: Scraped,
+}
+
+/// The inputs of the metrics a scrape reads rather than a pass records.
+struct Scraped {
+    device: String,
+    join: Vec<NodeAddress>,
+    admission_status: PathBuf,
+    image_transfer: PathBuf,
 }
 
 type Shared = Arc<ApiState>;
@@ -84,6 +96,12 @@ impl ApiState {
                 Duration::from_secs(3600),
             ),
             identity: paths::IdentityFiles::new(&config.cluster.identity_dir),
+            scraped: Scraped {
+                device: config.overlay.device.as_str().to_string(),
+                join: config.node.join.iter().map(|j| j.address).collect(),
+                admission_status: paths::admission_status(&config.paths),
+                image_transfer: paths::image_transfer(&config.paths),
+            },
         }
     }
 }
@@ -123,6 +141,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/nodes/{node}/{action}", post(node_action))
         .route("/v1/sync/{*rest}", any(relay_sync))
         .route("/v1/identity/renew", post(renew_identity))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1/") })
         .with_state(state)
 }
@@ -1107,6 +1126,31 @@ async fn relay_sync(
     Ok(json_bytes(status, body))
 }
 
+/// `GET /metrics`: Prometheus' text format. Peers and image transfers are read now;
+/// the passes record the rest as they run.
+async fn metrics(State(s): State<Shared>) -> Response {
+    let sc = &s.scraped;
+    match Netlink::connect() {
+        Ok(nl) => match nl.observe(&sc.device).await {
+            Ok(observed) => {
+                let admission = admission::load_status(&sc.admission_status);
+                let peers = health::peers(&sc.join, &observed, admission.as_ref());
+                crate::metrics::peers(&health::count_by_state(&peers));
+            }
+            Err(e) => warn!("metrics: cannot read the overlay's entries: {e:#}"),
+        },
+        Err(e) => warn!("metrics: {e:#}"),
+    }
+    if let Some(t) = crate::sync::TransferTotals::load(&sc.image_transfer) {
+        crate::metrics::image_transfer(t.sent, t.received);
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(),
+    )
+        .into_response()
+}
+
 /// `POST /v1/identity/renew` (see [`crate::join::renew`]): on a server, a new
 /// certificate for the node whose certificate the caller showed. On the unix socket no
 /// certificate was shown, so there is nothing to renew.
@@ -1220,12 +1264,16 @@ pub fn spawn(config: &Config, tls: NodeTls) {
             Err(e) => return warn!("cluster API on {tcp}: {e}"),
         };
         info!("cluster API on {tcp} (mutual TLS, node certificates)");
-        let app = app.layer(axum::middleware::from_fn(only_nodes));
-        let service = app.into_make_service_with_connect_info::<Peer>();
+        let service = overlay(app).into_make_service_with_connect_info::<Peer>();
         if let Err(e) = axum::serve(listener, service).await {
             warn!("cluster API on {tcp} stopped: {e}");
         }
     });
+}
+
+/// The API as the overlay serves it: every route, `/metrics` too, behind [`only_nodes`].
+fn overlay(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(only_nodes))
 }
 
 /// On the overlay the API answers other nodes only, not the containers that can reach
@@ -1253,6 +1301,53 @@ async fn only_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `GET /metrics` on the overlay's app, from a peer whose certificate names `node`.
+    async fn overlay_metrics(node: Option<crate::identity::NodeIdentity>) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let config = Config::parse(
+            std::path::Path::new("t"),
+            "[node]\naddress = \"0.1\"\nrole = \"boot\"\n",
+        )
+        .unwrap();
+        let state = Arc::new(ApiState::new(&config, NodeTls::from_config(&config)));
+        let peer = Peer {
+            addr: SocketAddr::from(([10, 255, 0, 9], 40000)),
+            node,
+            cert: None,
+        };
+        let app = overlay(router(state)).layer(axum::extract::connect_info::MockConnectInfo(peer));
+        let request = axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(request).await.unwrap();
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(content_type.unwrap(), crate::metrics::CONTENT_TYPE);
+        }
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_on_the_overlay_answer_nodes_only() {
+        let node = crate::identity::NodeIdentity {
+            cluster: "c".into(),
+            address: "0.2".parse().unwrap(),
+            role: crate::identity::Role::Client,
+        };
+        let (status, body) = overlay_metrics(Some(node)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // No join peers and no overlay device here: no peer in any state.
+        assert!(body.contains("arpanet_peers{state=\"ok\"} 0\n"), "{body}");
+        let (status, body) = overlay_metrics(None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("answers arpanet nodes only"), "{body}");
+        assert!(!body.contains("arpanet_"), "{body}");
+    }
 
     #[test]
     fn container_references_are_docker_names_or_ids() {

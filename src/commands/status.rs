@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -10,7 +9,7 @@ use crate::addressing::NodeAddress;
 use crate::config::{Config, ConsulMode};
 use crate::consul::client::Consul;
 use crate::network::netlink::Netlink;
-use crate::network::{DeviceState, ObservedState, admission, node_of_mac, reconcile, vtep_mac};
+use crate::network::{DeviceState, ObservedState, admission, health, reconcile};
 
 /// Show this node's overlay device, addresses and peers, as the kernel has them.
 #[derive(Debug, Args)]
@@ -94,60 +93,25 @@ pub fn report(
     consul: Option<ConsulStatus>,
     admission: Option<admission::Status>,
 ) -> StatusReport {
-    let mut peers: BTreeMap<NodeAddress, Option<Ipv4Addr>> = BTreeMap::new();
-    for p in reconcile::join_peers(config) {
-        peers.insert(p.address, None);
-    }
-    let e = &observed.entries;
-    for f in &e.fdb {
-        if let Some(node) = node_of_mac(f.mac) {
-            peers.insert(node, Some(f.dst));
-        }
-    }
-    let peers = peers
+    let join: Vec<NodeAddress> = reconcile::join_peers(config)
+        .iter()
+        .map(|p| p.address)
+        .collect();
+    let peers = health::peers(&join, observed, admission.as_ref())
         .into_iter()
-        .map(|(address, underlay_ip)| {
-            let mac = vtep_mac(address);
-            let fdb = underlay_ip.is_some();
-            let neighbours = e.neighbours.iter().filter(|n| n.mac == mac).count();
-            let route = e.routes.iter().any(|r| r.via == address.overlay_ip());
-            let admitted_by = admission.as_ref().and_then(|s| {
-                s.admitted
-                    .iter()
-                    .find(|p| p.address == address)
-                    .map(|p| p.by.clone())
-            });
-            let mut missing = Vec::new();
-            if !fdb {
-                missing.push("fdb");
-            }
-            if neighbours < 3 {
-                missing.push("neighbours");
-            }
-            if !route {
-                missing.push("route");
-            }
-            let state = if missing.is_empty() {
-                "ok".to_string()
-            } else if !fdb && admitted_by.is_none() {
-                // A join peer that has not proved the secret: nothing is programmed for it.
-                "not admitted (no valid hello from it yet)".to_string()
-            } else {
-                format!("missing {}", missing.join(", "))
-            };
-            PeerStatus {
-                address,
-                underlay_ip,
-                overlay_ip: address.overlay_ip(),
-                container_subnet: address.container_subnet(),
-                fdb,
-                neighbours,
-                route,
-                admitted_by,
-                state,
-            }
+        .map(|p| PeerStatus {
+            address: p.address,
+            underlay_ip: p.underlay_ip,
+            overlay_ip: p.address.overlay_ip(),
+            container_subnet: p.address.container_subnet(),
+            fdb: p.fdb,
+            neighbours: p.neighbours,
+            route: p.route,
+            admitted_by: p.admitted_by,
+            state: p.state.to_string(),
         })
         .collect();
+    let e = &observed.entries;
     StatusReport {
         address: config.node.address,
         device_name: config.overlay.device.as_str().to_string(),

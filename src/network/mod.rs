@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod firewall;
+pub mod health;
 pub mod netlink;
 pub mod peers;
 pub mod reconcile;

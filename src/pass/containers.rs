@@ -1,12 +1,14 @@
 //! Containers: containers.d's, this node's share of the cluster services, and the
 //! running ones' Consul registrations.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Reconciler, Snapshot};
 use crate::config::containers as containers_cfg;
 use crate::containers::converge::{self, Options, Pass};
 use crate::containers::registration;
+use crate::containers::{LABEL_CLUSTER, LABEL_FILE};
 use crate::outcome::{Failure, Outcome};
 use crate::placement;
 
@@ -123,8 +125,39 @@ impl Reconciler for ClusterServices {
             swarm: Some(&swarm),
             progress: &|_, _, _| {},
         };
-        outcome_of(placement::reconcile::converge(engine, images, &me, &nodes, state, &opts).await)
+        let pass = placement::reconcile::converge(engine, images, &me, &nodes, state, &opts).await;
+        // After the pass, so that what it started counts as running.
+        match engine.list_all().await {
+            Ok(list) => {
+                let desired = placement::reconcile::desired_counts(&me, &nodes, state);
+                crate::metrics::service_instances(&instance_counts(desired, &list));
+            }
+            Err(e) => tracing::debug!("metrics: no instance counts this pass: {e:#}"),
+        }
+        outcome_of(pass)
     }
+}
+
+/// `(desired, running)` by service: placement's counts, and the running containers of
+/// the cluster scope. A service that runs here but is in KV no more counts until it is
+/// stopped.
+fn instance_counts(
+    desired: BTreeMap<String, u32>,
+    containers: &[bollard::models::ContainerSummary],
+) -> BTreeMap<String, (u32, u32)> {
+    let mut counts: BTreeMap<String, (u32, u32)> =
+        desired.into_iter().map(|(s, n)| (s, (n, 0))).collect();
+    for c in containers {
+        let running = c.state.is_some_and(|s| s.to_string() == "running");
+        let labels = c.labels.as_ref();
+        let service = labels
+            .filter(|l| l.contains_key(LABEL_CLUSTER))
+            .and_then(|l| l.get(LABEL_FILE));
+        if let (true, Some(service)) = (running, service) {
+            counts.entry(service.clone()).or_default().1 += 1;
+        }
+    }
+    counts
 }
 
 /// Running containers as Consul services.
@@ -153,5 +186,47 @@ impl Reconciler for ServiceRegistrations {
             Err(e) => outcome.fail_with(&e),
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+
+    fn container(labels: &[(&str, &str)], state: ContainerSummaryStateEnum) -> ContainerSummary {
+        ContainerSummary {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            state: Some(state),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn running_instances_are_counted_by_service_beside_the_desired_ones() {
+        use ContainerSummaryStateEnum::{EXITED, RUNNING};
+        let cluster = |service| [(LABEL_CLUSTER, "1"), (LABEL_FILE, service)];
+        let desired = BTreeMap::from([("web".to_string(), 2), ("db".to_string(), 0)]);
+        let list = [
+            container(&cluster("web"), RUNNING),
+            container(&cluster("web"), EXITED),
+            container(&cluster("old"), RUNNING),
+            // containers.d's: a file label, no cluster one.
+            container(&[(LABEL_FILE, "web")], RUNNING),
+        ];
+        let counts = instance_counts(desired, &list);
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [
+                ("db".to_string(), (0, 0)),
+                ("old".to_string(), (0, 1)),
+                ("web".to_string(), (2, 1)),
+            ]
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod snapshot;
 
 pub use snapshot::{Inputs, Snapshot, Unavailable};
 
+use crate::metrics::{self, Pass};
 use crate::outcome::{Failure, Outcome, Restarted};
 
 /// One concern of the host, brought to what the snapshot says it should be.
@@ -50,8 +51,10 @@ const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(2);
 /// Runs `reconcilers` in order over `snap` (only those named in `only`, unless it is
 /// empty). A restart (Docker, Consul) makes the snapshot read what came from that
 /// service again, and re-runs the reconcilers before it that the restart disturbed.
-/// Every reconciler runs even if another failed.
+/// Every reconciler runs even if another failed. Each step's time and failure go to
+/// the metrics, under `pass`.
 pub async fn run(
+    pass_label: Pass,
     reconcilers: &mut [Box<dyn Reconciler>],
     snap: &mut Snapshot<'_>,
     only: &[&str],
@@ -64,6 +67,12 @@ pub async fn run(
         let started = std::time::Instant::now();
         let outcome = reconcilers[i].converge(snap).await;
         let took = started.elapsed();
+        metrics::step(
+            pass_label,
+            reconcilers[i].name(),
+            took,
+            !outcome.errors.is_empty(),
+        );
         // A pass is serial: one slow step holds up every other, the overlay included.
         if took > SLOW_STEP {
             tracing::warn!(
@@ -78,7 +87,14 @@ pub async fn run(
             snap.refresh(service).await;
             for earlier in reconcilers[..i].iter_mut() {
                 if earlier.rerun_after(service) {
+                    let started = std::time::Instant::now();
                     let again = earlier.converge(snap).await;
+                    metrics::step(
+                        pass_label,
+                        earlier.name(),
+                        started.elapsed(),
+                        !again.errors.is_empty(),
+                    );
                     absorb(&mut pass, earlier.name(), again);
                 }
             }
@@ -184,7 +200,7 @@ mod tests {
         let mut reconcilers = steps(&log);
         let config = config();
         let mut snap = Snapshot::unread(&config, None);
-        let pass = run(&mut reconcilers, &mut snap, &[]).await;
+        let pass = run(Pass::Main, &mut reconcilers, &mut snap, &[]).await;
         // docker failed and restarted; containers still ran; network ran again.
         assert_eq!(
             *log.lock().unwrap(),
@@ -231,7 +247,7 @@ mod tests {
         let mut reconcilers = steps(&log);
         let config = config();
         let mut snap = Snapshot::unread(&config, None);
-        run(&mut reconcilers, &mut snap, &["containers"]).await;
+        run(Pass::Main, &mut reconcilers, &mut snap, &["containers"]).await;
         assert_eq!(*log.lock().unwrap(), ["containers"]);
         log.lock().unwrap().clear();
         uninstall(&mut reconcilers, &snap).await;

@@ -117,7 +117,7 @@ impl Task {
             turned_away,
         };
         let mut snap = Snapshot::network(&self.config, &self.consul, &self.netlink, inputs).await;
-        super::run(steps, &mut snap, &[]).await
+        super::run(crate::metrics::Pass::Network, steps, &mut snap, &[]).await
     }
 }
 

@@ -1,6 +1,8 @@
 //! This node's share of the cluster services, carried out by the same plan and apply
 //! as containers.d (in the cluster scope, so neither removes the other's containers).
 
+use std::collections::BTreeMap;
+
 use super::{instances_for, store::ClusterState};
 use crate::consul::client::Consul;
 use crate::consul::node::{Catalog, Node};
@@ -50,6 +52,21 @@ pub fn desired(me: &Node, nodes: &[Node], state: &ClusterState) -> Vec<Desired> 
             image_id: None,
         })
         .collect()
+}
+
+/// How many instances of each service in KV this node should run (0 for those it has
+/// no share of). The one place the metrics' desired count comes from: it asks
+/// placement the way a pass does, so it follows whatever placement decides.
+pub fn desired_counts(me: &Node, nodes: &[Node], state: &ClusterState) -> BTreeMap<String, u32> {
+    let mut counts: BTreeMap<String, u32> = state
+        .services
+        .iter()
+        .map(|s| (s.name.to_string(), 0))
+        .collect();
+    for d in desired(me, nodes, state) {
+        *counts.entry(d.file).or_default() += 1;
+    }
+    counts
 }
 
 /// One pass: this node's share against what it runs. Unreadable services are

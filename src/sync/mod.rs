@@ -408,6 +408,58 @@ pub struct ClusterImage {
     pub holders: Vec<String>,
 }
 
+/// Image bytes this node's sync service has sent to and received from peers, over all
+/// its runs: it exits when idle, so it keeps them in the state dir
+/// ([`crate::paths::image_transfer`]), where arpanetd's `/metrics` reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferTotals {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl TransferTotals {
+    /// The totals last written; none when the service never moved a byte here (or the
+    /// file is unreadable).
+    pub fn load(path: &std::path::Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    }
+}
+
+/// Turns the session's per-torrent byte counts into running totals. A torrent's counts
+/// start over when it is added again or restarts, and go when it is removed.
+#[derive(Debug, Default)]
+pub struct TransferTally {
+    /// By torrent: the (sent, received) it had at the last reading.
+    last: std::collections::BTreeMap<String, (u64, u64)>,
+    pub totals: TransferTotals,
+}
+
+impl TransferTally {
+    pub fn new(totals: TransferTotals) -> Self {
+        Self {
+            last: Default::default(),
+            totals,
+        }
+    }
+
+    /// One reading of every running torrent: `(key, sent, received)`. Returns whether
+    /// the totals grew.
+    pub fn observe(&mut self, torrents: impl IntoIterator<Item = (String, u64, u64)>) -> bool {
+        let before = self.totals;
+        let mut seen = std::collections::BTreeMap::new();
+        for (key, sent, received) in torrents {
+            let (last_sent, last_received) = self.last.get(&key).copied().unwrap_or((0, 0));
+            // Below the last reading: the torrent started over from 0.
+            let grew = |now: u64, last: u64| if now >= last { now - last } else { now };
+            self.totals.sent += grew(sent, last_sent);
+            self.totals.received += grew(received, last_received);
+            seen.insert(key, (sent, received));
+        }
+        self.last = seen;
+        self.totals != before
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,6 +736,29 @@ mod tests {
             bad[1].1.contains("belongs under another key"),
             "{}",
             bad[1].1
+        );
+    }
+
+    #[test]
+    fn transfer_totals_add_what_each_torrent_moved_across_restarts() {
+        let mut tally = TransferTally::new(TransferTotals {
+            sent: 10,
+            received: 20,
+        });
+        let t = |k: &str, s, r| (k.to_string(), s, r);
+        assert!(tally.observe([t("a", 5, 100)]));
+        assert!(!tally.observe([t("a", 5, 100)]));
+        assert!(tally.observe([t("a", 7, 150), t("b", 0, 30)]));
+        // a restarted (its counts start over); b was removed.
+        assert!(tally.observe([t("a", 1, 10)]));
+        // b is back: counted from 0.
+        tally.observe([t("a", 1, 10), t("b", 0, 5)]);
+        assert_eq!(
+            tally.totals,
+            TransferTotals {
+                sent: 10 + 7 + 1,
+                received: 20 + 150 + 30 + 10 + 5
+            }
         );
     }
 }

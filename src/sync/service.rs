@@ -39,8 +39,8 @@ use tracing::{info, warn};
 use super::short_id as short;
 use super::{
     ClusterImage, ImageRecord, ImageRequest, KV_IMAGES, KV_PEERS, PeerEntry, SwarmPeer, Transfer,
-    TransferState, image_key, normal_tag, parse_peers, parse_records, peer_key, resolve,
-    tarball_name,
+    TransferState, TransferTally, TransferTotals, image_key, normal_tag, parse_peers,
+    parse_records, peer_key, resolve, tarball_name,
 };
 use crate::addressing::NodeAddress;
 use crate::config::Config;
@@ -94,6 +94,10 @@ struct SyncState {
     /// Bad image records already warned about (key and reason), so the tracker's many
     /// reads warn once.
     warned: Mutex<BTreeSet<(String, String)>>,
+    /// Bytes sent and received, kept in `transfer_file` for arpanetd's `/metrics`: this
+    /// process exits when idle, and another one serves the metrics.
+    tally: Mutex<TransferTally>,
+    transfer_file: PathBuf,
 }
 
 /// The cluster's swarms as the tracker answers from them.
@@ -177,6 +181,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         tracker,
         tracker_view: tokio::sync::Mutex::new(None),
         warned: Mutex::new(BTreeSet::new()),
+        tally: Mutex::new(TransferTally::new(
+            TransferTotals::load(&paths::image_transfer(&config.paths)).unwrap_or_default(),
+        )),
+        transfer_file: paths::image_transfer(&config.paths),
     });
     let app = router(state.clone());
     let tracker_app = Router::new()
@@ -195,6 +203,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             info!("image sync: idle for {}, exiting", humantime::format_duration(idle));
         }
     }
+    state.record_transfers();
     state.session.stop().await;
     Ok(())
 }
@@ -214,6 +223,7 @@ async fn wait_until_idle(state: &SyncState, idle: Duration) {
     let mut uploaded = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        state.record_transfers();
         let now_uploaded = state
             .session
             .with_torrents(|torrents| torrents.map(|(_, t)| t.stats().uploaded_bytes).sum::<u64>());
@@ -231,6 +241,31 @@ async fn wait_until_idle(state: &SyncState, idle: Duration) {
 impl SyncState {
     fn touch(&self) {
         *self.last_activity.lock().unwrap() = Instant::now();
+    }
+
+    /// Adds what the torrents moved since the last reading to the totals on disk.
+    fn record_transfers(&self) {
+        let readings: Vec<(String, u64, u64)> = self.session.with_torrents(|torrents| {
+            torrents
+                .filter_map(|(_, t)| {
+                    let stats = t.stats();
+                    let live = stats.live.as_ref()?;
+                    Some((
+                        t.info_hash().as_string(),
+                        live.snapshot.uploaded_bytes,
+                        live.snapshot.fetched_bytes,
+                    ))
+                })
+                .collect()
+        });
+        let mut tally = self.tally.lock().unwrap();
+        if tally.observe(readings)
+            && let Err(e) = serde_json::to_string(&tally.totals)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| crate::files::write_atomically(&self.transfer_file, &t))
+        {
+            warn!("image sync: cannot keep the transfer totals: {e:#}");
+        }
     }
 }
 
@@ -958,6 +993,8 @@ fn disk_error_any(e: anyhow::Error, dir: &FsPath) -> anyhow::Error {
 
 /// Drops the torrent from the session and, with `delete`, the tarball.
 async fn forget(s: &SyncState, record: &ImageRecord, delete: bool) {
+    // What it moved since the last reading goes with it otherwise.
+    s.record_transfers();
     if let Ok(hash) = record.info_hash.parse::<librqbit::dht::Id20>()
         && let Err(e) = s.session.delete(hash.into(), delete).await
     {

@@ -16,6 +16,7 @@ mod docker_api;
 mod identity;
 mod image_sync;
 mod lab_hosts;
+mod metrics;
 mod node_tls;
 mod overlay;
 mod packaging;

@@ -440,13 +440,13 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         running(h0, "api").is_some_and(|c| c.values().sum::<usize>() == 2)
     });
     let newer = format!(
-        r#"{{"v":2,"name":"next","replicas":1,"spec":{{"name":"next","image":"{TEST_IMAGE}"}},"surge":1}}"#
+        r#"{{"v":3,"name":"next","replicas":1,"spec":{{"name":"next","image":"{TEST_IMAGE}"}},"surge":1}}"#
     );
     assert_success(
         &h1.consul(&["kv", "put", "arpanet/cluster/services/next", &newer]),
         "kv put a record of a newer release",
     );
-    let said = "cluster services: service next in Consul KV is unreadable: arpanet/cluster/services/next: record version 2 is newer than this arpanet reads (up to 1)";
+    let said = "cluster services: service next in Consul KV is unreadable: arpanet/cluster/services/next: record version 3 is newer than this arpanet reads (up to 2)";
     wait_until(Duration::from_secs(30), "the newer record reported", || {
         h0.log("arpanetd").contains(said)
     });
