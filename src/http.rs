@@ -1,7 +1,7 @@
 //! What every HTTP side of arpanet shares (the cluster API and the image sync service,
 //! and their clients): the error answer `{"error": "..."}`, a JSON body extractor whose
-//! rejection names the field, unix sockets for root only, and one wording for a request
-//! that got no answer.
+//! rejection names the field, unix sockets for root only, one wording for a request
+//! that got no answer, and streamed answers: NDJSON out, lines of a byte stream in.
 
 use std::future::Future;
 use std::io;
@@ -127,6 +127,135 @@ pub fn unix_client(socket: &Path, timeout: Duration) -> reqwest::Client {
         .timeout(timeout)
         .build()
         .expect("a unix-socket HTTP client always builds")
+}
+
+/// An HTTP client for a unix socket whose answers may stream for as long as the user
+/// watches (`logs -f`): it waits for the connection, not for the whole answer.
+pub fn unix_streaming_client(socket: &Path) -> reqwest::Client {
+    reqwest::Client::builder()
+        .unix_socket(socket)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .expect("a unix-socket HTTP client always builds")
+}
+
+/// Longest line passed on whole; a longer one (a container that writes without
+/// newlines) is cut into pieces of this size, so one writer cannot fill memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Splits bytes that arrive in chunks into lines: a line split across chunks comes out
+/// whole once its newline arrives. Lines lose their `\n` (and a `\r` before it); bytes
+/// that are not UTF-8 are replaced.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// The lines `chunk` completes.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..i]);
+            if self.partial.last() == Some(&b'\r') {
+                self.partial.pop();
+            }
+            lines.extend(self.take_long());
+            lines.push(String::from_utf8_lossy(&self.partial).into_owned());
+            self.partial.clear();
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        lines.extend(self.take_long());
+        lines
+    }
+
+    /// Pieces of [`MAX_LINE`] bytes off the front of an overlong partial line.
+    fn take_long(&mut self) -> Vec<String> {
+        let mut pieces = Vec::new();
+        while self.partial.len() > MAX_LINE {
+            let piece: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
+            pieces.push(String::from_utf8_lossy(&piece).into_owned());
+        }
+        pieces
+    }
+
+    /// What is left when the bytes end: a last line without a newline.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.partial.is_empty() {
+            return None;
+        }
+        let last = String::from_utf8_lossy(&self.partial).into_owned();
+        self.partial.clear();
+        Some(last)
+    }
+}
+
+/// The lines of a byte stream as they complete (see [`LineBuffer`]). An error ends it,
+/// after the lines before it; the stream's last line needs no newline.
+pub fn lines<S, E>(bytes: S) -> impl futures::Stream<Item = Result<String, E>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    use futures::StreamExt;
+    use std::collections::VecDeque;
+    struct State<S, E> {
+        bytes: Pin<Box<S>>,
+        buffer: LineBuffer,
+        ready: VecDeque<Result<String, E>>,
+        done: bool,
+    }
+    let state = State {
+        bytes: Box::pin(bytes),
+        buffer: LineBuffer::default(),
+        ready: VecDeque::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(item) = st.ready.pop_front() {
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.bytes.next().await {
+                Some(Ok(chunk)) => st.ready.extend(st.buffer.push(&chunk).into_iter().map(Ok)),
+                Some(Err(e)) => {
+                    st.ready.extend(st.buffer.finish().map(Ok));
+                    st.ready.push_back(Err(e));
+                    st.done = true;
+                }
+                None => {
+                    st.ready.extend(st.buffer.finish().map(Ok));
+                    st.done = true;
+                }
+            }
+        }
+    })
+}
+
+/// A streamed answer of newline-delimited JSON, one record a line, each sent as it
+/// comes (a follower sees a line as soon as it is written).
+pub fn ndjson_response<T, S>(records: S) -> Response
+where
+    T: Serialize,
+    S: futures::Stream<Item = T> + Send + 'static,
+{
+    use futures::StreamExt;
+    let body = records.map(|r| {
+        let mut line = serde_json::to_vec(&r).expect("serializable");
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -598,6 +727,45 @@ mod tests {
                 .unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(message.starts_with("replicas: invalid type"), "{message}");
+    }
+
+    #[test]
+    fn lines_come_out_whole_however_the_bytes_are_cut() {
+        let mut b = LineBuffer::default();
+        assert_eq!(b.push(b"one\ntw"), ["one"]);
+        assert_eq!(b.push(b"o\r\nthree\n\nfo"), ["two", "three", ""]);
+        assert_eq!(b.push(b"ur"), Vec::<String>::new());
+        assert_eq!(b.finish().as_deref(), Some("four"));
+        assert_eq!(b.finish(), None);
+        // Not UTF-8: replaced, not dropped.
+        assert_eq!(b.push(b"caf\xe9\n"), ["caf\u{fffd}"]);
+        // A writer that never ends its line is cut into pieces of MAX_LINE.
+        let long = vec![b'x'; MAX_LINE * 2 + 3];
+        let pieces = b.push(&long);
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces.iter().all(|p| p.len() == MAX_LINE));
+        assert_eq!(b.push(b"\n"), ["xxx"]);
+    }
+
+    #[tokio::test]
+    async fn a_byte_stream_becomes_lines_and_an_error_ends_it() {
+        use futures::StreamExt;
+        let chunks: Vec<Result<Bytes, String>> = vec![
+            Ok(Bytes::from_static(b"a\nb")),
+            Ok(Bytes::from_static(b"c\nd")),
+            Err("broke off".into()),
+            Ok(Bytes::from_static(b"never\n")),
+        ];
+        let got: Vec<Result<String, String>> = lines(futures::stream::iter(chunks)).collect().await;
+        assert_eq!(
+            got,
+            [
+                Ok("a".to_string()),
+                Ok("bc".to_string()),
+                Ok("d".to_string()),
+                Err("broke off".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 use arpanet::commands::lifecycle::{ContainerId, StopArgs, Verb};
 use arpanet::commands::{
     check, completions, consul_agent, consul_token, docker_env, image, images, info, is_configured,
-    kv, man, members, node, ps, secret, seed, service, status, template, token, uninstall_network,
-    up,
+    kv, logs, man, members, node, ps, secret, seed, service, status, template, token,
+    uninstall_network, up,
 };
 use arpanet::config::DEFAULT_CONFIG_PATH;
 use arpanet::config::Role;
@@ -56,6 +56,7 @@ enum Command {
     Rm(ContainerId),
     /// Show a container's details as JSON, from whichever node has it.
     Inspect(ContainerId),
+    Logs(logs::Logs),
     Node(node::NodeCmd),
     DockerEnv(docker_env::DockerEnv),
     Images(images::Images),
@@ -94,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Restart(c) => c.exec(&opts.config, Verb::Restart).await,
         Command::Rm(c) => c.exec(&opts.config, Verb::Rm).await,
         Command::Inspect(c) => c.exec(&opts.config, Verb::Inspect).await,
+        Command::Logs(c) => c.exec(&opts.config).await,
         Command::Node(c) => c.exec(&opts.config).await,
         Command::DockerEnv(c) => c.exec(&opts.config),
         Command::Images(c) => c.exec(&opts.config).await,

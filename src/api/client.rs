@@ -55,6 +55,35 @@ impl ApiClient {
         self.send(reqwest::Method::DELETE, path, None::<&()>).await
     }
 
+    /// A GET whose answer streams ([`LogRecord`](super::LogRecord)s, for as long as the
+    /// user follows them): the body as it arrives, chunk by chunk. A refusal is an error
+    /// as with [`ApiClient::get`].
+    pub async fn get_stream(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<impl futures::Stream<Item = Result<bytes::Bytes, String>> + use<>> {
+        use futures::TryStreamExt;
+        let resp = http::unix_streaming_client(&self.socket)
+            .get(format!("http://arpanetd{path}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            bail!("{}", http::error_text(status, &bytes));
+        }
+        Ok(resp.bytes_stream().map_err(http::request_error))
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach arpanetd at {}: {} (is arpanetd running? are you root?)",
+            self.socket.display(),
+            http::request_error(e)
+        )
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -65,13 +94,7 @@ impl ApiClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach arpanetd at {}: {} (is arpanetd running? are you root?)",
-                self.socket.display(),
-                http::request_error(e)
-            )
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| {
             anyhow!(

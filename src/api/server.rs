@@ -45,6 +45,8 @@ use crate::placement::wire::{
 use crate::placement::{ServiceDef, ServiceName, TemplateName, UpdateConfig};
 use crate::{http, paths};
 
+mod logs;
+
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;
 
@@ -121,6 +123,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/services/{name}/update", put(update_service))
         .route("/v1/services/{name}/rollback", post(rollback_service))
         .route("/v1/services/{name}/ps", get(service_ps))
+        .route("/v1/services/{name}/logs", get(logs::service_logs))
         .route("/v1/templates", get(list_templates))
         .route(
             "/v1/templates/{name}",
@@ -131,6 +134,7 @@ pub fn router(state: Shared) -> Router {
             "/v1/containers/{id}",
             get(inspect_container).delete(remove_container),
         )
+        .route("/v1/containers/{id}/logs", get(logs::container_logs))
         .route("/v1/containers/{id}/{action}", post(container_action))
         .route("/v1/images", get(list_images))
         .route("/v1/nodes", get(list_nodes))

@@ -11,6 +11,7 @@ pub mod info;
 pub mod is_configured;
 pub mod kv;
 pub mod lifecycle;
+pub mod logs;
 pub mod man;
 pub mod members;
 pub mod node;

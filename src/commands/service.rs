@@ -61,6 +61,13 @@ pub enum Verb {
     },
     /// Show the spec, its version and the last update's state (JSON).
     Inspect { name: String },
+    /// Print the logs of every instance on every node, each line after its instance's
+    /// name (`web_0.2_1 | ...`); stdout and stderr merged.
+    Logs {
+        name: String,
+        #[command(flatten)]
+        flags: super::logs::LogFlags,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +233,11 @@ impl Service {
                 let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
                 let ServiceRecord(def) = api.delete(&format!("/v1/services/{name}")).await?;
                 println!("service {} removed", def.name);
+            }
+            Verb::Logs { name, flags } => {
+                let name = ServiceName::try_from(name.clone()).map_err(anyhow::Error::msg)?;
+                let path = format!("/v1/services/{name}/logs?{}", flags.options().query());
+                super::logs::print(&config, &path, true).await?;
             }
             Verb::Ls { json } => {
                 let listing: Listing<ServiceRow> = api.get("/v1/services").await?;

@@ -395,6 +395,36 @@ impl Engine {
         Ok(out)
     }
 
+    /// A container's log as Docker keeps it, stdout and stderr merged in the order they
+    /// were written, from `since` (a Unix time) and only the last `tail` lines of it;
+    /// with `follow`, output written later too, until the container stops.
+    pub fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        since: Option<i32>,
+        tail: Option<u64>,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send + use<> {
+        use futures::StreamExt;
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let mut options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail);
+        if let Some(since) = since {
+            options = options.since(since);
+        }
+        let what = format!("logs of container {}", short(id));
+        self.docker.logs(id, Some(options.build())).map(move |r| {
+            r.map(bollard::container::LogOutput::into_bytes)
+                .map_err(|source| DockerError::Request {
+                    what: what.clone(),
+                    source,
+                })
+        })
+    }
+
     /// Container lifecycle events, as they happen.
     pub fn container_events(
         &self,

@@ -188,8 +188,16 @@ pub struct NodeClient {
     tls: NodeTls,
     connect_timeout: Duration,
     timeout: Duration,
-    held: std::sync::Mutex<Option<(std::sync::Arc<rustls::ClientConfig>, reqwest::Client)>>,
+    held: Held,
+    /// The client for streamed answers ([`NodeClient::streaming`]).
+    held_streaming: Held,
 }
+
+type Held = std::sync::Mutex<Option<(std::sync::Arc<rustls::ClientConfig>, reqwest::Client)>>;
+
+/// How long a streamed answer may sit idle before TCP checks that its node is still
+/// there: a node that vanishes without closing the connection ends the stream then.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 
 impl NodeClient {
     pub fn new(tls: NodeTls, connect_timeout: Duration, timeout: Duration) -> Self {
@@ -198,22 +206,42 @@ impl NodeClient {
             connect_timeout,
             timeout,
             held: std::sync::Mutex::new(None),
+            held_streaming: std::sync::Mutex::new(None),
         }
     }
 
     /// The client for the node's identity as it is now; without one, why not.
     pub fn get(&self) -> Result<reqwest::Client, IdentityError> {
+        self.cached(&self.held, |b| b.timeout(self.timeout))
+    }
+
+    /// As [`NodeClient::get`], for answers that stream for as long as someone watches
+    /// (`logs -f`): no limit on the whole answer, which the caller reads chunk by chunk
+    /// (`bytes_stream`), but TCP keepalives, so a vanished node ends it.
+    pub fn streaming(&self) -> Result<reqwest::Client, IdentityError> {
+        self.cached(&self.held_streaming, |b| {
+            b.tcp_keepalive(STREAM_KEEPALIVE)
+                .tcp_keepalive_interval(STREAM_KEEPALIVE)
+                .tcp_keepalive_retries(3)
+        })
+    }
+
+    fn cached(
+        &self,
+        held: &Held,
+        limits: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Result<reqwest::Client, IdentityError> {
         let configs = self.tls.current()?;
-        let mut held = self.held.lock().expect("client lock");
+        let mut held = held.lock().expect("client lock");
         if let Some((config, client)) = held.as_ref()
             && std::sync::Arc::ptr_eq(config, &configs.client)
         {
             return Ok(client.clone());
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_preconfigured((*configs.client).clone())
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout);
+        let client = limits(builder)
             .build()
             .map_err(|e| IdentityError::Tls(e.to_string()))?;
         *held = Some((configs.client, client.clone()));

@@ -24,6 +24,7 @@ mod registration;
 mod renew;
 mod rollouts;
 mod scale;
+mod service_logs;
 mod services;
 mod systemd_machine;
 
