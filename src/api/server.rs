@@ -204,6 +204,24 @@ impl ApiState {
         ))
     }
 
+    /// A rollout needs a server node of this release to take its steps (older ones
+    /// publish no capacity and do not drive): stored without one, it would wait forever.
+    async fn require_a_driver(&self) -> Result<(), ApiError> {
+        let nodes = healthy_nodes(&self.consul, &self.me)
+            .await
+            .map_err(ApiError::backend)?;
+        if nodes
+            .iter()
+            .any(|n| crate::placement::driver::drives(n) && n.capacity.is_some())
+        {
+            return Ok(());
+        }
+        Err(ApiError(
+            StatusCode::CONFLICT,
+            "no healthy server node runs a release that takes rollout steps; upgrade a server first".into(),
+        ))
+    }
+
     async fn engine(&self) -> Result<Engine, ApiError> {
         Engine::connect(&self.docker_socket)
             .await
@@ -776,14 +794,28 @@ async fn update_service(
         .map(crate::config::containers::ImageRef::try_from)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
+    s.require_a_driver().await?;
     let def = s
-        .change_service(&name, |def, placed| {
-            if let Some(r) = def.rollout.as_ref().filter(|r| r.state.active()) {
+        .change_service(&name, |def, _| {
+            if let Some(r) = def.rollout.as_ref().filter(|r| r.state.splits()) {
+                let what = if r.back { "rollback" } else { "update" };
+                let ongoing = if r.state == crate::placement::RolloutState::Paused {
+                    format!(
+                        "paused ({}); `arpanet service rollback {name}` {} first",
+                        r.message.as_deref().unwrap_or("no reason recorded"),
+                        if r.back {
+                            "resumes it"
+                        } else {
+                            "puts the previous version back"
+                        }
+                    )
+                } else {
+                    format!("under way: wait for it to end, or `arpanet service rollback {name}`")
+                };
                 return Err(ApiError(
                     StatusCode::CONFLICT,
                     format!(
-                        "service `{name}` is {} to version {}: wait for it to end, or `arpanet service rollback {name}`",
-                        r.state.as_str().replace('_', " "),
+                        "service `{name}`'s {what} to version {} is {ongoing}",
                         def.version
                     ),
                 ));
@@ -800,10 +832,6 @@ async fn update_service(
                     spec.env.insert(k.clone(), v.clone());
                 }
             }
-            spec.update.eager = update.order == Order::StartFirst;
-            // Checked as a whole, as a created service's spec is.
-            let spec = ContainerSpec::try_from(ContainerSpecV1::from(&spec))
-                .map_err(|e| ApiError::bad_request(e.within("spec").to_string()))?;
             let mut def = def.clone();
             if let Some(n) = replicas {
                 def.replicas = n;
@@ -813,11 +841,18 @@ async fn update_service(
                 def.update = update;
                 return Ok(def);
             }
+            // Start-first is the spec's containers.d `update.eager`; a spec that has it
+            // keeps it (stop-first, the default, turns nothing off).
+            if update.order == Order::StartFirst {
+                spec.update.eager = true;
+            }
+            // Checked as a whole, as a created service's spec is.
+            let spec = ContainerSpec::try_from(ContainerSpecV1::from(&spec))
+                .map_err(|e| ApiError::bad_request(e.within("spec").to_string()))?;
             Ok(rollout::start_update(
                 &def,
                 spec,
                 update,
-                placed,
                 crate::placement::driver::now_ms(),
             ))
         })
@@ -829,6 +864,7 @@ async fn update_service(
 /// `POST /v1/services/NAME/rollback`: the previous spec goes back, in batches.
 async fn rollback_service(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let name = service_in_path(&name)?;
+    s.require_a_driver().await?;
     let def = s
         .change_service(&name, |def, placed| {
             if def

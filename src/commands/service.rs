@@ -82,21 +82,24 @@ pub struct Update {
     /// The number of instances (applied at once, not in batches).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
-    /// Instances replaced at once across the cluster [default: 1, or the last update's].
+    /// Instances replaced at once across the cluster [default: the last update's, 1 at
+    /// first].
     #[arg(long)]
     pub parallel: Option<u32>,
-    /// Pause between batches, e.g. 10s [default: 0s].
+    /// Pause between batches, e.g. 10s [default: the last update's, 0s at first].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub delay: Option<std::time::Duration>,
     /// How long each new instance is watched: one without a check must run this long,
-    /// one with a check must pass within it (plus one check interval) [default: 5s].
+    /// one with a check must pass within it (plus one check interval) and keep passing
+    /// [default: the last update's, 5s at first].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub monitor: Option<std::time::Duration>,
-    /// What a failed batch does: pause (the default) or rollback.
+    /// What a failed batch does: pause or rollback [default: the last update's, pause at
+    /// first].
     #[arg(long, value_parser = parse_failure_action)]
     pub failure_action: Option<FailureAction>,
-    /// stop-first (the default) or start-first (the new instance starts before the
-    /// old one stops).
+    /// stop-first or start-first (the new instance starts before the old one stops)
+    /// [default: the last update's, stop-first at first].
     #[arg(long, value_parser = parse_order)]
     pub order: Option<Order>,
     /// Return once the update is stored, without following it.
@@ -373,44 +376,74 @@ impl Service {
     }
 }
 
-/// Follows a rollout to its end: a bar on a terminal, a line per change elsewhere.
+/// Follows a rollout to its end: a bar on a terminal, a line per batch elsewhere; with
+/// `json`, the final record is the only output.
 async fn follow(api: &ApiClient, def: ServiceDef, detach: bool, json: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let name = def.name.clone();
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let print_json = |def: &ServiceDef| -> anyhow::Result<()> {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ServiceRecord(def.clone()))?
+            );
+        }
+        Ok(())
+    };
     let Some(r) = def.rollout.clone().filter(|r| r.state.active()) else {
-        println!(
+        say(format!(
             "service {name}: version {}, nothing to roll out",
             def.version
-        );
-        return Ok(());
+        ));
+        return print_json(&def);
     };
-    let total = (r.remaining.len() + r.batch.len()) as u64;
-    let verb = if r.state == RolloutState::RollingBack {
+    let verb = if r.back {
         "rolling back to"
     } else {
         "updating to"
     };
     if detach {
-        println!(
-            "service {name}: {verb} version {} ({total} instance(s)); `arpanet service ps {name}` follows it",
+        say(format!(
+            "service {name}: {verb} version {}; `arpanet service ps {name}` follows it",
             def.version
-        );
-        return Ok(());
+        ));
+        return print_json(&def);
     }
-    let bar = indicatif::ProgressBar::new(total);
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(u64::from(def.replicas));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
             .expect("a valid template")
             .progress_chars("=> "),
     );
     let mut last = def;
+    let mut said = None;
     while let Some(r) = last.rollout.clone() {
-        let done = total.saturating_sub((r.remaining.len() + r.batch.len()) as u64);
+        // Instances on the spec being rolled out, the batch under way not counted.
+        let done = r.updated.len().saturating_sub(r.batch.len()) as u64;
+        let state = r.state.as_str().replace('_', " ");
+        bar.set_length(u64::from(last.replicas).max(done));
         bar.set_position(done);
-        bar.set_message(format!(
-            "{name}: {} version {}",
-            r.state.as_str().replace('_', " "),
-            last.version
-        ));
+        bar.set_message(format!("{name}: {state} version {}", last.version));
+        let now = (r.state, r.batch.clone(), last.version);
+        if !terminal && said.as_ref() != Some(&now) && !json {
+            let batch: Vec<&str> = r.batch.iter().map(String::as_str).collect();
+            if batch.is_empty() {
+                eprintln!("{name}: {state} version {}, {done} done", last.version);
+            } else {
+                eprintln!(
+                    "{name}: {state} version {}, {done} done, replacing {}",
+                    last.version,
+                    batch.join(", ")
+                );
+            }
+            said = Some(now);
+        }
         if !r.state.active() {
             break;
         }
@@ -419,24 +452,22 @@ async fn follow(api: &ApiClient, def: ServiceDef, detach: bool, json: bool) -> a
         last = now;
     }
     bar.finish_and_clear();
+    print_json(&last)?;
     let r = last.rollout.clone().expect("followed a rollout");
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&ServiceRecord(last.clone()))?
-        );
-    }
     match r.state {
         RolloutState::Completed => {
-            println!("service {name}: version {} rolled out", last.version);
+            say(format!(
+                "service {name}: version {} rolled out",
+                last.version
+            ));
             Ok(())
         }
         RolloutState::RolledBack => {
             let why = r.message.unwrap_or_default();
-            println!(
+            say(format!(
                 "service {name}: rolled back to version {}: {why}",
                 last.version
-            );
+            ));
             // An update that ended rolled back failed; a rollback asked for did not.
             if why.contains("failed") {
                 bail!("update of {name} failed and was rolled back");
@@ -444,7 +475,8 @@ async fn follow(api: &ApiClient, def: ServiceDef, detach: bool, json: bool) -> a
             Ok(())
         }
         _ => bail!(
-            "service {name}: update {}: {}",
+            "service {name}: {} {}: {}",
+            if r.back { "rollback" } else { "update" },
             r.state.as_str().replace('_', " "),
             r.message.unwrap_or_default()
         ),

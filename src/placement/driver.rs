@@ -105,16 +105,22 @@ async fn look(consul: &Consul, me: &Node) -> anyhow::Result<()> {
     }
     let nodes = super::reconcile::healthy_nodes(consul, me).await?;
     let plan = plan(&state.services, &nodes, &state.drained);
+    // One service's failure (its health unreadable, say) holds up no other's rollout.
+    let mut failed = Vec::new();
     for def in active {
         let placed: Vec<String> = placed_instances(&def.name, &plan)
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        step(consul, me, def, &placed)
-            .await
-            .with_context(|| format!("service {}", def.name))?;
+        if let Err(e) = step(consul, me, def, &placed).await {
+            failed.push(format!("service {}: {e:#}", def.name));
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failed.join("; "))
+    }
 }
 
 async fn step(

@@ -64,11 +64,11 @@ impl ServiceDef {
     }
 
     /// The version and spec instance `name` runs: while a rollout splits the service,
-    /// the instances it has not reached yet keep the previous spec (and new ones, say
-    /// from a scale-up, start on the current one).
+    /// the instances it has not reached yet keep the previous spec (new ones too, say
+    /// from a scale-up, until a batch takes them).
     pub fn spec_for(&self, instance: &str) -> (u64, &ContainerSpec) {
         match (&self.rollout, &self.previous) {
-            (Some(r), Some(p)) if r.state.splits() && r.remaining.contains(instance) => {
+            (Some(r), Some(p)) if r.state.splits() && !r.updated.contains(instance) => {
                 (p.version, &p.spec)
             }
             _ => (self.version, &self.spec),
@@ -374,9 +374,11 @@ pub fn plan(services: &[ServiceDef], nodes: &[Node], drained: &[NodeAddress]) ->
             overflow += want - room;
         }
         while overflow > 0 {
+            // Only to nodes that publish a capacity: one of an older release places
+            // by the even share alone and would never start the extra instance.
             let next = ranked
                 .iter()
-                .filter(|a| fits(free.get(a).copied().flatten(), r) > 0)
+                .filter(|a| matches!(free.get(a), Some(Some(f)) if fits(Some(*f), r) > 0))
                 .min_by_key(|a| got.get(a).copied().unwrap_or(0));
             let Some(a) = next else { break };
             take(*a, &mut free, &mut got);

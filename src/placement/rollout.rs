@@ -108,13 +108,17 @@ impl RolloutState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollout {
     pub state: RolloutState,
-    /// Instances still on the previous spec; later batches take them.
-    pub remaining: BTreeSet<String>,
+    /// Instances on the current spec (the batch's included). Every other instance runs
+    /// the previous one until a batch takes it, an instance placed during the rollout
+    /// too: nothing switches outside a batch.
+    pub updated: BTreeSet<String>,
     /// The instances being replaced now.
     pub batch: BTreeSet<String>,
     pub batch_started: u64,
     /// When each of the batch's instances was first seen on its new version.
     pub seen: BTreeMap<String, u64>,
+    /// The batch's instances seen passing their check.
+    pub passed: BTreeSet<String>,
     /// When the last batch ended, for `delay`.
     pub batch_ended: u64,
     pub started: u64,
@@ -124,21 +128,25 @@ pub struct Rollout {
     pub message: Option<String>,
     /// The node that took the last step.
     pub driver: Option<NodeAddress>,
+    /// A rollback (`current` is the spec put back), also once it paused.
+    pub back: bool,
 }
 
 impl Rollout {
-    pub fn new(state: RolloutState, remaining: BTreeSet<String>, now: u64) -> Self {
+    pub fn new(state: RolloutState, updated: BTreeSet<String>, now: u64) -> Self {
         Self {
             state,
-            remaining,
+            updated,
             batch: BTreeSet::new(),
             batch_started: 0,
             seen: BTreeMap::new(),
+            passed: BTreeSet::new(),
             batch_ended: 0,
             started: now,
             ended: None,
             message: None,
             driver: None,
+            back: state == RolloutState::RollingBack,
         }
     }
 }
@@ -151,56 +159,60 @@ pub struct Health {
     pub passing: bool,
 }
 
-/// The service record after `service update`: `spec` becomes version+1 and rolls out
-/// over `placed` (every instance now placed). An update of a paused service keeps the
-/// spec the untouched instances run as the one to roll back to.
+/// The service record after `service update`: `spec` becomes the next version and
+/// rolls out over every instance, in batches. The caller refuses an update while a
+/// rollout is active or paused (a paused service is split between two specs; the
+/// rollback sorts it out first).
 pub fn start_update(
     def: &ServiceDef,
     spec: ContainerSpec,
     update: UpdateConfig,
-    placed: &[String],
     now: u64,
 ) -> ServiceDef {
     let mut next = def.clone();
     let newest = def
         .version
         .max(def.previous.as_ref().map_or(0, |p| p.version));
-    let paused = def
-        .rollout
-        .as_ref()
-        .is_some_and(|r| r.state == RolloutState::Paused);
-    let remaining = if paused {
-        def.rollout.as_ref().map(|r| r.remaining.clone()).unwrap()
-    } else {
-        next.previous = Some(Previous {
-            version: def.version,
-            spec: def.spec.clone(),
-        });
-        placed.iter().cloned().collect()
-    };
+    next.previous = Some(Previous {
+        version: def.version,
+        spec: def.spec.clone(),
+    });
     next.spec = spec;
     next.version = newest + 1;
     next.update = update;
-    next.rollout = Some(Rollout::new(RolloutState::Updating, remaining, now));
+    next.rollout = Some(Rollout::new(RolloutState::Updating, BTreeSet::new(), now));
     next
 }
 
 /// The record with the previous spec going back, in batches, to the instances that run
-/// the current one.
+/// the current one; a paused rollback resumes instead (swapping again would roll
+/// forward to the spec that failed).
 pub fn start_rollback(
     def: &ServiceDef,
     placed: &[String],
     now: u64,
     why: Option<String>,
 ) -> Option<ServiceDef> {
+    if let Some(r) = &def.rollout
+        && r.back
+        && r.state == RolloutState::Paused
+    {
+        let mut next = def.clone();
+        let r = next.rollout.as_mut().expect("checked");
+        r.state = RolloutState::RollingBack;
+        r.ended = None;
+        r.message = why;
+        return Some(next);
+    }
     let previous = def.previous.clone()?;
-    let on_current: BTreeSet<String> = match &def.rollout {
+    // Instances the last update has not reached run the spec going back already.
+    let on_previous: BTreeSet<String> = match &def.rollout {
         Some(r) if r.state.splits() => placed
             .iter()
-            .filter(|i| !r.remaining.contains(*i))
+            .filter(|i| !r.updated.contains(*i))
             .cloned()
             .collect(),
-        _ => placed.iter().cloned().collect(),
+        _ => BTreeSet::new(),
     };
     let mut next = def.clone();
     next.previous = Some(Previous {
@@ -209,7 +221,7 @@ pub fn start_rollback(
     });
     next.spec = previous.spec;
     next.version = previous.version;
-    let mut rollout = Rollout::new(RolloutState::RollingBack, on_current, now);
+    let mut rollout = Rollout::new(RolloutState::RollingBack, on_previous, now);
     rollout.message = why;
     next.rollout = Some(rollout);
     Some(next)
@@ -235,6 +247,11 @@ fn human(d: Duration) -> humantime::FormattedDuration {
 
 /// The next step of an active rollout: the record to write, or None while there is
 /// nothing to record yet.
+///
+/// A batch instance is done once it has run its new version for `monitor` (and, with
+/// a check, passes it); it fails if it stops within that window, stops passing after it
+/// passed, has not passed within `monitor` plus one check interval, or has not started
+/// within [`START_DEADLINE`].
 pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
     let r = def.rollout.as_ref().filter(|r| r.state.active())?;
     let mut next = def.clone();
@@ -269,10 +286,21 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
                         o.now
                     });
                     let age = o.now.saturating_sub(first);
+                    if age < monitor {
+                        ready = false;
+                    }
                     match o.check_interval {
-                        Some(interval) if !h.passing => {
+                        Some(_) if h.passing => {
+                            changed |= nr.passed.insert(i.clone());
+                        }
+                        Some(_) if nr.passed.contains(i) => {
+                            failure = Some(format!(
+                                "{i} stopped passing its check within the monitor window"
+                            ));
+                        }
+                        Some(interval) => {
                             ready = false;
-                            let grace = def.update.monitor + interval;
+                            let grace = def.update.monitor.saturating_add(interval);
                             if age > ms(grace) {
                                 failure = Some(format!(
                                     "{i} did not pass its check within {}",
@@ -280,8 +308,6 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
                                 ));
                             }
                         }
-                        Some(_) => {}
-                        None if age < monitor => ready = false,
                         None => {}
                     }
                 }
@@ -293,24 +319,27 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
         if ready {
             nr.batch.clear();
             nr.seen.clear();
+            nr.passed.clear();
             nr.batch_ended = o.now;
             changed = true;
         }
         return changed.then_some(next);
     }
 
-    let pending: Vec<String> = r
-        .remaining
+    let pending: Vec<String> = o
+        .placed
         .iter()
-        .filter(|i| placed.contains(i))
+        .filter(|i| !r.updated.contains(*i))
         .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     if pending.is_empty() {
-        nr.state = match r.state {
-            RolloutState::RollingBack => RolloutState::RolledBack,
-            _ => RolloutState::Completed,
+        nr.state = if r.back {
+            RolloutState::RolledBack
+        } else {
+            RolloutState::Completed
         };
-        nr.remaining.clear();
         nr.ended = Some(o.now);
         return Some(next);
     }
@@ -321,7 +350,7 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
         .into_iter()
         .take(def.update.parallel.max(1) as usize)
         .collect();
-    nr.remaining.retain(|i| !batch.contains(i));
+    nr.updated.extend(batch.iter().cloned());
     nr.batch = batch;
     nr.batch_started = o.now;
     Some(next)
@@ -329,34 +358,29 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
 
 /// A failed batch: an update rolls back when asked to, anything else pauses.
 fn fail(def: &ServiceDef, mut next: ServiceDef, why: String, o: &Observation) -> ServiceDef {
-    let state = def.rollout.as_ref().map(|r| r.state);
-    if state == Some(RolloutState::Updating) && def.update.failure_action == FailureAction::Rollback
-    {
+    let back = def.rollout.as_ref().is_some_and(|r| r.back);
+    if !back && def.update.failure_action == FailureAction::Rollback {
         let previous = def.previous.as_ref().map_or(0, |p| p.version);
         let why = format!(
             "version {} failed: {why}; rolling back to version {previous}",
             def.version
         );
-        if let Some(mut back) = start_rollback(def, o.placed, o.now, Some(why)) {
-            if let Some(r) = back.rollout.as_mut() {
+        if let Some(mut rolled) = start_rollback(def, o.placed, o.now, Some(why)) {
+            if let Some(r) = rolled.rollout.as_mut() {
                 r.driver = Some(o.me);
             }
-            return back;
+            return rolled;
         }
     }
     let nr = next.rollout.as_mut().expect("an active rollout");
-    let what = if state == Some(RolloutState::RollingBack) {
-        "rollback"
-    } else {
-        "update"
-    };
+    let what = if back { "rollback" } else { "update" };
     nr.state = RolloutState::Paused;
     nr.message = Some(format!("{what} to version {} paused: {why}", def.version));
     nr.ended = Some(o.now);
-    // The failed batch keeps the new spec (it is not in `remaining`), as Swarm leaves
-    // a paused update's tasks.
+    // The failed batch keeps the new spec, as Swarm leaves a paused update's tasks.
     nr.batch.clear();
     nr.seen.clear();
+    nr.passed.clear();
     next
 }
 
@@ -427,7 +451,6 @@ mod tests {
             &web(),
             spec("busybox:2"),
             update(2, FailureAction::Pause),
-            &placed,
             0,
         );
         assert_eq!(def.version, 2);
@@ -462,7 +485,6 @@ mod tests {
             &web(),
             spec("busybox:2"),
             update(1, FailureAction::Pause),
-            &placed,
             0,
         );
         let mut batch_ends = Vec::new();
@@ -496,7 +518,6 @@ mod tests {
             &web(),
             spec("busybox:2"),
             update(2, FailureAction::Rollback),
-            &placed,
             0,
         );
         let mut ever_on_new = BTreeSet::new();
@@ -542,13 +563,7 @@ mod tests {
     #[test]
     fn pause_is_the_default_and_keeps_the_rest_on_the_old_spec() {
         let placed = names(4);
-        let def = start_update(
-            &web(),
-            spec("busybox:2"),
-            UpdateConfig::default(),
-            &placed,
-            0,
-        );
+        let def = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
         let done = run(
             def,
             &placed,
@@ -577,26 +592,135 @@ mod tests {
     #[test]
     fn a_rollback_on_demand_puts_the_previous_spec_back_and_versions_stay_apart() {
         let placed = names(2);
-        let v2 = start_update(
-            &web(),
-            spec("busybox:2"),
-            UpdateConfig::default(),
-            &placed,
-            0,
-        );
+        let v2 = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
         let back = start_rollback(&v2, &placed, 0, None).unwrap();
         assert_eq!((back.version, back.spec.image.as_str()), (1, "busybox:1"));
-        // Only the instances v2 reached go back.
-        assert!(back.rollout.as_ref().unwrap().remaining.is_empty());
-        let v3 = start_update(
-            &back,
-            spec("busybox:3"),
-            UpdateConfig::default(),
-            &placed,
-            0,
-        );
+        // v2 reached no instance yet: all of them run the spec going back already.
+        assert_eq!(back.rollout.as_ref().unwrap().updated.len(), 2);
+        let v3 = start_update(&back, spec("busybox:3"), UpdateConfig::default(), 0);
         assert_eq!(v3.version, 3, "a version number names one spec");
         assert!(start_rollback(&web(), &placed, 0, None).is_none());
+    }
+
+    fn passing_on(d: &ServiceDef, i: &str) -> Option<Health> {
+        Some(Health {
+            version: d.spec_for(i).0,
+            passing: true,
+        })
+    }
+
+    #[test]
+    fn a_checked_batch_still_waits_out_the_monitor_window() {
+        let placed = names(1);
+        let def = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
+        let mut ended = 0;
+        let done = run(def, &placed, true, 30, passing_on, |d| {
+            ended = d.rollout.as_ref().unwrap().batch_ended.max(ended);
+        });
+        assert_eq!(done.rollout.unwrap().state, RolloutState::Completed);
+        // Started at t=0, seen passing at t=1, done 5 s later.
+        assert_eq!(ended, 1_000_000 + 6_000);
+    }
+
+    #[test]
+    fn an_instance_that_passes_then_fails_within_the_window_stops_the_update() {
+        let placed = names(2);
+        let def = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
+        let look = |def: &ServiceDef, now: u64, passing: bool| {
+            let h: BTreeMap<String, Health> = placed
+                .iter()
+                .map(|i| {
+                    let (version, _) = def.spec_for(i);
+                    let passing = version == 1 || passing;
+                    (i.clone(), Health { version, passing })
+                })
+                .collect();
+            step(
+                def,
+                &Observation {
+                    placed: &placed,
+                    health: &h,
+                    check_interval: Some(Duration::from_secs(1)),
+                    now,
+                    me: "0.1".parse().unwrap(),
+                },
+            )
+        };
+        let started = look(&def, 1_000, true).unwrap();
+        let passed = look(&started, 2_000, true).unwrap();
+        assert!(
+            look(&passed, 3_000, true).is_none(),
+            "passing, in its window"
+        );
+        let failed = look(&passed, 4_000, false).unwrap();
+        let r = failed.rollout.as_ref().unwrap();
+        assert_eq!(r.state, RolloutState::Paused, "{r:?}");
+        assert!(
+            r.message.as_ref().unwrap().contains("stopped passing"),
+            "{r:?}"
+        );
+        assert_eq!(
+            placed.iter().filter(|i| failed.spec_for(i).0 == 2).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_instance_placed_during_the_rollout_waits_for_a_batch() {
+        let def = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
+        assert_eq!(
+            def.spec_for("web_0.9_1").0,
+            1,
+            "a newcomer starts on the old spec"
+        );
+        let more = names(3);
+        let done = run(def, &more, true, 60, passing_on, |_| {});
+        assert_eq!(
+            done.rollout.as_ref().unwrap().state,
+            RolloutState::Completed
+        );
+        assert!(more.iter().all(|i| done.spec_for(i).0 == 2));
+    }
+
+    #[test]
+    fn a_paused_rollback_resumes_rather_than_rolling_forward() {
+        let placed = names(2);
+        let v2 = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
+        let mut back = start_rollback(&v2, &placed, 0, None).unwrap();
+        let r = back.rollout.as_mut().unwrap();
+        r.updated.clear();
+        r.state = RolloutState::Paused;
+        let again = start_rollback(&back, &placed, 5, Some("asked".into())).unwrap();
+        assert_eq!(again.version, 1, "still going back to version 1");
+        assert_eq!(again.rollout.unwrap().state, RolloutState::RollingBack);
+    }
+
+    #[test]
+    fn a_huge_monitor_does_not_overflow() {
+        let placed = names(1);
+        let config = UpdateConfig {
+            monitor: Duration::MAX,
+            ..UpdateConfig::default()
+        };
+        let def = start_update(&web(), spec("busybox:2"), config, 0);
+        let h: BTreeMap<String, Health> = [(
+            placed[0].clone(),
+            Health {
+                version: 2,
+                passing: false,
+            },
+        )]
+        .into();
+        let o = Observation {
+            placed: &placed,
+            health: &h,
+            check_interval: Some(Duration::from_secs(1)),
+            now: 5_000,
+            me: "0.1".parse().unwrap(),
+        };
+        let started = step(&def, &o).unwrap();
+        let seen = step(&started, &o).unwrap();
+        assert!(step(&seen, &Observation { now: u64::MAX, ..o }).is_none());
     }
 
     #[test]
@@ -610,13 +734,7 @@ mod tests {
     #[test]
     fn a_stalled_step_writes_nothing() {
         let placed = names(1);
-        let def = start_update(
-            &web(),
-            spec("busybox:2"),
-            UpdateConfig::default(),
-            &placed,
-            0,
-        );
+        let def = start_update(&web(), spec("busybox:2"), UpdateConfig::default(), 0);
         let h = BTreeMap::new();
         let o = |now| Observation {
             placed: &placed,

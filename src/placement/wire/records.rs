@@ -20,6 +20,9 @@ use crate::placement::{
     Constraints, Previous, Rollout, RolloutState, ServiceDef, ServiceName, UpdateConfig,
 };
 
+/// The longest `delay` or `monitor` an update may ask for.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The newest service record version this release reads.
 pub const SERVICE_READS_UP_TO: u64 = 2;
 
@@ -141,13 +144,15 @@ pub enum RolloutStateV2 {
 pub struct RolloutV2 {
     pub state: RolloutStateV2,
     #[serde(default)]
-    pub remaining: BTreeSet<String>,
+    pub updated: BTreeSet<String>,
     #[serde(default)]
     pub batch: BTreeSet<String>,
     #[serde(default)]
     pub batch_started: u64,
     #[serde(default)]
     pub seen: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub passed: BTreeSet<String>,
     #[serde(default)]
     pub batch_ended: u64,
     pub started: u64,
@@ -157,6 +162,8 @@ pub struct RolloutV2 {
     pub message: Option<String>,
     #[serde(default)]
     pub driver: Option<NodeAddress>,
+    #[serde(default)]
+    pub back: bool,
 }
 
 /// `PUT /v1/services/NAME/update`: what changes (nothing named stays), and how it
@@ -277,6 +284,11 @@ impl TryFrom<UpdateConfigV2> for UpdateConfig {
         if u.parallel == 0 {
             return Err(WireError::at("parallel", "must be at least 1"));
         }
+        for (field, d) in [("delay", u.delay.0), ("monitor", u.monitor.0)] {
+            if d > MAX_WAIT {
+                return Err(WireError::at(field, "must be at most 24h"));
+            }
+        }
         Ok(Self {
             parallel: u.parallel,
             delay: u.delay.0,
@@ -321,15 +333,17 @@ impl From<&Rollout> for RolloutV2 {
     fn from(r: &Rollout) -> Self {
         Self {
             state: r.state.into(),
-            remaining: r.remaining.clone(),
+            updated: r.updated.clone(),
             batch: r.batch.clone(),
             batch_started: r.batch_started,
             seen: r.seen.clone(),
+            passed: r.passed.clone(),
             batch_ended: r.batch_ended,
             started: r.started,
             ended: r.ended,
             message: r.message.clone(),
             driver: r.driver,
+            back: r.back,
         }
     }
 }
@@ -338,15 +352,17 @@ impl From<RolloutV2> for Rollout {
     fn from(r: RolloutV2) -> Self {
         Self {
             state: r.state.into(),
-            remaining: r.remaining,
+            updated: r.updated,
             batch: r.batch,
             batch_started: r.batch_started,
             seen: r.seen,
+            passed: r.passed,
             batch_ended: r.batch_ended,
             started: r.started,
             ended: r.ended,
             message: r.message,
             driver: r.driver,
+            back: r.back,
         }
     }
 }
@@ -635,8 +651,7 @@ mod tests {
         assert!(!String::from_utf8(def.to_json()).unwrap().contains("\"v\""));
         let mut spec = def.spec.clone();
         spec.env.insert("MODE".into(), "canary".into());
-        let placed = ["web_0.2_1".to_string(), "web_0.3_1".to_string()];
-        let updated = start_update(&def, spec, UpdateConfig::default(), &placed, 7);
+        let updated = start_update(&def, spec, UpdateConfig::default(), 7);
         let json = updated.to_json();
         assert!(
             json.starts_with(br#"{"v":2,"#),
@@ -648,6 +663,8 @@ mod tests {
         assert_eq!(back.0, updated);
         let e = ServiceDef::from_json(br#"{"v":2,"name":"web","replicas":1,"version":2,"spec":{"name":"web","image":"b:1"},"update":{"parallel":0}}"#).unwrap_err();
         assert_eq!(e.to_string(), "update.parallel: must be at least 1");
+        let e = ServiceDef::from_json(br#"{"v":2,"name":"web","replicas":1,"version":2,"spec":{"name":"web","image":"b:1"},"update":{"monitor":"48h"}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "update.monitor: must be at most 24h");
     }
 
     #[test]
