@@ -897,12 +897,27 @@ impl Consul {
         index: Option<u64>,
         wait: Duration,
     ) -> Result<(Vec<(String, Vec<u8>)>, u64), ConsulError> {
+        let (entries, index) = self.kv_list_created(prefix, index, wait).await?;
+        Ok((entries.into_iter().map(|(k, v, _)| (k, v)).collect(), index))
+    }
+
+    /// [`Self::kv_list`] with each key's CreateIndex: the order in which keys were
+    /// made, the same on every node.
+    #[allow(clippy::type_complexity)]
+    pub async fn kv_list_created(
+        &self,
+        prefix: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Vec<(String, Vec<u8>, u64)>, u64), ConsulError> {
         #[derive(Deserialize)]
         struct Entry {
             #[serde(rename = "Key")]
             key: String,
             #[serde(rename = "Value")]
             value: Option<String>,
+            #[serde(rename = "CreateIndex", default)]
+            created: u64,
         }
         let path = format!("{}?recurse{}", kv_path(prefix)?, blocking(index, wait));
         let resp = self
@@ -923,7 +938,7 @@ impl Consul {
                     .value
                     .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
                     .unwrap_or_default();
-                (e.key, value)
+                (e.key, value, e.created)
             })
             .collect();
         Ok((entries, new_index))

@@ -41,6 +41,9 @@ pub struct ServiceDef {
     /// How the last update rolled out, and how a rollback does.
     pub update: UpdateConfig,
     pub rollout: Option<Rollout>,
+    /// When its KV key was made (Consul's CreateIndex; 0 when not read from KV): the
+    /// order in which services take room, so a new one never pushes out an older one.
+    pub created: u64,
 }
 
 impl ServiceDef {
@@ -60,6 +63,7 @@ impl ServiceDef {
             previous: None,
             update: UpdateConfig::default(),
             rollout: None,
+            created: 0,
         }
     }
 
@@ -318,7 +322,7 @@ fn human_reservation(r: Capacity) -> String {
 }
 
 /// Placement of every service, the same on every node. A service that reserves nothing
-/// is [`shares`]. One that reserves CPU or memory is placed in name order: each node
+/// is [`shares`]. One that reserves CPU or memory is placed oldest first: each node
 /// first takes what it fits of its even share, then what did not fit goes one at a
 /// time to the admitted node with room that runs the fewest of it (ties by rank).
 /// What fits nowhere is [`Unplaced`], never put on a node that has no room. While
@@ -327,8 +331,10 @@ pub fn plan(services: &[ServiceDef], nodes: &[Node], drained: &[NodeAddress]) ->
     let mut free: BTreeMap<NodeAddress, Option<Capacity>> =
         nodes.iter().map(|n| (n.address, n.capacity)).collect();
     let mut plan = Plan::default();
+    // Oldest first: a service created (or scaled) into a full cluster is the one left
+    // unplaced, never one that runs already.
     let mut sorted: Vec<&ServiceDef> = services.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     for s in sorted {
         let ideal = shares(s, nodes, drained);
         let admitted: Vec<&Node> = nodes
@@ -647,6 +653,36 @@ mod tests {
         );
         // Instances of a service that does not fit are not given to this node either.
         assert!(instances_for(all[0].address, &[big], &all, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_new_service_is_the_one_left_out_not_one_that_runs() {
+        let all = vec![with_capacity(node("0.1", Role::Client), 1, 1024)];
+        let mut old = reserving("zz-old", 1, 1.0, 10);
+        old.created = 10;
+        let mut new = reserving("aa-new", 1, 1.0, 10);
+        new.created = 20;
+        let plan = plan(&[new.clone(), old.clone()], &all, &[]);
+        assert_eq!(plan.share(&old.name, all[0].address), 1);
+        assert_eq!(plan.unplaced[&new.name].count, 1);
+    }
+
+    #[test]
+    fn overflow_goes_only_to_nodes_that_publish_a_capacity() {
+        // 0.2 runs an older release: unlimited, but it places by the even share alone.
+        let all = vec![
+            with_capacity(node("0.1", Role::Client), 1, 1024),
+            node("0.2", Role::Client),
+        ];
+        let s = reserving("web", 4, 1.0, 10);
+        let plan = plan(std::slice::from_ref(&s), &all, &[]);
+        assert_eq!(plan.share(&s.name, all[0].address), 1);
+        assert_eq!(
+            plan.share(&s.name, all[1].address),
+            2,
+            "its even share only"
+        );
+        assert_eq!(plan.unplaced[&s.name].count, 1);
     }
 
     #[test]

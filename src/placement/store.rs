@@ -81,10 +81,23 @@ pub fn parse(entries: &[(String, Vec<u8>)]) -> ClusterState {
 
 pub async fn load(consul: &Consul) -> anyhow::Result<ClusterState> {
     let (entries, _) = consul
-        .kv_list(PREFIX, None, std::time::Duration::ZERO)
+        .kv_list_created(PREFIX, None, std::time::Duration::ZERO)
         .await
         .context("read the cluster's services from Consul KV")?;
-    Ok(parse(&entries))
+    let created: std::collections::BTreeMap<&str, u64> =
+        entries.iter().map(|(k, _, c)| (k.as_str(), *c)).collect();
+    let pairs: Vec<(String, Vec<u8>)> = entries
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let mut state = parse(&pairs);
+    for s in &mut state.services {
+        s.created = created
+            .get(service_key(&s.name).as_str())
+            .copied()
+            .unwrap_or(0);
+    }
+    Ok(state)
 }
 
 #[cfg(test)]

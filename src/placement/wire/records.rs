@@ -407,6 +407,7 @@ impl TryFrom<ServiceDefV2> for ServiceDef {
             previous,
             update: UpdateConfig::try_from(w.update).map_err(|e| e.within("update"))?,
             rollout: w.rollout.map(Rollout::from),
+            created: 0,
         })
     }
 }
