@@ -249,9 +249,9 @@ fn human(d: Duration) -> humantime::FormattedDuration {
 /// nothing to record yet.
 ///
 /// A batch instance is done once it has run its new version for `monitor` (and, with
-/// a check, passes it); it fails if it stops within that window, stops passing after it
-/// passed, has not passed within `monitor` plus one check interval, or has not started
-/// within [`START_DEADLINE`].
+/// a check, passes it); it fails if it stops within that window, has not passed within
+/// `monitor` plus one check interval (counted again from a check it stops passing, as
+/// Nomad's min_healthy_time restarts), or has not started within [`START_DEADLINE`].
 pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
     let r = def.rollout.as_ref().filter(|r| r.state.active())?;
     let mut next = def.clone();
@@ -294,9 +294,13 @@ pub fn step(def: &ServiceDef, o: &Observation) -> Option<ServiceDef> {
                             changed |= nr.passed.insert(i.clone());
                         }
                         Some(_) if nr.passed.contains(i) => {
-                            failure = Some(format!(
-                                "{i} stopped passing its check within the monitor window"
-                            ));
+                            // One missed check (a slow answer on a busy host) is no
+                            // failure yet: its window starts again, and it fails if it
+                            // does not pass again within it.
+                            ready = false;
+                            nr.passed.remove(i);
+                            nr.seen.insert(i.clone(), o.now);
+                            changed = true;
                         }
                         Some(interval) => {
                             ready = false;
@@ -652,11 +656,26 @@ mod tests {
             look(&passed, 3_000, true).is_none(),
             "passing, in its window"
         );
-        let failed = look(&passed, 4_000, false).unwrap();
+        let flipped = look(&passed, 4_000, false).unwrap();
+        assert_eq!(
+            flipped.rollout.as_ref().unwrap().state,
+            RolloutState::Updating,
+            "one missed check restarts the window"
+        );
+        let again = look(&flipped, 6_000, true).expect("passing again");
+        let flipped = look(&again, 7_000, false).expect("missed again: the window restarts");
+        assert!(
+            look(&flipped, 9_000, false).is_none(),
+            "within monitor + interval"
+        );
+        let failed = look(&flipped, 14_000, false).unwrap();
         let r = failed.rollout.as_ref().unwrap();
         assert_eq!(r.state, RolloutState::Paused, "{r:?}");
         assert!(
-            r.message.as_ref().unwrap().contains("stopped passing"),
+            r.message
+                .as_ref()
+                .unwrap()
+                .contains("did not pass its check"),
             "{r:?}"
         );
         assert_eq!(

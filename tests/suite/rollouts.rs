@@ -164,7 +164,7 @@ image = "@IMAGE@"
 command = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
 restart = "always"
 update = { pull = false }
-service = { port = 8080, check = { type = "http", path = "/cgi-bin/whoami", interval = "1s", timeout = "1s" } }
+service = { port = 8080, check = { type = "http", path = "/cgi-bin/whoami", interval = "2s", timeout = "2s" } }
 "#;
 
 #[test]
@@ -393,7 +393,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     println!(
         "MEASURED: failing update: {took:.1?} from `service update` to the end of the rollback; \
          the rollback itself (failure found -> old instances back and passing) {:.1?}; \
-         a failure is found --monitor (3s) + one check interval (1s) after the bad instance starts",
+         a failure is found --monitor (3s) + one check interval (2s) after the bad instance starts",
         Duration::from_millis(rb_end - rb_start)
     );
     wait_until(
