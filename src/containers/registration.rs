@@ -86,7 +86,17 @@ fn tags(text: Option<&str>) -> Vec<String> {
 /// The services a running container asks for: arpanet's labels (containers.d's
 /// `service`, or `arpanet.service=NAME`), else registrator's SERVICE_* settings.
 pub fn services(node: &str, node_address: &str, c: &Running) -> Vec<ServiceRegistration> {
-    let Some(ip) = c.ip else { return Vec::new() };
+    // A host-network container answers on its host's addresses: it registers at the
+    // node's overlay address, which every node routes to (as registrator uses the
+    // host's address for one).
+    let ip = match (c.ip, c.host_network) {
+        (Some(ip), _) => ip,
+        (None, true) => match node_address.parse::<crate::addressing::NodeAddress>() {
+            Ok(a) => a.overlay_ip(),
+            Err(_) => return Vec::new(),
+        },
+        (None, false) => return Vec::new(),
+    };
     let ports = exposed_ports(c);
     let mut wanted: Vec<(String, u16, Vec<String>, Option<CheckLabel>)> = Vec::new();
     if let Some(name) = c.labels.get(LABEL_SERVICE) {
@@ -223,6 +233,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             exposed: exposed.iter().map(|s| s.to_string()).collect(),
+            host_network: false,
         }
     }
 
@@ -302,5 +313,26 @@ mod tests {
         let mut c = container(&[(LABEL_SERVICE, "x")], &[], &[]);
         c.ip = None;
         assert!(services("h1", "0.1", &c).is_empty());
+    }
+
+    #[test]
+    fn a_host_network_container_registers_at_its_nodes_overlay_address() {
+        let check = r#"{"type":"http","path":"/health","interval":"5s","timeout":"1s"}"#;
+        let mut c = container(
+            &[
+                (LABEL_SERVICE, "agent"),
+                (LABEL_PORT, "9100"),
+                (LABEL_CHECK, check),
+            ],
+            &[],
+            &[],
+        );
+        c.ip = None;
+        c.host_network = true;
+        let s = services("h1", "0.2", &c);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].address.as_str(), s[0].port), ("10.255.0.2", 9100));
+        let http = s[0].check.as_ref().unwrap().http.as_deref();
+        assert_eq!(http, Some("http://10.255.0.2:9100/health"));
     }
 }

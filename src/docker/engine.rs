@@ -345,6 +345,8 @@ pub struct Running {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `8080/tcp` style.
     pub exposed: Vec<String>,
+    /// It shares the host's network (no address of its own).
+    pub host_network: bool,
 }
 
 impl Engine {
@@ -363,6 +365,11 @@ impl Engine {
                 continue;
             };
             let config = i.config.unwrap_or_default();
+            let host_network = i
+                .host_config
+                .as_ref()
+                .and_then(|h| h.network_mode.as_deref())
+                == Some("host");
             let ip = i
                 .network_settings
                 .and_then(|n| n.networks)
@@ -390,6 +397,7 @@ impl Engine {
                     .collect(),
                 labels: config.labels.unwrap_or_default().into_iter().collect(),
                 exposed: config.exposed_ports.unwrap_or_default(),
+                host_network,
             });
         }
         Ok(out)

@@ -480,6 +480,55 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     });
     assert_eq!(inspect(h0, "web")["version"], 4, "v1, v2, bad (3), then 4");
 
+    // Host-network instances have no address of their own: they register at their
+    // node's overlay address, so their update is watched like any other.
+    let agent = h0.dir.join("agent.toml");
+    std::fs::write(
+        &agent,
+        WEB.replace("@IMAGE@", TEST_IMAGE)
+            .replace("name = \"web\"", "name = \"agent\"\nnetwork = \"host\"")
+            .replace("8080", "9100"),
+    )
+    .unwrap();
+    assert_success(
+        &h1.arpanet(&[
+            "service",
+            "create",
+            "agent",
+            "--file",
+            agent.to_str().unwrap(),
+            "--replicas",
+            "3",
+        ]),
+        "service create agent",
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "3 passing host-network instances",
+        || passing(h0, "agent") == Some(3),
+    );
+    let out = h2.arpanet(&[
+        "service",
+        "update",
+        "agent",
+        "--image",
+        "arpanet-test/web:2",
+        "--monitor",
+        "1s",
+    ]);
+    assert_success(&out, "service update agent");
+    assert!(
+        stdout(&out).contains("version 2 rolled out"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(running_on(&hosts, "agent", &v2), 3);
+    wait_until(
+        Duration::from_secs(20),
+        "3 passing after the update",
+        || passing(h0, "agent") == Some(3),
+    );
+
     // 4. Capacity: node 2 offers 1 CPU and 256 MB. A service of 0.5 CPU and 100 MB
     // instances gets at most 2 there; the rest go elsewhere.
     let config = h2.config_path();
