@@ -3,14 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, json, stdout, wait_until};
 
 const CONSUL: &str = "[consul]\nmode = \"config\"\n";
-
-fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
-}
 
 fn status(host: &Host) -> serde_json::Value {
     json(

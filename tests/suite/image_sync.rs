@@ -8,12 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
-
-fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
-}
+use crate::lab::{Host, Lab, assert_success, json, stdout, wait_until};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

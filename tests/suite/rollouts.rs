@@ -8,22 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
-
-fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
-}
-
-/// Passing instances of `service` in Consul, as `host`'s agent sees them; None when
-/// the agent did not answer.
-fn passing(host: &Host, service: &str) -> Option<usize> {
-    let url = format!("http://127.0.0.1:8500/v1/health/service/{service}?passing");
-    let out = host.exec(&["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-}
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, json, stdout, wait_until};
 
 /// The image ID of every container of `service` on `host`, running or not, by name.
 fn images_on(host: &Host, service: &str) -> BTreeMap<String, (String, bool)> {
@@ -67,33 +52,6 @@ fn running_on(hosts: &[&Host], service: &str, ids: &[String]) -> usize {
         .sum()
 }
 
-/// A raw request to `host`'s API socket: (status, body).
-fn request(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let socket = host.dir.join("run/api.sock");
-    let out = host.exec(&[
-        "curl",
-        "-s",
-        "-X",
-        method,
-        "--unix-socket",
-        socket.to_str().unwrap(),
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        body,
-        "-w",
-        "\n%{http_code}",
-        &format!("http://arpanetd{path}"),
-    ]);
-    assert_success(&out, "curl");
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 fn image_id(host: &Host, tag: &str) -> String {
     let out = host.docker(&["image", "inspect", "-f", "{{.Id}}", tag]);
     assert_success(&out, "image inspect");
@@ -123,7 +81,7 @@ fn sample(hosts: &[&Host], service: &str, stop: &AtomicBool, seen: &Mutex<Seen>)
     let mut last_images = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        match passing(hosts[1], service) {
+        match hosts[1].passing_instances(service) {
             Some(n) => {
                 let mut s = seen.lock().unwrap();
                 s.samples += 1;
@@ -208,7 +166,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
         "service create web",
     );
     wait_until(Duration::from_secs(90), "6 passing web instances", || {
-        passing(h0, "web") == Some(6)
+        h0.passing_instances("web") == Some(6)
     });
     // Bad requests: one error naming the field, and the record stays as it was.
     for (body, code, said) in [
@@ -230,18 +188,18 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
         ),
         (r#"{"replicas":-1}"#, 400, "replicas: "),
     ] {
-        let (status, answer) = request(h0, "PUT", "/v1/services/web/update", body);
+        let (status, answer) = h0.api_request("PUT", "/v1/services/web/update", body);
         assert_eq!(status, code, "{body}: {answer}");
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.starts_with(said), "{body}: {error}");
     }
-    let (status, answer) = request(h0, "POST", "/v1/services/web/rollback", "");
+    let (status, answer) = h0.api_request("POST", "/v1/services/web/rollback", "");
     assert_eq!(status, 409, "{answer}");
     assert_eq!(
         answer["error"],
         "service `web` has no previous spec to roll back to"
     );
-    let (status, _) = request(h0, "PUT", "/v1/services/..%2Ftemplates%2Fx/update", "{}");
+    let (status, _) = h0.api_request("PUT", "/v1/services/..%2Ftemplates%2Fx/update", "{}");
     assert_eq!(status, 400);
     assert_eq!(
         inspect(h1, "web")["version"],
@@ -322,7 +280,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     wait_until(
         Duration::from_secs(20),
         "6 passing after the update",
-        || passing(h0, "web") == Some(6),
+        || h0.passing_instances("web") == Some(6),
     );
     let ps = json(
         &h2.arpanet(&["service", "ps", "web", "--json"]),
@@ -399,7 +357,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     wait_until(
         Duration::from_secs(30),
         "6 passing after the rollback",
-        || passing(h0, "web") == Some(6),
+        || h0.passing_instances("web") == Some(6),
     );
     assert_eq!(running_on(&hosts, "web", &v2), 6);
     // Every node's /metrics says so too.
@@ -476,7 +434,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
         || inspect(h2, "web")["rollout"]["state"] == "completed",
     );
     wait_until(Duration::from_secs(30), "6 passing on web:3", || {
-        passing(h0, "web") == Some(6) && running_on(&hosts, "web", &v3) == 6
+        h0.passing_instances("web") == Some(6) && running_on(&hosts, "web", &v3) == 6
     });
     assert_eq!(inspect(h0, "web")["version"], 4, "v1, v2, bad (3), then 4");
 
@@ -505,7 +463,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     wait_until(
         Duration::from_secs(60),
         "3 passing host-network instances",
-        || passing(h0, "agent") == Some(3),
+        || h0.passing_instances("agent") == Some(3),
     );
     let out = h2.arpanet(&[
         "service",
@@ -526,7 +484,7 @@ fn updates_roll_in_checked_batches_roll_back_on_failure_survive_their_driver_and
     wait_until(
         Duration::from_secs(20),
         "3 passing after the update",
-        || passing(h0, "agent") == Some(3),
+        || h0.passing_instances("agent") == Some(3),
     );
 
     // 4. Capacity: node 2 offers 1 CPU and 256 MB. A service of 0.5 CPU and 100 MB

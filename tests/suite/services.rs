@@ -5,12 +5,7 @@ use crate::fixture;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
-
-fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
-}
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, json, stdout, wait_until};
 
 /// Running instances of `service` per node, as `arpanet ps --all --json` on `host`
 /// reports them. `None` while the API does not answer.
@@ -53,44 +48,6 @@ fn wait_for_spread(host: &Host, service: &str, want: &BTreeMap<String, usize>, l
         }
     };
     assert!(ok, "{service}: wanted {want:?} running, last seen {last:?}");
-}
-
-/// Passing instances of `service` in Consul's catalog, as `host` sees them.
-fn healthy_instances(host: &Host, service: &str) -> usize {
-    let url = format!("http://127.0.0.1:8500/v1/health/service/{service}?passing");
-    let out = host.exec(&["timeout", "10", "busybox", "wget", "-q", "-O", "-", &url]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-        .unwrap_or(0)
-}
-
-/// A raw request to the API's unix socket: (status, body).
-fn raw_request(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let socket = host.dir.join("run/api.sock");
-    let url = format!("http://arpanetd{path}");
-    let out = host.exec(&[
-        "curl",
-        "-s",
-        "-X",
-        method,
-        "--unix-socket",
-        socket.to_str().unwrap(),
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        body,
-        "-w",
-        "\n%{http_code}",
-        &url,
-    ]);
-    assert_success(&out, "curl");
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
 }
 
 fn start_node(h: &Host) {
@@ -144,7 +101,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
 
     // Every instance registers under the service's name.
     wait_until(Duration::from_secs(20), "6 healthy web instances", || {
-        healthy_instances(h0, "web") == 6
+        h0.passing_instances("web").unwrap_or(0) == 6
     });
     let lookup = h0.docker(&["run", "--rm", TEST_IMAGE, "nslookup", "web.service.consul"]);
     assert_success(&lookup, "nslookup web.service.consul");
@@ -239,8 +196,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    let (code, body) = raw_request(
-        h0,
+    let (code, body) = h0.api_request(
         "POST",
         "/v1/services",
         &format!(r#"{{"name":"db","image":"{TEST_IMAGE}","replicas":-1}}"#),
@@ -250,11 +206,10 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         body["error"].as_str().unwrap().starts_with("replicas: "),
         "{body}"
     );
-    let (code, body) = raw_request(h0, "POST", "/v1/services", r#"{"name":"db","replicas":"#);
+    let (code, body) = h0.api_request("POST", "/v1/services", r#"{"name":"db","replicas":"#);
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("EOF"), "{body}");
-    let (code, body) = raw_request(
-        h0,
+    let (code, body) = h0.api_request(
         "POST",
         "/v1/services",
         r#"{"name":"Db!","image":"x:1","replicas":1}"#,
@@ -264,10 +219,9 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         body["error"].as_str().unwrap().starts_with("name: "),
         "{body}"
     );
-    let (code, body) = raw_request(h0, "PUT", "/v1/services/nope/replicas", r#"{"replicas":2}"#);
+    let (code, body) = h0.api_request("PUT", "/v1/services/nope/replicas", r#"{"replicas":2}"#);
     assert_eq!(code, 404, "{body}");
-    let (code, body) = raw_request(
-        h0,
+    let (code, body) = h0.api_request(
         "POST",
         "/v1/services",
         &format!(r#"{{"name":"web","image":"{TEST_IMAGE}","replicas":1}}"#),
@@ -276,7 +230,7 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
     // Names in paths reach no other KV key: `..%2F` is `../` once decoded, which was
     // enough to delete service `web` through the templates' endpoint. Over the socket
     // and over the overlay (from inside node 1's namespace), a 400 naming the segment.
-    let (code, body) = raw_request(h0, "DELETE", "/v1/templates/..%2Fservices%2Fweb", "");
+    let (code, body) = h0.api_request("DELETE", "/v1/templates/..%2Fservices%2Fweb", "");
     assert_eq!(code, 400, "{body}");
     assert_eq!(
         body["error"],
@@ -310,10 +264,10 @@ fn services_are_placed_evenly_operated_from_any_node_and_replaced_on_failure() {
         ("POST", "/v1/nodes/..%2F0.2/drain"),
         ("DELETE", "/v1/sync/..%2F..%2Fservices%2Fweb"),
     ] {
-        let (code, body) = raw_request(h0, method, path, "{}");
+        let (code, body) = h0.api_request(method, path, "{}");
         assert_eq!(code, 400, "{method} {path}: {body}");
     }
-    let (code, body) = raw_request(h0, "GET", "/v1/services/web", "");
+    let (code, body) = h0.api_request("GET", "/v1/services/web", "");
     assert_eq!(code, 200, "service web is still there: {body}");
     assert_eq!(body["replicas"], 6);
     // A container can route to the overlay API but is turned away (the firewall, and

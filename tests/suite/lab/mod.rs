@@ -999,6 +999,43 @@ impl Host {
         });
     }
 
+    /// A raw request to this host's API socket: (status, body).
+    pub fn api_request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let socket = self.dir.join("run/api.sock");
+        let out = self.exec(&[
+            "curl",
+            "-s",
+            "-X",
+            method,
+            "--unix-socket",
+            socket.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("http://arpanetd{path}"),
+        ]);
+        assert_success(&out, "curl");
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.trim().parse().unwrap(),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Passing instances of `service` in Consul, as this host's agent sees them; None
+    /// when the agent did not answer.
+    pub fn passing_instances(&self, service: &str) -> Option<usize> {
+        let url = format!("http://127.0.0.1:8500/v1/health/service/{service}?passing");
+        let out = self.exec(&["timeout", "10", "busybox", "wget", "-q", "-O", "-", &url]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+    }
+
     pub fn start_arpanetd(&self) {
         let config = self.config_path();
         self.spawn(
@@ -1299,6 +1336,12 @@ pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) 
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A successful command's stdout as JSON (`--json` output).
+pub fn json(out: &Output, what: &str) -> serde_json::Value {
+    assert_success(out, what);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
 }
 
 pub fn assert_success(out: &Output, what: &str) {
