@@ -298,16 +298,18 @@ fn reconcile_is_idempotent_heals_and_removes_peers() {
         },
     );
     // A device with settings that cannot change in place is recreated.
-    assert_success(
-        &host.exec(&["ip", "link", "del", "arpanet0"]),
-        "ip link del",
-    );
+    // The running daemon may recreate the device between the test's delete and add
+    // (its resync is 1 s here): the swap is tried again until the wrong one is in.
     assert_success(
         &host.exec(&[
-            "ip", "link", "add", "arpanet0", "type", "vxlan", "id", "99", "dstport", "4789", "dev",
-            "eth1",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do \
+               ip link del arpanet0 2>/dev/null; \
+               ip link add arpanet0 type vxlan id 99 dstport 4789 dev eth1 && exit 0; \
+             done; exit 1",
         ]),
-        "ip link add (wrong VNI)",
+        "replace arpanet0 by a device with the wrong VNI",
     );
     wait_until(
         Duration::from_secs(5),
