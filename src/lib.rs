@@ -32,6 +32,7 @@ pub mod pass;
 pub mod paths;
 pub mod placement;
 pub mod plan;
+pub mod registry;
 pub mod sd;
 pub mod sync;
 pub mod systemd;

@@ -1,0 +1,100 @@
+//! The node's registry: every node serves the OCI Distribution API (v2) on
+//! `127.0.0.1:PORT`, which dockerd trusts without TLS, so `docker push` and `docker run
+//! 127.0.0.1:PORT/app:v2` work on any node and the name means the same image on all.
+//!
+//! Split by concern:
+//! - [`spec`]: the wire (names, digests, references, error codes), validated before any
+//!   of it becomes a path, a KV key or a URL;
+//! - [`store`]: the node's blob store, content-addressed and verified on write;
+//! - [`api`]: the `/v2/` routes;
+//! - [`catalog`]: manifests, tags and which nodes hold which blob, in Consul KV;
+//! - [`fetch`]: getting a blob this node lacks from the nodes that hold it.
+
+pub mod api;
+pub mod spec;
+pub mod store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use spec::{Digest, RepoName, Tag};
+use store::BlobStore;
+
+/// A manifest as pushed: its bytes are what its digest names and what a pull gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub media_type: String,
+    pub digest: Digest,
+    pub bytes: Bytes,
+}
+
+/// Why the cluster's view could not be read or written (Consul down, a record that
+/// does not parse): the registry answers 503 and changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the cluster's registry records are unavailable: {0}")]
+    Unavailable(String),
+    #[error("the registry record {key} is not believed: {why}")]
+    BadRecord { key: String, why: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where manifests, tags and blob holders live: Consul KV in the product
+/// ([`catalog::ConsulCatalog`]).
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Manifest>, CatalogError>;
+    /// Stores the manifest in `repo` and, with `tag`, points the tag at it.
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        manifest: &Manifest,
+        tag: Option<&Tag>,
+    ) -> Result<(), CatalogError>;
+    /// Deletes the manifest and every tag of `repo` that points at it; false if the
+    /// repository has no such manifest.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest)
+    -> Result<bool, CatalogError>;
+    async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, CatalogError>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, CatalogError>;
+    /// The repository's tags, sorted lexically; `None` if there is no such repository.
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>, CatalogError>;
+    /// Every repository, sorted lexically.
+    async fn repositories(&self) -> Result<Vec<String>, CatalogError>;
+    /// The size of a blob some node holds, if any does.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, CatalogError>;
+    /// Says that this node holds the blob (verified, whole) from now on.
+    async fn hold(&self, digest: &Digest, size: u64) -> Result<(), CatalogError>;
+}
+
+/// Why a blob could not be fetched from the nodes that hold it.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no node that holds {0} is reachable")]
+    NoHolder(String),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Catalog(#[from] CatalogError),
+}
+
+/// Gets a blob this node lacks from the nodes that hold it, into the store (verified).
+#[async_trait::async_trait]
+pub trait BlobSource: Send + Sync {
+    async fn fetch(&self, digest: &Digest, size: u64, store: &BlobStore) -> Result<(), FetchError>;
+}
+
+/// What the `/v2/` routes work with.
+#[derive(Clone)]
+pub struct Registry {
+    pub store: Arc<BlobStore>,
+    pub catalog: Arc<dyn Catalog>,
+    /// `None`: a registry of this node's blobs alone.
+    pub source: Option<Arc<dyn BlobSource>>,
+}
