@@ -863,3 +863,1160 @@ impl From<axum::http::Error> for RegistryError {
         RegistryError::unavailable(format!("cannot make the answer: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderValue, Request};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::registry::spec::Tag;
+    use crate::registry::store::BlobStore;
+    use crate::registry::{BlobSource, Catalog};
+
+    /// The catalog in memory; `down` makes every call fail as Consul being away would.
+    #[derive(Default)]
+    struct MemCatalog {
+        state: Mutex<MemState>,
+        down: AtomicBool,
+    }
+
+    #[derive(Default)]
+    struct MemState {
+        repos: BTreeSet<String>,
+        manifests: BTreeMap<(String, Digest), Manifest>,
+        tags: BTreeMap<(String, String), Digest>,
+        blobs: BTreeMap<Digest, u64>,
+    }
+
+    impl MemCatalog {
+        fn state(&self) -> Result<std::sync::MutexGuard<'_, MemState>, CatalogError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(CatalogError::Unavailable("Consul is down".to_string()));
+            }
+            Ok(self.state.lock().unwrap())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for MemCatalog {
+        async fn manifest(
+            &self,
+            repo: &RepoName,
+            digest: &Digest,
+        ) -> Result<Option<Manifest>, CatalogError> {
+            let s = self.state()?;
+            Ok(s.manifests
+                .get(&(repo.to_string(), digest.clone()))
+                .cloned())
+        }
+        async fn put_manifest(
+            &self,
+            repo: &RepoName,
+            manifest: &Manifest,
+            tag: Option<&Tag>,
+        ) -> Result<(), CatalogError> {
+            let mut s = self.state()?;
+            s.repos.insert(repo.to_string());
+            s.manifests.insert(
+                (repo.to_string(), manifest.digest.clone()),
+                manifest.clone(),
+            );
+            if let Some(t) = tag {
+                s.tags
+                    .insert((repo.to_string(), t.to_string()), manifest.digest.clone());
+            }
+            Ok(())
+        }
+        async fn delete_manifest(
+            &self,
+            repo: &RepoName,
+            digest: &Digest,
+        ) -> Result<bool, CatalogError> {
+            let mut s = self.state()?;
+            let found = s
+                .manifests
+                .remove(&(repo.to_string(), digest.clone()))
+                .is_some();
+            s.tags
+                .retain(|(r, _), d| !(r == repo.as_str() && d == digest));
+            Ok(found)
+        }
+        async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, CatalogError> {
+            let s = self.state()?;
+            Ok(s.tags.get(&(repo.to_string(), tag.to_string())).cloned())
+        }
+        async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, CatalogError> {
+            let mut s = self.state()?;
+            Ok(s.tags
+                .remove(&(repo.to_string(), tag.to_string()))
+                .is_some())
+        }
+        async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>, CatalogError> {
+            let s = self.state()?;
+            if !s.repos.contains(repo.as_str()) {
+                return Ok(None);
+            }
+            Ok(Some(
+                s.tags
+                    .keys()
+                    .filter(|(r, _)| r == repo.as_str())
+                    .map(|(_, t)| t.clone())
+                    .collect(),
+            ))
+        }
+        async fn repositories(&self) -> Result<Vec<String>, CatalogError> {
+            Ok(self.state()?.repos.iter().cloned().collect())
+        }
+        async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, CatalogError> {
+            Ok(self.state()?.blobs.get(digest).copied())
+        }
+        async fn hold(&self, digest: &Digest, size: u64) -> Result<(), CatalogError> {
+            self.state()?.blobs.insert(digest.clone(), size);
+            Ok(())
+        }
+    }
+
+    /// Other nodes' blobs: fetched into the store the way `fetch.rs` does it.
+    #[derive(Default)]
+    struct Peers {
+        blobs: BTreeMap<Digest, Bytes>,
+        fetches: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobSource for Peers {
+        async fn fetch(
+            &self,
+            digest: &Digest,
+            _size: u64,
+            store: &BlobStore,
+        ) -> Result<(), FetchError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let bytes = self
+                .blobs
+                .get(digest)
+                .ok_or_else(|| FetchError::NoHolder(digest.to_string()))?;
+            let id = store.fetch_upload(digest).await?;
+            let at = store.upload_size(&id).await?.unwrap_or(0);
+            let rest = bytes.slice(at as usize..);
+            store
+                .append(
+                    &id,
+                    Some(at),
+                    futures::stream::iter([Ok::<_, std::io::Error>(rest)]),
+                )
+                .await?;
+            store.commit(&id, digest).await?;
+            Ok(())
+        }
+    }
+
+    struct Lab {
+        _dir: tempfile::TempDir,
+        app: Router,
+        catalog: Arc<MemCatalog>,
+        store: Arc<BlobStore>,
+        peers: Arc<Peers>,
+    }
+
+    struct Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    }
+
+    impl Answer {
+        fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(name)
+                .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+                .to_str()
+                .unwrap()
+        }
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap()
+        }
+        /// The spec's error body's (only) code.
+        fn code(&self) -> String {
+            assert_eq!(self.header("content-type"), "application/json");
+            self.json()["errors"][0]["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    }
+
+    async fn lab_with(peers: Peers) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path().join("registry")).await.unwrap());
+        let catalog = Arc::new(MemCatalog::default());
+        let peers = Arc::new(peers);
+        let app = router(Registry {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            source: Some(peers.clone()),
+        });
+        Lab {
+            _dir: dir,
+            app,
+            catalog,
+            store,
+            peers,
+        }
+    }
+
+    async fn lab() -> Lab {
+        lab_with(Peers::default()).await
+    }
+
+    impl Lab {
+        async fn send(
+            &self,
+            method: &str,
+            uri: &str,
+            headers: &[(&str, &str)],
+            body: impl Into<Body>,
+        ) -> Answer {
+            let mut req = Request::builder().method(method).uri(uri);
+            for (k, v) in headers {
+                req = req.header(*k, HeaderValue::from_str(v).unwrap());
+            }
+            let resp = self
+                .app
+                .clone()
+                .oneshot(req.body(body.into()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        }
+
+        async fn get(&self, uri: &str) -> Answer {
+            self.send("GET", uri, &[], Body::empty()).await
+        }
+
+        /// A blob pushed in one POST.
+        async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+            let digest = Digest::of(bytes);
+            let a = self
+                .send(
+                    "POST",
+                    &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+                    &[],
+                    bytes.to_vec(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED);
+            digest
+        }
+
+        async fn put_manifest(
+            &self,
+            repo: &str,
+            reference: &str,
+            media_type: &str,
+            bytes: &[u8],
+        ) -> Answer {
+            self.send(
+                "PUT",
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("content-type", media_type)],
+                bytes.to_vec(),
+            )
+            .await
+        }
+
+        /// An image manifest of a config and one layer, both pushed.
+        async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<u8>) {
+            let config = self.push_blob(repo, b"{}").await;
+            let layer = self.push_blob(repo, layer).await;
+            let bytes = image_manifest(&config, &layer);
+            let a = self.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
+            assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+            (Digest::of(&bytes), bytes)
+        }
+    }
+
+    fn image_manifest(config: &Digest, layer: &Digest) -> Vec<u8> {
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.as_str(), "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.as_str(), "size": 5}],
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_base_answers_the_api_version() {
+        let lab = lab().await;
+        let a = lab.get("/v2/").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.header("docker-distribution-api-version"), "registry/2.0");
+        assert_eq!(a.json(), serde_json::json!({}));
+    }
+
+    #[tokio::test]
+    async fn a_monolithic_push_is_served_and_held() {
+        let lab = lab().await;
+        let digest = Digest::of(b"layer");
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/library/app/blobs/uploads/?digest={digest}"),
+                &[("content-type", "application/octet-stream")],
+                &b"layer"[..],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(
+            a.header("location"),
+            format!("/v2/library/app/blobs/{digest}")
+        );
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+        assert_eq!(
+            lab.catalog.state.lock().unwrap().blobs.get(&digest),
+            Some(&5)
+        );
+
+        let a = lab.get(&format!("/v2/library/app/blobs/{digest}")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(&a.body[..], b"layer");
+        assert_eq!(a.header("content-length"), "5");
+        assert_eq!(a.header("content-type"), "application/octet-stream");
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+
+        // Any repository's URL serves it: blobs are the registry's.
+        let a = lab
+            .send(
+                "HEAD",
+                &format!("/v2/other/blobs/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.header("content-length"), "5");
+        assert!(a.body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_post_then_put_push() {
+        let lab = lab().await;
+        let a = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        let id = a.header("docker-upload-uuid").to_string();
+        assert_eq!(a.header("location"), format!("/v2/app/blobs/uploads/{id}"));
+        assert_eq!(a.header("range"), "0-0");
+        let digest = Digest::of(b"whole");
+        let a = lab
+            .send(
+                "PUT",
+                &format!("/v2/app/blobs/uploads/{id}?digest={digest}"),
+                &[],
+                &b"whole"[..],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(a.header("location"), format!("/v2/app/blobs/{digest}"));
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+        assert_eq!(lab.store.size(&digest).await, Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_push_with_content_ranges() {
+        let lab = lab().await;
+        let a = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await;
+        let location = a.header("location").to_string();
+        let a = lab
+            .send("PATCH", &location, &[("content-range", "0-2")], &b"abc"[..])
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_eq!(a.header("range"), "0-2");
+        assert_eq!(a.header("location"), location);
+        let a = lab
+            .send("PATCH", &location, &[("content-range", "3-5")], &b"def"[..])
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_eq!(a.header("range"), "0-5");
+        // Without Content-Range a chunk goes at the end.
+        let a = lab.send("PATCH", &location, &[], &b"g"[..]).await;
+        assert_eq!(a.header("range"), "0-6");
+
+        let a = lab.get(&location).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        assert_eq!(a.header("range"), "0-6");
+        assert_eq!(a.header("location"), location);
+
+        let digest = Digest::of(b"abcdefg");
+        let a = lab
+            .send(
+                "PUT",
+                &format!("{location}?digest={digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+        let a = lab.get(&format!("/v2/app/blobs/{digest}")).await;
+        assert_eq!(&a.body[..], b"abcdefg");
+        // The upload is gone once committed.
+        assert_eq!(lab.get(&location).await.code(), "BLOB_UPLOAD_UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn an_out_of_order_chunk_is_416_and_changes_nothing() {
+        let lab = lab().await;
+        let location = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await
+            .header("location")
+            .to_string();
+        lab.send("PATCH", &location, &[("content-range", "0-2")], &b"abc"[..])
+            .await;
+        let a = lab
+            .send("PATCH", &location, &[("content-range", "5-7")], &b"xyz"[..])
+            .await;
+        assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(a.code(), "BLOB_UPLOAD_INVALID");
+        let a = lab
+            .send(
+                "PATCH",
+                &location,
+                &[("content-range", "nonsense")],
+                &b"xyz"[..],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        // The final chunk out of order too.
+        let digest = Digest::of(b"abcxyz");
+        let a = lab
+            .send(
+                "PUT",
+                &format!("{location}?digest={digest}"),
+                &[("content-range", "0-2")],
+                &b"xyz"[..],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(lab.get(&location).await.header("range"), "0-2");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_is_digest_invalid_and_never_served() {
+        let lab = lab().await;
+        let location = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await
+            .header("location")
+            .to_string();
+        let claimed = Digest::of(b"good");
+        let a = lab
+            .send(
+                "PUT",
+                &format!("{location}?digest={claimed}"),
+                &[],
+                &b"evil"[..],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(a.code(), "DIGEST_INVALID");
+        for method in ["GET", "HEAD"] {
+            let a = lab
+                .send(
+                    method,
+                    &format!("/v2/app/blobs/{claimed}"),
+                    &[],
+                    Body::empty(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{method}");
+        }
+        assert_eq!(
+            lab.get(&format!("/v2/app/blobs/{claimed}")).await.code(),
+            "BLOB_UNKNOWN"
+        );
+        assert!(lab.catalog.state.lock().unwrap().blobs.is_empty());
+        // The upload went with it.
+        assert_eq!(lab.get(&location).await.code(), "BLOB_UPLOAD_UNKNOWN");
+
+        // In one POST as well.
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/app/blobs/uploads/?digest={claimed}"),
+                &[],
+                &b"evil"[..],
+            )
+            .await;
+        assert_eq!(a.code(), "DIGEST_INVALID");
+        assert_eq!(lab.store.size(&claimed).await, None);
+        // No digest at all.
+        let location = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await
+            .header("location")
+            .to_string();
+        let a = lab.send("PUT", &location, &[], Body::empty()).await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_and_malformed_upload_ids_are_upload_unknown() {
+        let lab = lab().await;
+        let digest = Digest::of(b"x");
+        let fetch_id = lab.store.fetch_upload(&digest).await.unwrap();
+        for id in [
+            "0123456789abcdef0123456789abcdef".to_string(),
+            "../x".to_string(),
+            "..%2Fx".to_string(),
+            "..".to_string(),
+            fetch_id.to_string(),
+        ] {
+            let uri = format!("/v2/app/blobs/uploads/{id}");
+            for (method, uri) in [
+                ("GET", uri.clone()),
+                ("PATCH", uri.clone()),
+                ("PUT", format!("{uri}?digest={digest}")),
+                ("DELETE", uri.clone()),
+            ] {
+                let a = lab.send(method, &uri, &[], &b"x"[..]).await;
+                assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {uri}");
+                assert_eq!(a.code(), "BLOB_UPLOAD_UNKNOWN", "{method} {uri}");
+            }
+        }
+        // A client cannot write into a fetch.
+        assert_eq!(lab.store.upload_size(&fetch_id).await.unwrap(), Some(0));
+        assert_eq!(lab.store.size(&digest).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_upload_is_gone() {
+        let lab = lab().await;
+        let location = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await
+            .header("location")
+            .to_string();
+        let a = lab.send("DELETE", &location, &[], Body::empty()).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        assert_eq!(lab.get(&location).await.status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_name_invalid() {
+        let lab = lab().await;
+        let digest = Digest::of(b"x");
+        for name in ["../etc", "Bad", "a//b", "a%2Fb", "-a"] {
+            for (method, uri) in [
+                ("GET", format!("/v2/{name}/tags/list")),
+                ("GET", format!("/v2/{name}/manifests/latest")),
+                ("PUT", format!("/v2/{name}/manifests/latest")),
+                ("GET", format!("/v2/{name}/blobs/{digest}")),
+                ("POST", format!("/v2/{name}/blobs/uploads/")),
+                ("PATCH", format!("/v2/{name}/blobs/uploads/../x")),
+            ] {
+                let a = lab.send(method, &uri, &[], Body::empty()).await;
+                assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method} {uri}");
+                assert_eq!(a.code(), "NAME_INVALID", "{method} {uri}");
+            }
+        }
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/app/blobs/uploads/?mount={digest}&from=../etc"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.code(), "NAME_INVALID");
+    }
+
+    #[tokio::test]
+    async fn bad_digests_and_tags_are_refused_before_anything_else() {
+        let lab = lab().await;
+        let a = lab.get("/v2/app/blobs/sha256:zz").await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+        );
+        let a = lab
+            .get(&format!("/v2/app/blobs/sha512:{}", "a".repeat(128)))
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+        );
+        let a = lab.get("/v2/app/manifests/.bad").await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "MANIFEST_INVALID")
+        );
+        let a = lab.get("/v2/app/manifests/sha256:zz").await;
+        assert_eq!(a.code(), "DIGEST_INVALID");
+        let a = lab
+            .send(
+                "POST",
+                "/v2/app/blobs/uploads/?digest=sha256:zz",
+                &[],
+                &b"x"[..],
+            )
+            .await;
+        assert_eq!(a.code(), "DIGEST_INVALID");
+    }
+
+    #[tokio::test]
+    async fn a_known_blob_mounts_and_an_unknown_one_starts_an_upload() {
+        let lab = lab().await;
+        let digest = lab.push_blob("one", b"shared").await;
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/two/blobs/uploads/?mount={digest}&from=one"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(a.header("location"), format!("/v2/two/blobs/{digest}"));
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+
+        // One only the catalog knows (another node holds it) mounts too.
+        let elsewhere = Digest::of(b"elsewhere");
+        lab.catalog
+            .state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(elsewhere.clone(), 9);
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/two/blobs/uploads/?mount={elsewhere}&from=one"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+
+        let unknown = Digest::of(b"nowhere");
+        let a = lab
+            .send(
+                "POST",
+                &format!("/v2/two/blobs/uploads/?mount={unknown}&from=one"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert!(a.header("location").starts_with("/v2/two/blobs/uploads/"));
+        assert_eq!(a.header("range"), "0-0");
+    }
+
+    #[tokio::test]
+    async fn a_manifest_naming_a_missing_blob_is_manifest_blob_unknown() {
+        let lab = lab().await;
+        let config = lab.push_blob("app", b"{}").await;
+        let missing = Digest::of(b"never pushed");
+        let bytes = image_manifest(&config, &missing);
+        let a = lab.put_manifest("app", "v1", OCI_MANIFEST, &bytes).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(a.code(), "MANIFEST_BLOB_UNKNOWN");
+        assert_eq!(a.json()["errors"][0]["detail"]["digest"], missing.as_str());
+        assert_eq!(lab.get("/v2/app/manifests/v1").await.code(), "NAME_UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn a_manifest_round_trips_by_tag_and_digest() {
+        let lab = lab().await;
+        let config = lab.push_blob("library/app", b"{}").await;
+        let layer = lab.push_blob("library/app", b"layer").await;
+        // Docker's type, and bytes whose whitespace a re-serialization would lose.
+        let bytes = format!(
+            "{{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"{DOCKER_MANIFEST}\",\n   \"config\": {{\"digest\": \"{config}\"}},\n   \"layers\": [{{\"digest\": \"{layer}\"}}]\n}}"
+        )
+        .into_bytes();
+        let digest = Digest::of(&bytes);
+        let a = lab
+            .put_manifest("library/app", "v2", DOCKER_MANIFEST, &bytes)
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(
+            a.header("location"),
+            format!("/v2/library/app/manifests/{digest}")
+        );
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+
+        for uri in [
+            "/v2/library/app/manifests/v2".to_string(),
+            format!("/v2/library/app/manifests/{digest}"),
+        ] {
+            let a = lab.get(&uri).await;
+            assert_eq!(a.status, StatusCode::OK, "{uri}");
+            assert_eq!(&a.body[..], &bytes[..]);
+            assert_eq!(a.header("content-type"), DOCKER_MANIFEST);
+            assert_eq!(a.header("docker-content-digest"), digest.as_str());
+            assert_eq!(a.header("content-length"), bytes.len().to_string());
+
+            let a = lab.send("HEAD", &uri, &[], Body::empty()).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert!(a.body.is_empty());
+            assert_eq!(a.header("content-length"), bytes.len().to_string());
+            assert_eq!(a.header("docker-content-digest"), digest.as_str());
+            assert_eq!(a.header("content-type"), DOCKER_MANIFEST);
+        }
+        let a = lab.get("/v2/library/app/manifests/v3").await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+        );
+        let a = lab
+            .send("HEAD", "/v2/library/app/manifests/v3", &[], Body::empty())
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+        // By digest, no tag: it needs no Content-Type when the manifest says its type.
+        let (other, _) = {
+            let bytes = image_manifest(&config, &layer);
+            let d = Digest::of(&bytes);
+            let a = lab
+                .send(
+                    "PUT",
+                    &format!("/v2/library/app/manifests/{d}"),
+                    &[],
+                    bytes.clone(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED);
+            (d, bytes)
+        };
+        assert_eq!(
+            lab.get(&format!("/v2/library/app/manifests/{other}"))
+                .await
+                .header("content-type"),
+            OCI_MANIFEST
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_manifests_are_refused() {
+        let lab = lab().await;
+        let a = lab
+            .put_manifest("app", "v1", OCI_MANIFEST, b"{not json")
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "MANIFEST_INVALID")
+        );
+        let a = lab
+            .put_manifest("app", "v1", OCI_MANIFEST, br#"{"schemaVersion":2}"#)
+            .await;
+        assert_eq!(a.code(), "MANIFEST_INVALID");
+        let a = lab
+            .put_manifest(
+                "app",
+                "v1",
+                DOCKER_MANIFEST,
+                format!(r#"{{"mediaType":"{OCI_MANIFEST}"}}"#).as_bytes(),
+            )
+            .await;
+        assert_eq!(a.code(), "MANIFEST_INVALID");
+        let a = lab
+            .send(
+                "PUT",
+                "/v2/app/manifests/v1",
+                &[],
+                &br#"{"schemaVersion":2}"#[..],
+            )
+            .await;
+        assert_eq!(a.code(), "MANIFEST_INVALID");
+
+        let (_, bytes) = lab.push_image("app", "v1", b"layer").await;
+        let wrong = Digest::of(b"other");
+        let a = lab
+            .put_manifest("app", wrong.as_str(), OCI_MANIFEST, &bytes)
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+        );
+        assert_eq!(
+            lab.get(&format!("/v2/app/manifests/{wrong}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+
+        let huge = vec![b' '; MAX_MANIFEST + 1];
+        let a = lab.put_manifest("app", "v1", OCI_MANIFEST, &huge).await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_index_needs_its_manifests_in_the_repository() {
+        let lab = lab().await;
+        let (image, _) = lab.push_image("app", "amd64", b"layer").await;
+        let missing = Digest::of(b"arm64 manifest");
+        let index = |digests: &[&Digest]| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": digests.iter().map(|d| serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d.as_str(), "size": 1})).collect::<Vec<_>>(),
+            }))
+            .unwrap()
+        };
+        let a = lab
+            .put_manifest("app", "multi", OCI_INDEX, &index(&[&image, &missing]))
+            .await;
+        assert_eq!(a.code(), "MANIFEST_BLOB_UNKNOWN");
+        assert_eq!(a.json()["errors"][0]["detail"]["digest"], missing.as_str());
+        // Another repository's manifest is not this one's.
+        let a = lab
+            .put_manifest("other", "multi", OCI_INDEX, &index(&[&image]))
+            .await;
+        assert_eq!(a.code(), "MANIFEST_BLOB_UNKNOWN");
+        let a = lab
+            .put_manifest("app", "multi", OCI_INDEX, &index(&[&image]))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(
+            lab.get("/v2/app/manifests/multi")
+                .await
+                .header("content-type"),
+            OCI_INDEX
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_manifest_deletes_its_tags_and_deleting_a_tag_only_the_tag() {
+        let lab = lab().await;
+        let (digest, _) = lab.push_image("app", "v1", b"layer").await;
+        let a = lab
+            .put_manifest(
+                "app",
+                "v2",
+                OCI_MANIFEST,
+                &image_manifest(&Digest::of(b"{}"), &Digest::of(b"layer")),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+
+        let a = lab
+            .send("DELETE", "/v2/app/manifests/v2", &[], Body::empty())
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            lab.get("/v2/app/manifests/v2").await.code(),
+            "MANIFEST_UNKNOWN"
+        );
+        assert_eq!(lab.get("/v2/app/manifests/v1").await.status, StatusCode::OK);
+
+        let a = lab
+            .send(
+                "DELETE",
+                &format!("/v2/app/manifests/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        for uri in [
+            "/v2/app/manifests/v1".to_string(),
+            format!("/v2/app/manifests/{digest}"),
+        ] {
+            let a = lab.get(&uri).await;
+            assert_eq!(
+                (a.status, a.code().as_str()),
+                (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+                "{uri}"
+            );
+        }
+        let a = lab
+            .send(
+                "DELETE",
+                &format!("/v2/app/manifests/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+        );
+        let a = lab
+            .send("DELETE", "/v2/app/manifests/v9", &[], Body::empty())
+            .await;
+        assert_eq!(a.code(), "MANIFEST_UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn tags_are_listed_in_order_and_paginated_with_a_link() {
+        let lab = lab().await;
+        let (digest, bytes) = lab.push_image("library/app", "v1", b"layer").await;
+        for tag in ["latest", "v2", "A", "v10"] {
+            let a = lab
+                .put_manifest("library/app", tag, OCI_MANIFEST, &bytes)
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED);
+        }
+        assert_eq!(Digest::of(&bytes), digest);
+        let a = lab.get("/v2/library/app/tags/list").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"name": "library/app", "tags": ["A", "latest", "v1", "v10", "v2"]})
+        );
+        assert!(a.headers.get("link").is_none());
+
+        let a = lab.get("/v2/library/app/tags/list?n=2").await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["A", "latest"]));
+        assert_eq!(
+            a.header("link"),
+            r#"</v2/library/app/tags/list?n=2&last=latest>; rel="next""#
+        );
+        let a = lab.get("/v2/library/app/tags/list?n=2&last=latest").await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["v1", "v10"]));
+        assert_eq!(
+            a.header("link"),
+            r#"</v2/library/app/tags/list?n=2&last=v10>; rel="next""#
+        );
+        let a = lab.get("/v2/library/app/tags/list?n=2&last=v10").await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["v2"]));
+        assert!(a.headers.get("link").is_none());
+        let a = lab.get("/v2/library/app/tags/list?last=v1").await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["v10", "v2"]));
+        let a = lab.get("/v2/library/app/tags/list?n=0").await;
+        assert_eq!(a.json()["tags"], serde_json::json!([]));
+        assert!(a.headers.get("link").is_none());
+        let a = lab.get("/v2/library/app/tags/list?n=x").await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+        let a = lab.get("/v2/nothing/tags/list").await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_catalog_lists_repositories_paginated() {
+        let lab = lab().await;
+        for repo in ["b", "a/x", "c"] {
+            lab.push_image(repo, "v1", b"layer").await;
+        }
+        let a = lab.get("/v2/_catalog").await;
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"repositories": ["a/x", "b", "c"]})
+        );
+        let a = lab.get("/v2/_catalog?n=1").await;
+        assert_eq!(a.json(), serde_json::json!({"repositories": ["a/x"]}));
+        assert_eq!(
+            a.header("link"),
+            r#"</v2/_catalog?n=1&last=a/x>; rel="next""#
+        );
+        let a = lab.get("/v2/_catalog?n=5&last=a/x").await;
+        assert_eq!(a.json(), serde_json::json!({"repositories": ["b", "c"]}));
+        assert!(a.headers.get("link").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_blob_range_is_206_and_an_unsatisfiable_one_416() {
+        let lab = lab().await;
+        let digest = lab.push_blob("app", b"0123456789").await;
+        let uri = format!("/v2/app/blobs/{digest}");
+        for (range, want, content_range) in [
+            ("bytes=2-4", &b"234"[..], "bytes 2-4/10"),
+            ("bytes=7-", b"789", "bytes 7-9/10"),
+            ("bytes=-3", b"789", "bytes 7-9/10"),
+            ("bytes=8-100", b"89", "bytes 8-9/10"),
+        ] {
+            let a = lab
+                .send("GET", &uri, &[("range", range)], Body::empty())
+                .await;
+            assert_eq!(a.status, StatusCode::PARTIAL_CONTENT, "{range}");
+            assert_eq!(&a.body[..], want, "{range}");
+            assert_eq!(a.header("content-range"), content_range);
+            assert_eq!(a.header("content-length"), want.len().to_string());
+            assert_eq!(a.header("docker-content-digest"), digest.as_str());
+        }
+        let a = lab
+            .send("GET", &uri, &[("range", "bytes=10-12")], Body::empty())
+            .await;
+        assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(a.header("content-range"), "bytes */10");
+        // Several ranges, or none that parses: the whole blob.
+        let a = lab
+            .send("GET", &uri, &[("range", "bytes=0-1,4-5")], Body::empty())
+            .await;
+        assert_eq!(
+            (a.status, &a.body[..]),
+            (StatusCode::OK, &b"0123456789"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blob_another_node_holds_is_fetched_then_served() {
+        let bytes = Bytes::from_static(b"from a peer");
+        let digest = Digest::of(&bytes);
+        let mut peers = Peers::default();
+        peers.blobs.insert(digest.clone(), bytes.clone());
+        let lab = lab_with(peers).await;
+        lab.catalog
+            .state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), 11);
+        let uri = format!("/v2/app/blobs/{digest}");
+
+        let a = lab.send("HEAD", &uri, &[], Body::empty()).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.header("content-length"), "11");
+        assert_eq!(a.header("docker-content-digest"), digest.as_str());
+        assert_eq!(lab.peers.fetches.load(Ordering::SeqCst), 0);
+
+        let a = lab.get(&uri).await;
+        assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &bytes[..]));
+        assert_eq!(lab.peers.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(lab.store.size(&digest).await, Some(11));
+
+        // Known to the catalog but no holder answers: 503, not 404.
+        let gone = Digest::of(b"holder is down");
+        lab.catalog
+            .state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(gone.clone(), 3);
+        let a = lab.get(&format!("/v2/app/blobs/{gone}")).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        let a = lab
+            .get(&format!("/v2/app/blobs/{}", Digest::of(b"unknown")))
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+        );
+    }
+
+    #[tokio::test]
+    async fn blobs_are_not_deleted_through_the_api() {
+        let lab = lab().await;
+        let digest = lab.push_blob("app", b"keep").await;
+        let a = lab
+            .send(
+                "DELETE",
+                &format!("/v2/app/blobs/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+        );
+        assert_eq!(lab.store.size(&digest).await, Some(4));
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let lab = lab().await;
+        for uri in ["/v2/app/nothing", "/v1/", "/v2/app/referrers/x", "/"] {
+            let a = lab.get(uri).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{uri}");
+            assert_eq!(a.code(), "UNSUPPORTED");
+        }
+        let a = lab
+            .send("POST", "/v2/app/manifests/v1", &[], Body::empty())
+            .await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+        );
+        assert_eq!(a.header("docker-distribution-api-version"), "registry/2.0");
+    }
+
+    #[tokio::test]
+    async fn a_catalog_failure_is_503_with_its_message() {
+        let lab = lab().await;
+        let (digest, bytes) = lab.push_image("app", "v1", b"layer").await;
+        lab.catalog.down.store(true, Ordering::SeqCst);
+        for a in [
+            lab.get("/v2/app/manifests/v1").await,
+            lab.get("/v2/app/tags/list").await,
+            lab.get("/v2/_catalog").await,
+            lab.put_manifest("app", "v2", OCI_MANIFEST, &bytes).await,
+            lab.send(
+                "DELETE",
+                &format!("/v2/app/manifests/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await,
+        ] {
+            assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(a.code(), "UNAVAILABLE");
+            assert!(
+                a.json()["errors"][0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Consul is down")
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_507_naming_the_directory() {
+        let e = store_error(StoreError::DiskFull {
+            dir: "/var/lib/arpanet/registry".into(),
+        });
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.message, "/var/lib/arpanet/registry is full");
+        let e = fetch_error(FetchError::Store(StoreError::DiskFull { dir: "/x".into() }));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+    }
+
+    #[test]
+    fn routes_split_at_the_last_marker() {
+        assert_eq!(
+            parse_route("a/blobs/b/manifests/v1"),
+            Some(Route::Manifest("a/blobs/b", "v1"))
+        );
+        assert_eq!(
+            parse_route("a/manifests/b/blobs/x"),
+            Some(Route::Blob("a/manifests/b", "x"))
+        );
+        assert_eq!(parse_route("a/blobs/uploads/"), Some(Route::Uploads("a")));
+        assert_eq!(parse_route("a/blobs/uploads"), Some(Route::Uploads("a")));
+        assert_eq!(
+            parse_route("a/blobs/uploads/../x"),
+            Some(Route::Upload("a", "../x"))
+        );
+        assert_eq!(parse_route("a/tags/list"), Some(Route::Tags("a")));
+        assert_eq!(parse_route("_catalog"), Some(Route::Catalog));
+        assert_eq!(parse_route("a/other"), None);
+    }
+}
