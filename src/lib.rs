@@ -8,7 +8,7 @@
 //!
 //! Imports point down only, in this order (a module uses those before it):
 //! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`, `metrics`; `config`,
-//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `sync`; `containers`;
+//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `sync`; `registry`; `containers`;
 //! `placement`; `api`; `pass`; `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
 pub mod addressing;

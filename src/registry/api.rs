@@ -24,7 +24,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::spec::{Digest, ErrorCode, Reference, ReferenceError, RegistryError, RepoName};
+use super::spec::{Digest, ErrorCode, Reference, ReferenceError, RegistryError, RepoName, Tag};
 use super::store::{StoreError, UploadId};
 use super::{CatalogError, FetchError, Manifest, Registry};
 
@@ -155,7 +155,7 @@ async fn handle(reg: &Registry, req: Request) -> ApiResult {
             match method {
                 Method::GET => get_manifest(reg, &name, &reference, false).await,
                 Method::HEAD => get_manifest(reg, &name, &reference, true).await,
-                Method::PUT => put_manifest(reg, &name, &reference, &headers, body).await,
+                Method::PUT => put_manifest(reg, &name, &reference, q, &headers, body).await,
                 Method::DELETE => delete_manifest(reg, &name, &reference).await,
                 _ => Err(unsupported(&method)),
             }
@@ -532,9 +532,15 @@ async fn put_manifest(
     reg: &Registry,
     name: &RepoName,
     reference: &Reference,
+    q: Params<'_>,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult {
+    // `?tag=` (spec 1.1, end-7b): more tags for the same manifest, checked first.
+    let extra: Vec<Tag> = q
+        .all("tag")
+        .map(|t| Tag::parse(t).map_err(|m| RegistryError::new(ErrorCode::ManifestInvalid, m)))
+        .collect::<Result<_, _>>()?;
     let bytes = read_manifest(headers, body).await?;
     let invalid = |m: String| RegistryError::new(ErrorCode::ManifestInvalid, m);
     let json: serde_json::Value = serde_json::from_slice(&bytes)
@@ -578,11 +584,20 @@ async fn put_manifest(
         digest: digest.clone(),
         bytes,
     };
-    reg.catalog
-        .put_manifest(name, &manifest, tag)
-        .await
-        .map_err(catalog_error)?;
-    Ok(answer(
+    let tags: Vec<&Tag> = tag.into_iter().chain(&extra).collect();
+    if tags.is_empty() {
+        reg.catalog
+            .put_manifest(name, &manifest, None)
+            .await
+            .map_err(catalog_error)?;
+    }
+    for t in &tags {
+        reg.catalog
+            .put_manifest(name, &manifest, Some(t))
+            .await
+            .map_err(catalog_error)?;
+    }
+    let mut answer = answer(
         StatusCode::CREATED,
         &[
             (
@@ -592,8 +607,14 @@ async fn put_manifest(
             (DIGEST_HEADER, digest.to_string()),
         ],
     )
-    .header(header::CONTENT_LENGTH, 0)
-    .body(Body::empty())?)
+    .header(header::CONTENT_LENGTH, 0);
+    // One OCI-Tag per tag, as the spec asks when `?tag=` was given.
+    if !extra.is_empty() {
+        for t in tags {
+            answer = answer.header("OCI-Tag", t.as_str());
+        }
+    }
+    Ok(answer.body(Body::empty())?)
 }
 
 /// The body, up to [`MAX_MANIFEST`]; more is 413 (`SIZE_INVALID`).
@@ -778,9 +799,13 @@ struct Params<'a>(&'a [(String, String)]);
 
 impl<'a> Params<'a> {
     fn get(self, key: &str) -> Option<&'a str> {
+        self.all(key).next()
+    }
+
+    fn all(self, key: &str) -> impl Iterator<Item = &'a str> {
         self.0
             .iter()
-            .find(|(k, _)| k == key)
+            .filter(move |(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 }
@@ -874,7 +899,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::registry::spec::Tag;
     use crate::registry::store::BlobStore;
     use crate::registry::{BlobSource, Catalog};
 
@@ -1617,6 +1641,35 @@ mod tests {
                 .header("content-type"),
             OCI_MANIFEST
         );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_pushed_by_digest_takes_tags_from_the_query() {
+        let lab = lab().await;
+        let (_, bytes) = lab.push_image("app", "v1", b"layer").await;
+        let digest = Digest::of(&bytes);
+        let a = lab
+            .put_manifest(
+                "app",
+                &format!("{digest}?tag=1.2&tag=latest"),
+                OCI_MANIFEST,
+                &bytes,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        let oci_tags: Vec<_> = a
+            .headers
+            .get_all("oci-tag")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(oci_tags, ["1.2", "latest"]);
+        let a = lab.get("/v2/app/tags/list").await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["1.2", "latest", "v1"]));
+        let a = lab
+            .put_manifest("app", &format!("{digest}?tag=.bad"), OCI_MANIFEST, &bytes)
+            .await;
+        assert_eq!(a.code(), "MANIFEST_INVALID");
     }
 
     #[tokio::test]

@@ -193,10 +193,7 @@ impl BlobStore {
         let lock = self.lock(id);
         let mut hashing = lock.lock().await;
         let path = self.upload_path(id);
-        let start = self
-            .upload_size(id)
-            .await?
-            .ok_or(StoreError::UnknownUpload)?;
+        let start = self.existing_upload(id).await?;
         if let Some(at) = at
             && at != start
         {
@@ -226,10 +223,7 @@ impl BlobStore {
         let lock = self.lock(id);
         let hashing = lock.lock().await;
         let path = self.upload_path(id);
-        let len = self
-            .upload_size(id)
-            .await?
-            .ok_or(StoreError::UnknownUpload)?;
+        let len = self.existing_upload(id).await?;
         let actual = match hashing.as_ref() {
             Some(h) if h.len == len => Digest::from_sha256(&h.sha.clone().finalize()),
             _ => {
@@ -303,6 +297,18 @@ impl BlobStore {
             .entry(id.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Some(Hashing::default()))))
             .clone()
+    }
+
+    /// The size of an upload that must be there; the lock taken for one that is not
+    /// goes again, so made-up IDs leave nothing behind.
+    async fn existing_upload(&self, id: &UploadId) -> Result<u64, StoreError> {
+        match self.upload_size(id).await? {
+            Some(size) => Ok(size),
+            None => {
+                self.forget(id);
+                Err(StoreError::UnknownUpload)
+            }
+        }
     }
 
     fn forget(&self, id: &UploadId) {
@@ -578,6 +584,12 @@ mod tests {
             store.append(&id, None, chunks(&[b"y"])).await,
             Err(StoreError::UnknownUpload)
         ));
+        let made_up = UploadId::parse(&"0".repeat(32)).unwrap();
+        assert!(matches!(
+            store.commit(&made_up, &Digest::of(b"")).await,
+            Err(StoreError::UnknownUpload)
+        ));
+        assert!(store.uploads.lock().unwrap().is_empty());
     }
 
     #[test]
