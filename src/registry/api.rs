@@ -129,8 +129,10 @@ async fn handle(reg: &Registry, req: Request) -> ApiResult {
     };
     let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
-        .map_err(|e| RegistryError::new(ErrorCode::Unsupported, e.body_text()))
-        .map_err(|e| e.with_status(StatusCode::BAD_REQUEST))?;
+        .map_err(|e| {
+            RegistryError::new(ErrorCode::Unsupported, e.body_text())
+                .with_status(StatusCode::BAD_REQUEST)
+        })?;
     let q = Params(&query);
     let headers = parts.headers;
     match route {
@@ -1098,6 +1100,17 @@ mod tests {
         lab_with(Peers::default()).await
     }
 
+    /// A registry of this node's blobs alone (`source: None`).
+    async fn lab_alone() -> Lab {
+        let mut lab = lab().await;
+        lab.app = router(Registry {
+            store: lab.store.clone(),
+            catalog: lab.catalog.clone(),
+            source: None,
+        });
+        lab
+    }
+
     impl Lab {
         async fn send(
             &self,
@@ -1973,6 +1986,69 @@ mod tests {
             (a.status, a.code().as_str()),
             (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_source_only_this_nodes_blobs_are_served() {
+        let lab = lab_alone().await;
+        let elsewhere = Digest::of(b"elsewhere");
+        lab.catalog
+            .state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(elsewhere.clone(), 9);
+        for method in ["GET", "HEAD"] {
+            let a = lab
+                .send(
+                    method,
+                    &format!("/v2/app/blobs/{elsewhere}"),
+                    &[],
+                    Body::empty(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{method}");
+        }
+        let here = lab.push_blob("app", b"here").await;
+        assert_eq!(
+            lab.get(&format!("/v2/app/blobs/{here}")).await.status,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_blob_is_streamed_in_and_out() {
+        let lab = lab().await;
+        // Over axum's 2 MB default body limit, which applies to buffered bodies only.
+        let bytes: Vec<u8> = (0..5 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+        let digest = lab.push_blob("app", &bytes).await;
+        let location = lab
+            .send("POST", "/v2/app/blobs/uploads/", &[], Body::empty())
+            .await
+            .header("location")
+            .to_string();
+        let (first, second) = bytes.split_at(3 * 1024 * 1024);
+        let a = lab
+            .send(
+                "PATCH",
+                &location,
+                &[("content-range", &format!("0-{}", first.len() - 1))],
+                first.to_vec(),
+            )
+            .await;
+        assert_eq!(a.header("range"), format!("0-{}", first.len() - 1));
+        let a = lab
+            .send(
+                "PUT",
+                &format!("{location}?digest={digest}"),
+                &[],
+                second.to_vec(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        let a = lab.get(&format!("/v2/app/blobs/{digest}")).await;
+        assert_eq!(a.body.len(), bytes.len());
+        assert!(a.body == bytes);
     }
 
     #[tokio::test]
