@@ -150,7 +150,7 @@ async fn handle(reg: &Registry, req: Request) -> ApiResult {
         Route::Manifest(name, reference) => {
             let name = repo(name)?;
             let reference = Reference::parse(reference).map_err(|e| match e {
-                // The spec has no TAG_INVALID; Docker's registry answers this.
+                // TAG_INVALID is Docker's code, not the spec's: MANIFEST_INVALID is its nearest.
                 ReferenceError::Tag(m) => RegistryError::new(ErrorCode::ManifestInvalid, m),
                 ReferenceError::Digest(e) => e.into(),
             })?;
