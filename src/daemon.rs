@@ -284,7 +284,19 @@ impl Daemon {
                 Consul::for_node(&self.config),
                 cluster_tx,
             ));
-            crate::api::server::spawn(&self.config, self.tls.clone());
+            // A store that cannot be opened (the state dir) leaves the node without a
+            // registry, said once; everything else runs.
+            let registry = match crate::registry::open(&self.config, self.tls.clone()).await {
+                Ok(r) => {
+                    crate::registry::server::spawn_loopback(self.config.registry.port, r.clone());
+                    Some(r)
+                }
+                Err(e) => {
+                    warn!("no node registry: {e}");
+                    None
+                }
+            };
+            crate::api::server::spawn(&self.config, self.tls.clone(), registry);
             tokio::spawn(crate::placement::driver::run(
                 Consul::for_node(&self.config),
                 crate::placement::reconcile::me(&self.config.node),

@@ -32,6 +32,11 @@ pub fn images_dir(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("images")
 }
 
+/// The node registry's blobs and uploads.
+pub fn registry_dir(paths: &PathsConfig) -> PathBuf {
+    paths.state_dir.join("registry")
+}
+
 /// The image sync service's byte totals (sent, received), for arpanetd's `/metrics`.
 pub fn image_transfer(paths: &PathsConfig) -> PathBuf {
     paths.state_dir.join("image-transfer.json")

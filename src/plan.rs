@@ -23,6 +23,8 @@ pub struct NodePlan {
     pub bridge_ip: Ipv4Addr,
     pub docker_api: String,
     pub consul_dns: String,
+    /// The node registry, for `docker push/run 127.0.0.1:PORT/NAME:TAG`.
+    pub registry: String,
     pub overlay: OverlayPlan,
     pub underlay: Underlay,
     pub join: Vec<JoinPeer>,
@@ -51,6 +53,7 @@ impl NodePlan {
             bridge_ip: a.bridge_ip(),
             docker_api: docker_api(config),
             consul_dns: format!("{}:{}", a.bridge_ip(), config.consul.dns_port),
+            registry: format!("127.0.0.1:{}", config.registry.port),
             overlay: OverlayPlan {
                 device: config.overlay.device.as_str().to_string(),
                 vni: config.overlay.vni.0,

@@ -1261,9 +1261,13 @@ async fn renew_identity(
 /// Serves the API on the unix socket at once and on the overlay address, over mutual
 /// TLS, as soon as the address exists (arpanetd adds it in its first pass) and the node
 /// has its identity. Runs until the process ends.
-pub fn spawn(config: &Config, tls: NodeTls) {
+pub fn spawn(config: &Config, tls: NodeTls, registry: Option<crate::registry::Registry>) {
     let state: Shared = Arc::new(ApiState::new(config, tls.clone()));
-    let app = router(state);
+    let mut app = router(state);
+    if let Some(registry) = registry {
+        // Other nodes fetch this node's blobs here (behind `only_nodes` on the overlay).
+        app = app.merge(crate::registry::server::peer_routes(registry.store));
+    }
     let socket = paths::api_socket(&config.paths);
     let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));
     let unix_app = app.clone();

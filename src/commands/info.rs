@@ -50,6 +50,7 @@ fn render(p: &NodePlan) -> String {
          \x20 overlay      {} on {} (VNI {}, UDP {}, MTU {mtu})\n\
          \x20 docker api   {}\n\
          \x20 consul       {} (DNS for containers at {})\n\
+         \x20 registry     {}\n\
          \x20 containers   {} (bridge {})\n\
          \x20 underlay     {underlay}\n\
          \x20 join         {join}\n",
@@ -63,6 +64,7 @@ fn render(p: &NodePlan) -> String {
         p.docker_api,
         p.consul_ip,
         p.consul_dns,
+        p.registry,
         p.container_subnet,
         p.bridge_ip,
     )

@@ -37,6 +37,7 @@ pub struct Config {
     pub consul: ConsulConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    pub registry: RegistryConfig,
     #[serde(default)]
     pub api: ApiConfig,
 }
@@ -635,6 +636,20 @@ impl Default for SyncConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The node registry's port on 127.0.0.1 (Docker trusts loopback registries
+    /// without TLS): `docker push 127.0.0.1:PORT/app:v2`.
+    pub port: u16,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { port: 7102 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// The cluster API's port on the overlay address.
     pub port: u16,
@@ -719,6 +734,7 @@ http_addr = "127.0.0.1:8500"
         assert_eq!(c.overlay.effective_mtu(1500), 1450);
         assert_eq!(c.docker.api_port, 2376);
         assert_eq!(c.sync.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.registry.port, 7102);
         assert_eq!(c.overlay.resync, Duration::from_secs(10));
     }
 

@@ -207,7 +207,7 @@ async fn handle(reg: &Registry, req: Request) -> ApiResult {
 /// A blob from the store; one this node lacks but some node holds is fetched first
 /// (HEAD answers from the catalog's size and fetches nothing).
 async fn get_blob(reg: &Registry, digest: &Digest, headers: &HeaderMap, head: bool) -> ApiResult {
-    let (mut file, size) = match reg.store.open_blob(digest).await.map_err(store_error)? {
+    let (file, size) = match reg.store.open_blob(digest).await.map_err(store_error)? {
         Some(found) => found,
         None => {
             // Without a source this node serves only its own blobs.
@@ -233,6 +233,33 @@ async fn get_blob(reg: &Registry, digest: &Digest, headers: &HeaderMap, head: bo
                 })?
         }
     };
+    serve_blob(file, size, digest, headers, head).await
+}
+
+/// This node's own blob, never fetched: what other nodes get from it (see
+/// [`super::server::peer_routes`]).
+pub async fn local_blob(
+    store: &super::store::BlobStore,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Response {
+    let answer = match store.open_blob(digest).await {
+        Ok(Some((file, size))) => serve_blob(file, size, digest, headers, head).await,
+        Ok(None) => Err(blob_unknown(digest)),
+        Err(e) => Err(store_error(e)),
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The blob's bytes, or the `Range` of them asked for.
+async fn serve_blob(
+    mut file: tokio::fs::File,
+    size: u64,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult {
     if head {
         return Ok(blob_answer(StatusCode::OK, digest, size).body(Body::empty())?);
     }

@@ -11,6 +11,9 @@
 //! - [`fetch`]: getting a blob this node lacks from the nodes that hold it.
 
 pub mod api;
+pub mod catalog;
+pub mod fetch;
+pub mod server;
 pub mod spec;
 pub mod store;
 
@@ -97,4 +100,33 @@ pub struct Registry {
     pub catalog: Arc<dyn Catalog>,
     /// `None`: a registry of this node's blobs alone.
     pub source: Option<Arc<dyn BlobSource>>,
+}
+
+/// This node's registry as arpanetd runs it: blobs under the state dir, records in
+/// Consul KV, missing blobs fetched from other nodes over the cluster API.
+pub async fn open(
+    config: &crate::config::Config,
+    tls: crate::identity::NodeTls,
+) -> Result<Registry, store::StoreError> {
+    let store = Arc::new(BlobStore::open(crate::paths::registry_dir(&config.paths)).await?);
+    let catalog = Arc::new(catalog::ConsulCatalog::new(
+        crate::consul::client::Consul::for_node(config),
+        config.node.address,
+    ));
+    // The connect limit only: a blob streams for as long as it takes.
+    let http = crate::identity::NodeClient::new(
+        tls,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(30),
+    );
+    let source = Arc::new(fetch::PeerFetch::new(
+        catalog.clone(),
+        http,
+        config.api.port,
+    ));
+    Ok(Registry {
+        store,
+        catalog,
+        source: Some(source),
+    })
 }

@@ -21,6 +21,7 @@ mod node_tls;
 mod overlay;
 mod packaging;
 mod registration;
+mod registry;
 mod renew;
 mod rollouts;
 mod scale;

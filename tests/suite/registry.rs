@@ -1,0 +1,209 @@
+//! The node registry on three lab hosts with real dockerd, skopeo, Consul and arpanetd:
+//! `docker push 127.0.0.1:PORT/NAME:TAG` on one node, `docker run` of the same name on
+//! the others; only the blobs a node lacks move; bad bytes are never loaded; only root
+//! gets in.
+
+use crate::lab::{self, Host, Lab, TEST_IMAGE, assert_success, stdout};
+
+const REGISTRY: &str = "127.0.0.1:7102";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Bytes received on the host's underlay interface so far.
+fn rx_bytes(h: &Host) -> u64 {
+    let out = h.exec(&[
+        "cat",
+        &format!(
+            "/sys/class/net/{}/statistics/rx_bytes",
+            h.underlay_interface
+        ),
+    ]);
+    assert_success(&out, "read rx_bytes");
+    stdout(&out).trim().parse().unwrap()
+}
+
+/// The digests of the image's layers as the registry names them (its manifest).
+fn manifest(h: &Host, image: &str) -> serde_json::Value {
+    let out = h.exec(&[
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]);
+    lab::json(&out, "skopeo inspect --raw")
+}
+
+fn blob_file(h: &Host, digest: &str) -> std::path::PathBuf {
+    h.dir
+        .join("state/registry/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+#[test]
+fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
+    require_lab!();
+    let lab = Lab::three_nodes();
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    let info = lab::json(&h0.arpanet(&["info", "--json"]), "info --json");
+    assert_eq!(info["registry"], REGISTRY, "{info}");
+
+    // Push with plain docker on node 0; run by the same name on nodes 1 and 2.
+    let v1 = format!("{REGISTRY}/team/app:v1");
+    assert_success(&h0.docker(&["tag", TEST_IMAGE, &v1]), "docker tag");
+    assert_success(&h0.docker(&["push", &v1]), "docker push");
+    let id = h0.image_id(&v1).unwrap();
+    for h in [h1, h2] {
+        let run = h.docker(&["run", "--rm", &v1, "echo", "hello from v1"]);
+        assert_success(&run, "docker run by the registry name");
+        assert_eq!(stdout(&run).trim(), "hello from v1");
+        assert_eq!(
+            h.image_id(&v1).as_deref(),
+            Some(id.as_str()),
+            "the same image"
+        );
+    }
+    // skopeo reads the same manifest on every node, and copies the image out whole.
+    let m0 = manifest(h0, &v1);
+    assert_eq!(manifest(h2, &v1), m0);
+    let copy = h2.exec(&[
+        "skopeo",
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{v1}"),
+        &format!("dir:{}", h2.dir.join("copy").display()),
+    ]);
+    assert_success(&copy, "skopeo copy");
+    let tags = h1.exec(&[
+        "curl",
+        "-sf",
+        &format!("http://{REGISTRY}/v2/team/app/tags/list"),
+    ]);
+    assert_eq!(
+        lab::json(&tags, "tags list"),
+        serde_json::json!({"name": "team/app", "tags": ["v1"]})
+    );
+
+    // An update of the top layer moves that layer only.
+    let make = h0.docker(&[
+        "run",
+        "--name",
+        "mk-v2",
+        &v1,
+        "sh",
+        "-c",
+        "head -c 5242880 /dev/urandom > /layer.bin",
+    ]);
+    assert_success(&make, "write the new layer");
+    let v2 = format!("{REGISTRY}/team/app:v2");
+    assert_success(&h0.docker(&["commit", "mk-v2", &v2]), "docker commit");
+    assert_success(&h0.docker(&["push", &v2]), "docker push v2");
+    let layers = manifest(h0, &v2)["layers"].as_array().unwrap().clone();
+    let top = layers.last().unwrap();
+    let (top_digest, top_size) = (
+        top["digest"].as_str().unwrap().to_string(),
+        top["size"].as_u64().unwrap(),
+    );
+    let before = rx_bytes(h1);
+    assert_success(&h1.docker(&["pull", &v2]), "docker pull v2");
+    let received = rx_bytes(h1) - before;
+    eprintln!(
+        "update: node 1 received {received} bytes for a top layer of {top_size} bytes ({:.2}x)",
+        received as f64 / top_size as f64
+    );
+    assert!(
+        (received as f64) <= 1.2 * top_size as f64,
+        "node 1 received {received} bytes for a {top_size}-byte layer"
+    );
+    assert_eq!(h1.image_id(&v2), h0.image_id(&v2));
+
+    // A corrupt copy planted on a holder is never loaded: with node 0 the only holder
+    // KV names, node 2's pull fails and loads nothing; with node 1 named again, node 2
+    // gets the layer from it, though it may ask node 0 first.
+    let planted = blob_file(h0, &top_digest);
+    let mut bad = std::fs::read(&planted).unwrap();
+    for b in bad.iter_mut().step_by(4096) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&planted, &bad).unwrap();
+    let h1_holder = format!(
+        "arpanet/registry/blobs/{}/{}",
+        top_digest.trim_start_matches("sha256:"),
+        h1.address
+    );
+    let held = h0.arpanet(&["kv", "get", &h1_holder]);
+    assert_success(&held, "node 1's holder record");
+    assert_success(&h0.arpanet(&["kv", "delete", &h1_holder]), "kv delete");
+    // The layer as dockerd would ask for it (curl: dockerd retries a failed layer for
+    // a minute before it gives up).
+    let get = h2.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{REGISTRY}/v2/team/app/blobs/{top_digest}"),
+    ]);
+    assert_ne!(
+        stdout(&get),
+        "200",
+        "node 2 served the layer of a corrupt holder"
+    );
+    assert!(!blob_file(h2, &top_digest).exists(), "bad bytes kept");
+    assert_eq!(h2.image_id(&v2), None, "nothing loaded");
+    assert!(
+        h2.log("arpanetd")
+            .contains("do not match its digest; dropped"),
+        "node 2 says why"
+    );
+    assert_success(
+        &h0.arpanet(&["kv", "put", &h1_holder, stdout(&held).trim()]),
+        "kv put",
+    );
+    assert_success(
+        &h2.docker(&["pull", &v2]),
+        "docker pull v2 with a good holder",
+    );
+    assert_eq!(h2.image_id(&v2), h0.image_id(&v2));
+    let good = h2.exec(&["sha256sum", blob_file(h2, &top_digest).to_str().unwrap()]);
+    assert!(stdout(&good).starts_with(top_digest.trim_start_matches("sha256:")));
+
+    // Only root gets in: another local user is refused with the spec's DENIED, and a
+    // container cannot reach the port at all (it is on loopback only).
+    let nobody = h0.exec(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{REGISTRY}/v2/team/app/tags/list"),
+    ]);
+    let answer = stdout(&nobody);
+    assert!(
+        answer.ends_with("\n403") && answer.contains("DENIED"),
+        "{answer} {}",
+        stderr(&nobody)
+    );
+    let bridge_ip = h0.address.bridge_ip().to_string();
+    let probe = h0.docker(&[
+        "run",
+        "--rm",
+        TEST_IMAGE,
+        "wget",
+        "-T",
+        "3",
+        "-qO-",
+        &format!("http://{bridge_ip}:7102/v2/"),
+    ]);
+    assert!(
+        !probe.status.success(),
+        "a container reached the registry: {}",
+        stdout(&probe)
+    );
+}
