@@ -37,6 +37,7 @@ pub struct Config {
     pub consul: ConsulConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
     pub registry: RegistryConfig,
     #[serde(default)]
     pub api: ApiConfig,

@@ -11,17 +11,17 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Bytes received on the host's underlay interface so far.
+/// Bytes received on the host's underlay interface so far (its netns's /proc/net/dev;
+/// /sys here is the root namespace's).
 fn rx_bytes(h: &Host) -> u64 {
-    let out = h.exec(&[
-        "cat",
-        &format!(
-            "/sys/class/net/{}/statistics/rx_bytes",
-            h.underlay_interface
-        ),
-    ]);
-    assert_success(&out, "read rx_bytes");
-    stdout(&out).trim().parse().unwrap()
+    let out = h.exec(&["cat", "/proc/net/dev"]);
+    assert_success(&out, "read /proc/net/dev");
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{}:", h.underlay_interface)))
+        .unwrap_or_else(|| panic!("{} in /proc/net/dev:\n{text}", h.underlay_interface));
+    line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// The digests of the image's layers as the registry names them (its manifest).
@@ -135,7 +135,7 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
     );
     let held = h0.arpanet(&["kv", "get", &h1_holder]);
     assert_success(&held, "node 1's holder record");
-    assert_success(&h0.arpanet(&["kv", "delete", &h1_holder]), "kv delete");
+    assert_success(&h0.arpanet(&["kv", "del", &h1_holder]), "kv del");
     // The layer as dockerd would ask for it (curl: dockerd retries a failed layer for
     // a minute before it gives up).
     let get = h2.exec(&[

@@ -63,6 +63,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("docker", "docker.io"),
     ("consul", "../shared/ci/install-consul"),
     ("busybox", "busybox-static"),
+    // A real OCI client for the node registry (registry.rs), and curl for raw requests.
+    ("skopeo", "skopeo"),
+    ("curl", "curl"),
 ];
 
 /// A cluster secret as `arpanet secret` makes one (32 random bytes, base64): arpanet
