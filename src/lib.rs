@@ -8,7 +8,7 @@
 //!
 //! Imports point down only, in this order (a module uses those before it):
 //! `addressing`, `files`, `human`, `http`, `sd`, `logging`, `outcome`, `metrics`; `config`,
-//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `sync`; `registry`; `containers`;
+//! `plan`, `paths`; `identity`; `systemd`, `docker`, `network`; `consul`; `join`; `imagesync`; `registry`; `containers`;
 //! `placement`; `api`; `pass`; `daemon`; `commands`. `scripts/check-module-cycles` (in `make lint`) fails on a cycle.
 
 pub mod addressing;
@@ -23,6 +23,7 @@ pub mod files;
 pub mod http;
 pub mod human;
 pub mod identity;
+pub mod imagesync;
 pub mod join;
 pub mod logging;
 pub mod metrics;
@@ -34,5 +35,4 @@ pub mod placement;
 pub mod plan;
 pub mod registry;
 pub mod sd;
-pub mod sync;
 pub mod systemd;

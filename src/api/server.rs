@@ -1187,7 +1187,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
         },
         Err(e) => warn!("metrics: {e:#}"),
     }
-    if let Some(t) = crate::sync::TransferTotals::load(&sc.image_transfer) {
+    if let Some(t) = crate::imagesync::TransferTotals::load(&sc.image_transfer) {
         crate::metrics::image_transfer(t.sent, t.received);
     }
     (

@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let opts = Opts::parse();
     if opts.sync {
         let result = match arpanet::config::Config::load(&opts.config) {
-            Ok(config) => arpanet::sync::service::run(&config).await,
+            Ok(config) => arpanet::imagesync::service::run(&config).await,
             Err(e) => Err(anyhow::anyhow!("{e}")),
         };
         return match result {

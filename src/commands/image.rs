@@ -13,8 +13,8 @@ use crate::api::client::ApiClient;
 use crate::api::{Listing, NodeRow};
 use crate::config::Config;
 use crate::human;
-use crate::sync::short_id as short;
-use crate::sync::{ClusterImage, ImageRequest, Transfer, TransferState};
+use crate::imagesync::short_id as short;
+use crate::imagesync::{ClusterImage, ImageRequest, Transfer, TransferState};
 
 /// Share Docker images between nodes peer-to-peer (BitTorrent), with no registry.
 #[derive(Debug, Args)]

@@ -67,7 +67,7 @@ pub async fn fetch_from_swarm(
     let Some(socket) = swarm else {
         return Ok(None);
     };
-    match crate::sync::client::fetch_from_swarm(socket, image).await {
+    match crate::imagesync::client::fetch_from_swarm(socket, image).await {
         Ok(true) => Ok(engine.image_id(image).await?),
         Ok(false) => Ok(None),
         Err(e) => {

@@ -86,7 +86,7 @@ pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<Vec<String>> {
         .ok_or_else(|| anyhow!("no manifest.json: not a `docker save` tarball"))?;
     let manifest = one_image(manifest)?;
     let entry = &manifest;
-    let want = crate::sync::id_hex(image_id);
+    let want = crate::imagesync::id_hex(image_id);
     let config_digest = digests
         .get(&entry.config)
         .ok_or_else(|| anyhow!("the config {} is missing", entry.config))?;
@@ -110,11 +110,11 @@ pub fn verify(path: &Path, image_id: &str) -> anyhow::Result<Vec<String>> {
         let got = digests
             .get(layer)
             .ok_or_else(|| anyhow!("the layer {layer} is missing"))?;
-        if got != crate::sync::id_hex(diff_id) {
+        if got != crate::imagesync::id_hex(diff_id) {
             bail!(
                 "the layer {layer} hashes to {}, not {}",
                 short(got),
-                short(crate::sync::id_hex(diff_id))
+                short(crate::imagesync::id_hex(diff_id))
             );
         }
     }
