@@ -1,12 +1,16 @@
 //! One image onto N nodes at once, three ways, over links shaped to the same rate:
 //! (1) a central registry (Debian's docker-registry; `docker push`, then `docker pull`
 //! on every node), (2) Docket's stack (opentracker + ctorrent on the `docker save`
-//! tarball, then `docker load`), (3) `arpanet image pull --all-nodes`.
+//! tarball, then `docker load`), (3) `arpanet image pull --all-nodes` (the tarball
+//! swarm), (4) the node registry: `docker push 127.0.0.1:7102/...` on the source,
+//! then `docker pull` of that name on every node at once.
 //! `make bench-images` (root). Prints each time, its ratio to the floor S/B and the
 //! speed-up over the registry, measured in one run; asserts nothing about speed.
 //!
 //! IMAGE_MB (default 200), NODES (receivers, default 5) and RATE_MBIT (default 100)
-//! change the setup; METHODS (default `registry,docket,arpanet`) picks what runs. Every host's underlay link is shaped both ways with tc (tbf), so
+//! change the setup; LAYERS (default 1) splits the image into that many layers of
+//! random data; METHODS (default `registry,docket,arpanet,node-registry`) picks what
+//! runs; the node registry's line also prints the copies of the image the source sent. Every host's underlay link is shaped both ways with tc (tbf), so
 //! each node can send and receive B; the source node is one of N + 1 hosts.
 
 #[path = "../tests/suite/lab/mod.rs"]
@@ -65,8 +69,9 @@ fn main() {
     let (source, targets) = (hosts[0], &hosts[1..]);
     source.wait_for_nodes(hosts.len(), Duration::from_secs(90));
 
-    eprintln!("making a {mb} MB image on the source node");
-    let id = source.import_random_image(TAG, mb);
+    let layers = env_or("LAYERS", 1).max(1);
+    eprintln!("making a {mb} MB image of {layers} layer(s) on the source node");
+    let id = make_image(source, mb, layers);
     let tarball = source.dir.join("bench.tar");
     assert_success(
         &source.docker(&["save", "-o", tarball.to_str().unwrap(), TAG]),
@@ -80,9 +85,10 @@ fn main() {
     }
 
     // METHODS=arpanet (say) runs a subset; the default runs all three.
-    let methods = std::env::var("METHODS").unwrap_or_else(|_| "registry,docket,arpanet".into());
+    let methods =
+        std::env::var("METHODS").unwrap_or_else(|_| "registry,docket,arpanet,node-registry".into());
     let mut results: Vec<(&str, f64)> = Vec::new();
-    if methods.contains("registry") {
+    if methods.split(',').any(|m| m == "registry") {
         eprintln!("(1) registry");
         let secs = via_registry(source, targets, &registry, &id);
         results.push(("registry (docker-registry, docker pull)", secs));
@@ -99,10 +105,18 @@ fn main() {
         let secs = via_arpanet(source, targets, &id);
         results.push(("arpanet image pull --all-nodes", secs));
         eprintln!("copies each node sent: {}", uploads(&hosts, size));
+        clear(targets, &id);
+    }
+    let mut seed_copies = None;
+    if methods.contains("node-registry") {
+        eprintln!("(4) the node registry: docker pull 127.0.0.1:7102/... on every node");
+        let (secs, copies) = via_node_registry(source, targets, &id, size);
+        results.push(("node registry (docker pull 127.0.0.1:7102/...)", secs));
+        seed_copies = Some(copies);
     }
 
     println!(
-        "image to {receivers} nodes at once: S = {:.1} MB (docker save tarball), every link {rate_mbit} Mbit/s, floor S/B = {floor:.1} s",
+        "image to {receivers} nodes at once: S = {:.1} MB (docker save tarball, {layers} layer(s)), every link {rate_mbit} Mbit/s, floor S/B = {floor:.1} s",
         size as f64 / 1e6
     );
     let registry_secs = results
@@ -118,7 +132,38 @@ fn main() {
             secs / floor
         );
     }
+    if let Some(copies) = seed_copies {
+        println!("  node registry: the source sent {copies:.2} copies of the image");
+    }
     lab.teardown().expect("teardown");
+}
+
+/// The benchmark's image: one layer of random data (`docker import`), or the test
+/// image with `layers` layers of random data on top, `mb` MB in all.
+fn make_image(source: &Host, mb: usize, layers: usize) -> String {
+    if layers == 1 {
+        return source.import_random_image(TAG, mb);
+    }
+    source.import_test_image();
+    let mut from = lab::TEST_IMAGE.to_string();
+    for i in 0..layers {
+        let name = format!("bench-layer-{i}");
+        let kb = (mb << 10) / layers;
+        let run = source.docker(&[
+            "run",
+            "--name",
+            &name,
+            &from,
+            "sh",
+            "-c",
+            &format!("head -c {kb}k /dev/urandom > /layer-{i}.bin"),
+        ]);
+        assert_success(&run, "write a layer");
+        assert_success(&source.docker(&["commit", &name, TAG]), "docker commit");
+        assert_success(&source.docker(&["rm", &name]), "docker rm");
+        from = TAG.to_string();
+    }
+    source.image_id(TAG).expect("the layered image")
 }
 
 /// Removes the image from the targets, so the next method starts from nothing.
@@ -258,6 +303,24 @@ fn uploads(hosts: &[&Host], size: u64) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `docker push` to the source's node registry, then `docker pull` of the same
+/// 127.0.0.1 name on every target at once; returns the time and the copies of the
+/// image the source sent meanwhile (its underlay's transmit counter).
+fn via_node_registry(source: &Host, targets: &[&Host], id: &str, size: u64) -> (f64, f64) {
+    let name = format!("127.0.0.1:7102/{TAG}");
+    assert_success(&source.docker(&["tag", TAG, &name]), "docker tag");
+    assert_success(&source.docker(&["push", &name]), "docker push");
+    let sent_before = source.underlay_bytes().1;
+    let secs = all_at_once(targets, |h| {
+        assert_success(&h.docker(&["pull", &name]), "docker pull");
+    });
+    let sent = source.underlay_bytes().1 - sent_before;
+    for h in targets {
+        assert_eq!(h.image_id(&name).as_deref(), Some(id));
+    }
+    (secs, sent as f64 / size as f64)
 }
 
 fn via_arpanet(source: &Host, targets: &[&Host], id: &str) -> f64 {

@@ -66,6 +66,11 @@ impl PeerFetch {
             offset = 0;
         }
         if offset < size {
+            info!(
+                "registry: fetching {} from node {} at byte {offset} of {size}",
+                short(digest),
+                holder.node
+            );
             let http = self
                 .http
                 .streaming()
@@ -103,7 +108,13 @@ impl PeerFetch {
                 taken += chunk.len() as u64;
                 Ok::<_, reqwest::Error>(chunk)
             });
-            store.append(&upload, Some(offset), body).await?;
+            let have = store.append(&upload, Some(offset), body).await?;
+            if have < size {
+                // The holder ended its answer early (it stopped): the next one goes on.
+                return Err(Stopped::Peer(format!(
+                    "its answer ended at byte {have} of {size}"
+                )));
+            }
         }
         Ok(())
     }
@@ -125,12 +136,18 @@ impl BlobSource for PeerFetch {
             .into_iter()
             .filter(|h| h.node != me && h.size == size)
             .collect();
-        // Pullers start at different holders, so one holder is not asked by all.
-        holders.sort_by_key(|h| spread(me, h.node, digest));
+        order_holders(me, &mut holders, digest);
+        let upload = store.fetch_upload(digest).await?;
         for holder in holders {
             if let Err(e) = self.fetch_from_holder(holder, digest, size, store).await {
                 if let Stopped::Store(e @ StoreError::DiskFull { .. }) = e {
-                    // One line naming the directory; what arrived is kept for the next pull.
+                    // What arrived is kept: the next pull goes on from there.
+                    let have = store.upload_size(&upload).await.ok().flatten().unwrap_or(0);
+                    warn!(
+                        "registry: {e}: {} of {} still to fetch; the pull resumes when run again",
+                        crate::human::bytes(size.saturating_sub(have)),
+                        short(digest)
+                    );
                     return Err(e.into());
                 }
                 // What arrived is kept: the next holder goes on from there.
@@ -141,7 +158,6 @@ impl BlobSource for PeerFetch {
                 );
                 continue;
             }
-            let upload = store.fetch_upload(digest).await?;
             match store.commit(&upload, digest).await {
                 Ok(_) => {
                     self.catalog.hold(digest, size).await?;
@@ -176,7 +192,12 @@ enum Stopped {
     Peer(String),
 }
 
-/// Orders holders per puller and blob, so pullers spread over the holders.
+/// The order in which `me` asks the holders of `digest`: one of its own per puller and
+/// blob, so pullers start at different holders and one holder is not asked by all.
+pub fn order_holders(me: NodeAddress, holders: &mut [Holder], digest: &Digest) {
+    holders.sort_by_key(|h| spread(me, h.node, digest));
+}
+
 fn spread(me: NodeAddress, holder: NodeAddress, digest: &Digest) -> [u8; 8] {
     use sha2::Digest as _;
     let h = sha2::Sha256::digest(format!("{me}\0{holder}\0{digest}"));

@@ -11,19 +11,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Bytes received on the host's underlay interface so far (its netns's /proc/net/dev;
-/// /sys here is the root namespace's).
-fn rx_bytes(h: &Host) -> u64 {
-    let out = h.exec(&["cat", "/proc/net/dev"]);
-    assert_success(&out, "read /proc/net/dev");
-    let text = stdout(&out);
-    let line = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{}:", h.underlay_interface)))
-        .unwrap_or_else(|| panic!("{} in /proc/net/dev:\n{text}", h.underlay_interface));
-    line.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// The digests of the image's layers as the registry names them (its manifest).
 fn manifest(h: &Host, image: &str) -> serde_json::Value {
     let out = h.exec(&[
@@ -106,9 +93,9 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
         top["digest"].as_str().unwrap().to_string(),
         top["size"].as_u64().unwrap(),
     );
-    let before = rx_bytes(h1);
+    let before = h1.underlay_bytes().0;
     assert_success(&h1.docker(&["pull", &v2]), "docker pull v2");
-    let received = rx_bytes(h1) - before;
+    let received = h1.underlay_bytes().0 - before;
     eprintln!(
         "update: node 1 received {received} bytes for a top layer of {top_size} bytes ({:.2}x)",
         received as f64 / top_size as f64

@@ -983,6 +983,24 @@ impl Host {
         self.image_id(tag).expect("the imported image")
     }
 
+    /// Bytes received and sent on this host's underlay interface so far (its netns's
+    /// /proc/net/dev; /sys here would be the root namespace's).
+    pub fn underlay_bytes(&self) -> (u64, u64) {
+        let out = self.exec(&["cat", "/proc/net/dev"]);
+        assert_success(&out, "read /proc/net/dev");
+        let text = stdout(&out);
+        let prefix = format!("{}:", self.underlay_interface);
+        let fields: Vec<u64> = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in /proc/net/dev:\n{text}"))
+            .split_whitespace()
+            .map(|f| f.parse().expect("a counter"))
+            .collect();
+        // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
+        (fields[0], fields[8])
+    }
+
     /// The ID of `image` in this host's Docker, if it has it.
     pub fn image_id(&self, image: &str) -> Option<String> {
         let out = self.docker(&["image", "inspect", "-f", "{{.Id}}", image]);

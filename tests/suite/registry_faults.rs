@@ -1,0 +1,194 @@
+//! The node registry when things go wrong mid-pull, on three lab hosts: the holder a
+//! node is fetching a layer from dies, and the disk fills.
+
+use std::time::Duration;
+
+use arpanet::registry::catalog::Holder;
+use arpanet::registry::spec::Digest;
+
+use crate::lab::{self, Host, Lab, assert_success, stdout, wait_until};
+
+const REGISTRY: &str = "127.0.0.1:7102";
+
+/// The digest and size of the image's one layer, as the registry lists it.
+fn layer(h: &Host, image: &str) -> (String, u64) {
+    let out = h.exec(&[
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]);
+    let manifest = lab::json(&out, "skopeo inspect --raw");
+    let layer = &manifest["layers"][0];
+    (
+        layer["digest"].as_str().unwrap().to_string(),
+        layer["size"].as_u64().unwrap(),
+    )
+}
+
+/// A GET of the blob from `h`'s registry, as dockerd makes it: the status and body.
+fn get_blob(h: &Host, digest: &str) -> (String, String) {
+    let out = h.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/stderr",
+        "-w",
+        "%{http_code}",
+        &format!("http://{REGISTRY}/v2/faults/any/blobs/{digest}"),
+    ]);
+    let body = String::from_utf8_lossy(&out.stderr);
+    (stdout(&out), body.chars().take(300).collect())
+}
+
+/// A tmpfs over a host's registry dir, unmounted however the test ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "arpanet-lab",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert_success(&out, "mount tmpfs");
+        for sub in ["blobs/sha256", "uploads"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        Self(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert_success(&out, "remount tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_pull_outlives_its_holder_and_resumes_after_a_full_disk() {
+    require_lab!();
+    let lab = Lab::three_nodes();
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+
+    // One 24 MB layer on node 0, pulled by node 1: two holders.
+    let big1 = format!("{REGISTRY}/faults/big:1");
+    let id = h0.import_random_image(&big1, 24);
+    assert_success(&h0.docker(&["push", &big1]), "docker push");
+    assert_success(&h1.docker(&["pull", &big1]), "docker pull on node 1");
+    let (digest, size) = layer(h0, &big1);
+    let short = &digest["sha256:".len().."sha256:".len() + 12];
+
+    // Node 2 asks the holders in an order of its own; the first is slowed to 40 Mbit/s
+    // (about 5 s for the layer) and killed once node 2 is fetching from it.
+    let mut holders = [h0, h1].map(|h| Holder {
+        node: h.address,
+        size,
+    });
+    arpanet::registry::fetch::order_holders(
+        h2.address,
+        &mut holders,
+        &Digest::parse(&digest).unwrap(),
+    );
+    let first = [h0, h1]
+        .into_iter()
+        .find(|h| h.address == holders[0].node)
+        .unwrap();
+    let second = [h0, h1]
+        .into_iter()
+        .find(|h| h.address == holders[1].node)
+        .unwrap();
+    lab.shape(first, 40);
+    let pull = std::thread::scope(|scope| {
+        let pull = scope.spawn(|| h2.docker(&["pull", &big1]));
+        let fetching = format!("fetching {short} from node {} at byte 0", first.address);
+        wait_until(
+            Duration::from_secs(30),
+            "node 2 to fetch from the first holder",
+            || h2.log("arpanetd").contains(&fetching),
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        first.kill("arpanetd");
+        pull.join().unwrap()
+    });
+    assert_success(
+        &pull,
+        "docker pull on node 2 with its holder killed mid-layer",
+    );
+    assert_eq!(h2.image_id(&big1).as_deref(), Some(id.as_str()));
+    let log = h2.log("arpanetd");
+    let resumed = log
+        .lines()
+        .filter_map(|l| {
+            l.split(&format!(
+                "fetching {short} from node {} at byte ",
+                second.address
+            ))
+            .nth(1)
+        })
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .next()
+        .unwrap_or_else(|| panic!("node 2 went on from the second holder:\n{log}"));
+    assert!(
+        resumed > 0 && resumed < size,
+        "node 2 resumed from byte {resumed} of {size}, not from what it had"
+    );
+
+    // A disk that fills mid-pull: one line naming the directory; with room again, the
+    // same pull goes on from what it had.
+    let big2 = format!("{REGISTRY}/faults/big:2");
+    second.import_random_image(&big2, 24);
+    assert_success(&second.docker(&["push", &big2]), "docker push big:2");
+    let (digest2, size2) = layer(second, &big2);
+    let dir = h2.dir.join("state/registry");
+    let tmpfs = Tmpfs::mount(&dir, "12m");
+    let (status, body) = get_blob(h2, &digest2);
+    assert_eq!(status, "507", "{body}");
+    assert!(
+        body.contains(&format!("{} is full", dir.display())),
+        "{body}"
+    );
+    let short2 = &digest2["sha256:".len()..12 + "sha256:".len()];
+    let full = h2.log("arpanetd");
+    assert!(
+        full.lines()
+            .any(|l| l.contains(&format!("{} is full", dir.display()))
+                && l.contains(short2)
+                && l.contains("resumes when run again")),
+        "one line naming the directory:\n{full}"
+    );
+    tmpfs.resize("64m");
+    assert_success(&h2.docker(&["pull", &big2]), "docker pull with room again");
+    let log = h2.log("arpanetd");
+    let again = log
+        .lines()
+        .filter(|l| l.contains(&format!("fetching {short2} from node")))
+        .last()
+        .unwrap();
+    let from: u64 = again
+        .split(" at byte ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(from > 0 && from < size2, "resumed at {from}: {again}");
+    drop(tmpfs);
+}
