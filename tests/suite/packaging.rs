@@ -589,4 +589,26 @@ fn three_machines_form_a_cluster_from_the_package() {
     };
     assert_eq!(id(&machines[0]), id(&machines[2]));
     assert!(id(&machines[0]).starts_with("sha256:"));
+
+    // The node registry under the packaged, sandboxed arpanetd: pushed on machine 1
+    // with plain docker, pulled by the same name on machine 0.
+    let name = "127.0.0.1:7102/pkg/busybox:1";
+    assert_success(
+        &machines[1].exec(&["docker", "tag", TEST_IMAGE, name]),
+        "docker tag",
+    );
+    assert_success(
+        &machines[1].exec(&["docker", "push", name]),
+        "docker push to machine 1's registry",
+    );
+    assert_success(
+        &machines[0].exec(&["docker", "pull", name]),
+        "docker pull from machine 0's registry",
+    );
+    let id_of = |m: &Machine| {
+        stdout(&m.exec(&["docker", "image", "inspect", "-f", "{{.Id}}", name]))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(id_of(&machines[0]), id_of(&machines[1]));
 }
