@@ -3,7 +3,9 @@
 //! the others; only the blobs a node lacks move; bad bytes are never loaded; only root
 //! gets in.
 
-use crate::lab::{self, Host, Lab, TEST_IMAGE, assert_success, stdout};
+use std::time::Duration;
+
+use crate::lab::{self, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const REGISTRY: &str = "127.0.0.1:7102";
 
@@ -71,6 +73,37 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
     assert_eq!(
         lab::json(&tags, "tags list"),
         serde_json::json!({"name": "team/app", "tags": ["v1"]})
+    );
+
+    // A cluster service by the registry's name runs on every node.
+    let create = h1.arpanet(&[
+        "service",
+        "create",
+        "regweb",
+        "--image",
+        &v1,
+        "--replicas",
+        "3",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert_success(&create, "service create");
+    wait_until(
+        Duration::from_secs(90),
+        "3 instances of regweb running",
+        || {
+            let out = h2.arpanet(&["service", "ps", "regweb", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| {
+                    v.as_array()
+                        .map(|rows| rows.len() == 3 && rows.iter().all(|r| r["state"] == "running"))
+                })
+                .unwrap_or(false)
+        },
     );
 
     // An update of the top layer moves that layer only.
