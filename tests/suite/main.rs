@@ -22,6 +22,7 @@ mod overlay;
 mod packaging;
 mod registration;
 mod registry;
+mod registry_gc;
 mod renew;
 mod rollouts;
 mod scale;
