@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::CatalogError;
 use super::catalog::{KV_REPOS, MANIFESTS, parse_manifest, repository_of};
 use super::spec::{Digest, RepoName};
 
@@ -105,7 +106,11 @@ pub fn plan(inputs: &Inputs) -> Plan {
         };
         if r.key.starts_with(&format!("{KV_REPOS}{repo}{MANIFESTS}")) {
             let parsed = parse_manifest(&r.key, &r.value)
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    // The key is said once, beside the reason.
+                    CatalogError::BadRecord { why, .. } => why,
+                    e => e.to_string(),
+                })
                 .and_then(|m| Ok((m.digest, references(&m.bytes)?)));
             match parsed {
                 Ok((digest, (config, refs))) => {
