@@ -289,6 +289,7 @@ impl Daemon {
             let registry = match crate::registry::open(&self.config, self.tls.clone()).await {
                 Ok(r) => {
                     crate::registry::server::spawn_loopback(self.config.registry.port, r.clone());
+                    crate::registry::sweeper::spawn(&self.config, r.store.clone());
                     Some(r)
                 }
                 Err(e) => {

@@ -641,12 +641,37 @@ pub struct RegistryConfig {
     /// The node registry's port on 127.0.0.1 (Docker trusts loopback registries
     /// without TLS): `docker push 127.0.0.1:PORT/app:v2`.
     pub port: u16,
+    /// How often the registry's garbage collection runs on this node.
+    #[serde(
+        serialize_with = "duration_text::serialize",
+        deserialize_with = "positive_duration"
+    )]
+    pub gc_interval: Duration,
+    /// How old an unreferenced blob, upload or untagged manifest must be before it
+    /// goes: a push uploads its blobs before its manifest exists.
+    #[serde(with = "duration_text")]
+    pub gc_grace: Duration,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { port: 7102 }
+        Self {
+            port: 7102,
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
+        }
     }
+}
+
+/// A [`duration_text`] above zero (an interval: zero would spin).
+fn positive_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let duration = duration_text::deserialize(d)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom(
+            "must be more than zero, e.g. \"1h\"",
+        ));
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -736,7 +761,24 @@ http_addr = "127.0.0.1:8500"
         assert_eq!(c.docker.api_port, 2376);
         assert_eq!(c.sync.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.registry.port, 7102);
+        assert_eq!(c.registry.gc_interval, Duration::from_secs(3600));
+        assert_eq!(c.registry.gc_grace, Duration::from_secs(3600));
         assert_eq!(c.overlay.resync, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn registry_gc_durations_are_written_as_people_write_them() {
+        let base = "[node]\naddress = \"0.1\"\nrole = \"boot\"\n[registry]\n";
+        let c = parse(&format!("{base}gc_interval = \"2s\"\ngc_grace = \"0s\"\n")).unwrap();
+        assert_eq!(c.registry.gc_interval, Duration::from_secs(2));
+        assert_eq!(c.registry.gc_grace, Duration::ZERO);
+        let c = parse(&format!("{base}gc_grace = \"1h 30m\"\n")).unwrap();
+        assert_eq!(c.registry.gc_grace, Duration::from_secs(5400));
+        let err = parse(&format!("{base}gc_interval = \"0s\"\n")).unwrap_err();
+        assert!(err.starts_with("arpanet.toml:5:"), "{err}");
+        assert!(err.contains("more than zero"), "{err}");
+        let err = parse(&format!("{base}gc_grace = \"soon\"\n")).unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
     }
 
     #[test]

@@ -281,6 +281,15 @@ fn first_line(body: &str) -> String {
     }
 }
 
+/// A KV entry as a listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub created: u64,
+    pub modified: u64,
+}
+
 #[derive(Clone)]
 pub struct Consul {
     addr: SocketAddr,
@@ -910,6 +919,22 @@ impl Consul {
         index: Option<u64>,
         wait: Duration,
     ) -> Result<(Vec<(String, Vec<u8>, u64)>, u64), ConsulError> {
+        let (entries, index) = self.kv_list_indexed(prefix, index, wait).await?;
+        let entries = entries
+            .into_iter()
+            .map(|e| (e.key, e.value, e.created))
+            .collect();
+        Ok((entries, index))
+    }
+
+    /// [`Self::kv_list`] with each key's CreateIndex and ModifyIndex (every write of
+    /// a key, even of the same bytes, raises its ModifyIndex).
+    pub async fn kv_list_indexed(
+        &self,
+        prefix: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Vec<KvEntry>, u64), ConsulError> {
         #[derive(Deserialize)]
         struct Entry {
             #[serde(rename = "Key")]
@@ -918,6 +943,8 @@ impl Consul {
             value: Option<String>,
             #[serde(rename = "CreateIndex", default)]
             created: u64,
+            #[serde(rename = "ModifyIndex", default)]
+            modified: u64,
         }
         let path = format!("{}?recurse{}", kv_path(prefix)?, blocking(index, wait));
         let resp = self
@@ -933,12 +960,14 @@ impl Consul {
         use base64::Engine as _;
         let entries = entries
             .into_iter()
-            .map(|e| {
-                let value = e
+            .map(|e| KvEntry {
+                value: e
                     .value
                     .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                    .unwrap_or_default();
-                (e.key, value, e.created)
+                    .unwrap_or_default(),
+                key: e.key,
+                created: e.created,
+                modified: e.modified,
             })
             .collect();
         Ok((entries, new_index))

@@ -22,10 +22,10 @@ use crate::addressing::NodeAddress;
 use crate::consul::client::{Consul, ConsulError};
 
 pub const KV_REGISTRY: &str = "arpanet/registry/";
-const KV_REPOS: &str = "arpanet/registry/repos/";
-const KV_BLOBS: &str = "arpanet/registry/blobs/";
-const MANIFESTS: &str = "/_manifests/";
-const TAGS: &str = "/_tags/";
+pub const KV_REPOS: &str = "arpanet/registry/repos/";
+pub const KV_BLOBS: &str = "arpanet/registry/blobs/";
+pub const MANIFESTS: &str = "/_manifests/";
+pub const TAGS: &str = "/_tags/";
 
 /// A manifest as KV keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +96,15 @@ pub fn repository_of(key: &str) -> Option<RepoName> {
         return None;
     }
     RepoName::parse(repo).ok()
+}
+
+/// The blob and node a holder key names, if both parse.
+pub fn parse_holder_key(key: &str) -> Option<(Digest, NodeAddress)> {
+    let (hex, node) = key.strip_prefix(KV_BLOBS)?.split_once('/')?;
+    Some((
+        Digest::parse(&format!("sha256:{hex}")).ok()?,
+        node.parse().ok()?,
+    ))
 }
 
 /// Holders of one blob from the entries under its prefix; entries whose node or record
@@ -369,6 +378,21 @@ mod tests {
         assert_eq!(repository_of("arpanet/registry/repos/Bad/_tags/v1"), None);
         assert_eq!(repository_of("arpanet/registry/repos/a/_tags/"), None);
         assert_eq!(repository_of("arpanet/registry/repos/a/_tags/x/y"), None);
+    }
+
+    #[test]
+    fn holder_keys_name_a_blob_and_a_node() {
+        let d = Digest::of(b"x");
+        let node: NodeAddress = "0.2".parse().unwrap();
+        assert_eq!(
+            parse_holder_key(&holder_key(&d, node)),
+            Some((d.clone(), node))
+        );
+        assert_eq!(
+            parse_holder_key(&format!("{KV_BLOBS}{}/evil", d.hex())),
+            None
+        );
+        assert_eq!(parse_holder_key(&format!("{KV_BLOBS}abc/0.2")), None);
     }
 
     #[test]

@@ -13,9 +13,11 @@
 pub mod api;
 pub mod catalog;
 pub mod fetch;
+pub mod gc;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod sweeper;
 
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -66,6 +67,11 @@ impl fmt::Display for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A file's last write; a file system without mtimes makes every file new (kept).
+fn modified(meta: &std::fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or_else(|_| SystemTime::now())
 }
 
 /// The hash of an upload's first `len` bytes, kept while appending so a commit need not
@@ -148,6 +154,65 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io_error(format!("delete {}", path.display()))(e)),
         }
+    }
+
+    /// Every stored blob, its size and when it was last written (a committed upload
+    /// keeps its last write's time); files whose name is no digest are left out.
+    pub async fn blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>, StoreError> {
+        let mut blobs = Vec::new();
+        for (name, meta) in self.files(&self.blob_dir()).await? {
+            if let Ok(digest) = Digest::parse(&format!("sha256:{name}")) {
+                blobs.push((digest, meta.len(), modified(&meta)));
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Every upload in progress (client and fetch uploads) and its last write.
+    pub async fn uploads(&self) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        Ok(self
+            .files(&self.dir.join("uploads"))
+            .await?
+            .into_iter()
+            .map(|(name, meta)| (name, modified(&meta)))
+            .collect())
+    }
+
+    /// Deletes an upload by the name [`BlobStore::uploads`] gave; false if it was not
+    /// there or the name is no upload's.
+    pub async fn remove_upload(&self, name: &str) -> Result<bool, StoreError> {
+        let fetch = name
+            .strip_prefix("fetch-")
+            .is_some_and(|hex| Digest::parse(&format!("sha256:{hex}")).is_ok());
+        if !fetch && UploadId::parse(name).is_none() {
+            return Ok(false);
+        }
+        self.cancel(&UploadId(name.to_string())).await
+    }
+
+    /// The regular files in `dir` with their metadata.
+    async fn files(&self, dir: &Path) -> Result<Vec<(String, std::fs::Metadata)>, StoreError> {
+        let mut entries = fs::read_dir(dir)
+            .await
+            .map_err(self.io_error(format!("list {}", dir.display())))?;
+        let mut files = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(self.io_error(format!("list {}", dir.display())))?
+        {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Gone since the listing (committed, removed): nothing to report.
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            if meta.is_file() {
+                files.push((name, meta));
+            }
+        }
+        Ok(files)
     }
 
     /// A new, empty client upload.
@@ -590,6 +655,37 @@ mod tests {
             Err(StoreError::UnknownUpload)
         ));
         assert!(store.uploads.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn blobs_and_uploads_are_listed_and_uploads_removed_by_name() {
+        let (_dir, store) = store().await;
+        let id = store.start_upload().await.unwrap();
+        store.append(&id, None, chunks(&[b"blob"])).await.unwrap();
+        let digest = Digest::of(b"blob");
+        store.commit(&id, &digest).await.unwrap();
+        std::fs::write(store.blob_dir().join("not-a-digest"), b"x").unwrap();
+        let blobs = store.blobs().await.unwrap();
+        assert_eq!(blobs.len(), 1);
+        assert_eq!((&blobs[0].0, blobs[0].1), (&digest, 4));
+
+        let client = store.start_upload().await.unwrap();
+        let fetch = store.fetch_upload(&Digest::of(b"other")).await.unwrap();
+        let mut names: Vec<String> = store
+            .uploads()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.0)
+            .collect();
+        names.sort();
+        let mut want = vec![client.to_string(), fetch.to_string()];
+        want.sort();
+        assert_eq!(names, want);
+        assert!(!store.remove_upload("../blobs").await.unwrap());
+        assert!(store.remove_upload(client.as_str()).await.unwrap());
+        assert!(store.remove_upload(fetch.as_str()).await.unwrap());
+        assert!(store.uploads().await.unwrap().is_empty());
     }
 
     #[test]

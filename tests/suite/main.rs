@@ -23,6 +23,7 @@ mod packaging;
 mod registration;
 mod registry;
 mod registry_faults;
+mod registry_gc;
 mod renew;
 mod rollouts;
 mod scale;

@@ -425,11 +425,17 @@ impl Lab {
     /// Three whole nodes (boot, server, client; Consul run as arpanet runs it), once
     /// every node's API lists all three.
     pub fn three_nodes() -> Lab {
+        Lab::three_nodes_with("")
+    }
+
+    /// [`Lab::three_nodes`] with `extra` appended to every arpanet.toml (e.g. a
+    /// `[registry]` table).
+    pub fn three_nodes_with(extra: &str) -> Lab {
         let lab = Lab::builder(3).start();
-        let consul = "[consul]\nmode = \"config\"\n";
-        lab.write_arpanet_config(0, "boot", &[1, 2], consul);
-        lab.write_arpanet_config(1, "server", &[0, 2], consul);
-        lab.write_arpanet_config(2, "client", &[0, 1], consul);
+        let config = format!("[consul]\nmode = \"config\"\n{extra}");
+        lab.write_arpanet_config(0, "boot", &[1, 2], &config);
+        lab.write_arpanet_config(1, "server", &[0, 2], &config);
+        lab.write_arpanet_config(2, "client", &[0, 1], &config);
         let hosts: Vec<&Host> = lab.hosts.iter().collect();
         Host::start_nodes(&hosts);
         for h in &hosts {
