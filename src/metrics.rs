@@ -85,6 +85,7 @@ struct Metrics {
     /// The services `rollout` has series for.
     rolled: Mutex<BTreeSet<String>>,
     transfer: Family<DirectionLabel, Counter>,
+    registry_blobs: Family<DirectionLabel, Counter>,
 }
 
 impl Metrics {
@@ -126,9 +127,16 @@ impl Metrics {
             "Image bytes this node's image sync service sent to and received from peers",
             transfer.clone(),
         );
+        let registry_blobs = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "arpanet_registry_blob_bytes",
+            "Blob bytes this node's registry sent to other nodes and fetched from them",
+            registry_blobs.clone(),
+        );
         // Zero rather than absent before the first transfer, so rates start at once.
         for direction in ["sent", "received"] {
             let _ = transfer.get_or_create(&DirectionLabel { direction });
+            let _ = registry_blobs.get_or_create(&DirectionLabel { direction });
         }
         Self {
             registry,
@@ -140,6 +148,7 @@ impl Metrics {
             rollout,
             rolled: Mutex::default(),
             transfer,
+            registry_blobs,
         }
     }
 }
@@ -277,6 +286,14 @@ pub fn forget_rollout(service: &str) {
             state,
         });
     }
+}
+
+/// Blob bytes the node registry sent to another node (`sent`) or fetched (`received`).
+pub fn registry_blob_bytes(direction: &'static str, n: u64) {
+    METRICS
+        .registry_blobs
+        .get_or_create(&DirectionLabel { direction })
+        .inc_by(n);
 }
 
 /// The image sync service's byte totals, as it last wrote them. Counters only go up:

@@ -106,6 +106,7 @@ impl PeerFetch {
                     chunk.truncate((left - taken) as usize);
                 }
                 taken += chunk.len() as u64;
+                crate::metrics::registry_blob_bytes("received", chunk.len() as u64);
                 Ok::<_, reqwest::Error>(chunk)
             });
             let have = store.append(&upload, Some(offset), body).await?;

@@ -10,13 +10,20 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt as _;
 use tracing::{info, warn};
 
 use super::Registry;
-use super::spec::{ErrorCode, RegistryError};
+use super::spec::{Digest, ErrorCode, RegistryError};
+use super::store::BlobStore;
 
 /// The local user on the other end of a loopback connection.
 #[derive(Debug, Clone, Copy)]
@@ -118,34 +125,33 @@ pub fn spawn_loopback(port: u16, registry: Registry) {
 /// This node's blobs for other nodes: `GET`/`HEAD /v1/registry/blobs/DIGEST` (with
 /// `Range`), merged into the cluster API, whose overlay side answers nodes only. Read
 /// only, and this node's own blobs only: a node never fetches on another's behalf.
-pub fn peer_routes(store: std::sync::Arc<super::store::BlobStore>) -> Router {
-    use axum::extract::{Path as UrlPath, State};
-    use axum::routing::get;
+pub fn peer_routes(store: Arc<BlobStore>) -> Router {
     Router::new()
-        .route(
-            "/v1/registry/blobs/{digest}",
-            get(
-                |State(store): State<std::sync::Arc<super::store::BlobStore>>,
-                 UrlPath(digest): UrlPath<String>,
-                 method: axum::http::Method,
-                 headers: axum::http::HeaderMap| async move {
-                    match super::spec::Digest::parse(&digest) {
-                        Ok(digest) => {
-                            super::api::local_blob(
-                                &store,
-                                &digest,
-                                &headers,
-                                method == axum::http::Method::HEAD,
-                            )
-                            .await
-                        }
-                        Err(e) => RegistryError::new(ErrorCode::DigestInvalid, e.to_string())
-                            .into_response(),
-                    }
-                },
-            ),
-        )
+        .route("/v1/registry/blobs/{digest}", get(peer_blob))
         .with_state(store)
+}
+
+async fn peer_blob(
+    State(store): State<Arc<BlobStore>>,
+    UrlPath(digest): UrlPath<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let digest = match Digest::parse(&digest) {
+        Ok(d) => d,
+        Err(e) => {
+            return RegistryError::new(ErrorCode::DigestInvalid, e.to_string()).into_response();
+        }
+    };
+    let answer = super::api::local_blob(&store, &digest, &headers, method == Method::HEAD).await;
+    // What goes out counts as it is sent (`arpanet_registry_blob_bytes`).
+    let (parts, body) = answer.into_parts();
+    let counted = body.into_data_stream().inspect(|chunk| {
+        if let Ok(bytes) = chunk {
+            crate::metrics::registry_blob_bytes("sent", bytes.len() as u64);
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(counted))
 }
 
 #[cfg(test)]

@@ -126,6 +126,11 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
         top["digest"].as_str().unwrap().to_string(),
         top["size"].as_u64().unwrap(),
     );
+    let fetched = |h: &Host| {
+        let series = "arpanet_registry_blob_bytes_total{direction=\"received\"}";
+        crate::metrics::value(&crate::metrics::scrape(h).1, series).unwrap_or(0.0)
+    };
+    let fetched_before = fetched(h1);
     let before = h1.underlay_bytes().0;
     assert_success(&h1.docker(&["pull", &v2]), "docker pull v2");
     let received = h1.underlay_bytes().0 - before;
@@ -138,6 +143,12 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
         "node 1 received {received} bytes for a {top_size}-byte layer"
     );
     assert_eq!(h1.image_id(&v2), h0.image_id(&v2));
+    // The registry's own count (/metrics): the layer and the image config, no more.
+    let blob_bytes = fetched(h1) - fetched_before;
+    assert!(
+        blob_bytes >= top_size as f64 && blob_bytes <= 1.2 * top_size as f64,
+        "node 1's registry fetched {blob_bytes} bytes for a {top_size}-byte layer"
+    );
 
     // A corrupt copy planted on a holder is never loaded: with node 0 the only holder
     // KV names, node 2's pull fails and loads nothing; with node 1 named again, node 2

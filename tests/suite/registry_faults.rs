@@ -181,8 +181,7 @@ fn a_pull_outlives_its_holder_and_resumes_after_a_full_disk() {
     let log = h2.log("arpanetd");
     let again = log
         .lines()
-        .filter(|l| l.contains(&format!("fetching {short2} from node")))
-        .last()
+        .rfind(|l| l.contains(&format!("fetching {short2} from node")))
         .unwrap();
     let from: u64 = again
         .split(" at byte ")
