@@ -22,10 +22,10 @@ use crate::addressing::NodeAddress;
 use crate::consul::client::{Consul, ConsulError};
 
 pub const KV_REGISTRY: &str = "arpanet/registry/";
-const KV_REPOS: &str = "arpanet/registry/repos/";
-const KV_BLOBS: &str = "arpanet/registry/blobs/";
-const MANIFESTS: &str = "/_manifests/";
-const TAGS: &str = "/_tags/";
+pub const KV_REPOS: &str = "arpanet/registry/repos/";
+pub const KV_BLOBS: &str = "arpanet/registry/blobs/";
+pub const MANIFESTS: &str = "/_manifests/";
+pub const TAGS: &str = "/_tags/";
 
 /// A manifest as KV keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
