@@ -262,11 +262,11 @@ fn uploads(hosts: &[&Host], size: u64) -> String {
 
 fn via_arpanet(source: &Host, targets: &[&Host], id: &str) -> f64 {
     assert_success(
-        &source.arpanet(&["image", "push", TAG]),
+        &source.arpanet(&["image", "push", "--torrent", TAG]),
         "arpanet image push",
     );
     let started = Instant::now();
-    let pull = source.arpanet(&["image", "pull", "--all-nodes", TAG, "--json"]);
+    let pull = source.arpanet(&["image", "pull", "--torrent", "--all-nodes", TAG, "--json"]);
     let secs = started.elapsed().as_secs_f64();
     assert_success(&pull, "arpanet image pull --all-nodes");
     eprintln!("{}", stdout(&pull));
