@@ -541,3 +541,38 @@ async fn pull(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_ls_rows_say_their_kind() {
+        let registry = ImageLsRow::Registry(RegistryImage {
+            name: "team/app:v1".into(),
+            digest: "sha256:ab".into(),
+            manifest: "image".into(),
+            size: 5,
+            holders: vec!["0.2".into()],
+            problem: None,
+        });
+        let tarball = ImageLsRow::Tarball(ClusterImage {
+            id: "sha256:cd".into(),
+            tags: vec!["app:1".into()],
+            size: 7,
+            holders: vec![],
+        });
+        let json = serde_json::to_value([&registry, &tarball]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"kind": "registry", "name": "team/app:v1", "digest": "sha256:ab",
+                 "manifest": "image", "size": 5, "holders": ["0.2"]},
+                {"kind": "tarball", "id": "sha256:cd", "tags": ["app:1"], "size": 7,
+                 "holders": []},
+            ])
+        );
+        let back: Vec<ImageLsRow> = serde_json::from_value(json).unwrap();
+        assert!(matches!(back[1], ImageLsRow::Tarball(_)));
+    }
+}

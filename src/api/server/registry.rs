@@ -23,8 +23,9 @@ use crate::registry::catalog::{KV_BLOBS, KV_REPOS, TAGS, manifest_key, tag_key};
 use crate::registry::images::{self, ImageName, Records, RegistryImage};
 use crate::registry::spec::Digest;
 
+/// `{image}` is `NAME:TAG`; the error names the segment and, within it, the field.
 fn image_in_path(s: &ApiState, image: &str) -> Result<ImageName, ApiError> {
-    images::parse_name(image, s.registry_port).map_err(ApiError::bad_request)
+    super::in_path("image", image, |i| images::parse_name(&i, s.registry_port))
 }
 
 /// Every tag in the registry: three reads (the repositories' records, the holders, the
@@ -212,7 +213,8 @@ mod tests {
         ] {
             let ApiError(status, m) = image_in_path(&s, bad).unwrap_err();
             assert_eq!(status, StatusCode::BAD_REQUEST);
-            assert!(m.starts_with(field), "{bad}: {m}");
+            let want = format!("path segment {{image}}: {field}");
+            assert!(m.starts_with(&want), "{bad}: {m}");
         }
     }
 }
