@@ -325,11 +325,11 @@ fn via_node_registry(source: &Host, targets: &[&Host], id: &str, size: u64) -> (
 
 fn via_arpanet(source: &Host, targets: &[&Host], id: &str) -> f64 {
     assert_success(
-        &source.arpanet(&["image", "push", TAG]),
+        &source.arpanet(&["image", "push", "--torrent", TAG]),
         "arpanet image push",
     );
     let started = Instant::now();
-    let pull = source.arpanet(&["image", "pull", "--all-nodes", TAG, "--json"]);
+    let pull = source.arpanet(&["image", "pull", "--torrent", "--all-nodes", TAG, "--json"]);
     let secs = started.elapsed().as_secs_f64();
     assert_success(&pull, "arpanet image pull --all-nodes");
     eprintln!("{}", stdout(&pull));

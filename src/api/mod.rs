@@ -121,6 +121,29 @@ pub struct Unreachable {
     pub error: String,
 }
 
+/// What `arpanet image rm` did to the node registry's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedImage {
+    /// `team/app:v1`
+    pub name: String,
+    /// The manifest the tag pointed at.
+    pub digest: String,
+    /// Whether the manifest record went too (no other tag of the repository pointed at
+    /// it); its blobs stay until garbage collection.
+    pub manifest_removed: bool,
+}
+
+/// One node's pull of a registry image (`arpanet image pull NAME --all-nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRow {
+    pub node: String,
+    /// The name dockerd pulled, `127.0.0.1:PORT/team/app:v1`.
+    pub image: String,
+    /// The image ID the node has now.
+    pub id: Option<String>,
+    pub error: Option<String>,
+}
+
 /// What a container operation did, and where.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Done {

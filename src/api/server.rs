@@ -46,6 +46,7 @@ use crate::placement::{ServiceDef, ServiceName, TemplateName, UpdateConfig};
 use crate::{http, paths};
 
 mod logs;
+mod registry;
 
 /// Seconds a stopped container gets to exit, as `docker stop` gives.
 const STOP_GRACE_SECS: i32 = 10;
@@ -57,6 +58,10 @@ pub struct ApiState {
     port: u16,
     /// For requests to other nodes' APIs over the overlay (mutual TLS).
     peers: crate::identity::NodeClient,
+    /// For pulls on other nodes, which take as long as the image takes to move.
+    slow_peers: crate::identity::NodeClient,
+    /// The node registry's port on 127.0.0.1, which dockerd pulls from.
+    registry_port: u16,
     /// The image sync service's control socket, relayed under `/v1/sync/`.
     sync_socket: PathBuf,
     sync: reqwest::Client,
@@ -83,6 +88,12 @@ impl ApiState {
             docker_socket: config.docker.socket.clone(),
             consul: Consul::impatient_for_node(config).retrying_connects(),
             port: config.api.port,
+            slow_peers: crate::identity::NodeClient::new(
+                tls.clone(),
+                Duration::from_secs(3),
+                Duration::from_secs(3600),
+            ),
+            registry_port: config.registry.port,
             peers: crate::identity::NodeClient::new(
                 tls,
                 Duration::from_secs(3),
@@ -137,6 +148,12 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/containers/{id}/logs", get(logs::container_logs))
         .route("/v1/containers/{id}/{action}", post(container_action))
         .route("/v1/images", get(list_images))
+        .route("/v1/registry/images", get(registry::list_images))
+        .route(
+            "/v1/registry/images/{*image}",
+            axum::routing::delete(registry::remove_image),
+        )
+        .route("/v1/registry/pulls/{*image}", post(registry::pull_image))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}/{action}", post(node_action))
         .route("/v1/sync/{*rest}", any(relay_sync))
@@ -241,8 +258,19 @@ impl ApiState {
         method: Method,
         path: &str,
     ) -> Result<(StatusCode, Bytes), String> {
+        self.call_via(&self.peers, node, method, path).await
+    }
+
+    /// [`ApiState::call`] through `client` (one with another timeout).
+    async fn call_via(
+        &self,
+        client: &crate::identity::NodeClient,
+        node: NodeAddress,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), String> {
         let url = format!("https://{}:{}{path}", node.overlay_ip(), self.port);
-        let peers = self.peers.get().map_err(|e| e.to_string())?;
+        let peers = client.get().map_err(|e| e.to_string())?;
         let resp = peers.request(method, &url).send().await.map_err(|e| {
             let connect = e.is_connect();
             let why = http::request_error(e);

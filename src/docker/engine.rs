@@ -144,6 +144,40 @@ impl Engine {
         Ok(())
     }
 
+    /// Pushes `image` (`host:port/repo:tag`) to its registry; `progress` sees every
+    /// status Docker reports (per layer: `Pushing` with bytes, `Pushed`, `Layer already
+    /// exists`; at the end the manifest's digest).
+    pub async fn push(
+        &self,
+        image: &str,
+        mut progress: impl FnMut(&bollard::models::PushImageInfo),
+    ) -> Result<()> {
+        let last_colon = image.rfind(':').filter(|i| !image[*i..].contains('/'));
+        let (repo, tag) = match last_colon {
+            Some(i) => (&image[..i], &image[i + 1..]),
+            None => (image, "latest"),
+        };
+        let options = bollard::query_parameters::PushImageOptionsBuilder::new()
+            .tag(tag)
+            .build();
+        let mut stream = self.docker.push_image(repo, Some(options), None);
+        while let Some(info) = stream
+            .try_next()
+            .await
+            .map_err(req(format!("push {image}")))?
+        {
+            // Docker reports a failed push in the stream, after a 200.
+            if let Some(e) = &info.error_detail {
+                return Err(DockerError::Refused {
+                    what: format!("push {image}"),
+                    why: e.message.clone().unwrap_or_default(),
+                });
+            }
+            progress(&info);
+        }
+        Ok(())
+    }
+
     pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = self

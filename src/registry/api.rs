@@ -24,17 +24,13 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use super::spec::{Digest, ErrorCode, Reference, ReferenceError, RegistryError, RepoName, Tag};
 use super::store::{StoreError, UploadId};
 use super::{CatalogError, FetchError, Manifest, Registry};
 
 /// The largest manifest accepted; the spec asks registries to take at least 4 MB.
 pub const MAX_MANIFEST: usize = 4 << 20;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 const DIGEST_HEADER: &str = "Docker-Content-Digest";
 const UPLOAD_HEADER: &str = "Docker-Upload-UUID";
@@ -729,13 +725,8 @@ async fn check_references(
 }
 
 fn descriptor_digest(descriptor: &serde_json::Value) -> Result<Digest, RegistryError> {
-    let digest = descriptor
-        .get("digest")
-        .and_then(|d| d.as_str())
-        .ok_or_else(|| {
-            RegistryError::new(ErrorCode::ManifestInvalid, "a descriptor has no digest")
-        })?;
-    Digest::parse(digest).map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()))
+    super::manifest::descriptor_digest(descriptor)
+        .map_err(|m| RegistryError::new(ErrorCode::ManifestInvalid, m))
 }
 
 /// By digest: the manifest and its tags; by tag: the tag alone (spec 1.1).

@@ -111,7 +111,7 @@ pub fn plan(inputs: &Inputs) -> Plan {
                     CatalogError::BadRecord { why, .. } => why,
                     e => e.to_string(),
                 })
-                .and_then(|m| Ok((m.digest, references(&m.bytes)?)));
+                .and_then(|m| Ok((m.digest, super::manifest::all_references(&m.bytes)?)));
             match parsed {
                 Ok((digest, (config, refs))) => {
                     let node = Node {
@@ -218,46 +218,6 @@ pub fn plan(inputs: &Inputs) -> Plan {
         uploads,
         unreadable,
     }
-}
-
-/// A manifest's config digest and every digest its descriptors name.
-fn references(bytes: &[u8]) -> Result<(Option<Digest>, Vec<Digest>), String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not JSON: {e}"))?;
-    let Some(obj) = json.as_object() else {
-        return Err("the manifest is not a JSON object".to_string());
-    };
-    let digest_of = |d: &serde_json::Value, field: &str| -> Result<Digest, String> {
-        let text = d
-            .get(field)
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("a descriptor has no {field}"))?;
-        Digest::parse(text).map_err(|e| e.to_string())
-    };
-    let list = |name: &str| -> Result<Vec<&serde_json::Value>, String> {
-        match obj.get(name) {
-            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-            Some(serde_json::Value::Array(a)) => Ok(a.iter().collect()),
-            Some(_) => Err(format!("`{name}` is not an array")),
-        }
-    };
-    let config = match obj.get("config") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(c) => Some(digest_of(c, "digest")?),
-    };
-    let mut refs: Vec<Digest> = config.iter().cloned().collect();
-    for name in ["layers", "manifests", "blobs"] {
-        for d in list(name)? {
-            refs.push(digest_of(d, "digest")?);
-        }
-    }
-    if let Some(subject) = obj.get("subject").filter(|s| !s.is_null()) {
-        refs.push(digest_of(subject, "digest")?);
-    }
-    for layer in list("fsLayers")? {
-        refs.push(digest_of(layer, "blobSum")?);
-    }
-    Ok((config, refs))
 }
 
 #[cfg(test)]

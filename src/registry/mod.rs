@@ -8,12 +8,17 @@
 //! - [`store`]: the node's blob store, content-addressed and verified on write;
 //! - [`api`]: the `/v2/` routes;
 //! - [`catalog`]: manifests, tags and which nodes hold which blob, in Consul KV;
-//! - [`fetch`]: getting a blob this node lacks from the nodes that hold it.
+//! - [`fetch`]: getting a blob this node lacks from the nodes that hold it;
+//! - [`manifest`]: what a manifest refers to (blobs, sizes, child manifests);
+//! - [`images`]: image names as users write them, and the cluster's images as
+//!   `arpanet image ls` lists them.
 
 pub mod api;
 pub mod catalog;
 pub mod fetch;
 pub mod gc;
+pub mod images;
+pub mod manifest;
 pub mod server;
 pub mod spec;
 pub mod store;

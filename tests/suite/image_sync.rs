@@ -22,11 +22,11 @@ fn tarball(h: &Host, id: &str) -> PathBuf {
 
 fn holders(h: &Host, id: &str) -> Vec<String> {
     let ls = json(&h.arpanet(&["image", "ls", "--json"]), "image ls");
-    let image = ls
+    let image = ls["items"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["id"] == id)
+        .find(|i| i["kind"] == "tarball" && i["id"] == id)
         .unwrap_or_else(|| panic!("{id} in image ls: {ls}"));
     let mut holders: Vec<String> = image["holders"]
         .as_array()
@@ -56,7 +56,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     // Push on node 0, pull on node 1: the same image ID, tagged as on node 0.
     let big = "arpanet-test/big:1";
     let id = h0.import_random_image(big, 24);
-    let push = h0.arpanet(&["image", "push", big]);
+    let push = h0.arpanet(&["image", "push", "--torrent", big]);
     assert_success(&push, "image push");
     assert!(stdout(&push).contains("pushed"), "{}", stdout(&push));
     assert_eq!(holders(h1, &id), vec![a0.clone()]);
@@ -77,7 +77,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         stderr(&missing).trim(),
         "error: no image `arpanet-test/nosuch:1` in the cluster; `arpanet image push arpanet-test/nosuch:1` on a node that has it publishes it (`arpanet image ls` lists the cluster's images)"
     );
-    let missing = h2.arpanet(&["image", "push", "arpanet-test/nosuch:1"]);
+    let missing = h2.arpanet(&["image", "push", "--torrent", "arpanet-test/nosuch:1"]);
     assert!(!missing.status.success());
     assert!(
         stderr(&missing).contains("no image `arpanet-test/nosuch:1` in this node's Docker"),
@@ -129,7 +129,11 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
         let ls = json(&h2.arpanet(&["image", "ls", "--json"]), "image ls");
         for (_, poison_id) in &poisons {
             assert!(
-                !ls.as_array().unwrap().iter().any(|i| i["id"] == *poison_id),
+                !ls["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i["id"] == *poison_id),
                 "{ls}"
             );
         }
@@ -228,7 +232,7 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     // Every node at once.
     let all = "arpanet-test/all:1";
     let all_id = h0.import_random_image(all, 16);
-    assert_success(&h0.arpanet(&["image", "push", all]), "push");
+    assert_success(&h0.arpanet(&["image", "push", "--torrent", all]), "push");
     let everywhere = json(
         &h1.arpanet(&["image", "pull", "--all-nodes", all, "--json"]),
         "pull --all-nodes",
@@ -256,7 +260,10 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     let app = "arpanet-test/app:1";
     h0.import_image(app, &["ENV BUILD=7"]);
     let app_id = h0.image_id(app).unwrap();
-    assert_success(&h0.arpanet(&["image", "push", app]), "push app");
+    assert_success(
+        &h0.arpanet(&["image", "push", "--torrent", app]),
+        "push app",
+    );
     declare_and_wait(h2, "app", app);
     assert_eq!(h2.image_id(app).as_deref(), Some(app_id.as_str()));
 
@@ -277,7 +284,10 @@ fn images_are_pushed_pulled_peer_to_peer_verified_and_resumed() {
     // the new tag from the swarm.
     let big2 = "arpanet-test/big:2";
     assert_success(&h0.docker(&["tag", big, big2]), "docker tag");
-    assert_success(&h0.arpanet(&["image", "push", big2]), "push again");
+    assert_success(
+        &h0.arpanet(&["image", "push", "--torrent", big2]),
+        "push again",
+    );
     assert_eq!(h1.image_id(big2), None);
     let pull = h1.arpanet(&["image", "pull", big2]);
     assert_success(&pull, "pull of the new tag on node 1");
@@ -434,7 +444,7 @@ fn a_full_disk_is_one_line_and_a_peer_dying_mid_pull_is_replaced() {
     }
     let image = "arpanet-test/relay:1";
     let id = h0.import_random_image(image, 32);
-    assert_success(&h0.arpanet(&["image", "push", image]), "push");
+    assert_success(&h0.arpanet(&["image", "push", "--torrent", image]), "push");
     assert_success(&h1.arpanet(&["image", "pull", image]), "pull on node 1");
     let tar = tarball(h2, &id);
 

@@ -201,7 +201,10 @@ fn metrics_parse_and_show_peers_instances_and_passes_and_the_overlay_answers_nod
     }
     let image = "arpanet-test/metrics:1";
     h0.import_random_image(image, 4);
-    assert_success(&h0.arpanet(&["image", "push", image]), "image push");
+    assert_success(
+        &h0.arpanet(&["image", "push", "--torrent", image]),
+        "image push",
+    );
     assert_success(
         &h1.arpanet(&["image", "pull", image]),
         "image pull on node 1",

@@ -263,7 +263,9 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
     for round in ["first", "second"] {
         let ls = m.exec(&["arpanet", "image", "ls", "--json"]);
         assert_success(&ls, &format!("arpanet image ls ({round} activation)"));
-        assert_eq!(stdout(&ls).trim(), "[]");
+        let ls: serde_json::Value = serde_json::from_str(stdout(&ls).trim()).expect("JSON");
+        assert_eq!(ls["items"], serde_json::json!([]), "{ls}");
+        assert_eq!(ls["unreachable"], serde_json::json!([]), "{ls}");
         assert!(active(&m, "arpanet-sync.service"), "{round} activation");
         wait_until(
             Duration::from_secs(30),
@@ -566,7 +568,7 @@ fn three_machines_form_a_cluster_from_the_package() {
 
     // An image pushed on machine 2 and pulled on machine 0, each sync service started
     // by its socket: machine 2's by arpanetd when machine 0's pull asks it to seed.
-    let push = machines[2].exec(&["arpanet", "image", "push", TEST_IMAGE]);
+    let push = machines[2].exec(&["arpanet", "image", "push", "--torrent", TEST_IMAGE]);
     assert_success(&push, "arpanet image push");
     assert!(active(&machines[2], "arpanet-sync.service"));
     assert_success(

@@ -238,3 +238,148 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
         stdout(&probe)
     );
 }
+
+/// The registry's row for `name` in `arpanet image ls --json` on `h`, if it lists one.
+fn ls_row(h: &Host, name: &str) -> Option<serde_json::Value> {
+    let ls = lab::json(&h.arpanet(&["image", "ls", "--json"]), "image ls --json");
+    ls["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {ls}"))
+        .iter()
+        .find(|i| i["kind"] == "registry" && i["name"] == name)
+        .cloned()
+}
+
+fn holders_of(row: &serde_json::Value) -> Vec<String> {
+    let mut holders: Vec<String> = row["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    holders.sort();
+    holders
+}
+
+#[test]
+fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
+    require_lab!();
+    let lab = Lab::three_nodes();
+    let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    let (a0, a1, a2) = (
+        h0.address.to_string(),
+        h1.address.to_string(),
+        h2.address.to_string(),
+    );
+
+    // `image push` tags the image as the registry's name for it and pushes it.
+    assert_success(
+        &h0.docker(&["tag", TEST_IMAGE, "team/cli:v1"]),
+        "docker tag",
+    );
+    let push = h0.arpanet(&["image", "push", "team/cli:v1"]);
+    assert_success(&push, "image push");
+    let v1 = format!("{REGISTRY}/team/cli:v1");
+    assert!(
+        stdout(&push).contains(&format!("run it as {v1}")),
+        "{}",
+        stdout(&push)
+    );
+    assert_eq!(h0.image_id(&v1), h0.image_id(TEST_IMAGE));
+
+    // Listed on another node with its digest, its blobs' size and node 0 as holder.
+    let m = manifest(h2, &v1);
+    let size: u64 = std::iter::once(&m["config"])
+        .chain(m["layers"].as_array().unwrap())
+        .map(|d| d["size"].as_u64().unwrap())
+        .sum();
+    let row = ls_row(h2, "team/cli:v1").expect("team/cli:v1 in image ls");
+    assert!(
+        row["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{row}"
+    );
+    assert_eq!(row["manifest"], "image", "{row}");
+    assert_eq!(row["size"], size, "{row}");
+    assert_eq!(holders_of(&row), vec![a0.clone()]);
+    let table = stdout(&h2.arpanet(&["image", "ls"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("registry") && l.contains("team/cli:v1")),
+        "{table}"
+    );
+
+    // Node 1 pulls it with plain docker and is a holder from then on.
+    assert_success(&h1.docker(&["pull", &v1]), "docker pull on node 1");
+    let row = ls_row(h2, "team/cli:v1").unwrap();
+    assert_eq!(holders_of(&row), vec![a0.clone(), a1.clone()]);
+
+    // A preheat: every node's dockerd pulls it; node 2 gets the same image.
+    let pull = h1.arpanet(&["image", "pull", "team/cli:v1", "--all-nodes"]);
+    assert_success(&pull, "image pull --all-nodes");
+    assert!(
+        stdout(&pull).contains(&format!("node {a2}: pulled {v1}")),
+        "{}",
+        stdout(&pull)
+    );
+    assert_eq!(h2.image_id(&v1), h0.image_id(&v1));
+    let row = ls_row(h0, "team/cli:v1").unwrap();
+    assert_eq!(holders_of(&row), vec![a0.clone(), a1.clone(), a2.clone()]);
+
+    // Bad input is one line naming the field, and removes nothing.
+    let bad = h2.arpanet(&["image", "rm", "Bad/../x:v1"]);
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: name: `Bad/../x` is not a repository name"),
+        "{err}"
+    );
+
+    // Two tags of one manifest: removing one leaves the other pullable.
+    assert_success(
+        &h0.docker(&["tag", TEST_IMAGE, "team/cli:v2"]),
+        "docker tag v2",
+    );
+    assert_success(
+        &h0.arpanet(&["image", "push", "team/cli:v2"]),
+        "image push v2",
+    );
+    let v2 = format!("{REGISTRY}/team/cli:v2");
+    let rm = h2.arpanet(&["image", "rm", &v1]);
+    assert_success(&rm, "image rm v1");
+    assert!(
+        stdout(&rm).contains("another tag still points at it"),
+        "{}",
+        stdout(&rm)
+    );
+    assert_eq!(ls_row(h1, "team/cli:v1"), None, "v1 is gone from image ls");
+    assert_success(&h2.docker(&["pull", &v2]), "docker pull v2");
+    let gone = h1.docker(&["pull", &v1]);
+    assert!(!gone.status.success(), "v1 pulled after image rm");
+    assert!(
+        stderr(&gone).contains("manifest unknown"),
+        "{}",
+        stderr(&gone)
+    );
+
+    // The last tag takes the manifest with it.
+    let rm = h1.arpanet(&["image", "rm", "team/cli:v2"]);
+    assert_success(&rm, "image rm v2");
+    assert!(!stdout(&rm).contains("another tag"), "{}", stdout(&rm));
+    assert_eq!(ls_row(h0, "team/cli:v2"), None);
+    // With its last record gone the repository is gone too: the spec's NAME_UNKNOWN.
+    let gone = h2.docker(&["pull", &v2]);
+    assert!(!gone.status.success(), "v2 pulled after image rm");
+    assert!(
+        stderr(&gone).contains("name unknown: no repository team/cli"),
+        "{}",
+        stderr(&gone)
+    );
+    let again = h1.arpanet(&["image", "rm", "team/cli:v2"]);
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr(&again).trim(),
+        "error: no image `team/cli:v2` in the node registry (`arpanet image ls` lists them)"
+    );
+}
