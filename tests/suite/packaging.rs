@@ -260,6 +260,13 @@ fn the_package_installs_waits_for_setup_upgrades_and_purges_cleanly() {
         "/etc/arpanet/arpanet.toml",
         &format!("{config}\n[sync]\nidle_timeout = \"4s\"\n"),
     );
+    // `image ls` reads the node registry's records in Consul KV, which answers once the
+    // new cluster has a leader and the node's token; until then it is one clear line.
+    wait_until(Duration::from_secs(60), "Consul KV to answer", || {
+        m.exec(&["arpanet", "kv", "ls", "arpanet/registry/"])
+            .status
+            .success()
+    });
     for round in ["first", "second"] {
         let ls = m.exec(&["arpanet", "image", "ls", "--json"]);
         assert_success(&ls, &format!("arpanet image ls ({round} activation)"));
