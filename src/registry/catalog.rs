@@ -163,12 +163,22 @@ impl ConsulCatalog {
             .collect())
     }
 
+    async fn exists(&self, key: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .consul
+            .kv_get(key)
+            .await
+            .map_err(unavailable)?
+            .is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CatalogError> {
+        self.consul.kv_delete(key, false).await.map_err(unavailable)
+    }
+
     /// Drops this node from a blob's holders (it no longer has it, or had a bad copy).
     pub async fn release(&self, digest: &Digest) -> Result<(), CatalogError> {
-        self.consul
-            .kv_delete(&holder_key(digest, self.me), false)
-            .await
-            .map_err(unavailable)
+        self.delete(&holder_key(digest, self.me)).await
     }
 }
 
@@ -224,13 +234,7 @@ impl Catalog for ConsulCatalog {
         digest: &Digest,
     ) -> Result<bool, CatalogError> {
         let key = manifest_key(repo, digest);
-        if self
-            .consul
-            .kv_get(&key)
-            .await
-            .map_err(unavailable)?
-            .is_none()
-        {
+        if !self.exists(&key).await? {
             return Ok(false);
         }
         // Its tags first: a tag never points at a manifest KV lacks.
@@ -242,16 +246,10 @@ impl Catalog for ConsulCatalog {
             .map_err(unavailable)?;
         for (tag_key, value) in tags {
             if value == digest.as_str().as_bytes() {
-                self.consul
-                    .kv_delete(&tag_key, false)
-                    .await
-                    .map_err(unavailable)?;
+                self.delete(&tag_key).await?;
             }
         }
-        self.consul
-            .kv_delete(&key, false)
-            .await
-            .map_err(unavailable)?;
+        self.delete(&key).await?;
         Ok(true)
     }
 
@@ -271,19 +269,10 @@ impl Catalog for ConsulCatalog {
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, CatalogError> {
         let key = tag_key(repo, tag);
-        if self
-            .consul
-            .kv_get(&key)
-            .await
-            .map_err(unavailable)?
-            .is_none()
-        {
+        if !self.exists(&key).await? {
             return Ok(false);
         }
-        self.consul
-            .kv_delete(&key, false)
-            .await
-            .map_err(unavailable)?;
+        self.delete(&key).await?;
         Ok(true)
     }
 

@@ -28,14 +28,7 @@ fn holders(h: &Host, id: &str) -> Vec<String> {
         .iter()
         .find(|i| i["kind"] == "tarball" && i["id"] == id)
         .unwrap_or_else(|| panic!("{id} in image ls: {ls}"));
-    let mut holders: Vec<String> = image["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap().to_string())
-        .collect();
-    holders.sort();
-    holders
+    lab::sorted_strings(&image["holders"])
 }
 
 #[test]

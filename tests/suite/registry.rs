@@ -13,18 +13,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The digests of the image's layers as the registry names them (its manifest).
-fn manifest(h: &Host, image: &str) -> serde_json::Value {
-    let out = h.exec(&[
-        "skopeo",
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]);
-    lab::json(&out, "skopeo inspect --raw")
-}
-
 fn blob_file(h: &Host, digest: &str) -> std::path::PathBuf {
     h.dir
         .join("state/registry/blobs/sha256")
@@ -55,8 +43,8 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
         );
     }
     // skopeo reads the same manifest on every node, and copies the image out whole.
-    let m0 = manifest(h0, &v1);
-    assert_eq!(manifest(h2, &v1), m0);
+    let m0 = h0.registry_manifest(&v1);
+    assert_eq!(h2.registry_manifest(&v1), m0);
     let copy = h2.exec(&[
         "skopeo",
         "copy",
@@ -120,7 +108,10 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
     let v2 = format!("{REGISTRY}/team/app:v2");
     assert_success(&h0.docker(&["commit", "mk-v2", &v2]), "docker commit");
     assert_success(&h0.docker(&["push", &v2]), "docker push v2");
-    let layers = manifest(h0, &v2)["layers"].as_array().unwrap().clone();
+    let layers = h0.registry_manifest(&v2)["layers"]
+        .as_array()
+        .unwrap()
+        .clone();
     let top = layers.last().unwrap();
     let (top_digest, top_size) = (
         top["digest"].as_str().unwrap().to_string(),
@@ -250,17 +241,6 @@ fn ls_row(h: &Host, name: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
-fn holders_of(row: &serde_json::Value) -> Vec<String> {
-    let mut holders: Vec<String> = row["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap().to_string())
-        .collect();
-    holders.sort();
-    holders
-}
-
 #[test]
 fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
     require_lab!();
@@ -288,7 +268,7 @@ fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
     assert_eq!(h0.image_id(&v1), h0.image_id(TEST_IMAGE));
 
     // Listed on another node with its digest, its blobs' size and node 0 as holder.
-    let m = manifest(h2, &v1);
+    let m = h2.registry_manifest(&v1);
     let size: u64 = std::iter::once(&m["config"])
         .chain(m["layers"].as_array().unwrap())
         .map(|d| d["size"].as_u64().unwrap())
@@ -300,7 +280,7 @@ fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
     );
     assert_eq!(row["manifest"], "image", "{row}");
     assert_eq!(row["size"], size, "{row}");
-    assert_eq!(holders_of(&row), vec![a0.clone()]);
+    assert_eq!(lab::sorted_strings(&row["holders"]), vec![a0.clone()]);
     let table = stdout(&h2.arpanet(&["image", "ls"]));
     assert!(
         table
@@ -312,7 +292,10 @@ fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
     // Node 1 pulls it with plain docker and is a holder from then on.
     assert_success(&h1.docker(&["pull", &v1]), "docker pull on node 1");
     let row = ls_row(h2, "team/cli:v1").unwrap();
-    assert_eq!(holders_of(&row), vec![a0.clone(), a1.clone()]);
+    assert_eq!(
+        lab::sorted_strings(&row["holders"]),
+        vec![a0.clone(), a1.clone()]
+    );
 
     // A preheat: every node's dockerd pulls it; node 2 gets the same image.
     let pull = h1.arpanet(&["image", "pull", "team/cli:v1", "--all-nodes"]);
@@ -324,7 +307,10 @@ fn arpanet_image_push_ls_pull_and_rm_work_on_the_node_registry() {
     );
     assert_eq!(h2.image_id(&v1), h0.image_id(&v1));
     let row = ls_row(h0, "team/cli:v1").unwrap();
-    assert_eq!(holders_of(&row), vec![a0.clone(), a1.clone(), a2.clone()]);
+    assert_eq!(
+        lab::sorted_strings(&row["holders"]),
+        vec![a0.clone(), a1.clone(), a2.clone()]
+    );
 
     // Bad input is one line naming the field, and removes nothing.
     let bad = h2.arpanet(&["image", "rm", "Bad/../x:v1"]);

@@ -6,20 +6,13 @@ use std::time::Duration;
 use arpanet::registry::catalog::Holder;
 use arpanet::registry::spec::Digest;
 
-use crate::lab::{self, Host, Lab, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
 
 const REGISTRY: &str = "127.0.0.1:7102";
 
 /// The digest and size of the image's one layer, as the registry lists it.
 fn layer(h: &Host, image: &str) -> (String, u64) {
-    let out = h.exec(&[
-        "skopeo",
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]);
-    let manifest = lab::json(&out, "skopeo inspect --raw");
+    let manifest = h.registry_manifest(image);
     let layer = &manifest["layers"][0];
     (
         layer["digest"].as_str().unwrap().to_string(),

@@ -5,21 +5,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::lab::{self, Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
+use crate::lab::{Host, Lab, TEST_IMAGE, assert_success, stdout, wait_until};
 
 const REGISTRY: &str = "127.0.0.1:7102";
 /// A grace a lab push fits in (a blob is uploaded before its manifest names it).
 const GRACE_SECS: u64 = 15;
 
 fn blob_digests(h: &Host, image: &str) -> BTreeSet<String> {
-    let out = h.exec(&[
-        "skopeo",
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]);
-    let m = lab::json(&out, "skopeo inspect --raw");
+    let m = h.registry_manifest(image);
     let mut digests: BTreeSet<String> = m["layers"]
         .as_array()
         .unwrap()

@@ -989,6 +989,19 @@ impl Host {
         self.image_id(tag).expect("the imported image")
     }
 
+    /// The manifest the node registry holds for `image` (`skopeo inspect --raw`, a real
+    /// OCI client against this host's 127.0.0.1 registry).
+    pub fn registry_manifest(&self, image: &str) -> serde_json::Value {
+        let out = self.exec(&[
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ]);
+        json(&out, "skopeo inspect --raw")
+    }
+
     /// Bytes received and sent on this host's underlay interface so far (its netns's
     /// /proc/net/dev; /sys here would be the root namespace's).
     pub fn underlay_bytes(&self) -> (u64, u64) {
@@ -1366,6 +1379,22 @@ pub fn stdout(out: &Output) -> String {
 }
 
 /// A successful command's stdout as JSON (`--json` output).
+/// A JSON array of strings, sorted (node lists such as an image's holders).
+pub fn sorted_strings(v: &serde_json::Value) -> Vec<String> {
+    let mut all: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_string()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
 pub fn json(out: &Output, what: &str) -> serde_json::Value {
     assert_success(out, what);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
