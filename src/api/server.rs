@@ -1294,7 +1294,7 @@ pub fn spawn(config: &Config, tls: NodeTls, registry: Option<crate::registry::Re
     let mut app = router(state);
     if let Some(registry) = registry {
         // Other nodes fetch this node's blobs here (behind `only_nodes` on the overlay).
-        app = app.merge(crate::registry::server::peer_routes(registry.store));
+        app = app.merge(crate::registry::server::peer_routes(registry.swarm));
     }
     let socket = paths::api_socket(&config.paths);
     let tcp = SocketAddr::from((config.node.address.overlay_ip(), config.api.port));

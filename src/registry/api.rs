@@ -232,22 +232,6 @@ async fn get_blob(reg: &Registry, digest: &Digest, headers: &HeaderMap, head: bo
     serve_blob(file, size, digest, headers, head).await
 }
 
-/// This node's own blob, never fetched: what other nodes get from it (see
-/// [`super::server::peer_routes`]).
-pub async fn local_blob(
-    store: &super::store::BlobStore,
-    digest: &Digest,
-    headers: &HeaderMap,
-    head: bool,
-) -> Response {
-    let answer = match store.open_blob(digest).await {
-        Ok(Some((file, size))) => serve_blob(file, size, digest, headers, head).await,
-        Ok(None) => Err(blob_unknown(digest)),
-        Err(e) => Err(store_error(e)),
-    };
-    answer.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// The blob's bytes, or the `Range` of them asked for.
 async fn serve_blob(
     mut file: tokio::fs::File,
@@ -1104,6 +1088,7 @@ mod tests {
             store: store.clone(),
             catalog: catalog.clone(),
             source: Some(peers.clone()),
+            swarm: Arc::new(crate::registry::swarm::Swarm::new(store.clone())),
         });
         Lab {
             _dir: dir,
@@ -1125,6 +1110,7 @@ mod tests {
             store: lab.store.clone(),
             catalog: lab.catalog.clone(),
             source: None,
+            swarm: Arc::new(crate::registry::swarm::Swarm::new(lab.store.clone())),
         });
         lab
     }

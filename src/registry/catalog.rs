@@ -3,7 +3,9 @@
 //!
 //! - `arpanet/registry/repos/NAME/_manifests/HEX` — a [`ManifestRecord`];
 //! - `arpanet/registry/repos/NAME/_tags/TAG` — the digest the tag points at;
-//! - `arpanet/registry/blobs/HEX/A.B` — a [`HolderRecord`]: node A.B holds the blob.
+//! - `arpanet/registry/blobs/HEX/A.B` — a [`HolderRecord`]: node A.B holds the blob;
+//! - `arpanet/registry/pulls/HEX/A.B` — a [`HolderRecord`]: node A.B is fetching it,
+//!   and serves the pieces it has to the blob's other pullers.
 //!
 //! `_manifests` and `_tags` cannot be a repository name's component (those start with
 //! a letter or digit), so one repository's keys never read as another's. Anyone who can
@@ -24,6 +26,7 @@ use crate::consul::client::{Consul, ConsulError};
 pub const KV_REGISTRY: &str = "arpanet/registry/";
 pub const KV_REPOS: &str = "arpanet/registry/repos/";
 pub const KV_BLOBS: &str = "arpanet/registry/blobs/";
+pub const KV_PULLS: &str = "arpanet/registry/pulls/";
 pub const MANIFESTS: &str = "/_manifests/";
 pub const TAGS: &str = "/_tags/";
 
@@ -140,10 +143,43 @@ impl ConsulCatalog {
 
     /// The nodes that hold the blob and that Consul lists as healthy (this one too).
     pub async fn holders(&self, digest: &Digest) -> Result<Vec<Holder>, CatalogError> {
-        let prefix = format!("{KV_BLOBS}{}/", digest.hex());
+        self.healthy_under(&format!("{KV_BLOBS}{}/", digest.hex()))
+            .await
+    }
+
+    /// The nodes fetching the blob now, as [`ConsulCatalog::holders`].
+    pub async fn pullers(&self, digest: &Digest) -> Result<Vec<Holder>, CatalogError> {
+        self.healthy_under(&format!("{KV_PULLS}{}/", digest.hex()))
+            .await
+    }
+
+    /// Says that this node is fetching the blob, so its other pullers find it.
+    pub async fn pulling(&self, digest: &Digest, size: u64) -> Result<(), CatalogError> {
+        let value = serde_json::to_vec(&HolderRecord { size }).expect("a holder serializes");
+        let key = format!("{KV_PULLS}{}/{}", digest.hex(), self.me);
+        self.consul.kv_put(&key, value).await.map_err(unavailable)
+    }
+
+    pub async fn done_pulling(&self, digest: &Digest) -> Result<(), CatalogError> {
+        self.delete(&format!("{KV_PULLS}{}/{}", digest.hex(), self.me))
+            .await
+    }
+
+    /// Drops the records of pulls this node left unfinished (it stopped mid-pull).
+    pub async fn forget_my_pulls(&self) -> Result<(), CatalogError> {
+        let mine = format!("/{}", self.me);
+        for key in self.consul.kv_keys(KV_PULLS).await.map_err(unavailable)? {
+            if key.ends_with(&mine) {
+                self.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn healthy_under(&self, prefix: &str) -> Result<Vec<Holder>, CatalogError> {
         let (entries, _) = self
             .consul
-            .kv_list(&prefix, None, Duration::ZERO)
+            .kv_list(prefix, None, Duration::ZERO)
             .await
             .map_err(unavailable)?;
         let holders = parse_holders(&entries);

@@ -1,124 +1,542 @@
-//! Getting a blob this node lacks from the nodes that hold it: over the cluster API on
-//! their overlay address (mutual TLS, node certificates), resuming with `Range` from
-//! what an earlier try or another holder already sent, and verified against the digest
-//! before it is stored. A holder that dies mid-transfer is replaced by the next; one
-//! whose bytes do not match the digest is dropped and the blob fetched again elsewhere.
+//! Getting a blob this node lacks: piece by piece, from the blob's swarm over the
+//! cluster API (mutual TLS, node certificates; the routes are in [`super::swarm`]).
+//!
+//! Consul is the tracker: `blobs/HEX/` names the seeds (nodes that hold the blob) and
+//! `pulls/HEX/` the other pullers. A puller asks the seeds only for pieces no other
+//! puller has or is getting, and each seed hands it one of those it sent least, so the
+//! pullers start with disjoint slices and get the rest from each other: each piece
+//! leaves a seed about once however many pull. Every piece is checked against the piece
+//! list before it is written or passed on; a node that sends a bad one is dropped and
+//! the piece fetched elsewhere, and the whole blob is checked against its digest before
+//! it is stored. What arrived stays in the pull's file, so a pull that stopped (a full
+//! disk, no holder left) goes on from there when run again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt as _;
 use reqwest::StatusCode;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::catalog::{ConsulCatalog, Holder};
+use super::pieces::{Bitfield, PieceList, PieceListV1, pick_from_peers, wanted_from_seed};
 use super::spec::Digest;
 use super::store::{BlobStore, StoreError};
+use super::swarm::{HaveV1, Pull, Swarm};
 use super::{BlobSource, Catalog as _, FetchError};
 use crate::addressing::NodeAddress;
 use crate::identity::NodeClient;
 
-/// The cluster API path a node serves its own blobs at (nodes only, read only).
-pub fn blob_path(digest: &Digest) -> String {
-    format!("/v1/registry/blobs/{digest}")
+/// Requests in flight to other pullers, and to seeds.
+const PEER_SLOTS: usize = 4;
+const SEED_SLOTS: usize = 3;
+/// How often a puller asks the other pullers what they have, and Consul who is in.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+const TRACKER_EVERY: Duration = Duration::from_secs(2);
+/// A pull that got no piece for this long, with no one left to ask, stops.
+const STALLED: Duration = Duration::from_secs(5);
+
+/// The cluster API path of a node's side of a blob's swarm.
+pub fn swarm_path(digest: &Digest) -> String {
+    format!("/v1/registry/swarm/{digest}")
 }
 
 pub struct PeerFetch {
     catalog: Arc<ConsulCatalog>,
     http: NodeClient,
     api_port: u16,
+    swarm: Arc<Swarm>,
     /// One fetch per blob at a time: pulls that want it at once wait for the first.
     running: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// What one request in flight came back with.
+enum Done {
+    /// A piece from a seed (`asked: None`) or a puller (`asked: Some(n)`); `Ok(None)`:
+    /// nothing for now (a seed's 204, a puller that no longer has it).
+    Piece {
+        node: NodeAddress,
+        asked: Option<usize>,
+        answer: Result<Option<(usize, Bytes)>, String>,
+    },
+    Have {
+        node: NodeAddress,
+        answer: Result<Option<HaveV1>, String>,
+    },
+    Tracker(Result<(Vec<Holder>, Vec<Holder>), super::CatalogError>),
+}
+
+/// Another puller as this one last heard of it.
+struct Peer {
+    have: Bitfield,
+    busy: Bitfield,
+    in_flight: usize,
+    asking: bool,
+}
+
+/// Where a pull's pieces came from: a count per node, seeds and pullers apart.
+#[derive(Default)]
+struct Tally {
+    from_seeds: u64,
+    from_pullers: u64,
+    per_node: HashMap<NodeAddress, usize>,
+}
+
 impl PeerFetch {
-    pub fn new(catalog: Arc<ConsulCatalog>, http: NodeClient, api_port: u16) -> Self {
+    pub fn new(
+        catalog: Arc<ConsulCatalog>,
+        http: NodeClient,
+        api_port: u16,
+        swarm: Arc<Swarm>,
+    ) -> Self {
         Self {
             catalog,
             http,
             api_port,
+            swarm,
             running: Mutex::default(),
         }
     }
 
     fn lock_for(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
-        self.running
-            .lock()
-            .unwrap()
-            .entry(digest.clone())
-            .or_default()
-            .clone()
+        let mut running = self.running.lock().unwrap();
+        // Locks no pull holds go, so the map does not grow with every blob ever pulled.
+        running.retain(|_, lock| Arc::strong_count(lock) > 1);
+        running.entry(digest.clone()).or_default().clone()
     }
 
-    /// Fetches from one holder into the blob's fetch upload, from what it has on.
-    async fn fetch_from_holder(
+    fn url(&self, node: NodeAddress, digest: &Digest, rest: &str) -> String {
+        format!(
+            "https://{}:{}{}{rest}",
+            node.overlay_ip(),
+            self.api_port,
+            swarm_path(digest)
+        )
+    }
+
+    /// The piece list from the first seed that gives one of the blob's shape; seeds that
+    /// do not answer are dropped from `seeds`.
+    async fn piece_list(
         &self,
-        holder: Holder,
         digest: &Digest,
         size: u64,
-        store: &BlobStore,
-    ) -> Result<(), Stopped> {
-        let mut upload = store.fetch_upload(digest).await?;
-        let mut offset = store.upload_size(&upload).await?.unwrap_or(0);
-        if offset > size {
-            store.cancel(&upload).await?;
-            upload = store.fetch_upload(digest).await?;
-            offset = 0;
-        }
-        if offset < size {
-            info!(
-                "registry: fetching {} from node {} at byte {offset} of {size}",
-                short(digest),
-                holder.node
-            );
-            let http = self
-                .http
-                .streaming()
-                .map_err(|e| Stopped::Peer(e.to_string()))?;
-            let url = format!(
-                "https://{}:{}{}",
-                holder.node.overlay_ip(),
-                self.api_port,
-                blob_path(digest)
-            );
-            let answer = http
-                .get(&url)
-                .header(reqwest::header::RANGE, format!("bytes={offset}-"))
-                .send()
-                .await
-                .map_err(|e| Stopped::Peer(crate::http::request_error(e)))?;
-            let status = answer.status();
-            match status {
-                StatusCode::PARTIAL_CONTENT => {}
-                // A whole answer is good only when nothing was had yet.
-                StatusCode::OK if offset == 0 => {}
-                _ => {
-                    let body = answer.bytes().await.unwrap_or_default();
-                    return Err(Stopped::Peer(crate::http::error_text(status, &body)));
+        seeds: &mut Vec<NodeAddress>,
+    ) -> Result<(PieceList, NodeAddress), FetchError> {
+        while let Some(&node) = seeds.first() {
+            let answer = async {
+                let http = self.http.get().map_err(|e| e.to_string())?;
+                let res = http
+                    .get(self.url(node, digest, "/pieces"))
+                    .send()
+                    .await
+                    .map_err(crate::http::request_error)?;
+                let status = res.status();
+                let body = res.bytes().await.map_err(crate::http::request_error)?;
+                if status != StatusCode::OK {
+                    return Err(crate::http::error_text(status, &body));
+                }
+                let wire: PieceListV1 =
+                    serde_json::from_slice(&body).map_err(|e| format!("piece list: {e}"))?;
+                PieceList::from_wire(&wire, size).map_err(|e| e.to_string())
+            }
+            .await;
+            match answer {
+                Ok(list) => return Ok((list, node)),
+                Err(e) => {
+                    warn!(
+                        "registry: node {node} gave no piece list of {}: {e}; node {node} dropped",
+                        short(digest)
+                    );
+                    seeds.remove(0);
                 }
             }
-            // Never more than the blob's size: a holder cannot fill the disk.
-            let left = size - offset;
-            let mut taken = 0u64;
-            let body = answer.bytes_stream().map(move |chunk| {
-                let mut chunk = chunk?;
-                if taken + chunk.len() as u64 > left {
-                    chunk.truncate((left - taken) as usize);
-                }
-                taken += chunk.len() as u64;
-                crate::metrics::registry_blob_bytes("received", chunk.len() as u64);
-                Ok::<_, reqwest::Error>(chunk)
-            });
-            let have = store.append(&upload, Some(offset), body).await?;
-            if have < size {
-                // The holder ended its answer early (it stopped): the next one goes on.
-                return Err(Stopped::Peer(format!(
-                    "its answer ended at byte {have} of {size}"
-                )));
-            }
         }
-        Ok(())
+        Err(FetchError::NoHolder(digest.to_string()))
     }
+
+    /// The pieces of the pull's file that are right already (an earlier pull's).
+    async fn pieces_here(pull: &Pull) -> Bitfield {
+        let (file, list) = (pull.file.clone(), pull.list.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt as _;
+            let mut have = Bitfield::new(list.count());
+            for n in 0..list.count() {
+                let (start, len) = list.range(n);
+                let mut buf = vec![0u8; len as usize];
+                if file.read_exact_at(&mut buf, start).is_ok() && list.check(n, &buf) {
+                    have.set(n, true);
+                }
+            }
+            have
+        })
+        .await
+        .expect("checking does not panic")
+    }
+
+    /// Fetches the pull's missing pieces from the swarm; returns where they came from.
+    async fn run(
+        &self,
+        digest: &Digest,
+        pull: &Arc<Pull>,
+        store: &BlobStore,
+        first_seeds: Vec<NodeAddress>,
+    ) -> Result<Tally, FetchError> {
+        let list = pull.list.clone();
+        let count = list.count();
+        let me = self.catalog.me();
+        let mut seeds = first_seeds;
+        let mut seed_in_flight: HashMap<NodeAddress, usize> = HashMap::new();
+        let mut seeds_idle_until = Instant::now();
+        let mut peers: HashMap<NodeAddress, Peer> = HashMap::new();
+        let mut dropped: BTreeSet<NodeAddress> = BTreeSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut tracker_asked = Instant::now();
+        let mut tracker_asking = false;
+        let mut looked = Instant::now() - LOOK_EVERY;
+        let mut progress = Instant::now();
+        let mut tally = Tally::default();
+        let mut rotate = 0usize;
+        loop {
+            let (have, mut busy) = pull.state();
+            if have.count() == count {
+                return Ok(tally);
+            }
+            let now = Instant::now();
+            if !tracker_asking && now >= tracker_asked + TRACKER_EVERY {
+                tracker_asking = true;
+                tracker_asked = now;
+                let (catalog, digest) = (self.catalog.clone(), digest.clone());
+                tasks.spawn(async move {
+                    let both = async {
+                        Ok((
+                            catalog.holders(&digest).await?,
+                            catalog.pullers(&digest).await?,
+                        ))
+                    };
+                    Done::Tracker(both.await)
+                });
+            }
+            if now >= looked + LOOK_EVERY {
+                looked = now;
+                for (&node, peer) in peers.iter_mut().filter(|(_, p)| !p.asking) {
+                    peer.asking = true;
+                    tasks.spawn(self.ask_have(node, digest.clone()));
+                }
+            }
+            // Other pullers first: the lowest piece one of them has, from the least busy.
+            let in_flight: usize = peers.values().map(|p| p.in_flight).sum();
+            for _ in in_flight..PEER_SLOTS {
+                let views: Vec<(NodeAddress, &Bitfield, usize)> = peers
+                    .iter()
+                    .map(|(node, p)| (*node, &p.have, p.in_flight))
+                    .collect();
+                let Some((n, node)) = pick_from_peers(&have, &busy, &views) else {
+                    break;
+                };
+                busy.set(n, true);
+                pull.set_busy(n, true);
+                peers.get_mut(&node).expect("a peer").in_flight += 1;
+                tasks.spawn(self.get_piece(node, digest.clone(), n, list.range(n).1));
+            }
+            // Then the seeds, for what no other puller has or gets. With several seeds,
+            // each is asked for its own share, so two never hand out the same piece.
+            let mut others = Bitfield::new(count);
+            for peer in peers.values() {
+                others.or(&peer.have);
+                others.or(&peer.busy);
+            }
+            let wanted = wanted_from_seed(&have, &busy, &others);
+            if !wanted.is_empty()
+                && wanted.count() > 0
+                && now >= seeds_idle_until
+                && !seeds.is_empty()
+            {
+                let asking: usize = seed_in_flight.values().sum();
+                for _ in asking..SEED_SLOTS {
+                    rotate += 1;
+                    let k = rotate % seeds.len();
+                    let node = seeds[k];
+                    let mut share = Bitfield::new(count);
+                    for n in wanted.ones().filter(|n| n % seeds.len() == k) {
+                        share.set(n, true);
+                    }
+                    if share.count() == 0 {
+                        continue;
+                    }
+                    *seed_in_flight.entry(node).or_default() += 1;
+                    tasks.spawn(self.assign(node, digest.clone(), share.to_hex(), list.clone()));
+                }
+            }
+            if tasks.is_empty() && seeds.is_empty() && peers.is_empty() && now >= progress + STALLED
+            {
+                return Err(FetchError::NoHolder(digest.to_string()));
+            }
+            if now >= progress + STALLED * 12 {
+                // Asked, and nothing came for a minute: stop; the next pull goes on.
+                return Err(FetchError::NoHolder(digest.to_string()));
+            }
+            let done = tokio::select! {
+                Some(done) = tasks.join_next() => done.expect("a request does not panic"),
+                () = tokio::time::sleep(LOOK_EVERY) => continue,
+            };
+            match done {
+                Done::Tracker(answer) => {
+                    tracker_asking = false;
+                    match answer {
+                        Ok((holders, pullers)) => {
+                            for h in holders {
+                                if h.node != me
+                                    && h.size == list.size()
+                                    && !dropped.contains(&h.node)
+                                    && !seeds.contains(&h.node)
+                                {
+                                    peers.remove(&h.node);
+                                    seeds.push(h.node);
+                                }
+                            }
+                            for p in pullers {
+                                if p.node != me
+                                    && p.size == list.size()
+                                    && !dropped.contains(&p.node)
+                                    && !seeds.contains(&p.node)
+                                {
+                                    peers.entry(p.node).or_insert_with(|| Peer {
+                                        have: Bitfield::new(count),
+                                        busy: Bitfield::new(count),
+                                        in_flight: 0,
+                                        asking: false,
+                                    });
+                                }
+                            }
+                        }
+                        Err(e) => warn!("registry: pulling {}: {e}", short(digest)),
+                    }
+                }
+                Done::Have { node, answer } => {
+                    let Some(peer) = peers.get_mut(&node) else {
+                        continue;
+                    };
+                    peer.asking = false;
+                    match answer.and_then(|a| match a {
+                        Some(a) => Ok(Some((
+                            Bitfield::from_hex(&a.have, count).map_err(|e| e.to_string())?,
+                            Bitfield::from_hex(&a.busy, count).map_err(|e| e.to_string())?,
+                        ))),
+                        None => Ok(None),
+                    }) {
+                        Ok(Some((have, busy))) => {
+                            peer.have = have;
+                            peer.busy = busy;
+                        }
+                        // Done (it is a seed now: the tracker says so) or gone.
+                        Ok(None) => {
+                            peer.have = Bitfield::new(count);
+                            peer.busy = Bitfield::new(count);
+                        }
+                        Err(e) => {
+                            self.drop_node(digest, node, &e, &mut dropped, &mut seeds, &mut peers);
+                        }
+                    }
+                }
+                Done::Piece {
+                    node,
+                    asked,
+                    answer,
+                } => {
+                    if let Some(n) = asked {
+                        pull.set_busy(n, false);
+                        if let Some(peer) = peers.get_mut(&node) {
+                            peer.in_flight -= 1;
+                        }
+                    } else if let Some(k) = seed_in_flight.get_mut(&node) {
+                        *k -= 1;
+                    }
+                    match answer {
+                        Ok(Some((n, bytes))) if list.check(n, &bytes) => {
+                            if pull.state().0.get(n) {
+                                continue;
+                            }
+                            let (start, _) = list.range(n);
+                            store.write_at(pull.file.clone(), start, bytes).await?;
+                            pull.set_have(n);
+                            progress = Instant::now();
+                            *tally.per_node.entry(node).or_default() += 1;
+                            let len = list.range(n).1;
+                            if asked.is_some() {
+                                tally.from_pullers += len;
+                            } else {
+                                tally.from_seeds += len;
+                            }
+                        }
+                        Ok(Some((n, _))) => {
+                            warn!(
+                                "registry: piece {n} of {} from node {node} does not match its hash; node {node} dropped",
+                                short(digest)
+                            );
+                            dropped.insert(node);
+                            seeds.retain(|s| *s != node);
+                            peers.remove(&node);
+                        }
+                        Ok(None) => {
+                            if asked.is_none() {
+                                // The seeds have nothing for this node now: wait a look.
+                                seeds_idle_until = Instant::now() + LOOK_EVERY;
+                            }
+                        }
+                        Err(e) => {
+                            self.drop_node(digest, node, &e, &mut dropped, &mut seeds, &mut peers);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_node(
+        &self,
+        digest: &Digest,
+        node: NodeAddress,
+        why: &str,
+        dropped: &mut BTreeSet<NodeAddress>,
+        seeds: &mut Vec<NodeAddress>,
+        peers: &mut HashMap<NodeAddress, Peer>,
+    ) {
+        if dropped.insert(node) {
+            warn!(
+                "registry: fetching {} from node {node} stopped: {why}; node {node} dropped",
+                short(digest)
+            );
+        }
+        seeds.retain(|s| *s != node);
+        peers.remove(&node);
+    }
+
+    fn ask_have(&self, node: NodeAddress, digest: Digest) -> impl Future<Output = Done> + use<> {
+        let url = self.url(node, &digest, "/have");
+        let http = self.http.get();
+        async move {
+            let answer = async {
+                let http = http.map_err(|e| e.to_string())?;
+                let res = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(crate::http::request_error)?;
+                let status = res.status();
+                let body = read_capped(res, 64 << 10).await?;
+                match status {
+                    StatusCode::OK => serde_json::from_slice(&body)
+                        .map(Some)
+                        .map_err(|e| format!("its pieces: {e}")),
+                    StatusCode::NOT_FOUND => Ok(None),
+                    _ => Err(crate::http::error_text(status, &body)),
+                }
+            };
+            Done::Have {
+                node,
+                answer: answer.await,
+            }
+        }
+    }
+
+    fn get_piece(
+        &self,
+        node: NodeAddress,
+        digest: Digest,
+        n: usize,
+        len: u64,
+    ) -> impl Future<Output = Done> + use<> {
+        let url = self.url(node, &digest, &format!("/pieces/{n}"));
+        let http = self.http.get();
+        async move {
+            let answer = async {
+                let http = http.map_err(|e| e.to_string())?;
+                let res = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(crate::http::request_error)?;
+                let status = res.status();
+                let body = read_capped(res, len as usize).await?;
+                match status {
+                    StatusCode::OK => Ok(Some((n, body))),
+                    StatusCode::NOT_FOUND => Ok(None),
+                    _ => Err(crate::http::error_text(status, &body)),
+                }
+            };
+            Done::Piece {
+                node,
+                asked: Some(n),
+                answer: answer.await,
+            }
+        }
+    }
+
+    fn assign(
+        &self,
+        node: NodeAddress,
+        digest: Digest,
+        wanted: String,
+        list: Arc<PieceList>,
+    ) -> impl Future<Output = Done> + use<> {
+        let url = self.url(node, &digest, "/assign");
+        let http = self.http.get();
+        async move {
+            let answer = async {
+                let http = http.map_err(|e| e.to_string())?;
+                let res = http
+                    .post(url)
+                    .body(wanted)
+                    .send()
+                    .await
+                    .map_err(crate::http::request_error)?;
+                let status = res.status();
+                let piece: Option<usize> = res
+                    .headers()
+                    .get("arpanet-piece")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                match (status, piece) {
+                    (StatusCode::OK, Some(n)) if n < list.count() => {
+                        let body = read_capped(res, list.range(n).1 as usize).await?;
+                        Ok(Some((n, body)))
+                    }
+                    (StatusCode::NO_CONTENT, _) => Ok(None),
+                    (StatusCode::OK, _) => Err("its answer names no piece of the blob".to_string()),
+                    _ => {
+                        let body = read_capped(res, 64 << 10).await?;
+                        Err(crate::http::error_text(status, &body))
+                    }
+                }
+            };
+            Done::Piece {
+                node,
+                asked: None,
+                answer: answer.await,
+            }
+        }
+    }
+}
+
+/// An answer's body, up to `cap` bytes (a piece's length): a node cannot make this one
+/// buffer more. Counted as received as it comes.
+async fn read_capped(res: reqwest::Response, cap: usize) -> Result<Bytes, String> {
+    let mut body = Vec::with_capacity(cap.min(4 << 20));
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(crate::http::request_error)?;
+        crate::metrics::registry_blob_bytes("received", chunk.len() as u64);
+        if body.len() + chunk.len() > cap {
+            return Err(format!(
+                "its answer is longer than the {cap} bytes asked for"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }
 
 #[async_trait::async_trait]
@@ -138,59 +556,90 @@ impl BlobSource for PeerFetch {
             .filter(|h| h.node != me && h.size == size)
             .collect();
         order_holders(me, &mut holders, digest);
-        let upload = store.fetch_upload(digest).await?;
-        for holder in holders {
-            if let Err(e) = self.fetch_from_holder(holder, digest, size, store).await {
-                if let Stopped::Store(e @ StoreError::DiskFull { .. }) = e {
-                    // What arrived is kept: the next pull goes on from there.
-                    let have = store.upload_size(&upload).await.ok().flatten().unwrap_or(0);
-                    warn!(
-                        "registry: {e}: {} of {} still to fetch; the pull resumes when run again",
-                        crate::human::bytes(size.saturating_sub(have)),
-                        short(digest)
-                    );
-                    return Err(e.into());
-                }
-                // What arrived is kept: the next holder goes on from there.
-                warn!(
-                    "registry: fetching {} from node {} stopped: {e}",
-                    short(digest),
-                    holder.node
-                );
-                continue;
+        let mut seeds: Vec<NodeAddress> = holders.iter().map(|h| h.node).collect();
+        let (list, lister) = self.piece_list(digest, size, &mut seeds).await?;
+        let list = Arc::new(list);
+        let (upload, file, had) = store.pull_file(digest, size).await?;
+        let pull = Arc::new(Pull::new(list.clone(), file, Bitfield::new(list.count())));
+        let here = if had {
+            let here = Self::pieces_here(&pull).await;
+            for n in here.ones() {
+                pull.set_have(n);
             }
-            match store.commit(&upload, digest).await {
-                Ok(_) => {
-                    self.catalog.hold(digest, size).await?;
-                    info!(
-                        "registry: {} fetched from node {}",
-                        short(digest),
-                        holder.node
-                    );
-                    return Ok(());
-                }
-                Err(StoreError::DigestMismatch { .. }) => {
-                    // The store dropped the bytes; the blob is fetched whole elsewhere.
-                    warn!(
-                        "registry: the bytes of {} from node {} do not match its digest; dropped",
-                        short(digest),
-                        holder.node
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
+            here.count()
+        } else {
+            0
+        };
+        info!(
+            "registry: fetching {} ({}, {} pieces, {here} here already) from node {}",
+            short(digest),
+            crate::human::bytes(size),
+            list.count(),
+            seeds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", node ")
+        );
+        self.swarm.start_pull(digest, pull.clone());
+        if let Err(e) = self.catalog.pulling(digest, size).await {
+            // The pull goes on; only other pullers do not find this one.
+            warn!("registry: pulling {}: {e}", short(digest));
         }
-        Err(FetchError::NoHolder(digest.to_string()))
+        let started = Instant::now();
+        let ran = self.run(digest, &pull, store, seeds).await;
+        self.swarm.end_pull(digest);
+        if let Err(e) = self.catalog.done_pulling(digest).await {
+            warn!("registry: pulling {}: {e}", short(digest));
+        }
+        let tally = match ran {
+            Ok(tally) => tally,
+            Err(FetchError::Store(e @ StoreError::DiskFull { .. })) => {
+                // What arrived is kept: the next pull goes on from there.
+                let (have, _) = pull.state();
+                let left: u64 = (0..list.count())
+                    .filter(|n| !have.get(*n))
+                    .map(|n| list.range(n).1)
+                    .sum();
+                warn!(
+                    "registry: {e}: {} of {} still to fetch; the pull resumes when run again",
+                    crate::human::bytes(left),
+                    short(digest)
+                );
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        match store.commit(&upload, digest).await {
+            Ok(_) => {
+                self.swarm.remember(digest, list);
+                self.catalog.hold(digest, size).await?;
+                let mut from: Vec<(NodeAddress, usize)> = tally.per_node.into_iter().collect();
+                from.sort();
+                info!(
+                    "registry: {} fetched in {:.1} s: {} from seeds, {} from other pullers ({})",
+                    short(digest),
+                    started.elapsed().as_secs_f64(),
+                    crate::human::bytes(tally.from_seeds),
+                    crate::human::bytes(tally.from_pullers),
+                    from.iter()
+                        .map(|(node, n)| format!("node {node}: {n} pieces"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(())
+            }
+            Err(StoreError::DigestMismatch { actual, .. }) => {
+                // Every piece matched the list, so the list was wrong: its seed lied.
+                warn!(
+                    "registry: the pieces of {} hash to {actual}, so node {lister}'s piece list is wrong; dropped",
+                    short(digest)
+                );
+                Err(FetchError::NoHolder(digest.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
-}
-
-/// Why a fetch from one holder stopped: this node's store, or the holder.
-#[derive(Debug, thiserror::Error)]
-enum Stopped {
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Peer(String),
 }
 
 /// The order in which `me` asks the holders of `digest`: one of its own per puller and

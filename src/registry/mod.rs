@@ -8,7 +8,9 @@
 //! - [`store`]: the node's blob store, content-addressed and verified on write;
 //! - [`api`]: the `/v2/` routes;
 //! - [`catalog`]: manifests, tags and which nodes hold which blob, in Consul KV;
-//! - [`fetch`]: getting a blob this node lacks from the nodes that hold it;
+//! - [`pieces`]: a blob as pieces (the piece list, bitfields, a seed's book);
+//! - [`swarm`]: this node's side of the blob swarms (what it serves other nodes);
+//! - [`fetch`]: getting a blob this node lacks from its swarm, piece by piece;
 //! - [`manifest`]: what a manifest refers to (blobs, sizes, child manifests);
 //! - [`images`]: image names as users write them, and the cluster's images as
 //!   `arpanet image ls` lists them.
@@ -19,9 +21,11 @@ pub mod fetch;
 pub mod gc;
 pub mod images;
 pub mod manifest;
+pub mod pieces;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod swarm;
 pub mod sweeper;
 
 use std::sync::Arc;
@@ -107,6 +111,8 @@ pub struct Registry {
     pub catalog: Arc<dyn Catalog>,
     /// `None`: a registry of this node's blobs alone.
     pub source: Option<Arc<dyn BlobSource>>,
+    /// What this node serves the blob swarms (other nodes' pulls).
+    pub swarm: Arc<swarm::Swarm>,
 }
 
 /// This node's registry as arpanetd runs it: blobs under the state dir, records in
@@ -126,14 +132,26 @@ pub async fn open(
         std::time::Duration::from_secs(3),
         std::time::Duration::from_secs(30),
     );
+    let swarm = Arc::new(swarm::Swarm::new(store.clone()));
     let source = Arc::new(fetch::PeerFetch::new(
         catalog.clone(),
         http,
         config.api.port,
+        swarm.clone(),
     ));
+    // Pulls this node left unfinished when it stopped are no pulls: their records go
+    // once Consul answers.
+    let forget = catalog.clone();
+    tokio::spawn(async move {
+        while let Err(e) = forget.forget_my_pulls().await {
+            tracing::debug!("registry: pull records wait: {e}");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
     Ok(Registry {
         store,
         catalog,
         source: Some(source),
+        swarm,
     })
 }

@@ -1,6 +1,6 @@
 //! Where the node registry listens: `127.0.0.1:PORT` for this node's root (dockerd,
-//! `skopeo` run by root), and, for other nodes, its blobs on the cluster API (mutual
-//! TLS, node certificates; see [`peer_routes`]).
+//! `skopeo` run by root), and, for other nodes, its side of the blob swarms on the
+//! cluster API (mutual TLS, node certificates; see [`peer_routes`]).
 //!
 //! Loopback is not a boundary of its own: every local user can connect to it, and one
 //! who could push `app:v2` would have it run as root on every node. So a connection is
@@ -15,15 +15,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use futures::StreamExt as _;
+use axum::routing::{get, post};
+use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::Registry;
 use super::spec::{Digest, ErrorCode, RegistryError};
-use super::store::BlobStore;
+use super::store::StoreError;
+use super::swarm::{Swarm, SwarmError};
 
 /// The local user on the other end of a loopback connection.
 #[derive(Debug, Clone, Copy)]
@@ -122,36 +123,107 @@ pub fn spawn_loopback(port: u16, registry: Registry) {
     });
 }
 
-/// This node's blobs for other nodes: `GET`/`HEAD /v1/registry/blobs/DIGEST` (with
-/// `Range`), merged into the cluster API, whose overlay side answers nodes only. Read
-/// only, and this node's own blobs only: a node never fetches on another's behalf.
-pub fn peer_routes(store: Arc<BlobStore>) -> Router {
+/// This node's side of the blob swarms for other nodes (see [`super::swarm`]), merged
+/// into the cluster API, whose overlay side answers nodes only. Pieces of blobs this
+/// node holds or is fetching, never anything fetched on another's behalf.
+pub fn peer_routes(swarm: Arc<Swarm>) -> Router {
     Router::new()
-        .route("/v1/registry/blobs/{digest}", get(peer_blob))
-        .with_state(store)
+        .route("/v1/registry/swarm/{digest}/pieces", get(piece_list))
+        .route("/v1/registry/swarm/{digest}/have", get(have))
+        .route("/v1/registry/swarm/{digest}/pieces/{n}", get(piece))
+        .route("/v1/registry/swarm/{digest}/assign", post(assign))
+        .with_state(swarm)
 }
 
-async fn peer_blob(
-    State(store): State<Arc<BlobStore>>,
+type Answer = Result<Response, RegistryError>;
+
+fn digest_of(digest: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(digest).map_err(|e| RegistryError::new(ErrorCode::DigestInvalid, e.to_string()))
+}
+
+fn not_here(digest: &Digest) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUnknown,
+        format!("this node has no pieces of {digest}"),
+    )
+}
+
+fn swarm_error(digest: &Digest, e: SwarmError) -> RegistryError {
+    match e {
+        SwarmError::Store(e @ StoreError::DiskFull { .. }) => {
+            RegistryError::disk_full(e.to_string())
+        }
+        SwarmError::Invalid(e) => RegistryError::new(ErrorCode::SizeInvalid, e.to_string()),
+        e @ SwarmError::Damaged { .. } => {
+            warn!("registry: {e}");
+            not_here(digest)
+        }
+        e => RegistryError::unavailable(e.to_string()),
+    }
+}
+
+async fn piece_list(State(swarm): State<Arc<Swarm>>, UrlPath(digest): UrlPath<String>) -> Answer {
+    let digest = digest_of(&digest)?;
+    match swarm.list(&digest).await {
+        Ok(Some(list)) => Ok(axum::Json(list.to_wire()).into_response()),
+        Ok(None) => Err(not_here(&digest)),
+        Err(e) => Err(swarm_error(&digest, e)),
+    }
+}
+
+async fn have(State(swarm): State<Arc<Swarm>>, UrlPath(digest): UrlPath<String>) -> Answer {
+    let digest = digest_of(&digest)?;
+    match swarm.have(&digest).await {
+        Ok(Some(have)) => Ok(axum::Json(have).into_response()),
+        Ok(None) => Err(not_here(&digest)),
+        Err(e) => Err(swarm_error(&digest, e)),
+    }
+}
+
+async fn piece(
+    State(swarm): State<Arc<Swarm>>,
+    UrlPath((digest, n)): UrlPath<(String, String)>,
+) -> Answer {
+    let digest = digest_of(&digest)?;
+    let n: usize = n.parse().map_err(|_| {
+        RegistryError::new(
+            ErrorCode::SizeInvalid,
+            format!("path segment {{n}}: {n:?} is no piece number"),
+        )
+    })?;
+    match swarm.piece(&digest, n).await {
+        Ok(Some(bytes)) => Ok(piece_answer(None, bytes)),
+        Ok(None) => Err(not_here(&digest)),
+        Err(e) => Err(swarm_error(&digest, e)),
+    }
+}
+
+/// The body is the hex bitfield of the pieces the puller wants from a seed.
+async fn assign(
+    State(swarm): State<Arc<Swarm>>,
     UrlPath(digest): UrlPath<String>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    let digest = match Digest::parse(&digest) {
-        Ok(d) => d,
-        Err(e) => {
-            return RegistryError::new(ErrorCode::DigestInvalid, e.to_string()).into_response();
-        }
-    };
-    let answer = super::api::local_blob(&store, &digest, &headers, method == Method::HEAD).await;
-    // What goes out counts as it is sent (`arpanet_registry_blob_bytes`).
-    let (parts, body) = answer.into_parts();
-    let counted = body.into_data_stream().inspect(|chunk| {
-        if let Ok(bytes) = chunk {
-            crate::metrics::registry_blob_bytes("sent", bytes.len() as u64);
-        }
-    });
-    Response::from_parts(parts, Body::from_stream(counted))
+    body: Bytes,
+) -> Answer {
+    let digest = digest_of(&digest)?;
+    let wanted = std::str::from_utf8(&body).unwrap_or_default();
+    match swarm.assign(&digest, wanted.trim()).await {
+        Ok(Some(Some((n, bytes)))) => Ok(piece_answer(Some(n), bytes)),
+        Ok(Some(None)) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(None) => Err(not_here(&digest)),
+        Err(e) => Err(swarm_error(&digest, e)),
+    }
+}
+
+/// A piece's bytes, counted as sent (`arpanet_registry_blob_bytes`).
+fn piece_answer(n: Option<usize>, bytes: Bytes) -> Response {
+    crate::metrics::registry_blob_bytes("sent", bytes.len() as u64);
+    let mut answer = Response::new(Body::from(bytes));
+    if let Some(n) = n {
+        answer
+            .headers_mut()
+            .insert("arpanet-piece", HeaderValue::from(n as u64));
+    }
+    answer
 }
 
 #[cfg(test)]

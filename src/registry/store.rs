@@ -236,6 +236,46 @@ impl BlobStore {
         Ok(id)
     }
 
+    /// The file a fetch from peers writes `digest`'s pieces into, wherever they go:
+    /// [`BlobStore::fetch_upload`]'s, made `size` bytes long (sparse). Also says
+    /// whether it had bytes already (an earlier fetch's, kept for this one).
+    pub async fn pull_file(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(UploadId, std::fs::File, bool), StoreError> {
+        let id = self.fetch_upload(digest).await?;
+        let path = self.upload_path(&id);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(self.io_error(format!("open {}", path.display())))?;
+        let had = file
+            .metadata()
+            .map_err(self.io_error(format!("stat {}", path.display())))?
+            .len();
+        if had != size {
+            file.set_len(size)
+                .map_err(self.io_error(format!("size {}", path.display())))?;
+        }
+        Ok((id, file, had > 0))
+    }
+
+    /// Writes a piece at `at` into a [`BlobStore::pull_file`].
+    pub async fn write_at(
+        &self,
+        file: Arc<std::fs::File>,
+        at: u64,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at))
+            .await
+            .expect("writing does not panic")
+            .map_err(self.io_error(format!("write a piece into {}", self.dir.display())))
+    }
+
     /// How many bytes the upload has; `None` if there is no such upload.
     pub async fn upload_size(&self, id: &UploadId) -> Result<Option<u64>, StoreError> {
         let path = self.upload_path(id);

@@ -177,8 +177,10 @@ fn an_image_pushed_on_one_node_runs_on_every_node_by_its_loopback_name() {
     assert!(!blob_file(h2, &top_digest).exists(), "bad bytes kept");
     assert_eq!(h2.image_id(&v2), None, "nothing loaded");
     assert!(
-        h2.log("arpanetd")
-            .contains("do not match its digest; dropped"),
+        h2.log("arpanetd").contains(&format!(
+            "from node {} does not match its hash; node {} dropped",
+            h0.address, h0.address
+        )),
         "node 2 says why"
     );
     assert_success(

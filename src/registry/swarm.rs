@@ -1,0 +1,317 @@
+//! This node's side of the blob swarms: what it tells other nodes and sends them. A
+//! node in a blob's swarm is a seed (it holds the blob: verified, whole) or a puller
+//! (it is fetching it, [`super::fetch`]); both serve the pieces they have.
+//!
+//! - `GET /v1/registry/swarm/DIGEST/pieces`: the piece list (a seed computes it from
+//!   its own blob, checking the blob against its digest as it reads);
+//! - `GET /v1/registry/swarm/DIGEST/have`: the pieces this node has and is getting;
+//! - `GET /v1/registry/swarm/DIGEST/pieces/N`: piece N, if this node has it;
+//! - `POST /v1/registry/swarm/DIGEST/assign` (a seed): the body says which pieces the
+//!   puller wants from a seed; the answer is one of them, chosen by the blob's
+//!   [`SeedBook`], with its number in `arpanet-piece`, or 204 for none now.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::pieces::{Bitfield, PieceHasher, PieceList, SeedBook};
+use super::spec::Digest;
+use super::store::{BlobStore, StoreError};
+
+/// How many piece lists and seed books a node keeps in memory (the blobs it served
+/// last); past that it starts afresh, computing lists again as asked.
+const KEPT: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// This node's own copy does not hash to its digest: it is removed, not served.
+    #[error("this node's copy of {digest} is {actual}: removed")]
+    Damaged { digest: Digest, actual: Digest },
+    #[error("{0}")]
+    Invalid(#[from] super::pieces::PiecesError),
+}
+
+/// What a node has of a blob, on the wire (`GET .../have`), in [`Bitfield::to_hex`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaveV1 {
+    pub have: String,
+    pub busy: String,
+}
+
+/// A blob this node is fetching: its list, the file the pieces go to, and which of
+/// them are here (checked) and on their way.
+pub struct Pull {
+    pub list: Arc<PieceList>,
+    pub file: Arc<File>,
+    state: Mutex<(Bitfield, Bitfield)>,
+}
+
+impl Pull {
+    pub fn new(list: Arc<PieceList>, file: File, have: Bitfield) -> Self {
+        let busy = Bitfield::new(list.count());
+        Self {
+            list,
+            file: Arc::new(file),
+            state: Mutex::new((have, busy)),
+        }
+    }
+
+    /// (have, busy).
+    pub fn state(&self) -> (Bitfield, Bitfield) {
+        self.state.lock().unwrap().clone()
+    }
+
+    pub fn set_busy(&self, n: usize, busy: bool) {
+        self.state.lock().unwrap().1.set(n, busy);
+    }
+
+    pub fn set_have(&self, n: usize) {
+        let mut state = self.state.lock().unwrap();
+        state.0.set(n, true);
+        state.1.set(n, false);
+    }
+}
+
+pub struct Swarm {
+    store: Arc<BlobStore>,
+    lists: Mutex<HashMap<Digest, Arc<PieceList>>>,
+    /// One computation of a blob's list at a time (a pull's first requests come at once).
+    computing: tokio::sync::Mutex<()>,
+    pulls: Mutex<HashMap<Digest, Arc<Pull>>>,
+    books: Mutex<HashMap<Digest, SeedBook>>,
+}
+
+impl Swarm {
+    pub fn new(store: Arc<BlobStore>) -> Self {
+        Self {
+            store,
+            lists: Mutex::default(),
+            computing: tokio::sync::Mutex::new(()),
+            pulls: Mutex::default(),
+            books: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.store
+    }
+
+    /// Keeps the list of a blob this node holds (one a pull checked, or computed).
+    pub fn remember(&self, digest: &Digest, list: Arc<PieceList>) {
+        let mut lists = self.lists.lock().unwrap();
+        if lists.len() >= KEPT {
+            lists.clear();
+        }
+        lists.insert(digest.clone(), list);
+    }
+
+    /// The list of a blob this node holds; `None` if it holds none. Computed from the
+    /// blob once, checking it against its digest as it goes: a copy that does not
+    /// match is removed ([`SwarmError::Damaged`]) and never seeded.
+    pub async fn list(&self, digest: &Digest) -> Result<Option<Arc<PieceList>>, SwarmError> {
+        if let Some(list) = self.lists.lock().unwrap().get(digest) {
+            return Ok(Some(list.clone()));
+        }
+        let _turn = self.computing.lock().await;
+        if let Some(list) = self.lists.lock().unwrap().get(digest) {
+            return Ok(Some(list.clone()));
+        }
+        let Some((file, size)) = self.store.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        let mut file = file.into_std().await;
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut hasher = PieceHasher::new(size);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok::<_, std::io::Error>(hasher.finish())
+        })
+        .await
+        .expect("hashing does not panic")
+        .map_err(|e| StoreError::Io {
+            what: format!("read {digest}"),
+            source: e,
+        })?;
+        match hashed {
+            (actual, Some(list)) if actual == *digest => {
+                let list = Arc::new(list);
+                self.remember(digest, list.clone());
+                Ok(Some(list))
+            }
+            (actual, _) => {
+                self.store.remove(digest).await?;
+                Err(SwarmError::Damaged {
+                    digest: digest.clone(),
+                    actual,
+                })
+            }
+        }
+    }
+
+    pub fn start_pull(&self, digest: &Digest, pull: Arc<Pull>) {
+        self.pulls.lock().unwrap().insert(digest.clone(), pull);
+    }
+
+    pub fn end_pull(&self, digest: &Digest) {
+        self.pulls.lock().unwrap().remove(digest);
+    }
+
+    fn pull(&self, digest: &Digest) -> Option<Arc<Pull>> {
+        self.pulls.lock().unwrap().get(digest).cloned()
+    }
+
+    /// What this node has of the blob: all of it (a seed), some (a puller), or none.
+    pub async fn have(&self, digest: &Digest) -> Result<Option<HaveV1>, SwarmError> {
+        if let Some(pull) = self.pull(digest) {
+            let (have, busy) = pull.state();
+            return Ok(Some(HaveV1 {
+                have: have.to_hex(),
+                busy: busy.to_hex(),
+            }));
+        }
+        Ok(self.list(digest).await?.map(|list| HaveV1 {
+            have: Bitfield::full(list.count()).to_hex(),
+            busy: Bitfield::new(list.count()).to_hex(),
+        }))
+    }
+
+    /// Piece `n`, if this node has it (checked when it came, or part of a whole blob).
+    pub async fn piece(&self, digest: &Digest, n: usize) -> Result<Option<Bytes>, SwarmError> {
+        if let Some(pull) = self.pull(digest) {
+            if !pull.state().0.get(n) {
+                return Ok(None);
+            }
+            return read_piece(pull.file.clone(), &pull.list, n).await.map(Some);
+        }
+        let Some(list) = self.list(digest).await? else {
+            return Ok(None);
+        };
+        if n >= list.count() {
+            return Ok(None);
+        }
+        self.blob_piece(digest, &list, n).await
+    }
+
+    /// A seed's answer to a puller that wants the pieces `wanted` (hex): one of them
+    /// and its number, or none now. `None` outside: this node does not hold the blob.
+    pub async fn assign(
+        &self,
+        digest: &Digest,
+        wanted: &str,
+    ) -> Result<Option<Option<(usize, Bytes)>>, SwarmError> {
+        let Some(list) = self.list(digest).await? else {
+            return Ok(None);
+        };
+        let wanted = Bitfield::from_hex(wanted, list.count())?;
+        let n = {
+            let mut books = self.books.lock().unwrap();
+            if books.len() >= KEPT && !books.contains_key(digest) {
+                books.clear();
+            }
+            books
+                .entry(digest.clone())
+                .or_insert_with(|| SeedBook::new(list.count()))
+                .assign(&wanted, Instant::now())
+        };
+        let Some(n) = n else {
+            return Ok(Some(None));
+        };
+        Ok(Some(
+            self.blob_piece(digest, &list, n).await?.map(|b| (n, b)),
+        ))
+    }
+
+    async fn blob_piece(
+        &self,
+        digest: &Digest,
+        list: &PieceList,
+        n: usize,
+    ) -> Result<Option<Bytes>, SwarmError> {
+        let Some((file, _)) = self.store.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        let file = Arc::new(file.into_std().await);
+        read_piece(file, list, n).await.map(Some)
+    }
+}
+
+async fn read_piece(file: Arc<File>, list: &PieceList, n: usize) -> Result<Bytes, SwarmError> {
+    let (start, len) = list.range(n);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start)
+            .map(|()| Bytes::from(buf))
+    })
+    .await
+    .expect("reading does not panic")
+    .map_err(|e| {
+        SwarmError::Store(StoreError::Io {
+            what: format!("read piece {n}"),
+            source: e,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn swarm_with(bytes: &[u8]) -> (tempfile::TempDir, Swarm, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).await.unwrap());
+        let id = store.start_upload().await.unwrap();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(bytes))]);
+        store.append(&id, None, body).await.unwrap();
+        let digest = Digest::of(bytes);
+        store.commit(&id, &digest).await.unwrap();
+        (dir, Swarm::new(store), digest)
+    }
+
+    #[tokio::test]
+    async fn a_seed_serves_checked_pieces_and_hands_each_out_once() {
+        let bytes: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        let (_dir, swarm, digest) = swarm_with(&bytes).await;
+        let list = swarm.list(&digest).await.unwrap().unwrap();
+        assert_eq!(list.count(), 3);
+        let piece = swarm.piece(&digest, 2).await.unwrap().unwrap();
+        assert_eq!(&piece[..], &bytes[2 << 20..]);
+        assert!(swarm.piece(&digest, 3).await.unwrap().is_none());
+        let have = swarm.have(&digest).await.unwrap().unwrap();
+        assert_eq!(have.have, "e0");
+        let all = Bitfield::full(3).to_hex();
+        let mut got = Vec::new();
+        while let Some(Some((n, bytes))) = swarm.assign(&digest, &all).await.unwrap() {
+            assert!(list.check(n, &bytes));
+            got.push(n);
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+        assert!(swarm.assign(&digest, "zz").await.is_err());
+        let other = Digest::of(b"other");
+        assert!(swarm.assign(&other, &all).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_copy_is_removed_not_seeded() {
+        let bytes = vec![7u8; 3000];
+        let (dir, swarm, digest) = swarm_with(&bytes).await;
+        let path = dir.path().join("blobs/sha256").join(digest.hex());
+        std::fs::write(&path, vec![8u8; 3000]).unwrap();
+        let err = swarm.list(&digest).await.unwrap_err().to_string();
+        assert!(err.contains("removed"), "{err}");
+        assert!(!path.exists());
+        assert!(swarm.have(&digest).await.unwrap().is_none());
+    }
+}
