@@ -1,17 +1,21 @@
-//! One image onto N nodes at once, three ways, over links shaped to the same rate:
-//! (1) a central registry (Debian's docker-registry; `docker push`, then `docker pull`
-//! on every node), (2) Docket's stack (opentracker + ctorrent on the `docker save`
-//! tarball, then `docker load`), (3) `arpanet image pull --all-nodes` (the tarball
-//! swarm), (4) the node registry: `docker push 127.0.0.1:7102/...` on the source,
-//! then `docker pull` of that name on every node at once.
-//! `make bench-images` (root). Prints each time, its ratio to the floor S/B and the
-//! speed-up over the registry, measured in one run; asserts nothing about speed.
+//! One image onto N nodes at once, over links shaped to the same rate, three ways:
+//! `registry` (Debian's docker-registry on the source node; `docker push`, then `docker
+//! pull` on every node), `docket` (Docket's stack: opentracker + ctorrent on the `docker
+//! save` tarball, then `docker load`) and `arpanet` (`docker push 127.0.0.1:7102/...` on
+//! the source, then `docker pull` of that name on every node: the node registry's
+//! swarm); `torrent` (`arpanet image pull --torrent --all-nodes`, the tarball swarm)
+//! runs when named. Then an update: a new top layer on the image every node has.
+//! `make bench-images` (root). Prints each time, its ratio to the floor S/B, the
+//! speed-up over the registry and Docket, the copies of the image the source sent for
+//! arpanet and the bytes each node received for the update, all measured in one run;
+//! asserts nothing about speed.
 //!
-//! IMAGE_MB (default 200), NODES (receivers, default 5) and RATE_MBIT (default 100)
-//! change the setup; LAYERS (default 1) splits the image into that many layers of
-//! random data; METHODS (default `registry,docket,arpanet,node-registry`) picks what
-//! runs; the node registry's line also prints the copies of the image the source sent. Every host's underlay link is shaped both ways with tc (tbf), so
-//! each node can send and receive B; the source node is one of N + 1 hosts.
+//! IMAGE_MB (default 200), RATE_MBIT (default 100), NODES (receivers, default 5; a
+//! list such as `2,5,10` runs a lab each and prints how arpanet's time grows), LAYERS
+//! (default `1,4`: an image of one layer of random data, then one of four), UPDATE_MB
+//! (default 10; 0 skips the update) and METHODS (default `registry,docket,arpanet`).
+//! Every host's underlay link is shaped both ways with tc (tbf), so each node can send
+//! and receive B; the source node is one of N + 1 hosts.
 
 #[path = "../tests/suite/lab/mod.rs"]
 #[macro_use]
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use lab::{Host, Lab, assert_success, stdout, wait_until};
 
-const TAG: &str = "bench/big:1";
+const NODE_REGISTRY: &str = "127.0.0.1:7102";
 const REGISTRY_PORT: u16 = 5000;
 const TRACKER_PORT: u16 = 6969;
 
@@ -33,6 +37,17 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    let list = std::env::var(name).unwrap_or_else(|_| default.into());
+    list.split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={list}: not a comma-separated list of numbers"))
+        })
+        .collect()
+}
+
 fn main() {
     require_lab!();
     for tool in ["docker-registry", "opentracker", "ctorrent", "tc"] {
@@ -41,10 +56,45 @@ fn main() {
             "{tool} is missing: `make bench-images` installs docker-registry, opentracker and ctorrent"
         );
     }
-    let mb = env_or("IMAGE_MB", 200);
-    let receivers = env_or("NODES", 5);
-    let rate_mbit = env_or("RATE_MBIT", 100);
+    let setup = Setup {
+        mb: env_or("IMAGE_MB", 200),
+        rate_mbit: env_or("RATE_MBIT", 100),
+        layers: env_list("LAYERS", "1,4"),
+        update_mb: env_or("UPDATE_MB", 10),
+        methods: std::env::var("METHODS").unwrap_or_else(|_| "registry,docket,arpanet".into()),
+    };
+    let mut growth = Vec::new();
+    for receivers in env_list("NODES", "5") {
+        growth.extend(run(receivers, &setup));
+    }
+    if growth.len() > 1 {
+        println!("how it grows (arpanet, {} layer(s)):", setup.layers[0]);
+        for (receivers, secs, floor) in growth {
+            println!(
+                "  {receivers:>3} nodes  {secs:>7.1} s  {:>5.2}x S/B",
+                secs / floor
+            );
+        }
+    }
+}
 
+struct Setup {
+    mb: usize,
+    rate_mbit: usize,
+    layers: Vec<usize>,
+    update_mb: usize,
+    methods: String,
+}
+
+impl Setup {
+    fn runs(&self, method: &str) -> bool {
+        self.methods.split(',').any(|m| m == method)
+    }
+}
+
+/// One lab of `receivers` + 1 hosts: every layer count, then the update. Returns
+/// arpanet's time and the floor of the first layer count, for the growth table.
+fn run(receivers: usize, setup: &Setup) -> Option<(usize, f64, f64)> {
     let lab = Lab::builder(receivers + 1).start();
     let source_ip = lab.hosts[0].underlay_ip;
     let registry = format!("{source_ip}:{REGISTRY_PORT}");
@@ -63,86 +113,205 @@ fn main() {
     }
     let hosts: Vec<&Host> = lab.hosts.iter().collect();
     Host::start_nodes(&hosts);
-    for h in &hosts {
-        h.start_sync();
+    if setup.runs("torrent") {
+        for h in &hosts {
+            h.start_sync();
+        }
     }
     let (source, targets) = (hosts[0], &hosts[1..]);
     source.wait_for_nodes(hosts.len(), Duration::from_secs(90));
-
-    let layers = env_or("LAYERS", 1).max(1);
-    eprintln!("making a {mb} MB image of {layers} layer(s) on the source node");
-    let id = make_image(source, mb, layers);
-    let tarball = source.dir.join("bench.tar");
-    assert_success(
-        &source.docker(&["save", "-o", tarball.to_str().unwrap(), TAG]),
-        "docker save",
-    );
-    let size = std::fs::metadata(&tarball).unwrap().len();
-    let floor = size as f64 * 8.0 / (rate_mbit as f64 * 1e6);
-
+    source.start_registry(&registry);
     for h in &hosts {
-        lab.shape(h, rate_mbit);
+        lab.shape(h, setup.rate_mbit);
     }
 
-    // METHODS=arpanet (say) runs a subset; the default runs all three.
-    let methods =
-        std::env::var("METHODS").unwrap_or_else(|_| "registry,docket,arpanet,node-registry".into());
-    let mut results: Vec<(&str, f64)> = Vec::new();
-    if methods.split(',').any(|m| m == "registry") {
-        eprintln!("(1) registry");
-        let secs = via_registry(source, targets, &registry, &id);
-        results.push(("registry (docker-registry, docker pull)", secs));
-        clear(targets, &id);
-    }
-    if methods.contains("docket") {
-        eprintln!("(2) opentracker + ctorrent");
-        let secs = via_ctorrent(source, targets, &tarball, &id);
-        results.push(("Docket (opentracker + ctorrent, docker load)", secs));
-        clear(targets, &id);
-    }
-    if methods.contains("arpanet") {
-        eprintln!("(3) arpanet image pull --all-nodes");
-        let secs = via_arpanet(source, targets, &id);
-        results.push(("arpanet image pull --all-nodes", secs));
-        eprintln!("copies each node sent: {}", uploads(&hosts, size));
-        clear(targets, &id);
-    }
-    let mut seed_copies = None;
-    if methods.contains("node-registry") {
-        eprintln!("(4) the node registry: docker pull 127.0.0.1:7102/... on every node");
-        let (secs, copies) = via_node_registry(source, targets, &id, size);
-        results.push(("node registry (docker pull 127.0.0.1:7102/...)", secs));
-        seed_copies = Some(copies);
-    }
+    let mut growth = None;
+    let mut base = None;
+    for &layers in &setup.layers {
+        let tag = format!("bench/big-{layers}:1");
+        eprintln!(
+            "making a {} MB image of {layers} layer(s) on the source node",
+            setup.mb
+        );
+        let id = make_image(source, &tag, setup.mb, layers);
+        let tarball = source.dir.join("bench.tar");
+        assert_success(
+            &source.docker(&["save", "-o", tarball.to_str().unwrap(), &tag]),
+            "docker save",
+        );
+        let size = std::fs::metadata(&tarball).unwrap().len();
+        let floor = size as f64 * 8.0 / (setup.rate_mbit as f64 * 1e6);
 
-    println!(
-        "image to {receivers} nodes at once: S = {:.1} MB (docker save tarball, {layers} layer(s)), every link {rate_mbit} Mbit/s, floor S/B = {floor:.1} s",
-        size as f64 / 1e6
-    );
+        let mut results: Vec<(&str, f64)> = Vec::new();
+        let mut seed_copies = None;
+        if setup.runs("registry") {
+            eprintln!("(1) registry: docker pull {registry}/...");
+            let remote = format!("{registry}/{tag}");
+            let secs = via_registry(source, targets, &tag, &remote, &id).0;
+            results.push(("registry (docker-registry, docker pull)", secs));
+            clear(targets, &id);
+        }
+        if setup.runs("docket") {
+            eprintln!("(2) opentracker + ctorrent");
+            let secs = via_ctorrent(source, targets, &tarball, &tag, &id).0;
+            results.push(("Docket (opentracker + ctorrent, docker load)", secs));
+            clear(targets, &id);
+        }
+        if setup.runs("torrent") {
+            eprintln!("(3) arpanet image pull --torrent --all-nodes");
+            let secs = via_torrent(source, targets, &tag, &id);
+            results.push(("arpanet's tarball swarm (--torrent)", secs));
+            eprintln!("copies each node sent: {}", uploads(&hosts, size));
+            clear(targets, &id);
+        }
+        if setup.runs("arpanet") {
+            eprintln!("(4) arpanet: docker pull 127.0.0.1:7102/... on every node");
+            let name = format!("{NODE_REGISTRY}/{tag}");
+            let (secs, sent, _) = via_node_registry(source, targets, &tag, &name, &id);
+            results.push(("arpanet (docker pull 127.0.0.1:7102/...)", secs));
+            seed_copies = Some(sent as f64 / size as f64);
+            if growth.is_none() {
+                growth = Some((receivers, secs, floor));
+            }
+            // The update goes on top of this image, which every target now has.
+            base = Some((tag.clone(), name));
+        }
+
+        println!(
+            "image to {receivers} nodes at once: S = {:.1} MB (docker save tarball, {layers} layer(s)), every link {} Mbit/s, floor S/B = {floor:.1} s",
+            size as f64 / 1e6,
+            setup.rate_mbit
+        );
+        print_results(&results, floor);
+        if let Some(copies) = seed_copies {
+            println!("  arpanet: the source sent {copies:.2} copies of the image");
+        }
+    }
+    if setup.update_mb > 0
+        && let Some((tag, name)) = base
+    {
+        update(source, targets, setup, &registry, &tag, &name);
+    }
+    lab.teardown().expect("teardown");
+    growth
+}
+
+fn print_results(results: &[(&str, f64)], floor: f64) {
     let registry_secs = results
         .iter()
         .find(|(name, _)| name.starts_with("registry"))
         .map(|(_, s)| *s);
-    for (name, secs) in &results {
-        let speedup = registry_secs
-            .map(|r| format!("{:>5.2}x faster than the registry", r / secs))
-            .unwrap_or_default();
+    let docket_secs = results
+        .iter()
+        .find(|(name, _)| name.starts_with("Docket"))
+        .map(|(_, s)| *s);
+    for (name, secs) in results {
+        let vs = |other: Option<f64>, what: &str| {
+            other
+                .map(|o| format!("  {:>5.2}x faster than {what}", o / secs))
+                .unwrap_or_default()
+        };
         println!(
-            "  {name:<46} {secs:>7.1} s  {:>5.2}x S/B  {speedup}",
-            secs / floor
+            "  {name:<46} {secs:>7.1} s  {:>5.2}x S/B{}{}",
+            secs / floor,
+            vs(registry_secs, "the registry"),
+            vs(docket_secs, "Docket")
         );
     }
-    if let Some(copies) = seed_copies {
-        println!("  node registry: the source sent {copies:.2} copies of the image");
+}
+
+/// A new top layer of `update_mb` on the base every target has, three ways: the bytes
+/// each node received and the time until every node has it.
+fn update(
+    source: &Host,
+    targets: &[&Host],
+    setup: &Setup,
+    registry: &str,
+    base: &str,
+    base_name: &str,
+) {
+    let tag = format!("{}-update", base.split(':').next().unwrap());
+    let tag = format!("{tag}:2");
+    let mk = source.docker(&[
+        "run",
+        "--name",
+        "bench-update",
+        base_name,
+        "sh",
+        "-c",
+        &format!(
+            "head -c {}k /dev/urandom > /update.bin",
+            setup.update_mb << 10
+        ),
+    ]);
+    assert_success(&mk, "write the update's layer");
+    assert_success(
+        &source.docker(&["commit", "bench-update", &tag]),
+        "docker commit",
+    );
+    assert_success(&source.docker(&["rm", "bench-update"]), "docker rm");
+    let id = source.image_id(&tag).expect("the update");
+    let layer = (setup.update_mb << 20) as f64;
+    println!(
+        "update: a new {} MB top layer on the base, to {} nodes that have the base:",
+        setup.update_mb,
+        targets.len()
+    );
+    let report = |what: &str, (secs, received): (f64, Vec<u64>)| {
+        let per_node: Vec<String> = received
+            .iter()
+            .map(|b| format!("{:.1}", *b as f64 / 1e6))
+            .collect();
+        let most = received.iter().copied().max().unwrap_or(0) as f64;
+        println!(
+            "  {what:<46} {secs:>7.1} s  MB received per node: {} (at most {:.2}x the layer)",
+            per_node.join(", "),
+            most / layer
+        );
+    };
+    if setup.runs("arpanet") {
+        let name = format!("{NODE_REGISTRY}/{tag}");
+        let (secs, _, received) = via_node_registry(source, targets, &tag, &name, &id);
+        report("arpanet (docker pull 127.0.0.1:7102/...)", (secs, received));
+        drop_update(targets, &name);
     }
-    lab.teardown().expect("teardown");
+    if setup.runs("registry") {
+        // The base under the central registry's name, so docker sees its layers there.
+        let base_remote = format!("{registry}/{base}");
+        assert_success(&source.docker(&["tag", base, &base_remote]), "docker tag");
+        assert_success(&source.docker(&["push", &base_remote]), "docker push base");
+        let remote = format!("{registry}/{tag}");
+        report(
+            "registry (docker-registry, docker pull)",
+            via_registry(source, targets, &tag, &remote, &id),
+        );
+        drop_update(targets, &remote);
+    }
+    if setup.runs("docket") {
+        let tarball = source.dir.join("update.tar");
+        assert_success(
+            &source.docker(&["save", "-o", tarball.to_str().unwrap(), &tag]),
+            "docker save",
+        );
+        report(
+            "Docket (the whole tarball, docker load)",
+            via_ctorrent(source, targets, &tarball, &tag, &id),
+        );
+    }
+}
+
+/// Removes the update's tag from the targets (its base stays).
+fn drop_update(targets: &[&Host], name: &str) {
+    for h in targets {
+        let _ = h.docker(&["rmi", name]);
+    }
 }
 
 /// The benchmark's image: one layer of random data (`docker import`), or the test
 /// image with `layers` layers of random data on top, `mb` MB in all.
-fn make_image(source: &Host, mb: usize, layers: usize) -> String {
+fn make_image(source: &Host, tag: &str, mb: usize, layers: usize) -> String {
     if layers == 1 {
-        return source.import_random_image(TAG, mb);
+        return source.import_random_image(tag, mb);
     }
     source.import_test_image();
     let mut from = lab::TEST_IMAGE.to_string();
@@ -159,11 +328,11 @@ fn make_image(source: &Host, mb: usize, layers: usize) -> String {
             &format!("head -c {kb}k /dev/urandom > /layer-{i}.bin"),
         ]);
         assert_success(&run, "write a layer");
-        assert_success(&source.docker(&["commit", &name, TAG]), "docker commit");
+        assert_success(&source.docker(&["commit", &name, tag]), "docker commit");
         assert_success(&source.docker(&["rm", &name]), "docker rm");
-        from = TAG.to_string();
+        from = tag.to_string();
     }
-    source.image_id(TAG).expect("the layered image")
+    source.image_id(tag).expect("the layered image")
 }
 
 /// Removes the image from the targets, so the next method starts from nothing.
@@ -175,8 +344,10 @@ fn clear(targets: &[&Host], id: &str) {
     }
 }
 
-/// Runs `work` for every target at once; the time until the last one finished.
-fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> f64 {
+/// Runs `work` for every target at once: the time until the last one finished, and
+/// the bytes each received meanwhile (its underlay's counter).
+fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> (f64, Vec<u64>) {
+    let before: Vec<u64> = targets.iter().map(|h| h.underlay_bytes().0).collect();
     let started = Instant::now();
     std::thread::scope(|scope| {
         for h in targets {
@@ -184,27 +355,43 @@ fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> f64 {
             scope.spawn(move || work(h));
         }
     });
-    started.elapsed().as_secs_f64()
+    let secs = started.elapsed().as_secs_f64();
+    let received = targets
+        .iter()
+        .zip(before)
+        .map(|(h, b)| h.underlay_bytes().0 - b)
+        .collect();
+    (secs, received)
 }
 
-fn via_registry(source: &Host, targets: &[&Host], registry: &str, id: &str) -> f64 {
-    source.start_registry(registry);
-    let remote = format!("{registry}/{TAG}");
-    assert_success(&source.docker(&["tag", TAG, &remote]), "docker tag");
-    assert_success(&source.docker(&["push", &remote]), "docker push");
-    let secs = all_at_once(targets, |h| {
-        assert_success(&h.docker(&["pull", &remote]), "docker pull");
+fn via_registry(
+    source: &Host,
+    targets: &[&Host],
+    tag: &str,
+    remote: &str,
+    id: &str,
+) -> (f64, Vec<u64>) {
+    assert_success(&source.docker(&["tag", tag, remote]), "docker tag");
+    assert_success(&source.docker(&["push", remote]), "docker push");
+    let moved = all_at_once(targets, |h| {
+        assert_success(&h.docker(&["pull", remote]), "docker pull");
     });
     for h in targets {
-        assert_eq!(h.image_id(&remote).as_deref(), Some(id));
+        assert_eq!(h.image_id(remote).as_deref(), Some(id));
     }
-    source.stop("registry");
-    secs
+    moved
 }
 
-fn via_ctorrent(source: &Host, targets: &[&Host], tarball: &Path, id: &str) -> f64 {
+fn via_ctorrent(
+    source: &Host,
+    targets: &[&Host],
+    tarball: &Path,
+    tag: &str,
+    id: &str,
+) -> (f64, Vec<u64>) {
     let tracker = format!("http://{}:{TRACKER_PORT}/announce", source.underlay_ip);
     let torrent = source.dir.join("bench.torrent");
+    std::fs::remove_file(&torrent).ok();
     let make = source.exec(&[
         "ctorrent",
         "-t",
@@ -250,9 +437,11 @@ fn via_ctorrent(source: &Host, targets: &[&Host], tarball: &Path, id: &str) -> f
         ],
     );
     std::thread::sleep(Duration::from_secs(2));
-    let secs = all_at_once(targets, |h| {
+    let moved = all_at_once(targets, |h| {
         let file = h.dir.join("bench.tar");
         let done = h.dir.join("ctorrent.done");
+        std::fs::remove_file(&file).ok();
+        std::fs::remove_file(&done).ok();
         h.spawn(
             "ctorrent",
             &[
@@ -273,12 +462,12 @@ fn via_ctorrent(source: &Host, targets: &[&Host], tarball: &Path, id: &str) -> f
         );
     });
     for h in targets {
-        assert_eq!(h.image_id(TAG).as_deref(), Some(id));
+        assert_eq!(h.image_id(tag).as_deref(), Some(id));
         h.stop("ctorrent");
     }
     source.stop("ctorrent-seed");
     source.stop("opentracker");
-    secs
+    moved
 }
 
 /// Bytes each node's sync service sent to peers, in copies of the image.
@@ -306,47 +495,40 @@ fn uploads(hosts: &[&Host], size: u64) -> String {
 }
 
 /// `docker push` to the source's node registry, then `docker pull` of the same
-/// 127.0.0.1 name on every target at once; returns the time and the copies of the
-/// image the source sent meanwhile (its underlay's transmit counter).
-fn via_node_registry(source: &Host, targets: &[&Host], id: &str, size: u64) -> (f64, f64) {
-    let name = format!("127.0.0.1:7102/{TAG}");
-    assert_success(&source.docker(&["tag", TAG, &name]), "docker tag");
-    assert_success(&source.docker(&["push", &name]), "docker push");
+/// 127.0.0.1 name on every target at once: the time, the bytes the source sent
+/// meanwhile (its underlay's counter) and the bytes each target received.
+fn via_node_registry(
+    source: &Host,
+    targets: &[&Host],
+    tag: &str,
+    name: &str,
+    id: &str,
+) -> (f64, u64, Vec<u64>) {
+    assert_success(&source.docker(&["tag", tag, name]), "docker tag");
+    assert_success(&source.docker(&["push", name]), "docker push");
     let sent_before = source.underlay_bytes().1;
-    let secs = all_at_once(targets, |h| {
-        assert_success(&h.docker(&["pull", &name]), "docker pull");
+    let (secs, received) = all_at_once(targets, |h| {
+        assert_success(&h.docker(&["pull", name]), "docker pull");
     });
     let sent = source.underlay_bytes().1 - sent_before;
     for h in targets {
-        assert_eq!(h.image_id(&name).as_deref(), Some(id));
+        assert_eq!(h.image_id(name).as_deref(), Some(id));
     }
-    (secs, sent as f64 / size as f64)
+    (secs, sent, received)
 }
 
-fn via_arpanet(source: &Host, targets: &[&Host], id: &str) -> f64 {
+fn via_torrent(source: &Host, targets: &[&Host], tag: &str, id: &str) -> f64 {
     assert_success(
-        &source.arpanet(&["image", "push", "--torrent", TAG]),
+        &source.arpanet(&["image", "push", "--torrent", tag]),
         "arpanet image push",
     );
     let started = Instant::now();
-    let pull = source.arpanet(&["image", "pull", "--torrent", "--all-nodes", TAG, "--json"]);
+    let pull = source.arpanet(&["image", "pull", "--torrent", "--all-nodes", tag, "--json"]);
     let secs = started.elapsed().as_secs_f64();
     assert_success(&pull, "arpanet image pull --all-nodes");
     eprintln!("{}", stdout(&pull));
     for h in targets {
-        assert_eq!(h.image_id(TAG).as_deref(), Some(id));
-        let log = std::fs::read_to_string(h.dir.join("sync.log")).unwrap_or_default();
-        if let Ok(dir) = std::env::var("BENCH_LOGS") {
-            std::fs::create_dir_all(&dir).ok();
-            std::fs::write(format!("{dir}/sync-{}.log", h.address), &log).ok();
-        }
-        for line in log.lines().filter(|l| l.contains("downloaded in")) {
-            eprintln!(
-                "node {}: {}",
-                h.address,
-                line.split("image sync: ").last().unwrap()
-            );
-        }
+        assert_eq!(h.image_id(tag).as_deref(), Some(id));
     }
     secs
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-
 use crate::lab::{Host, Lab, assert_success, stdout, wait_until};
 
 const REGISTRY: &str = "127.0.0.1:7102";
