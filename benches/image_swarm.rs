@@ -513,6 +513,17 @@ fn via_node_registry(
     let sent = source.underlay_bytes().1 - sent_before;
     for h in targets {
         assert_eq!(h.image_id(name).as_deref(), Some(id));
+        for line in h
+            .log("arpanetd")
+            .lines()
+            .filter(|l| l.contains(" fetched in "))
+        {
+            eprintln!(
+                "node {}: {}",
+                h.address,
+                line.split("registry: ").last().unwrap()
+            );
+        }
     }
     (secs, sent, received)
 }

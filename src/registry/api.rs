@@ -216,6 +216,12 @@ async fn get_blob(reg: &Registry, digest: &Digest, headers: &HeaderMap, head: bo
             if head {
                 return Ok(blob_answer(StatusCode::OK, digest, size).body(Body::empty())?);
             }
+            // A whole blob streams as it arrives; a range waits for the whole blob.
+            if !headers.contains_key(header::RANGE)
+                && let Some(body) = source.stream(digest, size).await.map_err(fetch_error)?
+            {
+                return Ok(blob_answer(StatusCode::OK, digest, size).body(Body::from_stream(body))?);
+            }
             source
                 .fetch(digest, size, &reg.store)
                 .await

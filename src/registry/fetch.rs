@@ -45,6 +45,8 @@ pub fn swarm_path(digest: &Digest) -> String {
 }
 
 pub struct PeerFetch {
+    /// Itself, for the pulls [`BlobSource::stream`] starts in the background.
+    me: std::sync::Weak<PeerFetch>,
     catalog: Arc<ConsulCatalog>,
     http: NodeClient,
     api_port: u16,
@@ -91,14 +93,15 @@ impl PeerFetch {
         http: NodeClient,
         api_port: u16,
         swarm: Arc<Swarm>,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             catalog,
             http,
             api_port,
             swarm,
             running: Mutex::default(),
-        }
+        })
     }
 
     fn lock_for(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
@@ -193,8 +196,10 @@ impl PeerFetch {
         let mut peers: HashMap<NodeAddress, Peer> = HashMap::new();
         let mut dropped: BTreeSet<NodeAddress> = BTreeSet::new();
         let mut tasks: JoinSet<Done> = JoinSet::new();
-        let mut tracker_asked = Instant::now();
+        let started = Instant::now();
+        let mut tracker_asked = started - TRACKER_EVERY;
         let mut tracker_asking = false;
+        let mut tracker_heard = false;
         let mut looked = Instant::now() - LOOK_EVERY;
         let mut progress = Instant::now();
         let mut tally = Tally::default();
@@ -249,11 +254,9 @@ impl PeerFetch {
                 others.or(&peer.busy);
             }
             let wanted = wanted_from_seed(&have, &busy, &others);
-            if !wanted.is_empty()
-                && wanted.count() > 0
-                && now >= seeds_idle_until
-                && !seeds.is_empty()
-            {
+            // The other pullers heard of first, so the seeds are not asked for theirs.
+            let heard = tracker_heard || now >= started + Duration::from_secs(1);
+            if heard && wanted.count() > 0 && now >= seeds_idle_until && !seeds.is_empty() {
                 let asking: usize = seed_in_flight.values().sum();
                 for _ in asking..SEED_SLOTS {
                     rotate += 1;
@@ -285,6 +288,7 @@ impl PeerFetch {
             match done {
                 Done::Tracker(answer) => {
                     tracker_asking = false;
+                    tracker_heard = true;
                     match answer {
                         Ok((holders, pullers)) => {
                             for h in holders {
@@ -541,6 +545,34 @@ async fn read_capped(res: reqwest::Response, cap: usize) -> Result<Bytes, String
 
 #[async_trait::async_trait]
 impl BlobSource for PeerFetch {
+    async fn stream(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<super::BlobStream>, FetchError> {
+        use futures::StreamExt as _;
+        if let Some(pull) = self.swarm.pull(digest) {
+            return Ok(Some(pull.stream().boxed()));
+        }
+        // The pull runs on its own: a client that goes away does not stop it.
+        let this = self
+            .me
+            .upgrade()
+            .expect("the fetcher is alive while it is called");
+        let (d, store) = (digest.clone(), self.swarm.store().clone());
+        let task = tokio::spawn(async move { this.fetch(&d, size, &store).await });
+        loop {
+            if let Some(pull) = self.swarm.pull(digest) {
+                return Ok(Some(pull.stream().boxed()));
+            }
+            if task.is_finished() {
+                task.await.expect("a pull does not panic")?;
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn fetch(&self, digest: &Digest, size: u64, store: &BlobStore) -> Result<(), FetchError> {
         let lock = self.lock_for(digest);
         let _held = lock.lock().await;
@@ -595,6 +627,7 @@ impl BlobSource for PeerFetch {
         let tally = match ran {
             Ok(tally) => tally,
             Err(FetchError::Store(e @ StoreError::DiskFull { .. })) => {
+                pull.end(false);
                 // What arrived is kept: the next pull goes on from there.
                 let (have, _) = pull.state();
                 let left: u64 = (0..list.count())
@@ -608,9 +641,14 @@ impl BlobSource for PeerFetch {
                 );
                 return Err(e.into());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                pull.end(false);
+                return Err(e);
+            }
         };
-        match store.commit(&upload, digest).await {
+        let committed = store.commit(&upload, digest).await;
+        pull.end(committed.is_ok());
+        match committed {
             Ok(_) => {
                 self.swarm.remember(digest, list);
                 self.catalog.hold(digest, size).await?;

@@ -98,10 +98,19 @@ pub enum FetchError {
     Catalog(#[from] CatalogError),
 }
 
+/// A blob's bytes as they arrive.
+pub type BlobStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
 /// Gets a blob this node lacks from the nodes that hold it, into the store (verified).
 #[async_trait::async_trait]
 pub trait BlobSource: Send + Sync {
     async fn fetch(&self, digest: &Digest, size: u64, store: &BlobStore) -> Result<(), FetchError>;
+
+    /// Starts fetching the blob into the store and gives its bytes as they arrive;
+    /// `None`: this source cannot, or the blob is in the store already.
+    async fn stream(&self, _digest: &Digest, _size: u64) -> Result<Option<BlobStream>, FetchError> {
+        Ok(None)
+    }
 }
 
 /// What the `/v2/` routes work with.
@@ -133,12 +142,7 @@ pub async fn open(
         std::time::Duration::from_secs(30),
     );
     let swarm = Arc::new(swarm::Swarm::new(store.clone()));
-    let source = Arc::new(fetch::PeerFetch::new(
-        catalog.clone(),
-        http,
-        config.api.port,
-        swarm.clone(),
-    ));
+    let source = fetch::PeerFetch::new(catalog.clone(), http, config.api.port, swarm.clone());
     // Pulls this node left unfinished when it stopped are no pulls: their records go
     // once Consul answers.
     let forget = catalog.clone();

@@ -51,6 +51,10 @@ pub struct Pull {
     pub list: Arc<PieceList>,
     pub file: Arc<File>,
     state: Mutex<(Bitfield, Bitfield)>,
+    /// How it ended: stored (checked against the digest) or stopped.
+    ended: Mutex<Option<bool>>,
+    /// Told of every new piece and of the end, for [`Pull::stream`].
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl Pull {
@@ -60,6 +64,8 @@ impl Pull {
             list,
             file: Arc::new(file),
             state: Mutex::new((have, busy)),
+            ended: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -76,6 +82,67 @@ impl Pull {
         let mut state = self.state.lock().unwrap();
         state.0.set(n, true);
         state.1.set(n, false);
+        drop(state);
+        self.changed.send_replace(());
+    }
+
+    /// The pull ended: `stored` if the blob is in the store now.
+    pub fn end(&self, stored: bool) {
+        *self.ended.lock().unwrap() = Some(stored);
+        self.changed.send_replace(());
+    }
+
+    /// The blob's bytes front to back as its pieces arrive, so dockerd extracts a layer
+    /// while it is still being fetched. Each piece was checked against the list when it
+    /// came; the last is held back until the whole blob matched its digest, so a client
+    /// never gets all of a blob that is not its digest's (a wrong list from a seed ends
+    /// the answer short instead).
+    pub fn stream(self: Arc<Self>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::unfold((self, 0u64), |(pull, sent)| async move {
+            let size = pull.list.size();
+            loop {
+                if sent >= size {
+                    return None;
+                }
+                let mut changed = pull.changed.subscribe();
+                let (have, _) = pull.state();
+                let ended = *pull.ended.lock().unwrap();
+                let ready = if ended == Some(true) {
+                    size
+                } else {
+                    let count = pull.list.count();
+                    let prefix = (0..count).take_while(|n| have.get(*n)).count();
+                    let end = if prefix == count {
+                        size
+                    } else {
+                        pull.list.range(prefix).0
+                    };
+                    end.min(pull.list.range(count - 1).0)
+                };
+                if sent < ready {
+                    let len = (ready - sent).min(1 << 20);
+                    let file = pull.file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; len as usize];
+                        file.read_exact_at(&mut buf, sent)
+                            .map(|()| Bytes::from(buf))
+                    })
+                    .await
+                    .expect("reading does not panic");
+                    return Some(match read {
+                        Ok(bytes) => (Ok(bytes), (pull, sent + len)),
+                        Err(e) => (Err(e), (pull, size)),
+                    });
+                }
+                if ended == Some(false) {
+                    let stopped = std::io::Error::other("the pull of this blob stopped");
+                    return Some((Err(stopped), (pull, size)));
+                }
+                if changed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
     }
 }
 
@@ -169,7 +236,7 @@ impl Swarm {
         self.pulls.lock().unwrap().remove(digest);
     }
 
-    fn pull(&self, digest: &Digest) -> Option<Arc<Pull>> {
+    pub fn pull(&self, digest: &Digest) -> Option<Arc<Pull>> {
         self.pulls.lock().unwrap().get(digest).cloned()
     }
 
@@ -216,6 +283,12 @@ impl Swarm {
             return Ok(None);
         };
         let wanted = Bitfield::from_hex(wanted, list.count())?;
+        // One piece (a config, a small layer) is no swarm: everyone gets it at once.
+        if list.count() == 1 && wanted.get(0) {
+            return Ok(Some(
+                self.blob_piece(digest, &list, 0).await?.map(|b| (0, b)),
+            ));
+        }
         let n = {
             let mut books = self.books.lock().unwrap();
             if books.len() >= KEPT && !books.contains_key(digest) {
