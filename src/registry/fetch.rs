@@ -551,25 +551,35 @@ impl BlobSource for PeerFetch {
         size: u64,
     ) -> Result<Option<super::BlobStream>, FetchError> {
         use futures::StreamExt as _;
-        if let Some(pull) = self.swarm.pull(digest) {
-            return Ok(Some(pull.stream().boxed()));
-        }
         // The pull runs on its own: a client that goes away does not stop it.
-        let this = self
-            .me
-            .upgrade()
-            .expect("the fetcher is alive while it is called");
-        let (d, store) = (digest.clone(), self.swarm.store().clone());
-        let task = tokio::spawn(async move { this.fetch(&d, size, &store).await });
-        loop {
+        let task = self.swarm.pull(digest).is_none().then(|| {
+            let this = self
+                .me
+                .upgrade()
+                .expect("the fetcher is alive while it is called");
+            let (d, store) = (digest.clone(), self.swarm.store().clone());
+            tokio::spawn(async move { this.fetch(&d, size, &store).await })
+        });
+        let pull = loop {
             if let Some(pull) = self.swarm.pull(digest) {
-                return Ok(Some(pull.stream().boxed()));
+                break Some(pull);
             }
-            if task.is_finished() {
-                task.await.expect("a pull does not panic")?;
-                return Ok(None);
+            if task.as_ref().is_none_or(|t| t.is_finished()) {
+                break None;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The answer's status waits for the first bytes: a pull that fails before them
+        // (no good holder, a full disk) is an error answer, not a short body.
+        if let Some(pull) = pull
+            && pull.started().await != Some(false)
+        {
+            return Ok(Some(pull.stream().boxed()));
+        }
+        match task {
+            Some(task) => task.await.expect("a pull does not panic").map(|()| None),
+            // Another request's pull, done or stopped: a fetch of this one's says which.
+            None => Ok(None),
         }
     }
 
@@ -646,8 +656,11 @@ impl BlobSource for PeerFetch {
                 return Err(e);
             }
         };
-        let committed = store.commit(&upload, digest).await;
-        pull.end(committed.is_ok());
+        // A client streaming the blob gets its last piece once the digest matched.
+        let committed = store.commit_then(&upload, digest, || pull.end(true)).await;
+        if committed.is_err() {
+            pull.end(false);
+        }
         match committed {
             Ok(_) => {
                 self.swarm.remember(digest, list);

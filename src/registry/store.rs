@@ -325,6 +325,17 @@ impl BlobStore {
     /// Checks the upload against `digest` and, if its bytes are that, makes it the
     /// blob; returns its size. On a mismatch the upload is deleted.
     pub async fn commit(&self, id: &UploadId, digest: &Digest) -> Result<u64, StoreError> {
+        self.commit_then(id, digest, || {}).await
+    }
+
+    /// [`BlobStore::commit`], calling `matched` as soon as the bytes matched the digest,
+    /// before they are made durable (a reader of the upload may go on then).
+    pub async fn commit_then(
+        &self,
+        id: &UploadId,
+        digest: &Digest,
+        matched: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
         let lock = self.lock(id);
         let hashing = lock.lock().await;
         let path = self.upload_path(id);
@@ -347,6 +358,7 @@ impl BlobStore {
                 actual,
             });
         }
+        matched();
         // Durable before it is named: a crash leaves the old name or the whole blob.
         let file = fs::File::open(&path)
             .await

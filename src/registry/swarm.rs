@@ -86,6 +86,20 @@ impl Pull {
         self.changed.send_replace(());
     }
 
+    /// Waits until the first piece is here or the pull ended, and says how it ended.
+    pub async fn started(&self) -> Option<bool> {
+        loop {
+            let mut changed = self.changed.subscribe();
+            let ended = *self.ended.lock().unwrap();
+            if ended.is_some() || self.state().0.get(0) {
+                return ended;
+            }
+            if changed.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// The pull ended: `stored` if the blob is in the store now.
     pub fn end(&self, stored: bool) {
         *self.ended.lock().unwrap() = Some(stored);

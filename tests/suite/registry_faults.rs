@@ -80,10 +80,46 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-fn a_pull_outlives_its_holder_and_resumes_after_a_full_disk() {
+fn a_swarm_seeds_each_piece_once_outlives_its_holder_and_resumes_after_a_full_disk() {
     require_lab!();
     let lab = Lab::three_nodes();
     let (h0, h1, h2) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+
+    // Nodes 1 and 2 pull one 24 MB layer at once from node 0, its link slowed to
+    // 40 Mbit/s: the seed hands them disjoint pieces and they pass them on to each
+    // other, so node 0 sends the layer about once, not once per puller.
+    let big0 = format!("{REGISTRY}/faults/big:0");
+    h0.import_random_image(&big0, 24);
+    assert_success(&h0.docker(&["push", &big0]), "docker push big:0");
+    let (digest0, size0) = layer(h0, &big0);
+    lab.shape(h0, 40);
+    let sent_before = h0.underlay_bytes().1;
+    std::thread::scope(|scope| {
+        let big0 = &big0;
+        let pulls = [h1, h2].map(|h| scope.spawn(move || h.docker(&["pull", big0])));
+        for pull in pulls {
+            assert_success(&pull.join().unwrap(), "docker pull big:0 on nodes 1 and 2");
+        }
+    });
+    let copies = (h0.underlay_bytes().1 - sent_before) as f64 / size0 as f64;
+    eprintln!("two pullers at once: the seed sent {copies:.2} copies of the layer");
+    assert!(
+        copies < 1.3,
+        "node 0 sent {copies:.2} copies of the layer to two pullers"
+    );
+    for (h, other) in [(h1, h2), (h2, h1)] {
+        let log = h.log("arpanetd");
+        let done = log
+            .lines()
+            .find(|l| l.contains(&format!("{} fetched in", &digest0[7..19])))
+            .unwrap_or_else(|| panic!("node {} says where the layer came from:\n{log}", h.address));
+        assert!(
+            done.contains(&format!("node {}: ", other.address)),
+            "node {} got pieces from node {}: {done}",
+            h.address,
+            other.address
+        );
+    }
 
     // One 24 MB layer on node 0, pulled by node 1: two holders.
     let big1 = format!("{REGISTRY}/faults/big:1");
