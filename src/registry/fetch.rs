@@ -36,6 +36,8 @@ const SEED_SLOTS: usize = 3;
 /// How often a puller asks the other pullers what they have, and Consul who is in.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 const TRACKER_EVERY: Duration = Duration::from_secs(2);
+/// How long other pullers' word on what they are getting holds without a new piece.
+const BUSY_TRUSTED: Duration = Duration::from_secs(2);
 /// A pull that got no piece for this long, with no one left to ask, stops.
 const STALLED: Duration = Duration::from_secs(5);
 
@@ -248,10 +250,15 @@ impl PeerFetch {
             }
             // Then the seeds, for what no other puller has or gets. With several seeds,
             // each is asked for its own share, so two never hand out the same piece.
+            // What another puller says it is getting counts only while pieces come: one
+            // that says it gets everything and never does cannot starve this pull.
+            let trust_busy = now < progress + BUSY_TRUSTED;
             let mut others = Bitfield::new(count);
             for peer in peers.values() {
                 others.or(&peer.have);
-                others.or(&peer.busy);
+                if trust_busy {
+                    others.or(&peer.busy);
+                }
             }
             let wanted = wanted_from_seed(&have, &busy, &others);
             // The other pullers heard of first, so the seeds are not asked for theirs.
