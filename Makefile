@@ -53,8 +53,9 @@ bench-scale: deps
 	cargo bench --bench scale
 	cargo test --test suite -- --ignored --exact scale::ten_nodes_mesh_spread_and_survive_a_kill_and_a_partition
 
-# One image onto 5 nodes over 100 Mbit/s links: registry vs opentracker+ctorrent vs
-# `arpanet image pull --all-nodes` (root). IMAGE_MB, NODES, RATE_MBIT change it.
+# One image (1 layer, then 4) onto 5 nodes over 100 Mbit/s links: a registry vs
+# opentracker+ctorrent (Docket) vs arpanet's node registry swarm, then a 10 MB update
+# (root). IMAGE_MB, NODES (a list: 2,5,10), RATE_MBIT, LAYERS, UPDATE_MB, METHODS.
 # (`deps` installs docker-registry; `command -v a b` succeeds if either exists, so one each.)
 bench-images: deps
 	command -v opentracker >/dev/null && command -v ctorrent >/dev/null || \

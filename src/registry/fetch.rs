@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::catalog::{ConsulCatalog, Holder};
-use super::pieces::{Bitfield, PieceList, PieceListV1, pick_from_peers, wanted_from_seed};
+use super::pieces::{
+    Bitfield, PieceList, PieceListV1, others_have, pick_from_peers, wanted_from_seed,
+};
 use super::spec::Digest;
 use super::store::{BlobStore, StoreError};
 use super::swarm::{HaveV1, Pull, Swarm};
@@ -253,13 +255,11 @@ impl PeerFetch {
             // What another puller says it is getting counts only while pieces come: one
             // that says it gets everything and never does cannot starve this pull.
             let trust_busy = now < progress + BUSY_TRUSTED;
-            let mut others = Bitfield::new(count);
-            for peer in peers.values() {
-                others.or(&peer.have);
-                if trust_busy {
-                    others.or(&peer.busy);
-                }
-            }
+            let others = others_have(
+                count,
+                peers.values().map(|p| (&p.have, &p.busy)),
+                trust_busy,
+            );
             let wanted = wanted_from_seed(&have, &busy, &others);
             // The other pullers heard of first, so the seeds are not asked for theirs.
             let heard = tracker_heard || now >= started + Duration::from_secs(1);

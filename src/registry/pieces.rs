@@ -330,6 +330,23 @@ pub fn pick_from_peers<K: Copy>(
         })
 }
 
+/// The pieces the other pullers have and, while `trust_busy`, say they are getting:
+/// what a puller does not ask the seeds for.
+pub fn others_have<'a>(
+    count: usize,
+    peers: impl IntoIterator<Item = (&'a Bitfield, &'a Bitfield)>,
+    trust_busy: bool,
+) -> Bitfield {
+    let mut others = Bitfield::new(count);
+    for (have, busy) in peers {
+        others.or(have);
+        if trust_busy {
+            others.or(busy);
+        }
+    }
+    others
+}
+
 /// What a puller asks a seed for: the pieces it lacks and is not getting that no other
 /// puller has or is getting (`others`: the union of theirs).
 pub fn wanted_from_seed(have: &Bitfield, busy: &Bitfield, others: &Bitfield) -> Bitfield {
@@ -495,9 +512,20 @@ mod tests {
             pick_from_peers(&have, &busy, &[("a", &a, 0)][..1]),
             Some((3, "a"))
         );
-        let mut others = a.clone();
-        others.or(&b);
+        let none = Bitfield::new(6);
+        let others = others_have(6, [(&a, &none), (&b, &none)], true);
         let wanted = wanted_from_seed(&have, &busy, &others);
         assert_eq!(wanted.ones().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_puller_that_claims_to_get_everything_cannot_starve_the_others() {
+        let (have, busy) = (Bitfield::new(4), Bitfield::new(4));
+        let liar = (Bitfield::new(4), Bitfield::full(4));
+        let trusted = others_have(4, [(&liar.0, &liar.1)], true);
+        assert_eq!(wanted_from_seed(&have, &busy, &trusted).count(), 0);
+        // No piece came for a while: its word no longer counts, the seeds are asked.
+        let doubted = others_have(4, [(&liar.0, &liar.1)], false);
+        assert_eq!(wanted_from_seed(&have, &busy, &doubted).count(), 4);
     }
 }
