@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use reqwest::StatusCode;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::catalog::{ConsulCatalog, Holder};
 use super::pieces::{
@@ -32,8 +32,11 @@ use super::{BlobSource, Catalog as _, FetchError};
 use crate::addressing::NodeAddress;
 use crate::identity::NodeClient;
 
-/// Requests in flight to other pullers, and to seeds.
+/// Requests in flight to other pullers (and to any one of them), and to seeds.
 const PEER_SLOTS: usize = 4;
+const PER_PEER: usize = 2;
+/// A puller that says it has pieces it then does not is dropped after this many.
+const STRIKES: usize = 3;
 const SEED_SLOTS: usize = 3;
 /// How often a puller asks the other pullers what they have, and Consul who is in.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -57,6 +60,23 @@ pub struct PeerFetch {
     swarm: Arc<Swarm>,
     /// One fetch per blob at a time: pulls that want it at once wait for the first.
     running: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Seeds whose piece list of a blob turned out wrong: not asked for it again.
+    bad_lists: Mutex<HashMap<Digest, BTreeSet<NodeAddress>>>,
+}
+
+/// Ends a pull however [`PeerFetch::fetch`] leaves it (an error, a panic): streams that
+/// wait on it end, and this node stops serving its pieces.
+struct Ending<'a> {
+    swarm: &'a Swarm,
+    digest: &'a Digest,
+    pull: Arc<Pull>,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.pull.end_if_open();
+        self.swarm.end_pull(self.digest);
+    }
 }
 
 /// What one request in flight came back with.
@@ -81,6 +101,23 @@ struct Peer {
     busy: Bitfield,
     in_flight: usize,
     asking: bool,
+    /// When its `have` last grew: its word on what it is getting holds for a while.
+    grew: Instant,
+    /// Pieces it said it had and then did not.
+    strikes: usize,
+}
+
+impl Peer {
+    fn new(count: usize) -> Self {
+        Self {
+            have: Bitfield::new(count),
+            busy: Bitfield::new(count),
+            in_flight: 0,
+            asking: false,
+            grew: Instant::now(),
+            strikes: 0,
+        }
+    }
 }
 
 /// Where a pull's pieces came from: a count per node, seeds and pullers apart.
@@ -105,6 +142,7 @@ impl PeerFetch {
             api_port,
             swarm,
             running: Mutex::default(),
+            bad_lists: Mutex::default(),
         })
     }
 
@@ -141,7 +179,8 @@ impl PeerFetch {
                     .await
                     .map_err(crate::http::request_error)?;
                 let status = res.status();
-                let body = res.bytes().await.map_err(crate::http::request_error)?;
+                // 4096 hashes in base64 and a little JSON.
+                let body = read_capped(res, 256 << 10).await?;
                 if status != StatusCode::OK {
                     return Err(crate::http::error_text(status, &body));
                 }
@@ -166,21 +205,16 @@ impl PeerFetch {
 
     /// The pieces of the pull's file that are right already (an earlier pull's).
     async fn pieces_here(pull: &Pull) -> Bitfield {
-        let (file, list) = (pull.file.clone(), pull.list.clone());
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt as _;
-            let mut have = Bitfield::new(list.count());
-            for n in 0..list.count() {
-                let (start, len) = list.range(n);
-                let mut buf = vec![0u8; len as usize];
-                if file.read_exact_at(&mut buf, start).is_ok() && list.check(n, &buf) {
-                    have.set(n, true);
-                }
+        let mut have = Bitfield::new(pull.list.count());
+        for n in 0..pull.list.count() {
+            let (start, len) = pull.list.range(n);
+            if let Ok(bytes) = super::swarm::read_at(pull.file.clone(), start, len).await
+                && pull.list.check(n, &bytes)
+            {
+                have.set(n, true);
             }
-            have
-        })
-        .await
-        .expect("checking does not panic")
+        }
+        have
     }
 
     /// Fetches the pull's missing pieces from the swarm; returns where they came from.
@@ -196,7 +230,8 @@ impl PeerFetch {
         let me = self.catalog.me();
         let mut seeds = first_seeds;
         let mut seed_in_flight: HashMap<NodeAddress, usize> = HashMap::new();
-        let mut seeds_idle_until = Instant::now();
+        // A seed that had nothing for this node is asked again a look later.
+        let mut seed_idle: HashMap<NodeAddress, Instant> = HashMap::new();
         let mut peers: HashMap<NodeAddress, Peer> = HashMap::new();
         let mut dropped: BTreeSet<NodeAddress> = BTreeSet::new();
         let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -240,6 +275,7 @@ impl PeerFetch {
             for _ in in_flight..PEER_SLOTS {
                 let views: Vec<(NodeAddress, &Bitfield, usize)> = peers
                     .iter()
+                    .filter(|(_, p)| p.in_flight < PER_PEER)
                     .map(|(node, p)| (*node, &p.have, p.in_flight))
                     .collect();
                 let Some((n, node)) = pick_from_peers(&have, &busy, &views) else {
@@ -251,19 +287,20 @@ impl PeerFetch {
                 tasks.spawn(self.get_piece(node, digest.clone(), n, list.range(n).1));
             }
             // Then the seeds, for what no other puller has or gets. With several seeds,
-            // each is asked for its own share, so two never hand out the same piece.
-            // What another puller says it is getting counts only while pieces come: one
-            // that says it gets everything and never does cannot starve this pull.
-            let trust_busy = now < progress + BUSY_TRUSTED;
+            // each is asked for its own share, so they do not hand this puller the same
+            // piece (each seed's book is its own: other pullers may share out otherwise).
+            // What another puller says it is getting counts only while its pieces grow:
+            // one that says it gets everything and never does cannot starve this pull.
             let others = others_have(
                 count,
-                peers.values().map(|p| (&p.have, &p.busy)),
-                trust_busy,
+                peers
+                    .values()
+                    .map(|p| (&p.have, &p.busy, now < p.grew + BUSY_TRUSTED)),
             );
             let wanted = wanted_from_seed(&have, &busy, &others);
             // The other pullers heard of first, so the seeds are not asked for theirs.
             let heard = tracker_heard || now >= started + Duration::from_secs(1);
-            if heard && wanted.count() > 0 && now >= seeds_idle_until && !seeds.is_empty() {
+            if heard && wanted.count() > 0 && !seeds.is_empty() {
                 let asking: usize = seed_in_flight.values().sum();
                 for _ in asking..SEED_SLOTS {
                     rotate += 1;
@@ -273,7 +310,7 @@ impl PeerFetch {
                     for n in wanted.ones().filter(|n| n % seeds.len() == k) {
                         share.set(n, true);
                     }
-                    if share.count() == 0 {
+                    if share.count() == 0 || seed_idle.get(&node).is_some_and(|t| now < *t) {
                         continue;
                     }
                     *seed_in_flight.entry(node).or_default() += 1;
@@ -314,16 +351,13 @@ impl PeerFetch {
                                     && !dropped.contains(&p.node)
                                     && !seeds.contains(&p.node)
                                 {
-                                    peers.entry(p.node).or_insert_with(|| Peer {
-                                        have: Bitfield::new(count),
-                                        busy: Bitfield::new(count),
-                                        in_flight: 0,
-                                        asking: false,
-                                    });
+                                    peers.entry(p.node).or_insert_with(|| Peer::new(count));
                                 }
                             }
                         }
-                        Err(e) => warn!("registry: pulling {}: {e}", short(digest)),
+                        Err(e) => {
+                            debug!("registry: the tracker view of {}: {e}", short(digest))
+                        }
                     }
                 }
                 Done::Have { node, answer } => {
@@ -339,6 +373,9 @@ impl PeerFetch {
                         None => Ok(None),
                     }) {
                         Ok(Some((have, busy))) => {
+                            if have.count() > peer.have.count() {
+                                peer.grew = Instant::now();
+                            }
                             peer.have = have;
                             peer.busy = busy;
                         }
@@ -383,26 +420,56 @@ impl PeerFetch {
                             }
                         }
                         Ok(Some((n, _))) => {
-                            warn!(
-                                "registry: piece {n} of {} from node {node} does not match its hash; node {node} dropped",
-                                short(digest)
+                            let why = format!("piece {n} does not match its hash");
+                            self.drop_node(
+                                digest,
+                                node,
+                                &why,
+                                &mut dropped,
+                                &mut seeds,
+                                &mut peers,
                             );
-                            dropped.insert(node);
-                            seeds.retain(|s| *s != node);
-                            peers.remove(&node);
                         }
-                        Ok(None) => {
-                            if asked.is_none() {
-                                // The seeds have nothing for this node now: wait a look.
-                                seeds_idle_until = Instant::now() + LOOK_EVERY;
+                        Ok(None) => match asked {
+                            // The seeds have nothing for this node now: wait a look.
+                            None => {
+                                seed_idle.insert(node, Instant::now() + LOOK_EVERY);
                             }
-                        }
+                            // It said it had the piece: not again, and not for long.
+                            Some(n) => {
+                                if let Some(peer) = peers.get_mut(&node) {
+                                    peer.have.set(n, false);
+                                    peer.strikes += 1;
+                                    if peer.strikes >= STRIKES {
+                                        let why =
+                                            format!("it lacked {STRIKES} pieces it said it had");
+                                        self.drop_node(
+                                            digest,
+                                            node,
+                                            &why,
+                                            &mut dropped,
+                                            &mut seeds,
+                                            &mut peers,
+                                        );
+                                    }
+                                }
+                            }
+                        },
                         Err(e) => {
                             self.drop_node(digest, node, &e, &mut dropped, &mut seeds, &mut peers);
                         }
                     }
                 }
             }
+        }
+    }
+
+    async fn not_pulling(&self, digest: &Digest) {
+        if let Err(e) = self.catalog.done_pulling(digest).await {
+            warn!(
+                "registry: this node's pull record of {} stays until it restarts: {e}",
+                short(digest)
+            );
         }
     }
 
@@ -605,7 +672,12 @@ impl BlobSource for PeerFetch {
             .filter(|h| h.node != me && h.size == size)
             .collect();
         order_holders(me, &mut holders, digest);
-        let mut seeds: Vec<NodeAddress> = holders.iter().map(|h| h.node).collect();
+        let bad = self.bad_lists.lock().unwrap().get(digest).cloned();
+        let mut seeds: Vec<NodeAddress> = holders
+            .iter()
+            .map(|h| h.node)
+            .filter(|n| bad.as_ref().is_none_or(|bad| !bad.contains(n)))
+            .collect();
         let (list, lister) = self.piece_list(digest, size, &mut seeds).await?;
         let list = Arc::new(list);
         let (upload, file, had) = store.pull_file(digest, size).await?;
@@ -631,20 +703,25 @@ impl BlobSource for PeerFetch {
                 .join(", node ")
         );
         self.swarm.start_pull(digest, pull.clone());
+        let _ending = Ending {
+            swarm: &self.swarm,
+            digest,
+            pull: pull.clone(),
+        };
         if let Err(e) = self.catalog.pulling(digest, size).await {
             // The pull goes on; only other pullers do not find this one.
-            warn!("registry: pulling {}: {e}", short(digest));
+            warn!(
+                "registry: other pullers of {} will not find this node: {e}",
+                short(digest)
+            );
         }
         let started = Instant::now();
         let ran = self.run(digest, &pull, store, seeds).await;
-        self.swarm.end_pull(digest);
-        if let Err(e) = self.catalog.done_pulling(digest).await {
-            warn!("registry: pulling {}: {e}", short(digest));
-        }
         let tally = match ran {
             Ok(tally) => tally,
             Err(FetchError::Store(e @ StoreError::DiskFull { .. })) => {
                 pull.end(false);
+                self.not_pulling(digest).await;
                 // What arrived is kept: the next pull goes on from there.
                 let (have, _) = pull.state();
                 let left: u64 = (0..list.count())
@@ -660,6 +737,7 @@ impl BlobSource for PeerFetch {
             }
             Err(e) => {
                 pull.end(false);
+                self.not_pulling(digest).await;
                 return Err(e);
             }
         };
@@ -668,10 +746,18 @@ impl BlobSource for PeerFetch {
         if committed.is_err() {
             pull.end(false);
         }
-        match committed {
+        let held = match &committed {
             Ok(_) => {
                 self.swarm.remember(digest, list);
-                self.catalog.hold(digest, size).await?;
+                self.catalog.hold(digest, size).await
+            }
+            Err(_) => Ok(()),
+        };
+        // A holder now (or not): no longer a puller.
+        self.not_pulling(digest).await;
+        held?;
+        match committed {
+            Ok(_) => {
                 let mut from: Vec<(NodeAddress, usize)> = tally.per_node.into_iter().collect();
                 from.sort();
                 info!(
@@ -689,8 +775,14 @@ impl BlobSource for PeerFetch {
             }
             Err(StoreError::DigestMismatch { actual, .. }) => {
                 // Every piece matched the list, so the list was wrong: its seed lied.
+                self.bad_lists
+                    .lock()
+                    .unwrap()
+                    .entry(digest.clone())
+                    .or_default()
+                    .insert(lister);
                 warn!(
-                    "registry: the pieces of {} hash to {actual}, so node {lister}'s piece list is wrong; dropped",
+                    "registry: the pieces of {} hash to {actual}, so node {lister}'s piece list is wrong; node {lister} is not asked for it again",
                     short(digest)
                 );
                 Err(FetchError::NoHolder(digest.to_string()))

@@ -135,7 +135,7 @@ pub async fn open(
         crate::consul::client::Consul::for_node(config),
         config.node.address,
     ));
-    // The connect limit only: a blob streams for as long as it takes.
+    // 3 s to connect, 30 s for an answer: an answer is one piece (1 MiB and up).
     let http = crate::identity::NodeClient::new(
         tls,
         std::time::Duration::from_secs(3),

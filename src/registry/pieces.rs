@@ -252,6 +252,9 @@ impl Bitfield {
                 len.div_ceil(8) * 2
             )));
         }
+        if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("not hex"));
+        }
         let bits = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
@@ -294,9 +297,9 @@ impl SeedBook {
             .ones()
             .filter(|&n| n < self.sent.len())
             .filter(|&n| {
-                // A piece sent k times waits k times as long again: a puller that keeps
-                // asking for one cannot make the seed send it over and over.
-                self.last[n].is_none_or(|at| now >= at + RESEND_AFTER * self.sent[n])
+                // A piece sent k times waits k times as long again (up to 4): a puller
+                // that keeps asking for one cannot make the seed send it over and over.
+                self.last[n].is_none_or(|at| now >= at + RESEND_AFTER * self.sent[n].min(4))
             })
             .min_by_key(|&n| (self.sent[n], n))?;
         self.sent[n] += 1;
@@ -330,17 +333,17 @@ pub fn pick_from_peers<K: Copy>(
         })
 }
 
-/// The pieces the other pullers have and, while `trust_busy`, say they are getting:
-/// what a puller does not ask the seeds for.
+/// The pieces the other pullers have and, where their word is trusted (the bool: it
+/// lapses when a puller's pieces stop growing), say they are getting: what a puller
+/// does not ask the seeds for.
 pub fn others_have<'a>(
     count: usize,
-    peers: impl IntoIterator<Item = (&'a Bitfield, &'a Bitfield)>,
-    trust_busy: bool,
+    peers: impl IntoIterator<Item = (&'a Bitfield, &'a Bitfield, bool)>,
 ) -> Bitfield {
     let mut others = Bitfield::new(count);
-    for (have, busy) in peers {
+    for (have, busy, trusted) in peers {
         others.or(have);
-        if trust_busy {
+        if trusted {
             others.or(busy);
         }
     }
@@ -436,6 +439,7 @@ mod tests {
         assert_eq!(Bitfield::from_hex("8040", 10).unwrap(), b);
         assert!(Bitfield::from_hex("8040", 20).is_err());
         assert!(Bitfield::from_hex("80zz", 10).is_err());
+        assert!(Bitfield::from_hex("+8+0", 10).is_err());
         assert!(Bitfield::from_hex("é0", 1).is_err());
         let err = Bitfield::from_hex("8060", 10).unwrap_err().to_string();
         assert!(err.contains("past the last piece"), "{err}");
@@ -513,7 +517,7 @@ mod tests {
             Some((3, "a"))
         );
         let none = Bitfield::new(6);
-        let others = others_have(6, [(&a, &none), (&b, &none)], true);
+        let others = others_have(6, [(&a, &none, true), (&b, &none, true)]);
         let wanted = wanted_from_seed(&have, &busy, &others);
         assert_eq!(wanted.ones().collect::<Vec<_>>(), vec![2]);
     }
@@ -522,10 +526,10 @@ mod tests {
     fn a_puller_that_claims_to_get_everything_cannot_starve_the_others() {
         let (have, busy) = (Bitfield::new(4), Bitfield::new(4));
         let liar = (Bitfield::new(4), Bitfield::full(4));
-        let trusted = others_have(4, [(&liar.0, &liar.1)], true);
+        let trusted = others_have(4, [(&liar.0, &liar.1, true)]);
         assert_eq!(wanted_from_seed(&have, &busy, &trusted).count(), 0);
-        // No piece came for a while: its word no longer counts, the seeds are asked.
-        let doubted = others_have(4, [(&liar.0, &liar.1)], false);
+        // Its pieces did not grow for a while: its word no longer counts.
+        let doubted = others_have(4, [(&liar.0, &liar.1, false)]);
         assert_eq!(wanted_from_seed(&have, &busy, &doubted).count(), 4);
     }
 }

@@ -205,7 +205,12 @@ async fn assign(
     body: Bytes,
 ) -> Answer {
     let digest = digest_of(&digest)?;
-    let wanted = std::str::from_utf8(&body).unwrap_or_default();
+    let Ok(wanted) = std::str::from_utf8(&body) else {
+        return Err(RegistryError::new(
+            ErrorCode::SizeInvalid,
+            "the wanted pieces: the body is not UTF-8 (it is a hex bitfield)",
+        ));
+    };
     match swarm.assign(&digest, wanted.trim()).await {
         Ok(Some(Some((n, bytes)))) => Ok(piece_answer(Some(n), bytes)),
         Ok(Some(None)) => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -100,6 +100,16 @@ impl Pull {
         }
     }
 
+    /// Ends the pull as stopped, unless it ended already.
+    pub fn end_if_open(&self) {
+        let mut ended = self.ended.lock().unwrap();
+        if ended.is_none() {
+            *ended = Some(false);
+            drop(ended);
+            self.changed.send_replace(());
+        }
+    }
+
     /// The pull ended: `stored` if the blob is in the store now.
     pub fn end(&self, stored: bool) {
         *self.ended.lock().unwrap() = Some(stored);
@@ -135,15 +145,7 @@ impl Pull {
                 };
                 if sent < ready {
                     let len = (ready - sent).min(1 << 20);
-                    let file = pull.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; len as usize];
-                        file.read_exact_at(&mut buf, sent)
-                            .map(|()| Bytes::from(buf))
-                    })
-                    .await
-                    .expect("reading does not panic");
-                    return Some(match read {
+                    return Some(match read_at(pull.file.clone(), sent, len).await {
                         Ok(bytes) => (Ok(bytes), (pull, sent + len)),
                         Err(e) => (Err(e), (pull, size)),
                     });
@@ -164,7 +166,7 @@ pub struct Swarm {
     store: Arc<BlobStore>,
     lists: Mutex<HashMap<Digest, Arc<PieceList>>>,
     /// One computation of a blob's list at a time (a pull's first requests come at once).
-    computing: tokio::sync::Mutex<()>,
+    computing: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     pulls: Mutex<HashMap<Digest, Arc<Pull>>>,
     books: Mutex<HashMap<Digest, SeedBook>>,
 }
@@ -174,7 +176,7 @@ impl Swarm {
         Self {
             store,
             lists: Mutex::default(),
-            computing: tokio::sync::Mutex::new(()),
+            computing: Mutex::default(),
             pulls: Mutex::default(),
             books: Mutex::default(),
         }
@@ -200,7 +202,12 @@ impl Swarm {
         if let Some(list) = self.lists.lock().unwrap().get(digest) {
             return Ok(Some(list.clone()));
         }
-        let _turn = self.computing.lock().await;
+        let turn = {
+            let mut computing = self.computing.lock().unwrap();
+            computing.retain(|_, lock| Arc::strong_count(lock) > 1);
+            computing.entry(digest.clone()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
         if let Some(list) = self.lists.lock().unwrap().get(digest) {
             return Ok(Some(list.clone()));
         }
@@ -335,8 +342,8 @@ impl Swarm {
     }
 }
 
-async fn read_piece(file: Arc<File>, list: &PieceList, n: usize) -> Result<Bytes, SwarmError> {
-    let (start, len) = list.range(n);
+/// `len` bytes of `file` from `start`, read off the runtime's threads.
+pub async fn read_at(file: Arc<File>, start: u64, len: u64) -> std::io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, start)
@@ -344,7 +351,11 @@ async fn read_piece(file: Arc<File>, list: &PieceList, n: usize) -> Result<Bytes
     })
     .await
     .expect("reading does not panic")
-    .map_err(|e| {
+}
+
+async fn read_piece(file: Arc<File>, list: &PieceList, n: usize) -> Result<Bytes, SwarmError> {
+    let (start, len) = list.range(n);
+    read_at(file, start, len).await.map_err(|e| {
         SwarmError::Store(StoreError::Io {
             what: format!("read piece {n}"),
             source: e,
