@@ -507,8 +507,24 @@ fn via_node_registry(
     assert_success(&source.docker(&["tag", tag, name]), "docker tag");
     assert_success(&source.docker(&["push", name]), "docker push");
     let sent_before = source.underlay_bytes().1;
-    let (secs, received) = all_at_once(targets, |h| {
-        assert_success(&h.docker(&["pull", name]), "docker pull");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (secs, received) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut last = source.underlay_bytes().1;
+            let mut line = String::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = source.underlay_bytes().1;
+                line.push_str(&format!("{:.0} ", (now - last) as f64 * 8.0 / 1e6));
+                last = now;
+            }
+            eprintln!("seed Mbit/s per second: {line}");
+        });
+        let r = all_at_once(targets, |h| {
+            assert_success(&h.docker(&["pull", name]), "docker pull");
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
     });
     let sent = source.underlay_bytes().1 - sent_before;
     for h in targets {

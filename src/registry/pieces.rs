@@ -277,6 +277,10 @@ impl Bitfield {
 pub struct SeedBook {
     sent: Vec<u32>,
     last: Vec<Option<Instant>>,
+    /// When the first puller asked, and when one last asked.
+    opened: Instant,
+    busy_at: Instant,
+    unsent: usize,
 }
 
 /// How long a seed waits before it sends a piece again that it sent already: the
@@ -284,15 +288,32 @@ pub struct SeedBook {
 pub const RESEND_AFTER: Duration = Duration::from_secs(3);
 
 impl SeedBook {
-    pub fn new(count: usize) -> Self {
+    pub fn new(count: usize, now: Instant) -> Self {
         Self {
             sent: vec![0; count],
             last: vec![None; count],
+            opened: now,
+            busy_at: now,
+            unsent: count,
         }
+    }
+
+    /// Whether this blob goes before `other`'s at the seed: it was asked for first,
+    /// pieces of it were never sent, and its pullers are still asking. A seed sends one
+    /// blob at a time this way, so an image's first layer lands whole early and dockerd
+    /// extracts it while the next layer moves.
+    pub fn goes_before(&self, other: &SeedBook, now: Instant) -> bool {
+        self.opened < other.opened && self.unsent > 0 && now < self.busy_at + RESEND_AFTER
+    }
+
+    /// A puller asked (whether or not it gets a piece now).
+    pub fn asked(&mut self, now: Instant) {
+        self.busy_at = now;
     }
 
     /// The piece to send a puller that wants `wanted`, or none for now.
     pub fn assign(&mut self, wanted: &Bitfield, now: Instant) -> Option<usize> {
+        self.asked(now);
         let n = wanted
             .ones()
             .filter(|&n| n < self.sent.len())
@@ -302,6 +323,9 @@ impl SeedBook {
                 self.last[n].is_none_or(|at| now >= at + RESEND_AFTER * self.sent[n].min(4))
             })
             .min_by_key(|&n| (self.sent[n], n))?;
+        if self.sent[n] == 0 {
+            self.unsent -= 1;
+        }
         self.sent[n] += 1;
         self.last[n] = Some(now);
         Some(n)
@@ -449,7 +473,7 @@ mod tests {
     #[test]
     fn a_seed_hands_pullers_disjoint_pieces_and_sends_each_once() {
         let count = 100;
-        let mut book = SeedBook::new(count);
+        let mut book = SeedBook::new(count, Instant::now());
         let now = Instant::now();
         // Five pullers keep asking for everything no other puller has or gets.
         let mut haves = vec![Bitfield::new(count); 5];
@@ -477,9 +501,24 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_sends_the_blob_asked_for_first_before_the_next() {
+        let t0 = Instant::now();
+        let mut first = SeedBook::new(2, t0);
+        let second = SeedBook::new(2, t0 + Duration::from_millis(5));
+        assert_eq!(first.assign(&Bitfield::full(2), t0), Some(0));
+        assert!(first.goes_before(&second, t0));
+        assert!(!second.goes_before(&first, t0));
+        // Its pullers went quiet: the next blob goes on.
+        assert!(!first.goes_before(&second, t0 + RESEND_AFTER));
+        // Every piece of it sent: the next blob goes on.
+        assert_eq!(first.assign(&Bitfield::full(2), t0), Some(1));
+        assert!(!first.goes_before(&second, t0));
+    }
+
+    #[test]
     fn a_seed_sends_a_piece_again_only_after_a_while() {
-        let mut book = SeedBook::new(2);
         let now = Instant::now();
+        let mut book = SeedBook::new(2, now);
         let mut first = Bitfield::new(2);
         first.set(1, true);
         assert_eq!(book.assign(&first, now), Some(1));

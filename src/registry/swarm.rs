@@ -315,10 +315,22 @@ impl Swarm {
             if books.len() >= KEPT && !books.contains_key(digest) {
                 books.clear();
             }
+            let now = Instant::now();
             books
                 .entry(digest.clone())
-                .or_insert_with(|| SeedBook::new(list.count()))
-                .assign(&wanted, Instant::now())
+                .or_insert_with(|| SeedBook::new(list.count(), now))
+                .asked(now);
+            let waits = books
+                .iter()
+                .any(|(other, theirs)| other != digest && theirs.goes_before(&books[digest], now));
+            if waits {
+                None
+            } else {
+                books
+                    .get_mut(digest)
+                    .expect("its book")
+                    .assign(&wanted, now)
+            }
         };
         let Some(n) = n else {
             return Ok(Some(None));
