@@ -172,15 +172,9 @@ impl PeerFetch {
     ) -> Result<(PieceList, NodeAddress), FetchError> {
         while let Some(&node) = seeds.first() {
             let answer = async {
-                let http = self.http.get().map_err(|e| e.to_string())?;
-                let res = http
-                    .get(self.url(node, digest, "/pieces"))
-                    .send()
-                    .await
-                    .map_err(crate::http::request_error)?;
-                let status = res.status();
+                let url = self.url(node, digest, "/pieces");
                 // 4096 hashes in base64 and a little JSON.
-                let body = read_capped(res, 256 << 10).await?;
+                let (status, body) = get_capped(self.http.get(), url, 256 << 10).await?;
                 if status != StatusCode::OK {
                     return Err(crate::http::error_text(status, &body));
                 }
@@ -497,14 +491,7 @@ impl PeerFetch {
         let http = self.http.get();
         async move {
             let answer = async {
-                let http = http.map_err(|e| e.to_string())?;
-                let res = http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(crate::http::request_error)?;
-                let status = res.status();
-                let body = read_capped(res, 64 << 10).await?;
+                let (status, body) = get_capped(http, url, 64 << 10).await?;
                 match status {
                     StatusCode::OK => serde_json::from_slice(&body)
                         .map(Some)
@@ -531,14 +518,7 @@ impl PeerFetch {
         let http = self.http.get();
         async move {
             let answer = async {
-                let http = http.map_err(|e| e.to_string())?;
-                let res = http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(crate::http::request_error)?;
-                let status = res.status();
-                let body = read_capped(res, len as usize).await?;
+                let (status, body) = get_capped(http, url, len as usize).await?;
                 match status {
                     StatusCode::OK => Ok(Some((n, body))),
                     StatusCode::NOT_FOUND => Ok(None),
@@ -597,6 +577,22 @@ impl PeerFetch {
             }
         }
     }
+}
+
+/// A GET to another node: the status and the body, up to `cap` bytes.
+async fn get_capped(
+    http: Result<reqwest::Client, crate::identity::IdentityError>,
+    url: String,
+    cap: usize,
+) -> Result<(StatusCode, Bytes), String> {
+    let http = http.map_err(|e| e.to_string())?;
+    let res = http
+        .get(url)
+        .send()
+        .await
+        .map_err(crate::http::request_error)?;
+    let status = res.status();
+    Ok((status, read_capped(res, cap).await?))
 }
 
 /// An answer's body, up to `cap` bytes (a piece's length): a node cannot make this one
