@@ -33,6 +33,19 @@ fn managed(host: &Host) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// Whether the container now named `name` runs with `env` set. One inspect, so state and
+/// env come from the same container: `docker ps` can answer from before a replace (it
+/// waits on the old container's lock while that stops) and an inspect from after it.
+fn runs_with(host: &Host, name: &str, env: &str) -> bool {
+    let out = stdout(&host.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}}\n{{range .Config.Env}}{{println .}}{{end}}",
+        name,
+    ]));
+    out.lines().next() == Some("running") && out.lines().any(|l| l == env)
+}
+
 fn up(host: &Host, args: &[&str]) -> std::process::Output {
     let mut full = vec!["up"];
     full.extend_from_slice(args);
@@ -184,13 +197,9 @@ fn containers_d_is_applied_changed_pruned_and_survives_bad_files_and_crashes() {
     host.start_arpanetd();
     wait_until(Duration::from_secs(30), "queue replaced once", || {
         let m = managed(host);
-        let env = stdout(&host.docker(&[
-            "inspect",
-            "-f",
-            "{{range .Config.Env}}{{println .}}{{end}}",
-            "queue",
-        ]));
-        m.len() == 4 && m.values().all(|(_, s)| s == "running") && env.contains("MODE=2")
+        m.len() == 4
+            && m.values().all(|(_, s)| s == "running")
+            && runs_with(host, "queue", "MODE=2")
     });
     assert_eq!(stdout(&up(host, &["--dry-run"])), "nothing to do\n");
 
@@ -293,13 +302,7 @@ fn a_changed_file_is_applied_at_once_not_at_the_next_resync() {
     // The old container gets 10 s to stop (sleep as PID 1 ignores SIGTERM): still far
     // inside the hour until the next resync.
     wait_until(Duration::from_secs(30), "the changed file applied", || {
-        stdout(&host.docker(&[
-            "inspect",
-            "-f",
-            "{{range .Config.Env}}{{println .}}{{end}}",
-            "watched",
-        ]))
-        .contains("MODE=2")
+        runs_with(host, "watched", "MODE=2")
     });
     lab.teardown().expect("teardown");
 }
