@@ -144,6 +144,7 @@ fn run(receivers: usize, setup: &Setup) -> Option<(usize, f64, f64)> {
 
         let mut results: Vec<(&str, f64)> = Vec::new();
         let mut seed_copies = None;
+        let mut whole_at = None;
         if setup.runs("registry") {
             eprintln!("(1) registry: docker pull {registry}/...");
             let remote = format!("{registry}/{tag}");
@@ -167,9 +168,10 @@ fn run(receivers: usize, setup: &Setup) -> Option<(usize, f64, f64)> {
         if setup.runs("arpanet") {
             eprintln!("(4) arpanet: docker pull 127.0.0.1:7102/... on every node");
             let name = format!("{NODE_REGISTRY}/{tag}");
-            let (secs, sent, _) = via_node_registry(source, targets, &tag, &name, &id);
+            let (secs, sent, _, whole) = via_node_registry(source, targets, &tag, &name, &id);
             results.push(("arpanet (docker pull 127.0.0.1:7102/...)", secs));
             seed_copies = Some(sent as f64 / size as f64);
+            whole_at = Some(whole);
             if growth.is_none() {
                 growth = Some((receivers, secs, floor));
             }
@@ -185,6 +187,13 @@ fn run(receivers: usize, setup: &Setup) -> Option<(usize, f64, f64)> {
         print_results(&results, floor);
         if let Some(copies) = seed_copies {
             println!("  arpanet: the source sent {copies:.2} copies of the image");
+        }
+        if let Some(whole) = whole_at {
+            println!(
+                "  arpanet: every blob was whole on every node after {whole:.1} s ({:.2}x S/B); dockerd took the last {:.1} s",
+                whole / floor,
+                results.last().map_or(0.0, |r| r.1) - whole
+            );
         }
     }
     if setup.update_mb > 0
@@ -271,7 +280,7 @@ fn update(
     };
     if setup.runs("arpanet") {
         let name = format!("{NODE_REGISTRY}/{tag}");
-        let (secs, _, received) = via_node_registry(source, targets, &tag, &name, &id);
+        let (secs, _, received, _) = via_node_registry(source, targets, &tag, &name, &id);
         report("arpanet (docker pull 127.0.0.1:7102/...)", (secs, received));
         drop_update(targets, &name);
     }
@@ -349,13 +358,22 @@ fn clear(targets: &[&Host], id: &str) {
 fn all_at_once(targets: &[&Host], work: impl Fn(&Host) + Sync) -> (f64, Vec<u64>) {
     let before: Vec<u64> = targets.iter().map(|h| h.underlay_bytes().0).collect();
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        for h in targets {
-            let work = &work;
-            scope.spawn(move || work(h));
-        }
+    let done: Vec<f64> = std::thread::scope(|scope| {
+        let each: Vec<_> = targets
+            .iter()
+            .map(|h| {
+                let work = &work;
+                scope.spawn(move || {
+                    work(h);
+                    started.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        each.into_iter().map(|t| t.join().unwrap()).collect()
     });
     let secs = started.elapsed().as_secs_f64();
+    let done: Vec<String> = done.iter().map(|t| format!("{t:.1}")).collect();
+    eprintln!("each node done after (s): {}", done.join(" "));
     let received = targets
         .iter()
         .zip(before)
@@ -373,6 +391,11 @@ fn via_registry(
 ) -> (f64, Vec<u64>) {
     assert_success(&source.docker(&["tag", tag, remote]), "docker tag");
     assert_success(&source.docker(&["push", remote]), "docker push");
+    pull_everywhere(targets, remote, id)
+}
+
+/// `docker pull` on every target at once; each ends with the image `id`.
+fn pull_everywhere(targets: &[&Host], remote: &str, id: &str) -> (f64, Vec<u64>) {
     let moved = all_at_once(targets, |h| {
         assert_success(&h.docker(&["pull", remote]), "docker pull");
     });
@@ -496,48 +519,72 @@ fn uploads(hosts: &[&Host], size: u64) -> String {
 
 /// `docker push` to the source's node registry, then `docker pull` of the same
 /// 127.0.0.1 name on every target at once: the time, the bytes the source sent
-/// meanwhile (its underlay's counter) and the bytes each target received.
+/// meanwhile (its underlay's counter), the bytes each target received and when the
+/// last blob was whole on the last node (seconds after the pulls began).
 fn via_node_registry(
     source: &Host,
     targets: &[&Host],
     tag: &str,
     name: &str,
     id: &str,
-) -> (f64, u64, Vec<u64>) {
-    // The push is to loopback: what the source's underlay sends is the pulls'.
+) -> (f64, u64, Vec<u64>, f64) {
+    assert_success(&source.docker(&["tag", tag, name]), "docker tag");
+    assert_success(&source.docker(&["push", name]), "docker push");
     let sent_before = source.underlay_bytes().1;
+    let began = std::time::SystemTime::now();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (secs, received) = std::thread::scope(|scope| {
+        // Each second: what the seed sent and what each puller received, so an idle
+        // link shows where the time goes.
         scope.spawn(|| {
-            let mut last = source.underlay_bytes().1;
-            let mut line = String::new();
+            let read = || {
+                let mut v = vec![source.underlay_bytes().1];
+                v.extend(targets.iter().map(|h| h.underlay_bytes().0));
+                v
+            };
+            let mut last = read();
+            let mut lines = vec![String::new(); last.len()];
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_secs(1));
-                let now = source.underlay_bytes().1;
-                line.push_str(&format!("{:.0} ", (now - last) as f64 * 8.0 / 1e6));
+                let now = read();
+                for ((line, n), l) in lines.iter_mut().zip(&now).zip(&last) {
+                    line.push_str(&format!("{:.0} ", (n - l) as f64 * 8.0 / 1e6));
+                }
                 last = now;
             }
-            eprintln!("seed Mbit/s per second: {line}");
+            eprintln!("seed Mbit/s sent per second:       {}", lines[0]);
+            for (h, line) in targets.iter().zip(&lines[1..]) {
+                eprintln!("node {} Mbit/s received per second: {line}", h.address);
+            }
         });
-        let moved = via_registry(source, targets, tag, name, id);
+        let moved = pull_everywhere(targets, name, id);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         moved
     });
     let sent = source.underlay_bytes().1 - sent_before;
+    // When each blob was whole on each node, against when its `docker pull` ended:
+    // the difference is dockerd's (extraction).
+    let mut whole = 0f64;
     for h in targets {
-        for line in h
-            .log("arpanetd")
-            .lines()
-            .filter(|l| l.contains(" fetched in "))
-        {
-            eprintln!(
-                "node {}: {}",
-                h.address,
-                line.split("registry: ").last().unwrap()
-            );
+        for line in h.log("arpanetd").lines() {
+            let Some((stamp, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(at) = humantime::parse_rfc3339(stamp)
+                .ok()
+                .and_then(|t| t.duration_since(began).ok())
+            else {
+                continue;
+            };
+            if let Some(what) = rest.split("registry: ").nth(1)
+                && what.contains(" fetched in ")
+            {
+                eprintln!("node {}: at {:.1} s, {what}", h.address, at.as_secs_f64());
+                whole = whole.max(at.as_secs_f64());
+            }
         }
     }
-    (secs, sent, received)
+    (secs, sent, received, whole)
 }
 
 fn via_torrent(source: &Host, targets: &[&Host], tag: &str, id: &str) -> f64 {

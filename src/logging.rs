@@ -1,5 +1,6 @@
 //! Logs go to the journal when the process runs as a systemd service, else to stderr.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::EnvFilter;
@@ -20,6 +21,8 @@ pub fn init(default_level: &str) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal, not in a file someone greps.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .init();
