@@ -298,12 +298,16 @@ impl SeedBook {
         }
     }
 
-    /// Whether this blob goes before `other`'s at the seed: it was asked for first,
-    /// pieces of it were never sent, and its pullers are still asking. A seed sends one
-    /// blob at a time this way, so an image's first layer lands whole early and dockerd
-    /// extracts it while the next layer moves.
+    /// Whether this blob goes before `other`'s at the seed: it has fewer pieces never
+    /// sent (or as many, and was asked for first), some, and its pullers are still
+    /// asking. A seed sends one blob at a time this way, the nearest to whole first, so
+    /// a layer lands whole early and frees one of dockerd's three downloads (a small
+    /// base layer is not stuck behind big ones), and dockerd extracts it while the next
+    /// layer moves.
     pub fn goes_before(&self, other: &SeedBook, now: Instant) -> bool {
-        self.opened < other.opened && self.unsent > 0 && now < self.busy_at + RESEND_AFTER
+        self.unsent > 0
+            && now < self.busy_at + RESEND_AFTER
+            && (self.unsent, self.opened) < (other.unsent, other.opened)
     }
 
     /// A puller asked (whether or not it gets a piece now).
@@ -501,10 +505,19 @@ mod tests {
     }
 
     #[test]
-    fn a_seed_sends_the_blob_asked_for_first_before_the_next() {
+    fn a_seed_sends_the_blob_nearest_to_whole_before_the_next() {
         let t0 = Instant::now();
         let mut first = SeedBook::new(2, t0);
         let second = SeedBook::new(2, t0 + Duration::from_millis(5));
+        // As many pieces left: the one asked for first.
+        assert!(first.goes_before(&second, t0));
+        assert!(!second.goes_before(&first, t0));
+        // A small blob asked for later goes before a big one that has barely begun.
+        let mut small = SeedBook::new(1, t0 + Duration::from_millis(9));
+        small.asked(t0);
+        let big = SeedBook::new(3, t0);
+        assert!(small.goes_before(&big, t0));
+        assert!(!big.goes_before(&small, t0));
         assert_eq!(first.assign(&Bitfield::full(2), t0), Some(0));
         assert!(first.goes_before(&second, t0));
         assert!(!second.goes_before(&first, t0));
