@@ -367,6 +367,7 @@ async fn post_upload(reg: &Registry, name: &RepoName, q: Params<'_>, body: Body)
             .hold(&digest, size)
             .await
             .map_err(catalog_error)?;
+        list_soon(reg, &digest);
         return blob_created(name, &digest);
     }
     let id = reg.store.start_upload().await.map_err(store_error)?;
@@ -422,7 +423,19 @@ async fn put_upload(
         .hold(&digest, size)
         .await
         .map_err(catalog_error)?;
+    list_soon(reg, &digest);
     blob_created(name, &digest)
+}
+
+/// A pushed blob's piece list, made now while its bytes are in the page cache, so the
+/// first pullers do not wait for it.
+fn list_soon(reg: &Registry, digest: &Digest) {
+    let (swarm, digest) = (reg.swarm.clone(), digest.clone());
+    tokio::spawn(async move {
+        if let Err(e) = swarm.list(&digest).await {
+            tracing::warn!("registry: the piece list of {digest}: {e}");
+        }
+    });
 }
 
 /// A chunk's start from its `Content-Range: <start>-<end>` (the spec's form; `bytes `
