@@ -32,11 +32,14 @@ use super::{BlobSource, Catalog as _, FetchError};
 use crate::addressing::NodeAddress;
 use crate::identity::NodeClient;
 
-/// Requests in flight to other pullers (and to any one of them), and to seeds.
+/// Requests in flight to other pullers (and to any one of them), per blob.
 const PEER_SLOTS: usize = 4;
 const PER_PEER: usize = 2;
 /// A puller that says it has pieces it then does not is dropped after this many.
 const STRIKES: usize = 3;
+/// Requests in flight to one seed from this node, whatever blobs they are for: a seed
+/// hands out a piece when asked, so with more of them its answers queue on its uplink
+/// past [`super::pieces::RESEND_AFTER`] and it sends pieces twice.
 const SEED_SLOTS: usize = 3;
 /// How often a puller asks the other pullers what they have, and Consul who is in.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -62,6 +65,27 @@ pub struct PeerFetch {
     running: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Seeds whose piece list of a blob turned out wrong: not asked for it again.
     bad_lists: Mutex<HashMap<Digest, BTreeSet<NodeAddress>>>,
+    /// Requests in flight to each seed, from every pull of this node.
+    seed_asks: Arc<Mutex<HashMap<NodeAddress, usize>>>,
+}
+
+/// One request in flight to a seed, counted in [`PeerFetch::seed_asks`] until it is
+/// answered or dropped.
+struct SeedAsk {
+    asks: Arc<Mutex<HashMap<NodeAddress, usize>>>,
+    node: NodeAddress,
+}
+
+impl Drop for SeedAsk {
+    fn drop(&mut self) {
+        let mut asks = self.asks.lock().unwrap();
+        if let Some(n) = asks.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                asks.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// Ends a pull however [`PeerFetch::fetch`] leaves it (an error, a panic): streams that
@@ -143,6 +167,21 @@ impl PeerFetch {
             swarm,
             running: Mutex::default(),
             bad_lists: Mutex::default(),
+            seed_asks: Arc::default(),
+        })
+    }
+
+    /// A request to `node` as a seed, if this node has fewer than [`SEED_SLOTS`] there.
+    fn seed_ask(&self, node: NodeAddress) -> Option<SeedAsk> {
+        let mut asks = self.seed_asks.lock().unwrap();
+        let n = asks.entry(node).or_default();
+        if *n >= SEED_SLOTS {
+            return None;
+        }
+        *n += 1;
+        Some(SeedAsk {
+            asks: self.seed_asks.clone(),
+            node,
         })
     }
 
@@ -223,7 +262,6 @@ impl PeerFetch {
         let count = list.count();
         let me = self.catalog.me();
         let mut seeds = first_seeds;
-        let mut seed_in_flight: HashMap<NodeAddress, usize> = HashMap::new();
         // A seed that had nothing for this node is asked again a look later.
         let mut seed_idle: HashMap<NodeAddress, Instant> = HashMap::new();
         let mut peers: HashMap<NodeAddress, Peer> = HashMap::new();
@@ -295,10 +333,9 @@ impl PeerFetch {
             // The other pullers heard of first, so the seeds are not asked for theirs.
             let heard = tracker_heard || now >= started + Duration::from_secs(1);
             if heard && wanted.count() > 0 && !seeds.is_empty() {
-                let asking: usize = seed_in_flight.values().sum();
-                for _ in asking..SEED_SLOTS {
-                    rotate += 1;
-                    let k = rotate % seeds.len();
+                rotate += 1;
+                for i in 0..seeds.len() {
+                    let k = (rotate + i) % seeds.len();
                     let node = seeds[k];
                     let mut share = Bitfield::new(count);
                     for n in wanted.ones().filter(|n| n % seeds.len() == k) {
@@ -307,8 +344,10 @@ impl PeerFetch {
                     if share.count() == 0 || seed_idle.get(&node).is_some_and(|t| now < *t) {
                         continue;
                     }
-                    *seed_in_flight.entry(node).or_default() += 1;
-                    tasks.spawn(self.assign(node, digest.clone(), share.to_hex(), list.clone()));
+                    while let Some(ask) = self.seed_ask(node) {
+                        let wanted = share.to_hex();
+                        tasks.spawn(self.assign(node, digest.clone(), wanted, list.clone(), ask));
+                    }
                 }
             }
             if tasks.is_empty() && seeds.is_empty() && peers.is_empty() && now >= progress + STALLED
@@ -393,8 +432,6 @@ impl PeerFetch {
                         if let Some(peer) = peers.get_mut(&node) {
                             peer.in_flight -= 1;
                         }
-                    } else if let Some(k) = seed_in_flight.get_mut(&node) {
-                        *k -= 1;
                     }
                     match answer {
                         Ok(Some((n, bytes))) if list.check(n, &bytes) => {
@@ -539,6 +576,7 @@ impl PeerFetch {
         digest: Digest,
         wanted: String,
         list: Arc<PieceList>,
+        ask: SeedAsk,
     ) -> impl Future<Output = Done> + use<> {
         let url = self.url(node, &digest, "/assign");
         let http = self.http.get();
@@ -570,10 +608,12 @@ impl PeerFetch {
                     }
                 }
             };
+            let answer = answer.await;
+            drop(ask);
             Done::Piece {
                 node,
                 asked: None,
-                answer: answer.await,
+                answer,
             }
         }
     }
@@ -712,6 +752,7 @@ impl BlobSource for PeerFetch {
             );
         }
         let started = Instant::now();
+        let hashing = tokio::spawn(pull.clone().digest());
         let ran = self.run(digest, &pull, store, seeds).await;
         let tally = match ran {
             Ok(tally) => tally,
@@ -738,7 +779,14 @@ impl BlobSource for PeerFetch {
             }
         };
         // A client streaming the blob gets its last piece once the digest matched.
-        let committed = store.commit_then(&upload, digest, || pull.end(true)).await;
+        let hashed = hashing.await.ok().flatten();
+        let mut took = started.elapsed();
+        let committed = store
+            .commit_hashed(&upload, digest, hashed, || {
+                took = started.elapsed();
+                pull.end(true);
+            })
+            .await;
         if committed.is_err() {
             pull.end(false);
         }
@@ -759,7 +807,7 @@ impl BlobSource for PeerFetch {
                 info!(
                     "registry: {} fetched in {:.1} s: {} from seeds, {} from other pullers ({})",
                     short(digest),
-                    started.elapsed().as_secs_f64(),
+                    took.as_secs_f64(),
                     crate::human::bytes(tally.from_seeds),
                     crate::human::bytes(tally.from_pullers),
                     from.iter()

@@ -336,12 +336,25 @@ impl BlobStore {
         digest: &Digest,
         matched: impl FnOnce(),
     ) -> Result<u64, StoreError> {
+        self.commit_hashed(id, digest, None, matched).await
+    }
+
+    /// [`BlobStore::commit_then`], taking `hashed` (the upload's digest as its writer
+    /// hashed it while writing it out of order) instead of reading it all again.
+    pub async fn commit_hashed(
+        &self,
+        id: &UploadId,
+        digest: &Digest,
+        hashed: Option<Digest>,
+        matched: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
         let lock = self.lock(id);
         let hashing = lock.lock().await;
         let path = self.upload_path(id);
         let len = self.existing_upload(id).await?;
-        let actual = match hashing.as_ref() {
-            Some(h) if h.len == len => Digest::from_sha256(&h.sha.clone().finalize()),
+        let actual = match (hashed, hashing.as_ref()) {
+            (Some(hashed), _) => hashed,
+            (None, Some(h)) if h.len == len => Digest::from_sha256(&h.sha.clone().finalize()),
             _ => {
                 let (actual, _) = self
                     .hash_file(&path)

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use super::pieces::{Bitfield, PieceHasher, PieceList, SeedBook};
 use super::spec::Digest;
@@ -116,6 +117,52 @@ impl Pull {
         self.changed.send_replace(());
     }
 
+    /// How many bytes from the start are here: the pieces before the first missing one.
+    fn front(&self, have: &Bitfield) -> u64 {
+        let count = self.list.count();
+        match (0..count).find(|n| !have.get(*n)) {
+            Some(missing) => self.list.range(missing).0,
+            None => self.list.size(),
+        }
+    }
+
+    /// The blob's sha256 digest, hashed front to back as its pieces arrive, so the
+    /// check at the end does not read the whole blob again. `None` if the pull ended
+    /// before every byte was here or the file could not be read (the store then
+    /// hashes the file itself).
+    pub async fn digest(self: Arc<Self>) -> Option<Digest> {
+        let size = self.list.size();
+        let mut sha = Sha256::new();
+        let mut hashed = 0u64;
+        loop {
+            let mut changed = self.changed.subscribe();
+            let (have, _) = self.state();
+            let front = self.front(&have);
+            while hashed < front {
+                let len = (front - hashed).min(1 << 20);
+                let (file, at) = (self.file.clone(), hashed);
+                let mut moved = sha;
+                sha = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, at)?;
+                    moved.update(&buf);
+                    Ok::<_, std::io::Error>(moved)
+                })
+                .await
+                .expect("hashing does not panic")
+                .ok()?;
+                hashed += len;
+            }
+            if hashed == size {
+                return Some(Digest::from_sha256(&sha.finalize()));
+            }
+            if self.ended.lock().unwrap().is_some() {
+                return None;
+            }
+            changed.changed().await.ok()?;
+        }
+    }
+
     /// The blob's bytes front to back as its pieces arrive, so dockerd extracts a layer
     /// while it is still being fetched. Each piece was checked against the list when it
     /// came; the last is held back until the whole blob matched its digest, so a client
@@ -134,14 +181,8 @@ impl Pull {
                 let ready = if ended == Some(true) {
                     size
                 } else {
-                    let count = pull.list.count();
-                    let prefix = (0..count).take_while(|n| have.get(*n)).count();
-                    let end = if prefix == count {
-                        size
-                    } else {
-                        pull.list.range(prefix).0
-                    };
-                    end.min(pull.list.range(count - 1).0)
+                    pull.front(&have)
+                        .min(pull.list.range(pull.list.count() - 1).0)
                 };
                 if sent < ready {
                     let len = (ready - sent).min(1 << 20);
@@ -423,5 +464,50 @@ mod tests {
         assert!(err.contains("removed"), "{err}");
         assert!(!path.exists());
         assert!(swarm.have(&digest).await.unwrap().is_none());
+    }
+
+    /// A pull of `bytes` into a new file, with the list a seed would give.
+    async fn pull_of(bytes: &[u8]) -> (tempfile::TempDir, Arc<Pull>) {
+        let (dir, swarm, digest) = swarm_with(bytes).await;
+        let list = swarm.list(&digest).await.unwrap().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("pulling"))
+            .unwrap();
+        file.set_len(bytes.len() as u64).unwrap();
+        let count = list.count();
+        (dir, Arc::new(Pull::new(list, file, Bitfield::new(count))))
+    }
+
+    fn arrive(pull: &Pull, bytes: &[u8], n: usize) {
+        let (start, len) = pull.list.range(n);
+        let piece = &bytes[start as usize..(start + len) as usize];
+        pull.file.write_all_at(piece, start).unwrap();
+        pull.set_have(n);
+    }
+
+    #[tokio::test]
+    async fn the_digest_is_hashed_as_pieces_arrive_in_any_order() {
+        let bytes: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        let (_dir, pull) = pull_of(&bytes).await;
+        let hashing = tokio::spawn(pull.clone().digest());
+        for n in [2, 0, 3, 1] {
+            arrive(&pull, &bytes, n);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hashing.await.unwrap(), Some(Digest::of(&bytes)));
+    }
+
+    #[tokio::test]
+    async fn a_pull_that_ends_short_has_no_digest() {
+        let bytes: Vec<u8> = (0..(2 << 20) + 1).map(|i| (i % 7) as u8).collect();
+        let (_dir, pull) = pull_of(&bytes).await;
+        let hashing = tokio::spawn(pull.clone().digest());
+        arrive(&pull, &bytes, 0);
+        pull.end_if_open();
+        assert_eq!(hashing.await.unwrap(), None);
     }
 }
