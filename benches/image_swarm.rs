@@ -107,7 +107,8 @@ fn run(receivers: usize, setup: &Setup) -> Option<(usize, f64, f64)> {
         // its own keys to this daemon.json and keeps the rest.
         std::fs::write(
             lab.hosts[i].daemon_json(),
-            format!("{{\"insecure-registries\": [\"{registry}\"]}}\n"),
+            // debug: dockerd logs when it has a layer and when it applied it.
+            format!("{{\"insecure-registries\": [\"{registry}\"], \"debug\": true}}\n"),
         )
         .expect("daemon.json");
     }
@@ -566,6 +567,9 @@ fn via_node_registry(
     // the difference is dockerd's (extraction).
     let mut whole = 0f64;
     for h in targets {
+        // A blob's fetch began at its "fetching SHORT (" line and took the time its
+        // "SHORT fetched in T s" line says, up to the digest check (the fsync is after).
+        let mut began_at = std::collections::HashMap::new();
         for line in h.log("arpanetd").lines() {
             let Some((stamp, rest)) = line.split_once(' ') else {
                 continue;
@@ -576,15 +580,53 @@ fn via_node_registry(
             else {
                 continue;
             };
-            if let Some(what) = rest.split("registry: ").nth(1)
-                && what.contains(" fetched in ")
+            let Some(what) = rest.split("registry: ").nth(1) else {
+                continue;
+            };
+            if let Some(blob) = what.strip_prefix("fetching ")
+                && let Some((short, _)) = blob.split_once(" (")
             {
-                eprintln!("node {}: at {:.1} s, {what}", h.address, at.as_secs_f64());
-                whole = whole.max(at.as_secs_f64());
+                began_at.insert(short.to_string(), at.as_secs_f64());
+            } else if let Some((short, tail)) = what.split_once(" fetched in ")
+                && let Some(took) = tail.split(' ').next().and_then(|t| t.parse::<f64>().ok())
+                && let Some(from) = began_at.get(short)
+            {
+                let at = from + took;
+                eprintln!("node {}: whole at {at:.1} s, {what}", h.address);
+                whole = whole.max(at);
             }
         }
     }
+    for h in targets {
+        eprintln!("node {}: dockerd {}", h.address, dockerd_steps(h, began));
+    }
     (secs, sent, received, whole)
+}
+
+/// When this host's dockerd (debug log) had each layer whole and when it had applied
+/// it, in seconds after `began`.
+fn dockerd_steps(host: &Host, began: std::time::SystemTime) -> String {
+    let mut steps = Vec::new();
+    for line in host.log("dockerd").lines() {
+        let Some(stamp) = line
+            .strip_prefix("time=\"")
+            .and_then(|l| l.split('"').next())
+        else {
+            continue;
+        };
+        let Some(at) = humantime::parse_rfc3339_weak(stamp)
+            .ok()
+            .and_then(|t| t.duration_since(began).ok())
+        else {
+            continue;
+        };
+        if line.contains("to tempfile") {
+            steps.push(format!("had a layer at {:.1} s", at.as_secs_f64()));
+        } else if line.contains("Applied tar") {
+            steps.push(format!("applied it at {:.1} s", at.as_secs_f64()));
+        }
+    }
+    steps.join(", ")
 }
 
 fn via_torrent(source: &Host, targets: &[&Host], tag: &str, id: &str) -> f64 {
