@@ -428,7 +428,8 @@ async fn put_upload(
 }
 
 /// A pushed blob's piece list, made now while its bytes are in the page cache, so the
-/// first pullers do not wait for it.
+/// first pullers do not wait for it: a second read of the blob on the node it was
+/// pushed to (200 MB: about 0.2 s of one core), which the first pull would make anyway.
 fn list_soon(reg: &Registry, digest: &Digest) {
     let (swarm, digest) = (reg.swarm.clone(), digest.clone());
     tokio::spawn(async move {

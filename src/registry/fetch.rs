@@ -41,6 +41,9 @@ const STRIKES: usize = 3;
 /// hands out a piece when asked, so with more of them its answers queue on its uplink
 /// past [`super::pieces::RESEND_AFTER`] and it sends pieces twice.
 const SEED_SLOTS: usize = 3;
+/// Of those, for one blob: another blob's pull always gets a turn, so the seed hears
+/// of it (and may send it first, being smaller).
+const SEED_SLOTS_PER_BLOB: usize = 2;
 /// How often a puller asks the other pullers what they have, and Consul who is in.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 const TRACKER_EVERY: Duration = Duration::from_secs(2);
@@ -262,6 +265,7 @@ impl PeerFetch {
         let count = list.count();
         let me = self.catalog.me();
         let mut seeds = first_seeds;
+        let mut seed_in_flight: HashMap<NodeAddress, usize> = HashMap::new();
         // A seed that had nothing for this node is asked again a look later.
         let mut seed_idle: HashMap<NodeAddress, Instant> = HashMap::new();
         let mut peers: HashMap<NodeAddress, Peer> = HashMap::new();
@@ -344,7 +348,11 @@ impl PeerFetch {
                     if share.count() == 0 || seed_idle.get(&node).is_some_and(|t| now < *t) {
                         continue;
                     }
-                    while let Some(ask) = self.seed_ask(node) {
+                    let mine = seed_in_flight.entry(node).or_default();
+                    while *mine < SEED_SLOTS_PER_BLOB
+                        && let Some(ask) = self.seed_ask(node)
+                    {
+                        *mine += 1;
                         let wanted = share.to_hex();
                         tasks.spawn(self.assign(node, digest.clone(), wanted, list.clone(), ask));
                     }
@@ -432,6 +440,8 @@ impl PeerFetch {
                         if let Some(peer) = peers.get_mut(&node) {
                             peer.in_flight -= 1;
                         }
+                    } else if let Some(k) = seed_in_flight.get_mut(&node) {
+                        *k -= 1;
                     }
                     match answer {
                         Ok(Some((n, bytes))) if list.check(n, &bytes) => {
@@ -667,8 +677,8 @@ impl BlobSource for PeerFetch {
                 .me
                 .upgrade()
                 .expect("the fetcher is alive while it is called");
-            let (d, store) = (digest.clone(), self.swarm.store().clone());
-            tokio::spawn(async move { this.fetch(&d, size, &store).await })
+            let d = digest.clone();
+            tokio::spawn(async move { this.pull_blob(&d, size).await })
         });
         let pull = loop {
             if let Some(pull) = self.swarm.pull(digest) {
@@ -693,7 +703,26 @@ impl BlobSource for PeerFetch {
         }
     }
 
-    async fn fetch(&self, digest: &Digest, size: u64, store: &BlobStore) -> Result<(), FetchError> {
+    /// Into the swarm's store, which is the registry's.
+    async fn fetch(&self, digest: &Digest, size: u64, _: &BlobStore) -> Result<(), FetchError> {
+        let this = self
+            .me
+            .upgrade()
+            .expect("the fetcher is alive while it is called");
+        let d = digest.clone();
+        // On a task of its own, like a stream's: a client that goes away must not stop
+        // the pull between a piece's write and its record (a write landing after the
+        // next pull of the blob began would change bytes that pull counted as checked).
+        tokio::spawn(async move { this.pull_blob(&d, size).await })
+            .await
+            .expect("a pull does not panic")
+    }
+}
+
+impl PeerFetch {
+    async fn pull_blob(&self, digest: &Digest, size: u64) -> Result<(), FetchError> {
+        let store = self.swarm.store().clone();
+        let store = &*store;
         let lock = self.lock_for(digest);
         let _held = lock.lock().await;
         if store.size(digest).await.is_some() {

@@ -303,7 +303,8 @@ impl SeedBook {
     /// asking. A seed sends one blob at a time this way, the nearest to whole first, so
     /// a layer lands whole early and frees one of dockerd's three downloads (a small
     /// base layer is not stuck behind big ones), and dockerd extracts it while the next
-    /// layer moves.
+    /// layer moves. Blobs asked for later and smaller still go first: a big blob waits
+    /// for them, as it waits for any blob that is nearer to whole.
     pub fn goes_before(&self, other: &SeedBook, now: Instant) -> bool {
         self.unsent > 0
             && now < self.busy_at + RESEND_AFTER

@@ -339,13 +339,14 @@ impl BlobStore {
         self.commit_hashed(id, digest, None, matched).await
     }
 
-    /// [`BlobStore::commit_then`], taking `hashed` (the upload's digest as its writer
-    /// hashed it while writing it out of order) instead of reading it all again.
-    pub async fn commit_hashed(
+    /// [`BlobStore::commit_then`], taking `hashed` (the digest of the upload's first
+    /// `len` bytes, as its writer hashed them while writing them out of order) instead
+    /// of reading it all again, if `len` is the upload's length.
+    pub(super) async fn commit_hashed(
         &self,
         id: &UploadId,
         digest: &Digest,
-        hashed: Option<Digest>,
+        hashed: Option<(Digest, u64)>,
         matched: impl FnOnce(),
     ) -> Result<u64, StoreError> {
         let lock = self.lock(id);
@@ -353,7 +354,7 @@ impl BlobStore {
         let path = self.upload_path(id);
         let len = self.existing_upload(id).await?;
         let actual = match (hashed, hashing.as_ref()) {
-            (Some(hashed), _) => hashed,
+            (Some((hashed, hashed_len)), _) if hashed_len == len => hashed,
             (None, Some(h)) if h.len == len => Digest::from_sha256(&h.sha.clone().finalize()),
             _ => {
                 let (actual, _) = self

@@ -126,11 +126,11 @@ impl Pull {
         }
     }
 
-    /// The blob's sha256 digest, hashed front to back as its pieces arrive, so the
-    /// check at the end does not read the whole blob again. `None` if the pull ended
-    /// before every byte was here or the file could not be read (the store then
-    /// hashes the file itself).
-    pub async fn digest(self: Arc<Self>) -> Option<Digest> {
+    /// The blob's sha256 digest and the bytes it covers (all of them), hashed front to
+    /// back as its pieces arrive, so the check at the end does not read the whole blob
+    /// again. `None` if the pull ended before every byte was here or the file could not
+    /// be read (the store then hashes the file itself).
+    pub async fn digest(self: Arc<Self>) -> Option<(Digest, u64)> {
         let size = self.list.size();
         let mut sha = Sha256::new();
         let mut hashed = 0u64;
@@ -150,11 +150,12 @@ impl Pull {
                 })
                 .await
                 .expect("hashing does not panic")
+                .inspect_err(|e| tracing::debug!("registry: hashing a pull's file: {e}"))
                 .ok()?;
                 hashed += len;
             }
             if hashed == size {
-                return Some(Digest::from_sha256(&sha.finalize()));
+                return Some((Digest::from_sha256(&sha.finalize()), size));
             }
             if self.ended.lock().unwrap().is_some() {
                 return None;
@@ -498,7 +499,8 @@ mod tests {
             arrive(&pull, &bytes, n);
             tokio::task::yield_now().await;
         }
-        assert_eq!(hashing.await.unwrap(), Some(Digest::of(&bytes)));
+        let len = bytes.len() as u64;
+        assert_eq!(hashing.await.unwrap(), Some((Digest::of(&bytes), len)));
     }
 
     #[tokio::test]
