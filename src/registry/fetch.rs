@@ -32,9 +32,11 @@ use super::{BlobSource, Catalog as _, FetchError};
 use crate::addressing::NodeAddress;
 use crate::identity::NodeClient;
 
-/// Requests in flight to other pullers (and to any one of them), per blob.
+/// Requests in flight to other pullers, per blob. Any one of them may have all: the
+/// least busy that has a piece is asked first anyway, and where one other puller has
+/// what this one lacks (two nodes), a cap of 2 left this one's downlink a fifth idle
+/// (whole at 22.1 s against 19.4 s, 200 MB at 100 Mbit/s).
 const PEER_SLOTS: usize = 4;
-const PER_PEER: usize = 2;
 /// A puller that says it has pieces it then does not is dropped after this many.
 const STRIKES: usize = 3;
 /// Requests in flight to one seed from this node, whatever blobs they are for: a seed
@@ -311,7 +313,6 @@ impl PeerFetch {
             for _ in in_flight..PEER_SLOTS {
                 let views: Vec<(NodeAddress, &Bitfield, usize)> = peers
                     .iter()
-                    .filter(|(_, p)| p.in_flight < PER_PEER)
                     .map(|(node, p)| (*node, &p.have, p.in_flight))
                     .collect();
                 let Some((n, node)) = pick_from_peers(&have, &busy, &views) else {
