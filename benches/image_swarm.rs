@@ -574,10 +574,7 @@ fn via_node_registry(
             let Some((stamp, rest)) = line.split_once(' ') else {
                 continue;
             };
-            let Some(at) = humantime::parse_rfc3339(stamp)
-                .ok()
-                .and_then(|t| t.duration_since(began).ok())
-            else {
+            let Some(at) = secs_after(stamp, began) else {
                 continue;
             };
             let Some(what) = rest.split("registry: ").nth(1) else {
@@ -586,7 +583,7 @@ fn via_node_registry(
             if let Some(blob) = what.strip_prefix("fetching ")
                 && let Some((short, _)) = blob.split_once(" (")
             {
-                began_at.insert(short.to_string(), at.as_secs_f64());
+                began_at.insert(short.to_string(), at);
             } else if let Some((short, tail)) = what.split_once(" fetched in ")
                 && let Some(took) = tail.split(' ').next().and_then(|t| t.parse::<f64>().ok())
                 && let Some(from) = began_at.get(short)
@@ -603,6 +600,13 @@ fn via_node_registry(
     (secs, sent, received, whole)
 }
 
+/// Seconds from `began` to a log line's UTC stamp (arpanetd's and dockerd's both end in
+/// `Z`); `None` for a line from before it or with no stamp.
+fn secs_after(stamp: &str, began: std::time::SystemTime) -> Option<f64> {
+    let at = humantime::parse_rfc3339_weak(stamp).ok()?;
+    Some(at.duration_since(began).ok()?.as_secs_f64())
+}
+
 /// When this host's dockerd (debug log) had each layer whole and when it had applied
 /// it, in seconds after `began`.
 fn dockerd_steps(host: &Host, began: std::time::SystemTime) -> String {
@@ -614,16 +618,13 @@ fn dockerd_steps(host: &Host, began: std::time::SystemTime) -> String {
         else {
             continue;
         };
-        let Some(at) = humantime::parse_rfc3339_weak(stamp)
-            .ok()
-            .and_then(|t| t.duration_since(began).ok())
-        else {
+        let Some(at) = secs_after(stamp, began) else {
             continue;
         };
         if line.contains("to tempfile") {
-            steps.push(format!("had a layer at {:.1} s", at.as_secs_f64()));
+            steps.push(format!("had a layer at {at:.1} s"));
         } else if line.contains("Applied tar") {
-            steps.push(format!("applied it at {:.1} s", at.as_secs_f64()));
+            steps.push(format!("applied it at {at:.1} s"));
         }
     }
     steps.join(", ")

@@ -672,15 +672,11 @@ impl BlobSource for PeerFetch {
         size: u64,
     ) -> Result<Option<super::BlobStream>, FetchError> {
         use futures::StreamExt as _;
-        // The pull runs on its own: a client that goes away does not stop it.
-        let task = self.swarm.pull(digest).is_none().then(|| {
-            let this = self
-                .me
-                .upgrade()
-                .expect("the fetcher is alive while it is called");
-            let d = digest.clone();
-            tokio::spawn(async move { this.pull_blob(&d, size).await })
-        });
+        let task = self
+            .swarm
+            .pull(digest)
+            .is_none()
+            .then(|| self.spawn_pull(digest, size));
         let pull = loop {
             if let Some(pull) = self.swarm.pull(digest) {
                 break Some(pull);
@@ -706,21 +702,29 @@ impl BlobSource for PeerFetch {
 
     /// Into the swarm's store, which is the registry's.
     async fn fetch(&self, digest: &Digest, size: u64, _: &BlobStore) -> Result<(), FetchError> {
-        let this = self
-            .me
-            .upgrade()
-            .expect("the fetcher is alive while it is called");
-        let d = digest.clone();
-        // On a task of its own, like a stream's: a client that goes away must not stop
-        // the pull between a piece's write and its record (a write landing after the
-        // next pull of the blob began would change bytes that pull counted as checked).
-        tokio::spawn(async move { this.pull_blob(&d, size).await })
+        self.spawn_pull(digest, size)
             .await
             .expect("a pull does not panic")
     }
 }
 
 impl PeerFetch {
+    /// The pull on a task of its own: a client that goes away must not stop it, least of
+    /// all between a piece's write and its record (a write landing after the next pull
+    /// of the blob began would change bytes that pull counted as checked).
+    fn spawn_pull(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> tokio::task::JoinHandle<Result<(), FetchError>> {
+        let this = self
+            .me
+            .upgrade()
+            .expect("the fetcher is alive while it is called");
+        let d = digest.clone();
+        tokio::spawn(async move { this.pull_blob(&d, size).await })
+    }
+
     async fn pull_blob(&self, digest: &Digest, size: u64) -> Result<(), FetchError> {
         let store = self.swarm.store().clone();
         let store = &*store;
